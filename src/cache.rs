@@ -1,0 +1,726 @@
+//! The token cache: single-flight, refresh-ahead, generation-checked.
+//!
+//! This is the fix for the race that breaks AWS Amplify JS at token expiry: a request sent at
+//! the instant a token dies goes out with the dead token and gets `401 Unauthorized`. Here a
+//! token is handed out only while it is *usable* (at least `min_validity` left), it is renewed
+//! ahead of time while still in use, and however many requests arrive at once they all wait on
+//! one refresh.
+//!
+//! # States of the cached token
+//!
+//! With `refresh_ahead` = 300 s and `min_validity` = 30 s (the defaults), a token that expires
+//! in 3600 s is:
+//! - *fresh* for its first 3300 s (less up to 10% of its lifetime, a jitter that keeps a fleet
+//!   of processes from refreshing in the same second): handed out at once, by one atomic load;
+//! - *usable* until 3570 s: handed out at once, while one background refresh runs;
+//! - *expired* after that: requests wait for the one refresh in flight, starting it if needed.
+//!
+//! Both margins shrink for short-lived tokens, so that a token is used for at least half its
+//! life: `refresh_ahead` to at most half the lifetime, `min_validity` to at most a tenth.
+//!
+//! # Refreshes
+//!
+//! One refresh at a time, in a task of its own: a waiter that is dropped (its request timed out,
+//! say) does not cancel it for the others, and every waiter gets its outcome, success or error.
+//! When a refresh fails and no usable token is left, the waiters get the error, and so does
+//! every request until the next attempt is due: attempts are spaced by exponential backoff
+//! (1 s doubling to 60 s, full jitter, at least what `Retry-After` asked), not by the request
+//! rate; a permanent error (`invalid_client` and the like) is retried at the slowest rate only.
+//! When a refresh fails while the current token is still usable, callers do not notice: they
+//! keep the current token and the refresh is retried on the same schedule.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower_cognito_auth::{AccessToken, BoxFuture, Error, Token, TokenCache, TokenSource};
+//!
+//! struct OneHour;
+//!
+//! impl TokenSource for OneHour {
+//!     fn fetch(&self) -> BoxFuture<'_, Result<Token, Error>> {
+//!         Box::pin(async {
+//!             let expires_at = tokio::time::Instant::now() + Duration::from_secs(3600);
+//!             Ok(Token::new(AccessToken::new("t0k3n")?, expires_at))
+//!         })
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Error> {
+//! let cache = TokenCache::builder(OneHour).build()?;
+//! let token = cache.token().await?;
+//! assert_eq!(token.secret(), "t0k3n");
+//! cache.token().await?; // cached: no second fetch
+//! assert_eq!(cache.stats().token_requests, 1);
+//! # Ok(())
+//! # }
+//! ```
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
+
+use crate::backoff::Backoff;
+use crate::error::Error;
+use crate::source::{BoxFuture, TokenSource};
+use crate::token::{AccessToken, Token};
+
+/// Which token a request carried, so that a rejection drops that token and no newer one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Generation(u64);
+
+/// A token as the cache holds it: the secret, its generation and its expiry.
+#[derive(Clone, Debug)]
+pub struct CachedToken {
+    access_token: AccessToken,
+    generation: Generation,
+    expires_at: Instant,
+}
+
+impl CachedToken {
+    /// The secret.
+    pub fn access_token(&self) -> &AccessToken {
+        &self.access_token
+    }
+
+    /// Which fetch this token came from; pass it to [`TokenCache::invalidate`].
+    pub fn generation(&self) -> Generation {
+        self.generation
+    }
+
+    /// When the token expires, on Tokio's clock.
+    pub fn expires_at(&self) -> Instant {
+        self.expires_at
+    }
+}
+
+/// Counters, for tests, dashboards and the demo. Read them with [`TokenCache::stats`] or
+/// `CognitoAuthLayer::stats`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Refreshes started: calls to [`TokenSource::fetch`]. (Retries inside one fetch of
+    /// [`ClientCredentials`](crate::ClientCredentials) are not counted separately.)
+    pub token_requests: u64,
+    /// Refreshes that failed.
+    pub token_failures: u64,
+    /// Refreshes started ahead of expiry, while the current token was still usable (by a
+    /// request in the refresh-ahead window or by the background task).
+    pub refresh_ahead: u64,
+    /// Requests that found no usable token and had to wait for a refresh.
+    pub waited: u64,
+    /// Tokens dropped after the downstream service rejected them.
+    pub invalidations: u64,
+    /// Requests the layer sent again with a new token after a rejection.
+    pub replays: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    token_requests: AtomicU64,
+    token_failures: AtomicU64,
+    refresh_ahead: AtomicU64,
+    waited: AtomicU64,
+    invalidations: AtomicU64,
+    replays: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A cached token with the moments that decide what to do with it.
+pub(crate) struct Entry {
+    token: CachedToken,
+    fresh_until: Instant,
+    usable_until: Instant,
+}
+
+impl Entry {
+    pub(crate) fn access_token(&self) -> &AccessToken {
+        &self.token.access_token
+    }
+
+    pub(crate) fn generation(&self) -> Generation {
+        self.token.generation
+    }
+}
+
+type Outcome = Result<Arc<Entry>, Error>;
+
+/// Waits for a token; boxed, as it sits beside a network round trip.
+pub(crate) type TokenWait = BoxFuture<'static, Outcome>;
+
+/// What a request does about its token.
+pub(crate) enum Lookup<T> {
+    /// A usable token, projected by the caller.
+    Ready(T),
+    /// Wait for the refresh in flight.
+    Wait(TokenWait),
+    /// No token, and the next refresh is not due yet.
+    Failed(Error),
+}
+
+/// The token cache. Cloning is cheap; clones share one cache.
+///
+/// See the [module docs](crate::cache) for how it behaves, and an example.
+#[derive(Clone)]
+pub struct TokenCache {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    /// The token handed out on the hot path: one atomic load, no lock.
+    current: ArcSwapOption<Entry>,
+    /// Set while a refresh is in flight, so that requests in the refresh-ahead window need not
+    /// take the lock to learn that one already runs.
+    refreshing: AtomicBool,
+    state: Mutex<State>,
+    source: Box<dyn TokenSource>,
+    config: Config,
+    stats: Counters,
+}
+
+#[derive(Default)]
+struct State {
+    /// The refresh in flight; waiters clone the receiver.
+    flight: Option<watch::Receiver<Option<Outcome>>>,
+    next_generation: u64,
+    /// Consecutive failed refreshes.
+    failures: u32,
+    last_error: Option<Error>,
+    /// No refresh starts before this moment (backoff after a failure).
+    retry_at: Option<Instant>,
+    /// The last invalidation that dropped a token (throttles 401-driven refreshes).
+    last_invalidation: Option<Instant>,
+    /// Dropping it stops the background task.
+    background_stop: Option<oneshot::Sender<()>>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Config {
+    refresh_ahead: Duration,
+    min_validity: Duration,
+    refresh_deadline: Duration,
+    invalidation_throttle: Duration,
+    background_refresh: bool,
+    backoff: Backoff,
+    refresh_jitter: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            refresh_ahead: Duration::from_secs(300),
+            min_validity: Duration::from_secs(30),
+            refresh_deadline: Duration::from_secs(30),
+            invalidation_throttle: Duration::from_secs(10),
+            background_refresh: false,
+            backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(60)),
+            refresh_jitter: true,
+        }
+    }
+}
+
+/// Builds a [`TokenCache`]. Every setter takes and returns `Self` and states its default.
+pub struct TokenCacheBuilder {
+    source: Box<dyn TokenSource>,
+    config: Config,
+}
+
+impl fmt::Debug for TokenCacheBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenCacheBuilder")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenCacheBuilder {
+    /// How long before expiry a token stops being *fresh* and a refresh starts while it is
+    /// still served. With a one-hour token and 300 s, the refresh starts after about 55 min.
+    /// Cut to half the lifetime for short-lived tokens. Default is 300 seconds.
+    pub fn refresh_ahead(mut self, refresh_ahead: Duration) -> Self {
+        self.config.refresh_ahead = refresh_ahead;
+        self
+    }
+
+    /// How much life a token must have left to be handed out: a request never leaves with a
+    /// token that dies within this margin, so the clock skew and transit time to the API do not
+    /// turn it into a 401. Cut to a tenth of the lifetime for short-lived tokens. Default is 30
+    /// seconds.
+    pub fn min_validity(mut self, min_validity: Duration) -> Self {
+        self.config.min_validity = min_validity;
+        self
+    }
+
+    /// Keeps the token fresh from a background task even with no traffic, so the first request
+    /// after an idle hour does not wait. The task is spawned on the Tokio runtime that
+    /// [`build`](Self::build) runs in (or, outside one, on the first request's) and ends when
+    /// the last handle to the cache is dropped. Default is off.
+    pub fn background_refresh(mut self, enabled: bool) -> Self {
+        self.config.background_refresh = enabled;
+        self
+    }
+
+    /// The most one refresh may take, all its retries included; after it, the waiters get a
+    /// timeout error. It also bounds a token source that hangs. Default is 30 seconds.
+    pub fn refresh_deadline(mut self, deadline: Duration) -> Self {
+        self.config.refresh_deadline = deadline;
+        self
+    }
+
+    /// The least time between two invalidations that drop a token (see
+    /// [`TokenCache::invalidate`]): an API that rejects every token (a wrong audience, say)
+    /// then costs one token request per period, not one per request. Default is 10 seconds.
+    pub fn invalidation_throttle(mut self, period: Duration) -> Self {
+        self.config.invalidation_throttle = period;
+        self
+    }
+
+    #[cfg(test)]
+    pub(crate) fn deterministic(mut self) -> Self {
+        self.config.backoff = self.config.backoff.without_jitter();
+        self.config.refresh_jitter = false;
+        self
+    }
+
+    /// Builds the cache. No token is fetched until one is asked for, unless
+    /// [`background_refresh`](Self::background_refresh) is on and a runtime is running.
+    ///
+    /// # Errors
+    ///
+    /// An [`Error`] of kind [`InvalidConfig`](crate::ErrorKind::InvalidConfig) when
+    /// `refresh_deadline` is zero.
+    pub fn build(self) -> Result<TokenCache, Error> {
+        if self.config.refresh_deadline.is_zero() {
+            return Err(Error::invalid_config("refresh_deadline must not be zero"));
+        }
+        let shared = Arc::new(Shared {
+            current: ArcSwapOption::empty(),
+            refreshing: AtomicBool::new(false),
+            state: Mutex::new(State::default()),
+            source: self.source,
+            config: self.config,
+            stats: Counters::default(),
+        });
+        if shared.config.background_refresh && tokio::runtime::Handle::try_current().is_ok() {
+            let mut state = shared.lock();
+            shared.ensure_background(&mut state);
+        }
+        Ok(TokenCache { shared })
+    }
+}
+
+impl TokenCache {
+    /// A builder over a token source, such as [`ClientCredentials`](crate::ClientCredentials).
+    pub fn builder(source: impl TokenSource) -> TokenCacheBuilder {
+        TokenCacheBuilder {
+            source: Box::new(source),
+            config: Config::default(),
+        }
+    }
+
+    /// A usable token: the cached one, or one from the refresh this call waits for.
+    ///
+    /// # Errors
+    ///
+    /// The refresh's error, when no usable token could be had.
+    pub async fn token(&self) -> Result<AccessToken, Error> {
+        self.get().await.map(|t| t.access_token)
+    }
+
+    /// Like [`token`](Self::token), with the token's generation and expiry.
+    ///
+    /// # Errors
+    ///
+    /// The refresh's error, when no usable token could be had.
+    pub async fn get(&self) -> Result<CachedToken, Error> {
+        match self.lookup(|entry| entry.token.clone()) {
+            Lookup::Ready(token) => Ok(token),
+            Lookup::Failed(error) => Err(error),
+            Lookup::Wait(wait) => wait.await.map(|entry| entry.token.clone()),
+        }
+    }
+
+    /// Drops the cached token if it is still the one of `generation`, which the caller saw
+    /// rejected (a 401). Returns whether it dropped it.
+    ///
+    /// A stale generation (the token was already replaced) changes nothing, so N concurrent
+    /// rejections of one token cause one refresh. At most one token is dropped per
+    /// [`invalidation_throttle`](TokenCacheBuilder::invalidation_throttle) period.
+    pub fn invalidate(&self, generation: Generation) -> bool {
+        let now = Instant::now();
+        let mut state = self.shared.lock();
+        let current = self.shared.current.load();
+        match current.as_deref() {
+            Some(entry) if entry.generation() == generation => {}
+            _ => return false,
+        }
+        if let Some(last) = state.last_invalidation
+            && now < last + self.shared.config.invalidation_throttle
+        {
+            tracing::debug!("token rejected again within the invalidation throttle: kept");
+            return false;
+        }
+        state.last_invalidation = Some(now);
+        // A rejection is news the backoff did not know of: let the next request refresh.
+        state.retry_at = None;
+        self.shared.current.store(None);
+        bump(&self.shared.stats.invalidations);
+        tracing::debug!("token rejected by the service: dropped");
+        true
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> Stats {
+        let c = &self.shared.stats;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Stats {
+            token_requests: load(&c.token_requests),
+            token_failures: load(&c.token_failures),
+            refresh_ahead: load(&c.refresh_ahead),
+            waited: load(&c.waited),
+            invalidations: load(&c.invalidations),
+            replays: load(&c.replays),
+        }
+    }
+
+    pub(crate) fn count_replay(&self) {
+        bump(&self.shared.stats.replays);
+    }
+
+    /// What a request does about its token. The hot path: one atomic load and a clock read.
+    pub(crate) fn lookup<T>(&self, project: impl FnOnce(&Entry) -> T) -> Lookup<T> {
+        let now = Instant::now();
+        {
+            let current = self.shared.current.load();
+            if let Some(entry) = current.as_deref() {
+                if now < entry.fresh_until {
+                    return Lookup::Ready(project(entry));
+                }
+                if now < entry.usable_until {
+                    if !self.shared.refreshing.load(Ordering::Acquire) {
+                        self.shared.refresh_ahead(now);
+                    }
+                    return Lookup::Ready(project(entry));
+                }
+            }
+        }
+        match self.shared.slow_path(now) {
+            Slow::Ready(entry) => Lookup::Ready(project(&entry)),
+            Slow::Wait(rx) => {
+                bump(&self.shared.stats.waited);
+                Lookup::Wait(Box::pin(Arc::clone(&self.shared).wait(rx)))
+            }
+            Slow::Failed(error) => Lookup::Failed(error),
+        }
+    }
+}
+
+impl fmt::Debug for TokenCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenCache")
+            .field("has_token", &self.shared.current.load().is_some())
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+enum Slow {
+    Ready(Arc<Entry>),
+    Wait(watch::Receiver<Option<Outcome>>),
+    Failed(Error),
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // No code panics while holding the lock, but a poisoned lock must not become a panic
+        // on every request.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// No usable token: take the one a racing refresh just published, join the refresh in
+    /// flight, fail fast while backing off, or start a refresh.
+    fn slow_path(self: &Arc<Self>, now: Instant) -> Slow {
+        let mut state = self.lock();
+        self.ensure_background(&mut state);
+        if let Some(entry) = self.current.load_full()
+            && now < entry.usable_until
+        {
+            return Slow::Ready(entry);
+        }
+        if let Some(rx) = &state.flight {
+            return Slow::Wait(rx.clone());
+        }
+        if let (Some(retry_at), Some(error)) = (state.retry_at, &state.last_error)
+            && now < retry_at
+        {
+            return Slow::Failed(error.clone());
+        }
+        match self.start_flight(&mut state, now, false) {
+            Ok(rx) => Slow::Wait(rx),
+            Err(error) => Slow::Failed(error),
+        }
+    }
+
+    /// A request in the refresh-ahead window: start a background refresh unless one runs or
+    /// the backoff says not yet.
+    fn refresh_ahead(self: &Arc<Self>, now: Instant) {
+        let mut state = self.lock();
+        if state.flight.is_some() || state.retry_at.is_some_and(|at| now < at) {
+            return;
+        }
+        // Nobody waits on it; an error is recorded in the state by the refresh itself.
+        let _ = self.start_flight(&mut state, now, true);
+    }
+
+    /// Starts the one refresh, in a task of its own. Called with the state locked.
+    fn start_flight(
+        self: &Arc<Self>,
+        state: &mut State,
+        now: Instant,
+        ahead: bool,
+    ) -> Result<watch::Receiver<Option<Outcome>>, Error> {
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| Error::internal("no Tokio runtime to refresh the token on"))?;
+        let (tx, rx) = watch::channel(None);
+        state.flight = Some(rx.clone());
+        self.refreshing.store(true, Ordering::Release);
+        bump(&self.stats.token_requests);
+        if ahead {
+            bump(&self.stats.refresh_ahead);
+        }
+        let flight = Flight {
+            shared: Arc::clone(self),
+            tx,
+            started: now,
+            done: false,
+        };
+        runtime.spawn(flight.run());
+        Ok(rx)
+    }
+
+    /// Publishes a refresh's outcome: first in the state (so that a request arriving after
+    /// this sees the new token or the backoff), then to the waiters of this flight.
+    fn complete(&self, tx: &watch::Sender<Option<Outcome>>, started: Instant, result: Result<Token, Error>) {
+        let now = Instant::now();
+        let mut state = self.lock();
+        state.flight = None;
+        self.refreshing.store(false, Ordering::Release);
+        let outcome = result.and_then(|token| self.entry_for(token, started, now, &mut state));
+        match &outcome {
+            Ok(entry) => {
+                self.current.store(Some(Arc::clone(entry)));
+                state.failures = 0;
+                state.retry_at = None;
+                state.last_error = None;
+                tracing::debug!(
+                    generation = entry.generation().0,
+                    lifetime_secs = entry.token.expires_at.saturating_duration_since(started).as_secs(),
+                    "token refreshed"
+                );
+            }
+            Err(error) => {
+                bump(&self.stats.token_failures);
+                let backoff = self.config.backoff;
+                let delay = if error.is_permanent() {
+                    backoff.cap()
+                } else {
+                    backoff.delay(state.failures)
+                };
+                let delay = delay.max(error.retry_after().unwrap_or_default());
+                state.failures = state.failures.saturating_add(1);
+                state.retry_at = Some(now + delay);
+                state.last_error = Some(error.clone());
+                tracing::warn!(
+                    failures = state.failures,
+                    retry_in_ms = delay.as_millis() as u64,
+                    %error,
+                    "token refresh failed"
+                );
+            }
+        }
+        drop(state);
+        tx.send_replace(Some(outcome));
+    }
+
+    fn entry_for(&self, token: Token, started: Instant, now: Instant, state: &mut State) -> Outcome {
+        let expires_at = token.expires_at();
+        let lifetime = expires_at.saturating_duration_since(started);
+        let refresh_ahead = self.config.refresh_ahead.min(lifetime / 2);
+        let min_validity = self.config.min_validity.min(lifetime / 10);
+        let jitter = if self.config.refresh_jitter {
+            let max = u64::try_from((lifetime / 10).as_nanos()).unwrap_or(u64::MAX);
+            Duration::from_nanos(fastrand::u64(0..=max))
+        } else {
+            Duration::ZERO
+        };
+        let usable_until = expires_at.checked_sub(min_validity).unwrap_or(started);
+        let fresh_until = expires_at
+            .checked_sub(refresh_ahead.saturating_add(jitter))
+            .unwrap_or(started)
+            .min(usable_until);
+        if now >= usable_until {
+            return Err(Error::invalid_response(
+                "the token endpoint issued a token that expires before it could be used",
+            ));
+        }
+        let generation = Generation(state.next_generation);
+        state.next_generation += 1;
+        Ok(Arc::new(Entry {
+            token: CachedToken {
+                access_token: token.into_access_token(),
+                generation,
+                expires_at,
+            },
+            fresh_until,
+            usable_until,
+        }))
+    }
+
+    /// Waits for a refresh's outcome. A token that is no longer usable when this waiter wakes
+    /// (the clock moved on) is not handed out: the waiter looks again, a bounded number of times.
+    async fn wait(self: Arc<Self>, mut rx: watch::Receiver<Option<Outcome>>) -> Outcome {
+        for _ in 0..3 {
+            let entry = outcome(&mut rx).await?;
+            let now = Instant::now();
+            if now < entry.usable_until {
+                return Ok(entry);
+            }
+            match self.slow_path(now) {
+                Slow::Ready(entry) => return Ok(entry),
+                Slow::Wait(next) => rx = next,
+                Slow::Failed(error) => return Err(error),
+            }
+        }
+        Err(Error::internal("no token stayed usable long enough to be handed out"))
+    }
+
+    /// Spawns the background refresher if it is configured and not yet running. Called with the
+    /// state locked.
+    fn ensure_background(self: &Arc<Self>, state: &mut State) {
+        if !self.config.background_refresh || state.background_stop.is_some() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (stop, stopped) = oneshot::channel();
+        state.background_stop = Some(stop);
+        runtime.spawn(background(Arc::downgrade(self), stopped));
+    }
+
+    /// The background refresher's step: join the refresh in flight, or start one unless the
+    /// token is fresh or the backoff says not yet.
+    fn refresh_if_due(self: &Arc<Self>, now: Instant) -> Option<watch::Receiver<Option<Outcome>>> {
+        let mut state = self.lock();
+        if let Some(rx) = &state.flight {
+            return Some(rx.clone());
+        }
+        if self
+            .current
+            .load()
+            .as_deref()
+            .is_some_and(|entry| now < entry.fresh_until)
+            || state.retry_at.is_some_and(|at| now < at)
+        {
+            return None;
+        }
+        let ahead = self.current.load().is_some();
+        self.start_flight(&mut state, now, ahead).ok()
+    }
+
+    /// When the background refresher should look next.
+    fn next_background_check(&self, now: Instant) -> Instant {
+        let state = self.lock();
+        let mut at = self
+            .current
+            .load()
+            .as_deref()
+            .map_or(now, |entry| entry.fresh_until);
+        if let Some(retry_at) = state.retry_at {
+            at = at.max(retry_at);
+        }
+        // Never spin, whatever the token's lifetime.
+        at.max(now + Duration::from_millis(10))
+    }
+}
+
+/// The refresh in flight. Dropping it without a result (the source panicked, or the runtime is
+/// shutting down) still publishes an error, so no waiter is left hanging.
+struct Flight {
+    shared: Arc<Shared>,
+    tx: watch::Sender<Option<Outcome>>,
+    started: Instant,
+    done: bool,
+}
+
+impl Flight {
+    async fn run(mut self) {
+        let deadline = self.shared.config.refresh_deadline;
+        let result = match tokio::time::timeout(deadline, self.shared.source.fetch()).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::timeout("the token refresh", deadline)),
+        };
+        self.done = true;
+        self.shared.complete(&self.tx, self.started, result);
+    }
+}
+
+impl Drop for Flight {
+    fn drop(&mut self) {
+        if !self.done {
+            self.shared.complete(
+                &self.tx,
+                self.started,
+                Err(Error::internal(
+                    "the token refresh ended without a result (the token source panicked, or the runtime is shutting down)",
+                )),
+            );
+        }
+    }
+}
+
+/// The outcome of a flight, once it is published.
+async fn outcome(rx: &mut watch::Receiver<Option<Outcome>>) -> Outcome {
+    // The value changes once, from `None` to the outcome; `Flight` publishes before it drops
+    // the sender, so the loop runs at most twice.
+    for _ in 0..2 {
+        if let Some(outcome) = rx.borrow_and_update().as_ref() {
+            return outcome.clone();
+        }
+        if rx.changed().await.is_err() {
+            break;
+        }
+    }
+    match rx.borrow().as_ref() {
+        Some(outcome) => outcome.clone(),
+        None => Err(Error::internal("the token refresh ended without a result")),
+    }
+}
+
+/// Keeps the token fresh with no traffic. Holds only a weak handle, and stops when the cache is
+/// dropped (the stop sender lives in the cache's state).
+async fn background(shared: Weak<Shared>, mut stopped: oneshot::Receiver<()>) {
+    loop {
+        let Some(wake_at) = shared.upgrade().map(|s| s.next_background_check(Instant::now())) else {
+            return;
+        };
+        tokio::select! {
+            _ = &mut stopped => return,
+            () = tokio::time::sleep_until(wake_at) => {}
+        }
+        let Some(mut rx) = shared.upgrade().and_then(|s| s.refresh_if_due(Instant::now())) else {
+            continue;
+        };
+        tokio::select! {
+            _ = &mut stopped => return,
+            _ = outcome(&mut rx) => {}
+        }
+    }
+}

@@ -1,0 +1,314 @@
+//! The crate's error type.
+//!
+//! [`Error`] is what a token fetch, the token cache and the layer report when no token can be
+//! had. It is opaque, cheap to clone (one failed refresh reaches every request that waited on
+//! it), and its [`Display`](std::fmt::Display) says in words what failed without ever including
+//! the client secret or a token.
+//!
+//! The layer's services return [`tower::BoxError`]; a token failure inside one downcasts to
+//! [`Error`]:
+//!
+//! ```
+//! use tower_cognito_auth::{Error, ErrorKind};
+//!
+//! fn explain(err: &tower::BoxError) -> &'static str {
+//!     match err.downcast_ref::<Error>() {
+//!         Some(e) if e.is_invalid_client() => "check COGNITO_CLIENT_ID and COGNITO_CLIENT_SECRET",
+//!         Some(e) if e.kind() == ErrorKind::RateLimited => "Cognito is rate limiting us",
+//!         Some(e) if e.is_retryable() => "the token endpoint had a passing failure",
+//!         Some(_) => "no token could be had",
+//!         None => "the inner service failed",
+//!     }
+//! }
+//! # let e: tower::BoxError = Box::new(std::io::Error::other("boom"));
+//! # assert_eq!(explain(&e), "the inner service failed");
+//! ```
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The longest OAuth `error` / `error_description` text kept from a token endpoint's answer.
+const MAX_OAUTH_TEXT: usize = 256;
+
+/// What kind of failure an [`Error`] is.
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The token endpoint refused the request (HTTP 4xx other than 429), usually with an OAuth
+    /// error such as `invalid_client`. A retry will not help until the configuration changes.
+    Rejected,
+    /// The token endpoint answered `429 Too Many Requests`.
+    RateLimited,
+    /// The token endpoint answered with a 5xx status, or could not be reached at all.
+    Unavailable,
+    /// A token request, or a whole refresh, ran out of time.
+    Timeout,
+    /// The token endpoint answered 2xx with something that is not a usable token response.
+    InvalidResponse,
+    /// The layer or the token source was configured wrongly.
+    InvalidConfig,
+    /// A token refresh ended without a result: the token source panicked, the runtime is
+    /// shutting down, or there is no Tokio runtime to run it on.
+    Internal,
+}
+
+/// The OAuth 2.0 error a token endpoint sent (RFC 6749 §5.2).
+#[derive(Debug)]
+struct OAuthError {
+    error: Box<str>,
+    description: Option<Box<str>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum Repr {
+    #[error("the token endpoint rejected the request with HTTP {status}{}", OAuthSuffix(.oauth.as_ref()))]
+    Rejected {
+        status: StatusCode,
+        oauth: Option<OAuthError>,
+    },
+    #[error("the token endpoint is rate limiting this client (HTTP 429){}", RetryAfterSuffix(*.retry_after))]
+    RateLimited { retry_after: Option<Duration> },
+    #[error("the token endpoint is unavailable (HTTP {status}){}", RetryAfterSuffix(*.retry_after))]
+    ServerError {
+        status: StatusCode,
+        retry_after: Option<Duration>,
+    },
+    #[error("could not reach the token endpoint")]
+    Connect(#[source] BoxError),
+    #[error("{what} timed out after {after:?}")]
+    Timeout { what: &'static str, after: Duration },
+    #[error("the token endpoint sent an invalid response: {0}")]
+    InvalidResponse(Cow<'static, str>),
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(Cow<'static, str>),
+    #[error("{0}")]
+    Internal(&'static str),
+}
+
+struct OAuthSuffix<'a>(Option<&'a OAuthError>);
+
+impl fmt::Display for OAuthSuffix<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(oauth) = self.0 {
+            write!(f, ": {}", oauth.error)?;
+            if let Some(description) = &oauth.description {
+                write!(f, " ({description})")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+struct RetryAfterSuffix(Option<Duration>);
+
+impl fmt::Display for RetryAfterSuffix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(after) => write!(f, ", retry after {after:?}"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Why no token could be had.
+///
+/// Cheap to clone: every request that waited on one failed refresh gets a clone of the same
+/// error. Match on [`kind()`](Error::kind) or use the predicates; the message never contains
+/// the client secret or a token. See the [module docs](crate::error) for an example.
+#[derive(Clone, thiserror::Error)]
+#[error(transparent)]
+pub struct Error(Arc<Repr>);
+
+impl Error {
+    fn new(repr: Repr) -> Self {
+        Self(Arc::new(repr))
+    }
+
+    pub(crate) fn rejected(status: StatusCode, error: Option<&str>, description: Option<&str>) -> Self {
+        let oauth = error.map(|error| OAuthError {
+            error: sanitize(error),
+            description: description.map(sanitize),
+        });
+        Self::new(Repr::Rejected { status, oauth })
+    }
+
+    pub(crate) fn rate_limited(retry_after: Option<Duration>) -> Self {
+        Self::new(Repr::RateLimited { retry_after })
+    }
+
+    pub(crate) fn server_error(status: StatusCode, retry_after: Option<Duration>) -> Self {
+        Self::new(Repr::ServerError {
+            status,
+            retry_after,
+        })
+    }
+
+    pub(crate) fn connect(source: BoxError) -> Self {
+        Self::new(Repr::Connect(source))
+    }
+
+    pub(crate) fn timeout(what: &'static str, after: Duration) -> Self {
+        Self::new(Repr::Timeout { what, after })
+    }
+
+    pub(crate) fn invalid_response(why: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(Repr::InvalidResponse(why.into()))
+    }
+
+    pub(crate) fn invalid_config(why: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(Repr::InvalidConfig(why.into()))
+    }
+
+    pub(crate) fn internal(why: &'static str) -> Self {
+        Self::new(Repr::Internal(why))
+    }
+
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        match &*self.0 {
+            Repr::Rejected { .. } => ErrorKind::Rejected,
+            Repr::RateLimited { .. } => ErrorKind::RateLimited,
+            Repr::ServerError { .. } | Repr::Connect(_) => ErrorKind::Unavailable,
+            Repr::Timeout { .. } => ErrorKind::Timeout,
+            Repr::InvalidResponse(_) => ErrorKind::InvalidResponse,
+            Repr::InvalidConfig(_) => ErrorKind::InvalidConfig,
+            Repr::Internal(_) => ErrorKind::Internal,
+        }
+    }
+
+    /// Whether trying again later can succeed without a change of configuration: rate limits,
+    /// 5xx answers, connection failures, timeouts and internal failures are; a rejection
+    /// (`invalid_client` and the like), an invalid response and a configuration error are not.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self.kind(),
+            ErrorKind::RateLimited | ErrorKind::Unavailable | ErrorKind::Timeout | ErrorKind::Internal
+        )
+    }
+
+    /// Whether the failure stays until the configuration changes: the endpoint rejected the
+    /// request (`invalid_client`, `invalid_scope`, …) or the configuration is invalid.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self.kind(), ErrorKind::Rejected | ErrorKind::InvalidConfig)
+    }
+
+    /// Whether the token endpoint answered with the OAuth error `invalid_client`: the client id
+    /// or secret is wrong, or the app client may not use this grant.
+    pub fn is_invalid_client(&self) -> bool {
+        self.oauth_error() == Some("invalid_client")
+    }
+
+    /// Whether this is a timeout.
+    pub fn is_timeout(&self) -> bool {
+        self.kind() == ErrorKind::Timeout
+    }
+
+    /// The HTTP status the token endpoint answered with, when it answered.
+    pub fn status(&self) -> Option<StatusCode> {
+        match &*self.0 {
+            Repr::Rejected { status, .. } | Repr::ServerError { status, .. } => Some(*status),
+            Repr::RateLimited { .. } => Some(StatusCode::TOO_MANY_REQUESTS),
+            _ => None,
+        }
+    }
+
+    /// The OAuth `error` code the token endpoint sent, e.g. `invalid_client`.
+    pub fn oauth_error(&self) -> Option<&str> {
+        match &*self.0 {
+            Repr::Rejected {
+                oauth: Some(oauth), ..
+            } => Some(&oauth.error),
+            _ => None,
+        }
+    }
+
+    /// The OAuth `error_description` the token endpoint sent, if any.
+    pub fn oauth_error_description(&self) -> Option<&str> {
+        match &*self.0 {
+            Repr::Rejected {
+                oauth: Some(oauth), ..
+            } => oauth.description.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// How long the token endpoint asked us to wait (`Retry-After`), if it said.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match &*self.0 {
+            Repr::RateLimited { retry_after } | Repr::ServerError { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Error");
+        d.field("kind", &self.kind());
+        d.field("message", &format_args!("{self}"));
+        if let Repr::Connect(source) = &*self.0 {
+            d.field("source", source);
+        }
+        d.finish()
+    }
+}
+
+/// Keeps server-sent text short and printable, so that it cannot flood logs or forge lines.
+fn sanitize(text: &str) -> Box<str> {
+    text.chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_OAUTH_TEXT)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_and_predicates() {
+        let e = Error::rejected(StatusCode::BAD_REQUEST, Some("invalid_client"), None);
+        assert_eq!(e.kind(), ErrorKind::Rejected);
+        assert!(e.is_invalid_client());
+        assert!(e.is_permanent());
+        assert!(!e.is_retryable());
+        assert_eq!(e.status(), Some(StatusCode::BAD_REQUEST));
+        assert_eq!(
+            e.to_string(),
+            "the token endpoint rejected the request with HTTP 400 Bad Request: invalid_client"
+        );
+
+        let e = Error::rate_limited(Some(Duration::from_secs(2)));
+        assert!(e.is_retryable());
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(2)));
+        assert_eq!(e.status(), Some(StatusCode::TOO_MANY_REQUESTS));
+
+        let e = Error::connect(Box::new(std::io::Error::other("refused")));
+        assert_eq!(e.kind(), ErrorKind::Unavailable);
+        assert!(std::error::Error::source(&e).is_some());
+    }
+
+    #[test]
+    fn server_text_is_sanitized() {
+        let long = "x".repeat(10_000);
+        let e = Error::rejected(
+            StatusCode::BAD_REQUEST,
+            Some("bad\r\nforged: line"),
+            Some(&long),
+        );
+        assert_eq!(e.oauth_error(), Some("badforged: line"));
+        assert_eq!(e.oauth_error_description().map(str::len), Some(MAX_OAUTH_TEXT));
+    }
+
+    #[test]
+    fn error_is_send_sync_clone() {
+        fn check<T: Send + Sync + Clone + 'static>() {}
+        check::<Error>();
+    }
+}

@@ -1,0 +1,417 @@
+//! Access tokens and the token endpoint's JSON answer.
+//!
+//! A token endpoint answers the client_credentials grant with
+//! `{"access_token": "<JWT>", "expires_in": 3600, "token_type": "Bearer"}`. [`Token`] is that
+//! answer, parsed and checked; [`AccessToken`] is its secret part, which prints as
+//! `[redacted]` and is reached only through [`AccessToken::secret`].
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use bytes::{BufMut as _, BytesMut};
+use http::HeaderValue;
+use tokio::time::Instant;
+
+use crate::error::Error;
+
+/// The lifetime assumed when a response has neither `expires_in` nor a JWT `exp` claim.
+pub(crate) const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
+/// Longer lifetimes are cut to this, so that no deadline computation can overflow.
+pub(crate) const MAX_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+/// The longest access token accepted. Cognito's are about 1 KiB.
+const MAX_TOKEN_LEN: usize = 16 * 1024;
+
+/// An OAuth 2.0 access token: the secret that goes into `Authorization: Bearer`.
+///
+/// Cloning is cheap (reference counts). `Debug` prints `AccessToken([redacted])`; the token's
+/// text is reached only through [`secret`](AccessToken::secret).
+///
+/// ```
+/// use tower_cognito_auth::AccessToken;
+///
+/// let token = AccessToken::new("eyJraWQiOi.example.sig")?;
+/// assert_eq!(format!("{token:?}"), "AccessToken([redacted])");
+/// assert_eq!(token.secret(), "eyJraWQiOi.example.sig");
+/// assert!(token.header_value().is_sensitive());
+/// # Ok::<(), tower_cognito_auth::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct AccessToken {
+    text: Arc<str>,
+    header: HeaderValue,
+}
+
+impl AccessToken {
+    /// Wraps a token's text, checking that it can travel in an `Authorization` header: not
+    /// empty, at most 16 KiB, visible ASCII without spaces (RFC 6750's `b64token` and JWTs fit).
+    ///
+    /// # Errors
+    ///
+    /// An [`Error`] of kind [`InvalidResponse`](crate::ErrorKind::InvalidResponse) that says
+    /// which rule the text breaks (never the text itself).
+    pub fn new(secret: impl Into<String>) -> Result<Self, Error> {
+        let text: String = secret.into();
+        if text.is_empty() {
+            return Err(Error::invalid_response("the access token is empty"));
+        }
+        if text.len() > MAX_TOKEN_LEN {
+            return Err(Error::invalid_response("the access token is longer than 16 KiB"));
+        }
+        if !text.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(Error::invalid_response(
+                "the access token has characters that cannot go into an HTTP header",
+            ));
+        }
+        let mut value = BytesMut::with_capacity(7 + text.len());
+        value.put_slice(b"Bearer ");
+        value.put_slice(text.as_bytes());
+        let mut header = HeaderValue::from_maybe_shared(value.freeze()).map_err(|_| {
+            Error::invalid_response("the access token cannot go into an HTTP header")
+        })?;
+        header.set_sensitive(true);
+        Ok(Self {
+            text: Arc::from(text),
+            header,
+        })
+    }
+
+    /// The token's text. Treat it as a password: do not log it.
+    pub fn secret(&self) -> &str {
+        &self.text
+    }
+
+    /// `Bearer <token>` as a header value, marked [sensitive](HeaderValue::set_sensitive).
+    ///
+    /// Cloning the returned value does not copy the token.
+    pub fn header_value(&self) -> HeaderValue {
+        self.header.clone()
+    }
+
+    pub(crate) fn header_ref(&self) -> &HeaderValue {
+        &self.header
+    }
+}
+
+impl fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AccessToken([redacted])")
+    }
+}
+
+/// A token as a [`TokenSource`](crate::TokenSource) delivers it: the secret, when it expires
+/// on Tokio's clock, and the scope the endpoint granted, if it said.
+#[derive(Clone, Debug)]
+pub struct Token {
+    access_token: AccessToken,
+    expires_at: Instant,
+    scope: Option<String>,
+}
+
+impl Token {
+    /// A token that expires at `expires_at` (on Tokio's clock, so paused-clock tests drive it).
+    pub fn new(access_token: AccessToken, expires_at: Instant) -> Self {
+        Self {
+            access_token,
+            expires_at,
+            scope: None,
+        }
+    }
+
+    /// Sets the scope the endpoint granted.
+    pub fn with_scope(mut self, scope: impl Into<String>) -> Self {
+        self.scope = Some(scope.into());
+        self
+    }
+
+    /// The secret.
+    pub fn access_token(&self) -> &AccessToken {
+        &self.access_token
+    }
+
+    /// When the token expires.
+    pub fn expires_at(&self) -> Instant {
+        self.expires_at
+    }
+
+    /// The scope the endpoint granted, if it said.
+    pub fn scope(&self) -> Option<&str> {
+        self.scope.as_deref()
+    }
+
+    pub(crate) fn into_access_token(self) -> AccessToken {
+        self.access_token
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct RawTokenResponse {
+    access_token: Option<String>,
+    token_type: Option<String>,
+    #[serde(default)]
+    expires_in: serde_json::Value,
+    scope: Option<String>,
+}
+
+/// Parses a 2xx token response.
+///
+/// `sent_at` is when the request was sent (Tokio's clock), and `sent_at_wall` the same moment
+/// on the wall clock, which a JWT `exp` claim is measured against.
+pub(crate) fn parse_token_response(
+    body: &[u8],
+    sent_at: Instant,
+    sent_at_wall: SystemTime,
+) -> Result<(Token, Duration), Error> {
+    let raw: RawTokenResponse = serde_json::from_slice(body)
+        .map_err(|_| Error::invalid_response("the body is not a JSON token response"))?;
+    let secret = match raw.access_token {
+        Some(t) => t,
+        None => return Err(Error::invalid_response("`access_token` is missing")),
+    };
+    match raw.token_type.as_deref() {
+        Some(t) if t.eq_ignore_ascii_case("bearer") => {}
+        Some(_) => {
+            return Err(Error::invalid_response("`token_type` is not `Bearer`"));
+        }
+        None => return Err(Error::invalid_response("`token_type` is missing")),
+    }
+    let lifetime = match parse_expires_in(&raw.expires_in)? {
+        Some(lifetime) => lifetime,
+        None => match jwt_exp(&secret) {
+            Some(exp) => lifetime_from_exp(exp, sent_at_wall)?,
+            None => DEFAULT_LIFETIME,
+        },
+    };
+    let lifetime = lifetime.min(MAX_LIFETIME);
+    let access_token = AccessToken::new(secret)?;
+    let expires_at = sent_at
+        .checked_add(lifetime)
+        .ok_or_else(|| Error::invalid_response("`expires_in` is out of range"))?;
+    let mut token = Token::new(access_token, expires_at);
+    token.scope = raw.scope;
+    Ok((token, lifetime))
+}
+
+/// `expires_in` as a whole number of seconds; a numeric string is tolerated. `Ok(None)` when
+/// absent or `null`.
+fn parse_expires_in(value: &serde_json::Value) -> Result<Option<Duration>, Error> {
+    let secs = match value {
+        serde_json::Value::Null => return Ok(None),
+        serde_json::Value::Number(n) => n.as_u64().or_else(|| {
+            n.as_f64()
+                .filter(|f| f.is_finite() && *f >= 0.0)
+                .map(|f| f.min(MAX_LIFETIME.as_secs_f64()) as u64)
+        }),
+        serde_json::Value::String(s) => s.trim().parse::<u64>().ok(),
+        _ => None,
+    };
+    match secs {
+        Some(0) => Err(Error::invalid_response("`expires_in` is zero")),
+        Some(secs) => Ok(Some(Duration::from_secs(secs.min(MAX_LIFETIME.as_secs())))),
+        None => Err(Error::invalid_response(
+            "`expires_in` is not a non-negative number of seconds",
+        )),
+    }
+}
+
+fn lifetime_from_exp(exp: u64, sent_at_wall: SystemTime) -> Result<Duration, Error> {
+    let now = sent_at_wall
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    match exp.checked_sub(now) {
+        Some(secs) if secs > 0 => Ok(Duration::from_secs(secs)),
+        _ => Err(Error::invalid_response(
+            "the token's `exp` claim is in the past",
+        )),
+    }
+}
+
+/// Reads the `exp` claim of a JWT-shaped token, without checking its signature: we are the
+/// client, the resource server verifies it. `None` when the token is not a JWT or has no
+/// usable `exp`. Reads at most the token's own length, which callers have already bounded.
+pub(crate) fn jwt_exp(token: &str) -> Option<u64> {
+    let mut parts = token.split('.');
+    let (_header, payload, _signature) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || payload.len() > MAX_TOKEN_LEN {
+        return None;
+    }
+    const LENIENT: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+        &base64::alphabet::URL_SAFE,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+    );
+    let json = LENIENT.decode(payload).ok()?;
+    #[derive(serde::Deserialize)]
+    struct Claims {
+        exp: Option<serde_json::Number>,
+    }
+    let claims: Claims = serde_json::from_slice(&json).ok()?;
+    let exp = claims.exp?;
+    exp.as_u64().or_else(|| {
+        exp.as_f64()
+            .filter(|f| f.is_finite() && *f >= 0.0)
+            .map(|f| f as u64)
+    })
+}
+
+/// The OAuth error fields of a 4xx answer, if the body is such JSON.
+pub(crate) fn parse_oauth_error(body: &[u8]) -> Option<(String, Option<String>)> {
+    #[derive(serde::Deserialize)]
+    struct RawError {
+        error: String,
+        error_description: Option<String>,
+    }
+    let raw: RawError = serde_json::from_slice(body).ok()?;
+    Some((raw.error, raw.error_description))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn parse(body: &str) -> Result<(Token, Duration), Error> {
+        parse_token_response(body.as_bytes(), Instant::now(), SystemTime::now())
+    }
+
+    fn jwt_with(payload: &str) -> String {
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        format!(
+            "{}.{}.{}",
+            b64.encode(br#"{"alg":"RS256"}"#),
+            b64.encode(payload),
+            b64.encode(b"sig")
+        )
+    }
+
+    #[tokio::test]
+    async fn parses_cognito_answer() {
+        let (token, lifetime) =
+            parse(r#"{"access_token":"eyJ.abc.def","expires_in":3600,"token_type":"Bearer"}"#)
+                .unwrap();
+        assert_eq!(token.access_token().secret(), "eyJ.abc.def");
+        assert_eq!(lifetime, Duration::from_secs(3600));
+        assert_eq!(
+            token.access_token().header_value(),
+            HeaderValue::from_static("Bearer eyJ.abc.def")
+        );
+    }
+
+    #[tokio::test]
+    async fn numeric_string_and_case() {
+        let (_, lifetime) =
+            parse(r#"{"access_token":"t","expires_in":" 60 ","token_type":"bearer"}"#).unwrap();
+        assert_eq!(lifetime, Duration::from_secs(60));
+    }
+
+    #[tokio::test]
+    async fn rejects_bad_answers() {
+        for (body, why) in [
+            ("not json", "not a JSON"),
+            (r#"{"expires_in":1,"token_type":"Bearer"}"#, "access_token"),
+            (r#"{"access_token":"t","token_type":"mac"}"#, "token_type"),
+            (r#"{"access_token":"t"}"#, "token_type"),
+            (r#"{"access_token":"a b","token_type":"Bearer"}"#, "characters"),
+            (r#"{"access_token":"","token_type":"Bearer"}"#, "empty"),
+            (r#"{"access_token":"t","token_type":"Bearer","expires_in":0}"#, "zero"),
+            (r#"{"access_token":"t","token_type":"Bearer","expires_in":-5}"#, "non-negative"),
+            (r#"{"access_token":"t","token_type":"Bearer","expires_in":"soon"}"#, "non-negative"),
+        ] {
+            let err = parse(body).unwrap_err();
+            assert!(err.to_string().contains(why), "{body}: {err}");
+            assert_eq!(err.kind(), crate::ErrorKind::InvalidResponse);
+        }
+    }
+
+    #[tokio::test]
+    async fn lifetime_from_jwt_exp_or_default() {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let jwt = jwt_with(&format!(r#"{{"exp":{}}}"#, now + 900));
+        let (_, lifetime) = parse(&format!(
+            r#"{{"access_token":"{jwt}","token_type":"Bearer"}}"#
+        ))
+        .unwrap();
+        assert_eq!(lifetime, Duration::from_secs(900));
+
+        let (_, lifetime) = parse(r#"{"access_token":"opaque","token_type":"Bearer"}"#).unwrap();
+        assert_eq!(lifetime, DEFAULT_LIFETIME);
+
+        let jwt = jwt_with(&format!(r#"{{"exp":{}}}"#, now - 10));
+        let err = parse(&format!(
+            r#"{{"access_token":"{jwt}","token_type":"Bearer"}}"#
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("past"));
+    }
+
+    #[test]
+    fn huge_lifetime_is_capped() {
+        let (_, lifetime) = parse_token_response(
+            br#"{"access_token":"t","token_type":"Bearer","expires_in":18446744073709551615}"#,
+            Instant::now(),
+            SystemTime::now(),
+        )
+        .unwrap();
+        assert_eq!(lifetime, MAX_LIFETIME);
+    }
+
+    #[test]
+    fn jwt_exp_reader() {
+        assert_eq!(jwt_exp(&jwt_with(r#"{"exp":1700000000}"#)), Some(1_700_000_000));
+        assert_eq!(jwt_exp(&jwt_with(r#"{"exp":1.7e9}"#)), Some(1_700_000_000));
+        assert_eq!(jwt_exp(&jwt_with(r#"{"sub":"x"}"#)), None);
+        assert_eq!(jwt_exp("a.b"), None);
+        assert_eq!(jwt_exp("a.b.c.d"), None);
+        assert_eq!(jwt_exp("a.!!!.c"), None);
+    }
+
+    #[test]
+    fn access_token_debug_is_redacted() {
+        let t = AccessToken::new("super-secret-token").unwrap();
+        assert!(!format!("{t:?}").contains("super-secret"));
+        let token = Token::new(t, Instant::now());
+        assert!(!format!("{token:?}").contains("super-secret"));
+    }
+
+    proptest! {
+        #[test]
+        fn parser_never_panics(body in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let _ = parse_token_response(&body, Instant::now(), SystemTime::now());
+        }
+
+        #[test]
+        fn parser_never_panics_on_jsonish(
+            token in "[ -~]{0,64}",
+            ty in "[a-zA-Z]{0,8}",
+            exp in proptest::option::of(any::<i64>()),
+            exp_f in any::<f64>(),
+        ) {
+            let exp_json = exp.map_or("null".to_string(), |e| e.to_string());
+            let body = serde_json::json!({"access_token": token, "token_type": ty}).to_string();
+            let _ = parse_token_response(body.as_bytes(), Instant::now(), SystemTime::now());
+            let body = format!(
+                r#"{{"access_token":"t","token_type":"Bearer","expires_in":{exp_json}}}"#
+            );
+            let _ = parse_token_response(body.as_bytes(), Instant::now(), SystemTime::now());
+            if exp_f.is_finite() {
+                let body = format!(
+                    r#"{{"access_token":"t","token_type":"Bearer","expires_in":{exp_f}}}"#
+                );
+                let _ = parse_token_response(body.as_bytes(), Instant::now(), SystemTime::now());
+            }
+        }
+
+        #[test]
+        fn jwt_reader_never_panics(s in "\\PC{0,256}") {
+            let _ = jwt_exp(&s);
+        }
+
+        #[test]
+        fn jwt_reader_never_panics_on_payloads(payload in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+            let token = format!("h.{}.s", b64.encode(&payload));
+            let _ = jwt_exp(&token);
+        }
+    }
+}
