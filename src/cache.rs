@@ -319,8 +319,12 @@ impl TokenCacheBuilder {
 impl TokenCache {
     /// A builder over a token source, such as [`ClientCredentials`](crate::ClientCredentials).
     pub fn builder(source: impl TokenSource) -> TokenCacheBuilder {
+        Self::builder_boxed(Box::new(source))
+    }
+
+    pub(crate) fn builder_boxed(source: Box<dyn TokenSource>) -> TokenCacheBuilder {
         TokenCacheBuilder {
-            source: Box::new(source),
+            source,
             config: Config::default(),
         }
     }

@@ -1,5 +1,110 @@
-//! Tower middleware that puts a valid OAuth 2.0 access token from AWS Cognito (or any
-//! OAuth 2.0 token endpoint) on every request.
+//! Tower middleware that puts a valid OAuth 2.0 access token from AWS Cognito (or any OAuth 2.0
+//! token endpoint) on every request of an HTTP or gRPC client, so that the code using the client
+//! never thinks about tokens.
+//!
+//! [`CognitoAuthLayer`] wraps any `tower::Service<http::Request<B>>`: a hyper-util client, a
+//! tonic `Channel`, an axum or tower stack. Each request gets `Authorization: Bearer <token>`,
+//! the token coming from the OAuth 2.0 client_credentials grant and kept in a cache that
+//! renews it before it expires.
+//!
+//! ```no_run
+//! use tower::ServiceBuilder;
+//! use tower_cognito_auth::CognitoAuthLayer;
+//! # use bytes::Bytes;
+//! # use http_body_util::Full;
+//! # use hyper_util::{client::legacy::{Client, connect::HttpConnector}, rt::TokioExecutor};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let any_http_service: Client<HttpConnector, Full<Bytes>> =
+//! #     Client::builder(TokioExecutor::new()).build_http();
+//! let auth = CognitoAuthLayer::builder()
+//!     .cognito_domain("smart-capital", "us-east-1") // or .token_url("https://…/oauth2/token")
+//!     .client_id(std::env::var("COGNITO_CLIENT_ID")?)
+//!     .client_secret(std::env::var("COGNITO_CLIENT_SECRET")?)
+//!     .scope("wallets/read") // optional, repeatable
+//!     .build()?; // default HTTPS client, default timings
+//!
+//! let client = ServiceBuilder::new().layer(auth.clone()).service(any_http_service);
+//! // every request through `client` now carries `Authorization: Bearer <token>`
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! A complete run against the crate's own loopback token endpoint and protected API (feature
+//! `test-util`, see [`testing`]):
+//!
+//! ```
+//! # #[cfg(feature = "test-util")]
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower::BoxError> {
+//! use bytes::Bytes;
+//! use http_body_util::Full;
+//! use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_cognito_auth::{
+//!     CognitoAuthLayer,
+//!     testing::{ProtectedApi, TokenEndpoint},
+//! };
+//!
+//! let endpoint = TokenEndpoint::start().await?;
+//! let api = ProtectedApi::start(&endpoint).await?;
+//!
+//! let http = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+//! let auth = CognitoAuthLayer::builder()
+//!     .token_url(endpoint.token_url())
+//!     .client_id(endpoint.client_id())
+//!     .client_secret(endpoint.client_secret())
+//!     .http_client(http.clone())
+//!     .build()?;
+//! let client = ServiceBuilder::new().layer(auth.clone()).service(http);
+//!
+//! let request = http::Request::get(format!("{}/wallets", api.url())).body(Full::default())?;
+//! let response = client.oneshot(request).await?;
+//! assert_eq!(response.status(), 200);
+//! assert_eq!(auth.stats().token_requests, 1);
+//! # Ok(())
+//! # }
+//! # #[cfg(not(feature = "test-util"))]
+//! # fn main() {}
+//! ```
+//!
+//! # What it guarantees
+//!
+//! - **No request leaves with a dying token.** A token is handed out only while it has at
+//!   least `min_validity` (30 s) to live, and is renewed `refresh_ahead` (300 s) before expiry
+//!   while still in use. This is the race that breaks AWS Amplify JS, where a request sent at the
+//!   instant of expiry goes out with a dead token and gets a 401.
+//! - **One refresh, however many requests.** Requests that find no usable token all wait on
+//!   one refresh, run in a task of its own so that no cancelled request cancels it; when it
+//!   fails they all get its error, and further attempts are spaced by backoff, not by the
+//!   request rate. See [`cache`].
+//! - **A rejected token is replaced, once.** A `401`, or a gRPC trailers-only
+//!   `UNAUTHENTICATED`, drops that token (only that one), gets a new one and replays the request
+//!   once, transparently. Bodies up to `replay_body_limit` (64 KiB) are kept for it; streams are
+//!   forwarded untouched. See [`replay`].
+//! - **Secrets stay secret.** The client secret and tokens never appear in `Debug` output,
+//!   logs or errors; the `Authorization` header is marked sensitive; the token endpoint must be
+//!   HTTPS (loopback excepted). A request that already has an `Authorization` header is left
+//!   alone.
+//! - **Careful with the token endpoint.** `400 invalid_client` is a clear error and is not
+//!   retried; `429` and `5xx` back off exponentially with jitter and honour `Retry-After`.
+//!
+//! # Errors
+//!
+//! [`CognitoAuth`]'s error type is [`tower::BoxError`]: the inner service's errors pass
+//! through untouched (they still downcast to hyper-util's or tonic's error), and a failure to
+//! get a token is an [`Error`] (the inner service is then not called). See [`error`].
+//!
+//! # Features
+//!
+//! - `rustls` (default): the built-in HTTPS client for the token endpoint (hyper-util,
+//!   rustls with the ring provider and the webpki roots). Without it, pass your own client to
+//!   `http_client`.
+//! - `tonic`: [`ReplayBody`](replay::ReplayBody) for `tonic::body::Body`, so a tonic
+//!   `Channel` can sit under the layer.
+//! - `axum`: [`ReplayBody`](replay::ReplayBody) for axum's body type.
+//! - `test-util`: [`testing`], a Cognito-compatible token endpoint and a protected API on
+//!   127.0.0.1, for your own tests.
 #![forbid(unsafe_code)]
 #![deny(missing_docs, unreachable_pub)]
 #![warn(missing_debug_implementations, clippy::await_holding_lock)]
@@ -8,12 +113,22 @@
 mod backoff;
 pub mod cache;
 pub mod error;
+pub mod future;
 #[cfg(feature = "rustls")]
 mod https;
+mod layer;
+mod reject;
+pub mod replay;
+mod service;
 pub mod source;
+#[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
+pub mod testing;
 mod token;
 
 pub use cache::{CachedToken, Generation, Stats, TokenCache, TokenCacheBuilder};
 pub use error::{Error, ErrorKind};
+pub use layer::{CognitoAuthLayer, CognitoAuthLayerBuilder, DEFAULT_REPLAY_BODY_LIMIT, Replay};
+pub use service::CognitoAuth;
 pub use source::{BoxFuture, ClientAuth, ClientCredentials, ClientCredentialsBuilder, TokenSource};
 pub use token::{AccessToken, Token};

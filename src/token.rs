@@ -88,10 +88,6 @@ impl AccessToken {
     pub fn header_value(&self) -> HeaderValue {
         self.header.clone()
     }
-
-    pub(crate) fn header_ref(&self) -> &HeaderValue {
-        &self.header
-    }
 }
 
 impl fmt::Debug for AccessToken {

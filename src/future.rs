@@ -1,0 +1,299 @@
+//! [`ResponseFuture`], the future [`CognitoAuth`](crate::CognitoAuth) returns.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http::header::AUTHORIZATION;
+use http::request::Parts;
+use http::{HeaderValue, Request, Response};
+use pin_project_lite::pin_project;
+use tower_service::Service;
+
+use crate::cache::{Generation, Lookup, TokenCache, TokenWait};
+use crate::error::BoxError;
+use crate::reject::is_token_rejected;
+use crate::replay::ReplayBody;
+
+/// What a replay needs: a clone of the inner service, the request's head as it came (no
+/// `Authorization` yet), and its body's bytes.
+pub(crate) struct Replay<S> {
+    pub(crate) service: S,
+    pub(crate) parts: Parts,
+    pub(crate) body: Bytes,
+}
+
+pin_project! {
+    /// The response future of [`CognitoAuth`](crate::CognitoAuth).
+    ///
+    /// With a fresh token it is the inner service's future plus a check of the response; it
+    /// allocates nothing of its own. See the [crate docs](crate) for what it does.
+    #[must_use = "futures do nothing unless you `.await` or poll them"]
+    pub struct ResponseFuture<S, B>
+    where
+        S: Service<Request<B>>,
+    {
+        #[pin]
+        state: State<S, B>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, B>
+    where
+        S: Service<Request<B>>,
+    {
+        // The inner service was called with our token: watch for a rejection.
+        Called {
+            #[pin]
+            future: S::Future,
+            cache: TokenCache,
+            generation: Generation,
+            replay: Option<Replay<S>>,
+        },
+        // No usable token yet. `service` is the inner service that was made ready for this
+        // request (its reserved capacity is held while waiting, at most the refresh deadline).
+        WaitToken {
+            wait: TokenWait,
+            cache: TokenCache,
+            service: Option<S>,
+            request: Option<Request<B>>,
+            replay: Option<(Parts, Bytes)>,
+        },
+        // The token was rejected: waiting for a new one to replay with. `response` (the
+        // rejection) goes back to the caller if no replay can be made.
+        WaitReplayToken {
+            wait: TokenWait,
+            cache: TokenCache,
+            rejected: Generation,
+            response: Option<S::Response>,
+            replay: Option<Replay<S>>,
+        },
+        // Making the stored service clone ready for the replay.
+        Readying {
+            service: Option<S>,
+            request: Option<Request<B>>,
+        },
+        // The inner future whose answer goes back as it is: a request that carried its own
+        // `Authorization`, or the replay.
+        Final {
+            #[pin]
+            future: S::Future,
+        },
+        // No token could be had, or the body failed before the inner service was called.
+        Failed {
+            error: Option<BoxError>,
+        },
+    }
+}
+
+impl<S, B> ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+{
+    pub(crate) fn called(
+        future: S::Future,
+        cache: TokenCache,
+        generation: Generation,
+        replay: Option<Replay<S>>,
+    ) -> Self {
+        Self {
+            state: State::Called {
+                future,
+                cache,
+                generation,
+                replay,
+            },
+        }
+    }
+
+    pub(crate) fn wait_token(
+        wait: TokenWait,
+        cache: TokenCache,
+        service: S,
+        request: Request<B>,
+        replay: Option<(Parts, Bytes)>,
+    ) -> Self {
+        Self {
+            state: State::WaitToken {
+                wait,
+                cache,
+                service: Some(service),
+                request: Some(request),
+                replay,
+            },
+        }
+    }
+
+    pub(crate) fn passthrough(future: S::Future) -> Self {
+        Self {
+            state: State::Final { future },
+        }
+    }
+
+    pub(crate) fn failed(error: BoxError) -> Self {
+        Self {
+            state: State::Failed { error: Some(error) },
+        }
+    }
+}
+
+/// The token's header value and generation, as the service needs them.
+pub(crate) fn header_and_generation(entry: &crate::cache::Entry) -> (HeaderValue, Generation) {
+    (entry.access_token().header_value(), entry.generation())
+}
+
+fn replay_request<S, B: ReplayBody>(parts: Parts, body: Bytes, header: HeaderValue) -> Request<B> {
+    let mut request = Request::from_parts(parts, B::from_kept(body));
+    request.headers_mut().insert(AUTHORIZATION, header);
+    request
+}
+
+const POLLED_AFTER_DONE: &str = "`ResponseFuture` polled after it completed";
+
+impl<S, B, ResBody> Future for ResponseFuture<S, B>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    S::Error: Into<BoxError>,
+    B: ReplayBody,
+{
+    type Output = Result<Response<ResBody>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Called {
+                    future,
+                    cache,
+                    generation,
+                    replay,
+                } => {
+                    let response = ready!(future.poll(cx)).map_err(Into::into)?;
+                    if !is_token_rejected(&response) {
+                        return Poll::Ready(Ok(response));
+                    }
+                    let rejected = *generation;
+                    cache.invalidate(rejected);
+                    let Some(replay) = replay.take() else {
+                        // Not replayable (a large or streaming body, or replay is off): the
+                        // rejection goes back, and the next request gets a fresh token.
+                        return Poll::Ready(Ok(response));
+                    };
+                    match cache.lookup(header_and_generation) {
+                        Lookup::Ready((header, generation)) if generation != rejected => {
+                            cache.count_replay();
+                            let request = replay_request::<S, B>(replay.parts, replay.body, header);
+                            this.state.set(State::Readying {
+                                service: Some(replay.service),
+                                request: Some(request),
+                            });
+                        }
+                        // The same token again (rejections are throttled) or none: a replay
+                        // cannot do better than the answer we have.
+                        Lookup::Ready(_) | Lookup::Failed(_) => return Poll::Ready(Ok(response)),
+                        Lookup::Wait(wait) => {
+                            let cache = cache.clone();
+                            this.state.set(State::WaitReplayToken {
+                                wait,
+                                cache,
+                                rejected,
+                                response: Some(response),
+                                replay: Some(replay),
+                            });
+                        }
+                    }
+                }
+                StateProj::WaitToken {
+                    wait,
+                    cache,
+                    service,
+                    request,
+                    replay,
+                } => {
+                    let entry = match ready!(wait.as_mut().poll(cx)) {
+                        Ok(entry) => entry,
+                        Err(error) => return Poll::Ready(Err(error.into())),
+                    };
+                    let (Some(mut service), Some(mut request)) = (service.take(), request.take())
+                    else {
+                        panic!("{POLLED_AFTER_DONE}");
+                    };
+                    let (header, generation) = header_and_generation(&entry);
+                    request.headers_mut().insert(AUTHORIZATION, header);
+                    // `service` was made ready by the caller before `call`, and moved here.
+                    let future = service.call(request);
+                    let replay = replay.take().map(|(parts, body)| Replay {
+                        service,
+                        parts,
+                        body,
+                    });
+                    let cache = cache.clone();
+                    this.state.set(State::Called {
+                        future,
+                        cache,
+                        generation,
+                        replay,
+                    });
+                }
+                StateProj::WaitReplayToken {
+                    wait,
+                    cache,
+                    rejected,
+                    response,
+                    replay,
+                } => {
+                    let outcome = ready!(wait.as_mut().poll(cx));
+                    let (Some(response), Some(replay)) = (response.take(), replay.take()) else {
+                        panic!("{POLLED_AFTER_DONE}");
+                    };
+                    match outcome {
+                        Ok(entry) if entry.generation() != *rejected => {
+                            cache.count_replay();
+                            let (header, _) = header_and_generation(&entry);
+                            drop(response);
+                            let request = replay_request::<S, B>(replay.parts, replay.body, header);
+                            this.state.set(State::Readying {
+                                service: Some(replay.service),
+                                request: Some(request),
+                            });
+                        }
+                        _ => return Poll::Ready(Ok(response)),
+                    }
+                }
+                StateProj::Readying { service, request } => {
+                    let Some(svc) = service.as_mut() else {
+                        panic!("{POLLED_AFTER_DONE}");
+                    };
+                    ready!(svc.poll_ready(cx)).map_err(Into::into)?;
+                    let (Some(mut svc), Some(request)) = (service.take(), request.take()) else {
+                        panic!("{POLLED_AFTER_DONE}");
+                    };
+                    let future = svc.call(request);
+                    this.state.set(State::Final { future });
+                }
+                StateProj::Final { future } => {
+                    return future.poll(cx).map_err(Into::into);
+                }
+                StateProj::Failed { error } => {
+                    let Some(error) = error.take() else {
+                        panic!("{POLLED_AFTER_DONE}");
+                    };
+                    return Poll::Ready(Err(error));
+                }
+            }
+        }
+    }
+}
+
+impl<S, B> fmt::Debug for ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ResponseFuture")
+    }
+}

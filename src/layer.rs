@@ -1,0 +1,285 @@
+//! [`CognitoAuthLayer`] and its builder: configuration and validation.
+
+use std::fmt;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response};
+use http_body::Body;
+use http_body_util::Full;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::cache::{Stats, TokenCache, TokenCacheBuilder};
+use crate::error::{BoxError, Error};
+use crate::service::CognitoAuth;
+use crate::source::{ClientAuth, ClientCredentialsBuilder, TokenSource};
+use crate::token::AccessToken;
+
+/// The default [`replay_body_limit`](CognitoAuthLayerBuilder::replay_body_limit): 64 KiB.
+pub const DEFAULT_REPLAY_BODY_LIMIT: usize = 64 * 1024;
+
+/// Which requests are sent again, once, after the service rejected their token.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Replay {
+    /// Every request whose body could be kept. A 401 means the request was not processed, so
+    /// this is safe behind a well-behaved API. The default.
+    #[default]
+    Always,
+    /// Only requests with an idempotent method (GET, HEAD, PUT, DELETE, OPTIONS, TRACE): for a
+    /// gateway that may have acted on a request before answering 401. gRPC calls are POSTs,
+    /// so this turns their replay off.
+    IdempotentOnly,
+    /// Never: a rejection goes back to the caller (the token is still dropped, so the next
+    /// request gets a new one). Requests are then forwarded without any copy.
+    Never,
+}
+
+impl Replay {
+    pub(crate) fn allows(self, method: &Method) -> bool {
+        match self {
+            Replay::Always => true,
+            Replay::IdempotentOnly => method.is_idempotent(),
+            Replay::Never => false,
+        }
+    }
+}
+
+/// A [`Layer`] that puts a valid OAuth 2.0 access token on every request.
+///
+/// Build it with [`CognitoAuthLayer::builder`]. Clones share one token cache, so one layer
+/// cloned into many services costs one token for all of them. See the [crate docs](crate) for
+/// an example.
+#[derive(Clone)]
+pub struct CognitoAuthLayer {
+    cache: TokenCache,
+    replay: Replay,
+    replay_body_limit: usize,
+}
+
+impl CognitoAuthLayer {
+    /// A builder; see [`CognitoAuthLayerBuilder`].
+    pub fn builder() -> CognitoAuthLayerBuilder {
+        CognitoAuthLayerBuilder::default()
+    }
+
+    /// A usable access token, for callers that need it raw (a WebSocket handshake, say).
+    ///
+    /// # Errors
+    ///
+    /// The refresh's [`Error`] when no usable token could be had.
+    pub async fn token(&self) -> Result<AccessToken, Error> {
+        self.cache.token().await
+    }
+
+    /// The counters so far: token requests, failures, requests that waited, replays.
+    pub fn stats(&self) -> Stats {
+        self.cache.stats()
+    }
+
+    /// The token cache the layer's services share.
+    pub fn cache(&self) -> &TokenCache {
+        &self.cache
+    }
+}
+
+impl<S> Layer<S> for CognitoAuthLayer {
+    type Service = CognitoAuth<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CognitoAuth::new(inner, self.cache.clone(), self.replay, self.replay_body_limit)
+    }
+}
+
+impl fmt::Debug for CognitoAuthLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CognitoAuthLayer")
+            .field("cache", &self.cache)
+            .field("replay", &self.replay)
+            .field("replay_body_limit", &self.replay_body_limit)
+            .finish()
+    }
+}
+
+/// Builds a [`CognitoAuthLayer`]. Every setter takes and returns `Self` and states its default;
+/// [`build`](Self::build) checks them all.
+///
+/// Token settings are those of [`ClientCredentialsBuilder`]; cache settings those of
+/// [`TokenCacheBuilder`].
+#[derive(Default)]
+pub struct CognitoAuthLayerBuilder {
+    credentials: ClientCredentialsBuilder,
+    source: Option<Box<dyn TokenSource>>,
+    refresh_ahead: Option<Duration>,
+    min_validity: Option<Duration>,
+    background_refresh: bool,
+    refresh_deadline: Option<Duration>,
+    invalidation_throttle: Option<Duration>,
+    replay: Replay,
+    replay_body_limit: Option<usize>,
+}
+
+impl fmt::Debug for CognitoAuthLayerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CognitoAuthLayerBuilder")
+            .field("credentials", &self.credentials)
+            .field("custom_source", &self.source.is_some())
+            .field("replay", &self.replay)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CognitoAuthLayerBuilder {
+    /// The token endpoint's URL; `https://` for any host, `http://` for loopback hosts only.
+    /// See [`ClientCredentialsBuilder::token_url`].
+    pub fn token_url(mut self, url: impl AsRef<str>) -> Self {
+        self.credentials = self.credentials.token_url(url);
+        self
+    }
+
+    /// The token endpoint of a Cognito domain:
+    /// `https://{domain}.auth.{region}.amazoncognito.com/oauth2/token`.
+    pub fn cognito_domain(mut self, domain: impl Into<String>, region: impl Into<String>) -> Self {
+        self.credentials = self.credentials.cognito_domain(domain, region);
+        self
+    }
+
+    /// The app client's id. Required, unless [`token_source`](Self::token_source) is used.
+    pub fn client_id(mut self, client_id: impl Into<String>) -> Self {
+        self.credentials = self.credentials.client_id(client_id);
+        self
+    }
+
+    /// The app client's secret. Required, unless [`token_source`](Self::token_source) is used.
+    /// It never appears in `Debug` output, logs or errors.
+    pub fn client_secret(mut self, client_secret: impl Into<String>) -> Self {
+        self.credentials = self.credentials.client_secret(client_secret);
+        self
+    }
+
+    /// Adds a scope to request; repeatable. Default is none (the client's default scopes).
+    pub fn scope(mut self, scope: impl Into<String>) -> Self {
+        self.credentials = self.credentials.scope(scope);
+        self
+    }
+
+    /// HTTP Basic (the default) or the client id and secret in the form body.
+    pub fn client_auth(mut self, client_auth: ClientAuth) -> Self {
+        self.credentials = self.credentials.client_auth(client_auth);
+        self
+    }
+
+    /// The HTTP client for token requests. Default is the built-in HTTPS client (feature
+    /// `rustls`). See [`ClientCredentialsBuilder::http_client`].
+    pub fn http_client<S, ResBody>(mut self, client: S) -> Self
+    where
+        S: Service<Request<Full<Bytes>>, Response = Response<ResBody>> + Clone + Send + Sync + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        ResBody: Body<Data = Bytes> + Send + 'static,
+        ResBody::Error: Into<BoxError>,
+    {
+        self.credentials = self.credentials.http_client(client);
+        self
+    }
+
+    /// How long one token request may take. Default is 10 seconds.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.credentials = self.credentials.request_timeout(timeout);
+        self
+    }
+
+    /// Fetch tokens from this source instead of the client_credentials grant; the credential
+    /// setters above are then not used.
+    pub fn token_source(mut self, source: impl TokenSource) -> Self {
+        self.source = Some(Box::new(source));
+        self
+    }
+
+    /// Refresh this long before expiry, while the token is still served. Default is 300
+    /// seconds, cut to half the lifetime of short-lived tokens.
+    /// See [`TokenCacheBuilder::refresh_ahead`].
+    pub fn refresh_ahead(mut self, refresh_ahead: Duration) -> Self {
+        self.refresh_ahead = Some(refresh_ahead);
+        self
+    }
+
+    /// Never send a token with less life than this left. Default is 30 seconds, cut to a tenth
+    /// of the lifetime of short-lived tokens. See [`TokenCacheBuilder::min_validity`].
+    pub fn min_validity(mut self, min_validity: Duration) -> Self {
+        self.min_validity = Some(min_validity);
+        self
+    }
+
+    /// Keep the token fresh from a background task even with no traffic. Default is off.
+    /// See [`TokenCacheBuilder::background_refresh`].
+    pub fn background_refresh(mut self, enabled: bool) -> Self {
+        self.background_refresh = enabled;
+        self
+    }
+
+    /// The most one refresh may take, retries included. Default is 30 seconds.
+    pub fn refresh_deadline(mut self, deadline: Duration) -> Self {
+        self.refresh_deadline = Some(deadline);
+        self
+    }
+
+    /// At most one 401-driven refresh per period, so an API that rejects every token does not
+    /// turn every request into a token request. Default is 10 seconds.
+    pub fn invalidation_throttle(mut self, period: Duration) -> Self {
+        self.invalidation_throttle = Some(period);
+        self
+    }
+
+    /// Which requests are replayed once after a rejection. Default is [`Replay::Always`].
+    pub fn replay(mut self, replay: Replay) -> Self {
+        self.replay = replay;
+        self
+    }
+
+    /// The largest body kept for a replay, in bytes. A larger or streaming body is sent
+    /// without a copy and is not replayed (the rejection goes back to the caller, and the next
+    /// request gets a new token). Each request in flight holds up to this much: with the
+    /// default 64 KiB and 1,000 concurrent requests, up to 64 MiB. `0` keeps only empty bodies
+    /// (GET and the like still replay). Default is 64 KiB.
+    pub fn replay_body_limit(mut self, limit: usize) -> Self {
+        self.replay_body_limit = Some(limit);
+        self
+    }
+
+    /// Checks the configuration and builds the layer. No token is fetched yet (unless
+    /// `background_refresh` is on inside a Tokio runtime).
+    ///
+    /// # Errors
+    ///
+    /// An [`Error`] of kind [`InvalidConfig`](crate::ErrorKind::InvalidConfig) for anything
+    /// [`ClientCredentialsBuilder::build`] rejects (no token URL, `http://` for a host that is
+    /// not loopback, a malformed Cognito domain or region, a missing client id or secret, an
+    /// invalid scope, a zero timeout), and for a zero `refresh_deadline`.
+    pub fn build(self) -> Result<CognitoAuthLayer, Error> {
+        let source: Box<dyn TokenSource> = match self.source {
+            Some(source) => source,
+            None => Box::new(self.credentials.build()?),
+        };
+        let mut cache: TokenCacheBuilder =
+            TokenCache::builder_boxed(source).background_refresh(self.background_refresh);
+        if let Some(d) = self.refresh_ahead {
+            cache = cache.refresh_ahead(d);
+        }
+        if let Some(d) = self.min_validity {
+            cache = cache.min_validity(d);
+        }
+        if let Some(d) = self.refresh_deadline {
+            cache = cache.refresh_deadline(d);
+        }
+        if let Some(d) = self.invalidation_throttle {
+            cache = cache.invalidation_throttle(d);
+        }
+        Ok(CognitoAuthLayer {
+            cache: cache.build()?,
+            replay: self.replay,
+            replay_body_limit: self.replay_body_limit.unwrap_or(DEFAULT_REPLAY_BODY_LIMIT),
+        })
+    }
+}

@@ -1,0 +1,331 @@
+//! Keeping a request so that it can be sent once more, after its token was rejected.
+//!
+//! # The mechanism, and why
+//!
+//! The inner service must receive the body type `B` the caller sent: a tonic `Channel` accepts
+//! only `Request<tonic::body::Body>`, a hyper-util `Client<_, B>` only its `B`. So the body goes
+//! in and comes out as `B`, and [`ReplayBody`] says how to rebuild a `B`:
+//! [`from_kept`](ReplayBody::from_kept) makes a fresh body from bytes kept aside, and
+//! [`rejoin`](ReplayBody::rejoin) puts frames already taken back in front of the rest.
+//!
+//! When a request is sent, its head (`http::request::Parts`: method, URI, version, headers,
+//! extensions) is cloned *before* `Authorization` is added, and its body is read **only while
+//! frames are ready**, without waiting:
+//! - a body that is known empty is kept as empty, without a poll;
+//! - a `Content-Length` or size hint over the limit: the body is forwarded untouched;
+//! - a body that ends within the limit (`Full`, a `String`, a unary gRPC message) is kept as
+//!   `Bytes` (one frame: a reference-count clone; several: joined once) and sent as
+//!   [`from_kept`](ReplayBody::from_kept);
+//! - a body that is `Pending` (a client stream), goes over the limit, or sends trailers is
+//!   forwarded as [`rejoin`](ReplayBody::rejoin)`(taken, rest)`, without a copy, and is not
+//!   replayable. A streaming body is never awaited before the inner service is called: a
+//!   bidirectional gRPC call would deadlock.
+//!
+//! The alternatives weighed: `B: Clone` (tower's `Retry`) shuts out tonic's and boxed bodies;
+//! `B: Default` with empty bodies only (tower-http's `FollowRedirect`) would never replay a gRPC
+//! call; a downcast on `B: 'static` silently loses replay for unlisted types; teeing the body as
+//! the inner service reads it makes the replay depend on how far the server read before it
+//! answered 401. Reading what is ready costs one poll pass before sending and, per request in
+//! flight, up to `replay_body_limit` bytes held (64 KiB by default).
+//!
+//! # Implementing `ReplayBody`
+//!
+//! The crate implements it for `Full<Bytes>`, `Empty<Bytes>`, `String`,
+//! `UnsyncBoxBody<Bytes, E>`, `BoxBody<Bytes, E>`, and behind the features `tonic` and `axum`
+//! for `tonic::body::Body` and `axum_core::body::Body`. For a body type of your own, build it
+//! from the kept bytes, and wrap [`Rejoin`] for the rest:
+//!
+//! ```
+//! use bytes::Bytes;
+//! use http_body::Frame;
+//! use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
+//! use tower_cognito_auth::replay::{ReplayBody, Rejoin};
+//!
+//! /// A body newtype of an application.
+//! struct MyBody(UnsyncBoxBody<Bytes, std::io::Error>);
+//! # impl http_body::Body for MyBody {
+//! #     type Data = Bytes;
+//! #     type Error = std::io::Error;
+//! #     fn poll_frame(
+//! #         mut self: std::pin::Pin<&mut Self>,
+//! #         cx: &mut std::task::Context<'_>,
+//! #     ) -> std::task::Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+//! #         std::pin::Pin::new(&mut self.0).poll_frame(cx)
+//! #     }
+//! # }
+//!
+//! impl ReplayBody for MyBody {
+//!     fn from_kept(kept: Bytes) -> Self {
+//!         MyBody(Full::new(kept).map_err(|never| match never {}).boxed_unsync())
+//!     }
+//!     fn rejoin(taken: Vec<Frame<Bytes>>, rest: Self) -> Self {
+//!         MyBody(Rejoin::new(taken, rest.0).boxed_unsync())
+//!     }
+//! }
+//! ```
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+use bytes::{Bytes, BytesMut};
+use http::HeaderMap;
+use http::header::CONTENT_LENGTH;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::{BoxBody, UnsyncBoxBody};
+use http_body_util::{BodyExt as _, Empty, Full};
+use pin_project_lite::pin_project;
+
+/// The most frames read ahead of sending; a body of many tiny frames is treated as a stream.
+const MAX_FRAMES: usize = 64;
+
+/// A request body type that the layer can keep for one replay. See the [module docs](self).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be kept for a replay after a 401",
+    label = "this body type does not implement `ReplayBody`",
+    note = "the layer implements `ReplayBody` for `Full<Bytes>`, `Empty<Bytes>`, `String`, `UnsyncBoxBody<Bytes, E>` and `BoxBody<Bytes, E>`, and with the features `tonic` / `axum` for their body types",
+    note = "for a body type of your own, implement `tower_cognito_auth::replay::ReplayBody` (see its docs)"
+)]
+pub trait ReplayBody: Body<Data = Bytes> + Sized {
+    /// A fresh body that yields exactly `kept`.
+    fn from_kept(kept: Bytes) -> Self;
+
+    /// A body that yields the frames in `taken`, then whatever `rest` has left, without
+    /// copying `rest`.
+    fn rejoin(taken: Vec<Frame<Bytes>>, rest: Self) -> Self;
+}
+
+fn join_data(taken: Vec<Frame<Bytes>>) -> Bytes {
+    let mut data: Vec<Bytes> = taken
+        .into_iter()
+        .filter_map(|frame| frame.into_data().ok())
+        .collect();
+    match data.len() {
+        0 => Bytes::new(),
+        1 => data.pop().unwrap_or_default(),
+        _ => {
+            let mut joined = BytesMut::with_capacity(data.iter().map(Bytes::len).sum());
+            for chunk in data {
+                joined.extend_from_slice(&chunk);
+            }
+            joined.freeze()
+        }
+    }
+}
+
+/// `Full` yields its one frame and is then exhausted, so `rejoin` only meets an empty rest.
+impl ReplayBody for Full<Bytes> {
+    fn from_kept(kept: Bytes) -> Self {
+        Full::new(kept)
+    }
+
+    fn rejoin(taken: Vec<Frame<Bytes>>, _rest: Self) -> Self {
+        Full::new(join_data(taken))
+    }
+}
+
+/// `Empty` yields nothing: what is kept is always empty.
+impl ReplayBody for Empty<Bytes> {
+    fn from_kept(_kept: Bytes) -> Self {
+        Empty::new()
+    }
+
+    fn rejoin(_taken: Vec<Frame<Bytes>>, rest: Self) -> Self {
+        rest
+    }
+}
+
+/// A `String` yields its text as one frame and is then empty.
+impl ReplayBody for String {
+    fn from_kept(kept: Bytes) -> Self {
+        match String::from_utf8(kept.to_vec()) {
+            Ok(text) => text,
+            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        }
+    }
+
+    fn rejoin(taken: Vec<Frame<Bytes>>, rest: Self) -> Self {
+        let mut text = Self::from_kept(join_data(taken));
+        text.push_str(&rest);
+        text
+    }
+}
+
+impl<E: 'static> ReplayBody for UnsyncBoxBody<Bytes, E> {
+    fn from_kept(kept: Bytes) -> Self {
+        Full::new(kept).map_err(never::<E>).boxed_unsync()
+    }
+
+    fn rejoin(taken: Vec<Frame<Bytes>>, rest: Self) -> Self {
+        Rejoin::new(taken, rest).boxed_unsync()
+    }
+}
+
+impl<E: 'static> ReplayBody for BoxBody<Bytes, E> {
+    fn from_kept(kept: Bytes) -> Self {
+        Full::new(kept).map_err(never::<E>).boxed()
+    }
+
+    fn rejoin(taken: Vec<Frame<Bytes>>, rest: Self) -> Self {
+        Rejoin::new(taken, rest).boxed()
+    }
+}
+
+#[cfg(feature = "tonic")]
+impl ReplayBody for tonic::body::Body {
+    fn from_kept(kept: Bytes) -> Self {
+        tonic::body::Body::new(Full::new(kept))
+    }
+
+    fn rejoin(taken: Vec<Frame<Bytes>>, rest: Self) -> Self {
+        tonic::body::Body::new(Rejoin::new(taken, rest))
+    }
+}
+
+#[cfg(feature = "axum")]
+impl ReplayBody for axum_core::body::Body {
+    fn from_kept(kept: Bytes) -> Self {
+        axum_core::body::Body::new(Full::new(kept))
+    }
+
+    fn rejoin(taken: Vec<Frame<Bytes>>, rest: Self) -> Self {
+        axum_core::body::Body::new(Rejoin::new(taken, rest))
+    }
+}
+
+fn never<E>(never: Infallible) -> E {
+    match never {}
+}
+
+pin_project! {
+    /// A body that yields frames already taken from a body, then the rest of that body.
+    ///
+    /// The building block for [`ReplayBody::rejoin`] on boxed and wrapping body types.
+    #[derive(Debug)]
+    pub struct Rejoin<B> {
+        taken: VecDeque<Frame<Bytes>>,
+        #[pin]
+        rest: B,
+    }
+}
+
+impl<B> Rejoin<B> {
+    /// The frames in `taken`, then `rest`.
+    pub fn new(taken: Vec<Frame<Bytes>>, rest: B) -> Self {
+        Self {
+            taken: taken.into(),
+            rest,
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for Rejoin<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.project();
+        match this.taken.pop_front() {
+            Some(frame) => Poll::Ready(Some(Ok(frame))),
+            None => this.rest.poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.taken.is_empty() && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let taken: u64 = self
+            .taken
+            .iter()
+            .filter_map(|f| f.data_ref().map(|d| d.len() as u64))
+            .sum();
+        let rest = self.rest.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(rest.lower().saturating_add(taken));
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper.saturating_add(taken));
+        }
+        hint
+    }
+}
+
+/// A body made ready for sending: what to send, and the bytes to replay it from, if it can be.
+pub(crate) struct Prepared<B> {
+    pub(crate) body: B,
+    pub(crate) kept: Option<Bytes>,
+}
+
+/// Reads what is ready of `body`, up to `limit` bytes, without waiting. See the module docs.
+///
+/// A frame error is returned: the request fails before the inner service is called.
+pub(crate) fn prepare<B>(headers: &HeaderMap, mut body: B, limit: usize) -> Result<Prepared<B>, B::Error>
+where
+    B: ReplayBody + Unpin,
+{
+    if body.is_end_stream() {
+        return Ok(Prepared {
+            body,
+            kept: Some(Bytes::new()),
+        });
+    }
+    let limit = limit as u64;
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit) || body.size_hint().lower() > limit {
+        return Ok(Prepared { body, kept: None });
+    }
+    // Polled with a waker that does nothing: a `Pending` body is handed on to the inner
+    // service, whose own poll registers its real waker (only the latest waker counts).
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut taken = Vec::new();
+    let mut len: u64 = 0;
+    let mut ended = false;
+    for _ in 0..MAX_FRAMES {
+        match Pin::new(&mut body).poll_frame(&mut cx) {
+            Poll::Ready(None) => {
+                ended = true;
+                break;
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                let Some(data) = frame.data_ref() else {
+                    // Trailers: kept bytes cannot carry them.
+                    taken.push(frame);
+                    break;
+                };
+                len = len.saturating_add(data.len() as u64);
+                taken.push(frame);
+                if len > limit {
+                    break;
+                }
+                if body.is_end_stream() {
+                    ended = true;
+                    break;
+                }
+            }
+            Poll::Ready(Some(Err(error))) => return Err(error),
+            Poll::Pending => break,
+        }
+    }
+    if ended {
+        let kept = join_data(taken);
+        return Ok(Prepared {
+            body: B::from_kept(kept.clone()),
+            kept: Some(kept),
+        });
+    }
+    if taken.is_empty() {
+        return Ok(Prepared { body, kept: None });
+    }
+    Ok(Prepared {
+        body: B::rejoin(taken, body),
+        kept: None,
+    })
+}
