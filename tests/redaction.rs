@@ -1,0 +1,101 @@
+//! Nothing secret reaches the logs: every event at TRACE level, from a fetch that succeeds, one
+//! that is retried, one that is refused and one through the layer, is captured and searched for
+//! the client secret, the Basic credentials and every token.
+//!
+//! A binary of its own, with a global subscriber: tracing caches per-callsite interest across
+//! threads, so a thread-local subscriber in a binary with other tests could miss events.
+#![cfg(feature = "test-util")]
+
+use std::sync::{Arc, Mutex};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::StatusCode;
+use http_body_util::Full;
+use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use hyper_util::rt::TokioExecutor;
+use tower_cognito_auth::testing::{Reply, TokenEndpoint};
+use tower_cognito_auth::{ClientAuth, ClientCredentials, ClientCredentialsBuilder, TokenSource};
+
+fn http() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+fn source(endpoint: &TokenEndpoint) -> ClientCredentialsBuilder {
+    ClientCredentials::builder()
+        .token_url(endpoint.token_url())
+        .client_id(endpoint.client_id())
+        .client_secret(endpoint.client_secret())
+        .http_client(http())
+}
+
+/// A `MakeWriter` that keeps everything written.
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
+    type Writer = Capture;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+#[tokio::test]
+async fn trace_output_never_holds_the_secret_or_a_token() {
+    let capture = Capture::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(capture.clone())
+        .with_ansi(false)
+        .finish();
+    tracing::subscriber::set_global_default(subscriber).unwrap();
+
+    const SECRET: &str = "very-secret-client-secret";
+    let endpoint = TokenEndpoint::builder()
+        .client_secret(SECRET)
+        .start()
+        .await
+        .unwrap();
+    let good = source(&endpoint).build().unwrap();
+    let post = source(&endpoint).client_auth(ClientAuth::Post).build().unwrap();
+    let mut tokens = Vec::new();
+    tokens.push(good.fetch().await.unwrap());
+    endpoint.push_reply(Reply::status(StatusCode::SERVICE_UNAVAILABLE));
+    tokens.push(post.fetch().await.unwrap());
+    let bad = source(&endpoint).client_secret("another-secret-value").build().unwrap();
+    assert!(bad.fetch().await.is_err());
+    let layer = tower_cognito_auth::CognitoAuthLayer::builder()
+        .token_url(endpoint.token_url())
+        .client_id(endpoint.client_id())
+        .client_secret(SECRET)
+        .http_client(http())
+        .build()
+        .unwrap();
+    let via_layer = layer.token().await.unwrap();
+
+    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    assert!(logs.contains("token request succeeded"), "events were captured:\n{logs}");
+    assert!(logs.contains("retrying"), "{logs}");
+    assert!(logs.contains("invalid_client"), "{logs}");
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{}:{SECRET}", endpoint.client_id()));
+    for needle in [SECRET, "another-secret-value", basic.as_str(), via_layer.secret()]
+        .into_iter()
+        .chain(tokens.iter().map(|t| t.access_token().secret()))
+    {
+        assert!(!logs.contains(needle), "a secret leaked into the logs");
+    }
+    for token in &tokens {
+        assert!(!format!("{token:?}").contains(token.access_token().secret()));
+    }
+    assert!(!format!("{good:?}{layer:?}").contains(SECRET));
+}
