@@ -102,8 +102,14 @@ mod tests {
     fn retry_after_forms() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_480);
         let v = |s: &'static str| HeaderValue::from_static(s);
-        assert_eq!(parse_retry_after(&v("1"), now), Some(Duration::from_secs(1)));
-        assert_eq!(parse_retry_after(&v(" 120 "), now), Some(Duration::from_secs(120)));
+        assert_eq!(
+            parse_retry_after(&v("1"), now),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(
+            parse_retry_after(&v(" 120 "), now),
+            Some(Duration::from_secs(120))
+        );
         assert_eq!(
             parse_retry_after(&v("99999999999999999999999"), now),
             Some(MAX_RETRY_AFTER)

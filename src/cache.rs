@@ -511,7 +511,12 @@ impl Shared {
 
     /// Publishes a refresh's outcome: first in the state (so that a request arriving after
     /// this sees the new token or the backoff), then to the waiters of this flight.
-    fn complete(&self, tx: &watch::Sender<Option<Outcome>>, started: Instant, result: Result<Token, Error>) {
+    fn complete(
+        &self,
+        tx: &watch::Sender<Option<Outcome>>,
+        started: Instant,
+        result: Result<Token, Error>,
+    ) {
         let now = Instant::now();
         let mut state = self.lock();
         state.flight = None;
@@ -525,7 +530,11 @@ impl Shared {
                 state.last_error = None;
                 tracing::debug!(
                     generation = entry.generation().0,
-                    lifetime_secs = entry.token.expires_at.saturating_duration_since(started).as_secs(),
+                    lifetime_secs = entry
+                        .token
+                        .expires_at
+                        .saturating_duration_since(started)
+                        .as_secs(),
                     "token refreshed"
                 );
             }
@@ -553,7 +562,13 @@ impl Shared {
         tx.send_replace(Some(outcome));
     }
 
-    fn entry_for(&self, token: Token, started: Instant, now: Instant, state: &mut State) -> Outcome {
+    fn entry_for(
+        &self,
+        token: Token,
+        started: Instant,
+        now: Instant,
+        state: &mut State,
+    ) -> Outcome {
         let expires_at = token.expires_at();
         let lifetime = expires_at.saturating_duration_since(started);
         let refresh_ahead = self.config.refresh_ahead.min(lifetime / 2);
@@ -602,7 +617,9 @@ impl Shared {
                 Slow::Failed(error) => return Err(error),
             }
         }
-        Err(Error::internal("no token stayed usable long enough to be handed out"))
+        Err(Error::internal(
+            "no token stayed usable long enough to be handed out",
+        ))
     }
 
     /// Spawns the background refresher if it is configured and not yet running. Called with the
@@ -712,14 +729,20 @@ async fn outcome(rx: &mut watch::Receiver<Option<Outcome>>) -> Outcome {
 /// dropped (the stop sender lives in the cache's state).
 async fn background(shared: Weak<Shared>, mut stopped: oneshot::Receiver<()>) {
     loop {
-        let Some(wake_at) = shared.upgrade().map(|s| s.next_background_check(Instant::now())) else {
+        let Some(wake_at) = shared
+            .upgrade()
+            .map(|s| s.next_background_check(Instant::now()))
+        else {
             return;
         };
         tokio::select! {
             _ = &mut stopped => return,
             () = tokio::time::sleep_until(wake_at) => {}
         }
-        let Some(mut rx) = shared.upgrade().and_then(|s| s.refresh_if_due(Instant::now())) else {
+        let Some(mut rx) = shared
+            .upgrade()
+            .and_then(|s| s.refresh_if_due(Instant::now()))
+        else {
             continue;
         };
         tokio::select! {
@@ -979,8 +1002,9 @@ mod tests {
         let cache = source.cache().build().unwrap();
         let results = concurrent(&cache, 100).await;
         assert_eq!(source.calls(), 1);
-        assert!(results.iter().all(|r| r.as_ref().unwrap_err().status()
-            == Some(http::StatusCode::SERVICE_UNAVAILABLE)));
+        assert!(results.iter().all(
+            |r| r.as_ref().unwrap_err().status() == Some(http::StatusCode::SERVICE_UNAVAILABLE)
+        ));
         // The failure completed at t = 1 s. From then on, a request every 100 ms for a minute:
         // attempts only when the backoff (1, 2, 4, 8, 16, 32 s; no jitter here) allows, and the
         // requests in between fail at once.
@@ -991,14 +1015,21 @@ mod tests {
             let calls = source.calls();
             assert!(cache.token().await.is_err());
             if source.calls() == calls {
-                assert_eq!(Instant::now(), before, "a request during the pause does not wait");
+                assert_eq!(
+                    Instant::now(),
+                    before,
+                    "a request during the pause does not wait"
+                );
                 failed_fast += 1;
             }
             advance(Duration::from_millis(100)).await;
         }
         // Attempts at 1, 1+1+2=4... each attempt takes 1 s: t = 2, 5, 10, 19, 36 after start.
         let attempts = source.calls() - 1;
-        assert_eq!(attempts, 5, "attempts in the minute after the first failure");
+        assert_eq!(
+            attempts, 5,
+            "attempts in the minute after the first failure"
+        );
         assert!(failed_fast > 500);
         assert!(Instant::now() - start >= Duration::from_secs(60));
         assert_eq!(cache.stats().token_failures, 6);
@@ -1043,7 +1074,10 @@ mod tests {
         }
         let calls = source.calls();
         assert!(calls > 2, "background refreshes were retried");
-        assert!(calls < 10, "spaced by backoff, not by the request rate: {calls}");
+        assert!(
+            calls < 10,
+            "spaced by backoff, not by the request rate: {calls}"
+        );
         source.set(Mode::Ok);
         tokio::time::sleep(Duration::from_secs(60)).await;
         let _ = cache.token().await.unwrap();
@@ -1082,7 +1116,11 @@ mod tests {
         for r in results {
             assert!(r.unwrap_err().is_timeout());
         }
-        assert_eq!(source.running.load(Ordering::SeqCst), 0, "the hung fetch was dropped");
+        assert_eq!(
+            source.running.load(Ordering::SeqCst),
+            0,
+            "the hung fetch was dropped"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -1101,11 +1139,19 @@ mod tests {
         assert_eq!(cache.stats().waited, 0);
         let t = cache.token().await.unwrap();
         assert_eq!(t.secret(), "token-2");
-        assert_eq!(cache.stats().waited, 0, "the first request found a fresh token");
+        assert_eq!(
+            cache.stats().waited,
+            0,
+            "the first request found a fresh token"
+        );
         drop(cache);
         tokio::task::yield_now().await;
         tokio::task::yield_now().await;
-        assert_eq!(metrics.num_alive_tasks(), tasks_before, "the background task ended");
+        assert_eq!(
+            metrics.num_alive_tasks(),
+            tasks_before,
+            "the background task ended"
+        );
         tokio::time::sleep(Duration::from_secs(7200)).await;
         assert_eq!(source.calls(), 2);
     }
@@ -1165,7 +1211,10 @@ mod tests {
                             source.set(Mode::Ok);
                         }
                         if let Ok(t) = cache.get().await {
-                            assert!(Instant::now() + min_validity < t.expires_at() + Duration::from_nanos(1));
+                            assert!(
+                                Instant::now() + min_validity
+                                    < t.expires_at() + Duration::from_nanos(1)
+                            );
                             if reject {
                                 cache.invalidate(t.generation());
                             }
@@ -1180,7 +1229,10 @@ mod tests {
                 tokio::time::timeout(Duration::from_secs(3600), all)
                     .await
                     .expect("every caller finishes");
-                assert!(source.max_running.load(Ordering::SeqCst) <= 1, "seed {seed}");
+                assert!(
+                    source.max_running.load(Ordering::SeqCst) <= 1,
+                    "seed {seed}"
+                );
             });
         }
     }

@@ -130,7 +130,11 @@ impl Error {
         Self(Arc::new(repr))
     }
 
-    pub(crate) fn rejected(status: StatusCode, error: Option<&str>, description: Option<&str>) -> Self {
+    pub(crate) fn rejected(
+        status: StatusCode,
+        error: Option<&str>,
+        description: Option<&str>,
+    ) -> Self {
         let oauth = error.map(|error| OAuthError {
             error: sanitize(error),
             description: description.map(sanitize),
@@ -188,7 +192,10 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self.kind(),
-            ErrorKind::RateLimited | ErrorKind::Unavailable | ErrorKind::Timeout | ErrorKind::Internal
+            ErrorKind::RateLimited
+                | ErrorKind::Unavailable
+                | ErrorKind::Timeout
+                | ErrorKind::Internal
         )
     }
 
@@ -241,7 +248,9 @@ impl Error {
     /// How long the token endpoint asked us to wait (`Retry-After`), if it said.
     pub fn retry_after(&self) -> Option<Duration> {
         match &*self.0 {
-            Repr::RateLimited { retry_after } | Repr::ServerError { retry_after, .. } => *retry_after,
+            Repr::RateLimited { retry_after } | Repr::ServerError { retry_after, .. } => {
+                *retry_after
+            }
             _ => None,
         }
     }
@@ -303,7 +312,10 @@ mod tests {
             Some(&long),
         );
         assert_eq!(e.oauth_error(), Some("badforged: line"));
-        assert_eq!(e.oauth_error_description().map(str::len), Some(MAX_OAUTH_TEXT));
+        assert_eq!(
+            e.oauth_error_description().map(str::len),
+            Some(MAX_OAUTH_TEXT)
+        );
     }
 
     #[test]

@@ -146,7 +146,7 @@ pub(crate) fn header_and_generation(entry: &crate::cache::Entry) -> (HeaderValue
     (entry.access_token().header_value(), entry.generation())
 }
 
-fn replay_request<S, B: ReplayBody>(parts: Parts, body: Bytes, header: HeaderValue) -> Request<B> {
+fn replay_request<B: ReplayBody>(parts: Parts, body: Bytes, header: HeaderValue) -> Request<B> {
     let mut request = Request::from_parts(parts, B::from_kept(body));
     request.headers_mut().insert(AUTHORIZATION, header);
     request
@@ -186,7 +186,7 @@ where
                     match cache.lookup(header_and_generation) {
                         Lookup::Ready((header, generation)) if generation != rejected => {
                             cache.count_replay();
-                            let request = replay_request::<S, B>(replay.parts, replay.body, header);
+                            let request = replay_request::<B>(replay.parts, replay.body, header);
                             this.state.set(State::Readying {
                                 service: Some(replay.service),
                                 request: Some(request),
@@ -255,7 +255,7 @@ where
                             cache.count_replay();
                             let (header, _) = header_and_generation(&entry);
                             drop(response);
-                            let request = replay_request::<S, B>(replay.parts, replay.body, header);
+                            let request = replay_request::<B>(replay.parts, replay.body, header);
                             this.state.set(State::Readying {
                                 service: Some(replay.service),
                                 request: Some(request),

@@ -88,7 +88,12 @@ impl<S> Layer<S> for CognitoAuthLayer {
     type Service = CognitoAuth<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        CognitoAuth::new(inner, self.cache.clone(), self.replay, self.replay_body_limit)
+        CognitoAuth::new(
+            inner,
+            self.cache.clone(),
+            self.replay,
+            self.replay_body_limit,
+        )
     }
 }
 
@@ -174,7 +179,11 @@ impl CognitoAuthLayerBuilder {
     /// `rustls`). See [`ClientCredentialsBuilder::http_client`].
     pub fn http_client<S, ResBody>(mut self, client: S) -> Self
     where
-        S: Service<Request<Full<Bytes>>, Response = Response<ResBody>> + Clone + Send + Sync + 'static,
+        S: Service<Request<Full<Bytes>>, Response = Response<ResBody>>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
         S::Future: Send + 'static,
         S::Error: Into<BoxError>,
         ResBody: Body<Data = Bytes> + Send + 'static,

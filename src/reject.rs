@@ -32,7 +32,8 @@ mod tests {
         let mut r = Response::new(());
         *r.status_mut() = StatusCode::from_u16(status).unwrap();
         if let Some(g) = grpc {
-            r.headers_mut().insert("grpc-status", http::HeaderValue::from_static(g));
+            r.headers_mut()
+                .insert("grpc-status", http::HeaderValue::from_static(g));
         }
         r
     }

@@ -264,7 +264,11 @@ pub(crate) struct Prepared<B> {
 /// Reads what is ready of `body`, up to `limit` bytes, without waiting. See the module docs.
 ///
 /// A frame error is returned: the request fails before the inner service is called.
-pub(crate) fn prepare<B>(headers: &HeaderMap, mut body: B, limit: usize) -> Result<Prepared<B>, B::Error>
+pub(crate) fn prepare<B>(
+    headers: &HeaderMap,
+    mut body: B,
+    limit: usize,
+) -> Result<Prepared<B>, B::Error>
 where
     B: ReplayBody + Unpin,
 {

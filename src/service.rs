@@ -34,7 +34,12 @@ pub struct CognitoAuth<S> {
 }
 
 impl<S> CognitoAuth<S> {
-    pub(crate) fn new(inner: S, cache: TokenCache, replay: Replay, replay_body_limit: usize) -> Self {
+    pub(crate) fn new(
+        inner: S,
+        cache: TokenCache,
+        replay: Replay,
+        replay_body_limit: usize,
+    ) -> Self {
         Self {
             inner,
             cache,

@@ -37,8 +37,8 @@ use http_body::Body;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt as _, Full};
 use tokio::time::Instant;
-use tower::util::BoxCloneSyncService;
 use tower::ServiceExt as _;
+use tower::util::BoxCloneSyncService;
 use tower_service::Service;
 
 use crate::backoff::{Backoff, parse_retry_after};
@@ -147,10 +147,13 @@ impl ClientCredentials {
             let per_attempt = inner
                 .request_timeout
                 .min(deadline.saturating_duration_since(sent_at));
-            let result = match tokio::time::timeout(per_attempt, Self::attempt(Arc::clone(&inner), sent_at)).await {
-                Ok(result) => result,
-                Err(_) => Err(Error::timeout("the token request", per_attempt)),
-            };
+            let result =
+                match tokio::time::timeout(per_attempt, Self::attempt(Arc::clone(&inner), sent_at))
+                    .await
+                {
+                    Ok(result) => result,
+                    Err(_) => Err(Error::timeout("the token request", per_attempt)),
+                };
             let elapsed_ms = sent_at.elapsed().as_millis() as u64;
             let error = match result {
                 Ok((token, lifetime)) => {
@@ -378,7 +381,11 @@ impl ClientCredentialsBuilder {
     /// under the default feature `rustls`; without that feature this setter is required.
     pub fn http_client<S, ResBody>(mut self, client: S) -> Self
     where
-        S: Service<Request<Full<Bytes>>, Response = Response<ResBody>> + Clone + Send + Sync + 'static,
+        S: Service<Request<Full<Bytes>>, Response = Response<ResBody>>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
         S::Future: Send + 'static,
         S::Error: Into<BoxError>,
         ResBody: Body<Data = Bytes> + Send + 'static,
@@ -474,14 +481,16 @@ impl ClientCredentialsBuilder {
         }
         let authorization = match self.client_auth {
             ClientAuth::Basic => {
-                let encode = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+                let encode =
+                    |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
                 let pair = format!("{}:{}", encode(&client_id), encode(&secret));
                 let value = format!(
                     "Basic {}",
                     base64::engine::general_purpose::STANDARD.encode(pair)
                 );
-                let mut value = HeaderValue::try_from(value)
-                    .map_err(|_| Error::invalid_config("the client credentials cannot be encoded"))?;
+                let mut value = HeaderValue::try_from(value).map_err(|_| {
+                    Error::invalid_config("the client credentials cannot be encoded")
+                })?;
                 value.set_sensitive(true);
                 Some(value)
             }
@@ -533,7 +542,9 @@ fn parse_token_url(url: &str) -> Result<Uri, Error> {
             "the token URL must use https (http is allowed only for loopback hosts such as 127.0.0.1): \
              the client secret would cross the network in clear text",
         )),
-        _ => Err(Error::invalid_config("the token URL must be an https:// URL")),
+        _ => Err(Error::invalid_config(
+            "the token URL must be an https:// URL",
+        )),
     }
 }
 
@@ -553,7 +564,8 @@ pub(crate) fn is_loopback(host: &str) -> bool {
 fn cognito_url(domain: &str, region: &str) -> Result<Uri, Error> {
     let label_ok = |s: &str| {
         (1..=63).contains(&s.len())
-            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             && !s.starts_with('-')
             && !s.ends_with('-')
     };

@@ -46,7 +46,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
+};
 use http_body::{Body, Frame};
 use http_body_util::{BodyExt as _, Limited};
 use hyper::body::Incoming;
@@ -99,7 +101,10 @@ where
                     async move { Ok::<_, Infallible>(response.await) }
                 });
                 let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                if let Err(error) = builder.serve_connection(TokioIo::new(stream), service).await {
+                if let Err(error) = builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await
+                {
                     tracing::debug!(%error, "test server: connection ended with an error");
                 }
             });
@@ -144,7 +149,9 @@ impl Body for ReplyBody {
 
     fn size_hint(&self) -> http_body::SizeHint {
         match (&self.data, &self.trailers) {
-            (data, None) => http_body::SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            (data, None) => {
+                http_body::SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
             _ => http_body::SizeHint::default(),
         }
     }
@@ -567,7 +574,9 @@ impl EndpointState {
         let credentials = if request.headers.contains_key(AUTHORIZATION) {
             request.basic_credentials()
         } else {
-            request.form_value("client_id").zip(request.form_value("client_secret"))
+            request
+                .form_value("client_id")
+                .zip(request.form_value("client_secret"))
         };
         let authenticated = credentials
             .is_some_and(|(id, secret)| id == self.client_id && secret == self.client_secret);
@@ -583,7 +592,9 @@ impl EndpointState {
         };
         {
             let mut registry = lock(&self.registry);
-            registry.live.insert(token.clone(), Instant::now() + lifetime);
+            registry
+                .live
+                .insert(token.clone(), Instant::now() + lifetime);
             registry.last = Some(token.clone());
         }
         self.tokens_issued.fetch_add(1, Ordering::SeqCst);
@@ -826,8 +837,14 @@ mod tests {
     fn basic_credentials_decode() {
         let mut headers = HeaderMap::new();
         let value = base64::engine::general_purpose::STANDARD.encode("a%3Ab:s%2Bx");
-        headers.insert(AUTHORIZATION, HeaderValue::from_str(&format!("Basic {value}")).unwrap());
-        assert_eq!(basic_credentials(&headers), Some(("a:b".into(), "s+x".into())));
+        headers.insert(
+            AUTHORIZATION,
+            HeaderValue::from_str(&format!("Basic {value}")).unwrap(),
+        );
+        assert_eq!(
+            basic_credentials(&headers),
+            Some(("a:b".into(), "s+x".into()))
+        );
         headers.insert(AUTHORIZATION, HeaderValue::from_static("Basic !!!"));
         assert_eq!(basic_credentials(&headers), None);
         headers.insert(AUTHORIZATION, HeaderValue::from_static("Bearer x"));

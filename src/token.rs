@@ -57,7 +57,9 @@ impl AccessToken {
             return Err(Error::invalid_response("the access token is empty"));
         }
         if text.len() > MAX_TOKEN_LEN {
-            return Err(Error::invalid_response("the access token is longer than 16 KiB"));
+            return Err(Error::invalid_response(
+                "the access token is longer than 16 KiB",
+            ));
         }
         if !text.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(Error::invalid_response(
@@ -308,11 +310,23 @@ mod tests {
             (r#"{"expires_in":1,"token_type":"Bearer"}"#, "access_token"),
             (r#"{"access_token":"t","token_type":"mac"}"#, "token_type"),
             (r#"{"access_token":"t"}"#, "token_type"),
-            (r#"{"access_token":"a b","token_type":"Bearer"}"#, "characters"),
+            (
+                r#"{"access_token":"a b","token_type":"Bearer"}"#,
+                "characters",
+            ),
             (r#"{"access_token":"","token_type":"Bearer"}"#, "empty"),
-            (r#"{"access_token":"t","token_type":"Bearer","expires_in":0}"#, "zero"),
-            (r#"{"access_token":"t","token_type":"Bearer","expires_in":-5}"#, "non-negative"),
-            (r#"{"access_token":"t","token_type":"Bearer","expires_in":"soon"}"#, "non-negative"),
+            (
+                r#"{"access_token":"t","token_type":"Bearer","expires_in":0}"#,
+                "zero",
+            ),
+            (
+                r#"{"access_token":"t","token_type":"Bearer","expires_in":-5}"#,
+                "non-negative",
+            ),
+            (
+                r#"{"access_token":"t","token_type":"Bearer","expires_in":"soon"}"#,
+                "non-negative",
+            ),
         ] {
             let err = parse(body).unwrap_err();
             assert!(err.to_string().contains(why), "{body}: {err}");
@@ -322,7 +336,10 @@ mod tests {
 
     #[tokio::test]
     async fn lifetime_from_jwt_exp_or_default() {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
         let jwt = jwt_with(&format!(r#"{{"exp":{}}}"#, now + 900));
         let (_, lifetime) = parse(&format!(
             r#"{{"access_token":"{jwt}","token_type":"Bearer"}}"#
@@ -354,7 +371,10 @@ mod tests {
 
     #[test]
     fn jwt_exp_reader() {
-        assert_eq!(jwt_exp(&jwt_with(r#"{"exp":1700000000}"#)), Some(1_700_000_000));
+        assert_eq!(
+            jwt_exp(&jwt_with(r#"{"exp":1700000000}"#)),
+            Some(1_700_000_000)
+        );
         assert_eq!(jwt_exp(&jwt_with(r#"{"exp":1.7e9}"#)), Some(1_700_000_000));
         assert_eq!(jwt_exp(&jwt_with(r#"{"sub":"x"}"#)), None);
         assert_eq!(jwt_exp("a.b"), None);

@@ -56,7 +56,9 @@ impl Env {
         B::Error: Into<BoxError>,
     {
         let http = Client::builder(TokioExecutor::new()).build_http::<B>();
-        ServiceBuilder::new().layer(self.layer.clone()).service(http)
+        ServiceBuilder::new()
+            .layer(self.layer.clone())
+            .service(http)
     }
 
     fn url(&self, path: &str) -> String {
@@ -83,9 +85,14 @@ async fn body_of(response: Response<hyper::body::Incoming>) -> Bytes {
 async fn get_carries_a_sensitive_bearer_token() {
     let env = env().await;
     let mut client = env.client::<Empty<Bytes>>();
-    let response = send(&mut client, Request::get(env.url("/wallets")).body(Empty::new()).unwrap())
-        .await
-        .unwrap();
+    let response = send(
+        &mut client,
+        Request::get(env.url("/wallets"))
+            .body(Empty::new())
+            .unwrap(),
+    )
+    .await
+    .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let seen = env.api.requests();
     assert_eq!(seen.len(), 1);
@@ -102,29 +109,53 @@ async fn header_is_sensitive_and_a_preset_one_is_untouched() {
         service_fn(move |request: Request<Full<Bytes>>| {
             let seen = seen.clone();
             async move {
-                seen.lock().unwrap().push(request.headers().get("authorization").cloned());
+                seen.lock()
+                    .unwrap()
+                    .push(request.headers().get("authorization").cloned());
                 Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
             }
         })
     };
-    let mut client = ServiceBuilder::new().layer(env.layer.clone()).service(inner);
-    let preset = Request::get("/").header("authorization", "Basic dXNlcjpwYXNz").body(Full::default()).unwrap();
+    let mut client = ServiceBuilder::new()
+        .layer(env.layer.clone())
+        .service(inner);
+    let preset = Request::get("/")
+        .header("authorization", "Basic dXNlcjpwYXNz")
+        .body(Full::default())
+        .unwrap();
     client.ready().await.unwrap().call(preset).await.unwrap();
-    assert_eq!(env.layer.stats().token_requests, 0, "no token fetched for a preset header");
-    client.ready().await.unwrap().call(Request::get("/").body(Full::default()).unwrap()).await.unwrap();
+    assert_eq!(
+        env.layer.stats().token_requests,
+        0,
+        "no token fetched for a preset header"
+    );
+    client
+        .ready()
+        .await
+        .unwrap()
+        .call(Request::get("/").body(Full::default()).unwrap())
+        .await
+        .unwrap();
 
     let seen = seen.lock().unwrap();
     assert_eq!(seen[0].as_ref().unwrap(), "Basic dXNlcjpwYXNz");
     let ours = seen[1].as_ref().unwrap();
     assert!(ours.is_sensitive());
-    assert_eq!(ours.to_str().unwrap(), format!("Bearer {}", env.endpoint.last_token().unwrap()));
+    assert_eq!(
+        ours.to_str().unwrap(),
+        format!("Bearer {}", env.endpoint.last_token().unwrap())
+    );
 }
 
 #[tokio::test]
 async fn revoked_token_is_replaced_and_get_replayed() {
     let env = env().await;
     let mut client = env.client::<Empty<Bytes>>();
-    let get = || Request::get(env.url("/wallets")).body(Empty::new()).unwrap();
+    let get = || {
+        Request::get(env.url("/wallets"))
+            .body(Empty::new())
+            .unwrap()
+    };
     assert_eq!(send(&mut client, get()).await.unwrap().status(), 200);
     let first = env.endpoint.last_token();
     env.api.revoke_current();
@@ -136,7 +167,10 @@ async fn revoked_token_is_replaced_and_get_replayed() {
     assert_eq!(seen[2].status, StatusCode::OK);
     assert_ne!(seen[2].token, first);
     let stats = env.layer.stats();
-    assert_eq!((stats.token_requests, stats.invalidations, stats.replays), (2, 1, 1));
+    assert_eq!(
+        (stats.token_requests, stats.invalidations, stats.replays),
+        (2, 1, 1)
+    );
 }
 
 /// Every body kind the crate can keep, built from the same bytes.
@@ -171,7 +205,10 @@ struct ReadyFrames(std::collections::VecDeque<Bytes>);
 impl Body for ReadyFrames {
     type Data = Bytes;
     type Error = BoxError;
-    fn poll_frame(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
     }
     fn is_end_stream(&self) -> bool {
@@ -184,7 +221,10 @@ struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
 impl Body for ChannelBody {
     type Data = Bytes;
     type Error = BoxError;
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.0.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
     }
 }
@@ -207,7 +247,11 @@ where
     env.api.revoke_current();
     let response = send(&mut client, post()).await.unwrap();
     assert_eq!(response.status(), 200);
-    assert_eq!(body_of(response).await, JSON, "the API echoes what it received");
+    assert_eq!(
+        body_of(response).await,
+        JSON,
+        "the API echoes what it received"
+    );
     let seen = env.api.requests();
     assert_eq!(seen.len(), 3);
     assert_eq!(seen[1].status, StatusCode::UNAUTHORIZED);
@@ -243,9 +287,12 @@ async fn always_401_means_two_attempts_then_the_401() {
     let env = env().await;
     env.api.reject_all(Some(Rejection::Unauthorized));
     let mut client = env.client::<Full<Bytes>>();
-    let response = send(&mut client, Request::get(env.url("/x")).body(Full::default()).unwrap())
-        .await
-        .unwrap();
+    let response = send(
+        &mut client,
+        Request::get(env.url("/x")).body(Full::default()).unwrap(),
+    )
+    .await
+    .unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(env.api.request_count(), 2, "exactly two attempts");
     assert_eq!(env.layer.stats().token_requests, 2);
@@ -257,15 +304,21 @@ async fn always_401_does_not_turn_requests_into_token_requests() {
     env.api.reject_all(Some(Rejection::Unauthorized));
     let mut client = env.client::<Full<Bytes>>();
     for _ in 0..1_000 {
-        let response = send(&mut client, Request::get(env.url("/x")).body(Full::default()).unwrap())
-            .await
-            .unwrap();
+        let response = send(
+            &mut client,
+            Request::get(env.url("/x")).body(Full::default()).unwrap(),
+        )
+        .await
+        .unwrap();
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     // 5 s of requests, one 401-driven refresh per 10 s: the first token and one more.
     let token_requests = env.endpoint.tokens_issued();
-    assert!(token_requests <= 3, "{token_requests} token requests for 1,000 rejected requests");
+    assert!(
+        token_requests <= 3,
+        "{token_requests} token requests for 1,000 rejected requests"
+    );
     assert!(env.api.request_count() < 1_010);
 }
 
@@ -328,15 +381,30 @@ async fn grpc_trailers_only_unauthenticated_is_replayed() {
 
 #[tokio::test]
 async fn replay_idempotent_only_skips_post() {
-    let env = env_with(TokenEndpoint::start().await.unwrap(), |b| b.replay(Replay::IdempotentOnly)).await;
+    let env = env_with(TokenEndpoint::start().await.unwrap(), |b| {
+        b.replay(Replay::IdempotentOnly)
+    })
+    .await;
     let mut client = env.client::<Full<Bytes>>();
-    send(&mut client, Request::get(env.url("/")).body(Full::default()).unwrap()).await.unwrap();
+    send(
+        &mut client,
+        Request::get(env.url("/")).body(Full::default()).unwrap(),
+    )
+    .await
+    .unwrap();
     env.api.revoke_current();
-    let post = Request::post(env.url("/")).body(Full::new(Bytes::from_static(JSON))).unwrap();
+    let post = Request::post(env.url("/"))
+        .body(Full::new(Bytes::from_static(JSON)))
+        .unwrap();
     let response = send(&mut client, post).await.unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     // The token was still dropped: the next request gets a fresh one at once.
-    let response = send(&mut client, Request::put(env.url("/")).body(Full::default()).unwrap()).await.unwrap();
+    let response = send(
+        &mut client,
+        Request::put(env.url("/")).body(Full::default()).unwrap(),
+    )
+    .await
+    .unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(env.api.request_count(), 3);
     assert_eq!(env.layer.stats().replays, 0);
@@ -344,17 +412,39 @@ async fn replay_idempotent_only_skips_post() {
 
 #[tokio::test]
 async fn body_over_the_limit_is_not_kept_and_401_goes_back() {
-    let env = env_with(TokenEndpoint::start().await.unwrap(), |b| b.replay_body_limit(1024)).await;
+    let env = env_with(TokenEndpoint::start().await.unwrap(), |b| {
+        b.replay_body_limit(1024)
+    })
+    .await;
     let mut client = env.client::<Full<Bytes>>();
-    send(&mut client, Request::get(env.url("/")).body(Full::default()).unwrap()).await.unwrap();
+    send(
+        &mut client,
+        Request::get(env.url("/")).body(Full::default()).unwrap(),
+    )
+    .await
+    .unwrap();
     env.api.revoke_current();
     let big = Bytes::from(vec![b'x'; 4096]);
-    let response = send(&mut client, Request::post(env.url("/")).body(Full::new(big.clone())).unwrap())
-        .await
-        .unwrap();
+    let response = send(
+        &mut client,
+        Request::post(env.url("/"))
+            .body(Full::new(big.clone()))
+            .unwrap(),
+    )
+    .await
+    .unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(env.api.requests()[1].body, big, "sent whole, without a copy");
-    let response = send(&mut client, Request::get(env.url("/")).body(Full::default()).unwrap()).await.unwrap();
+    assert_eq!(
+        env.api.requests()[1].body,
+        big,
+        "sent whole, without a copy"
+    );
+    let response = send(
+        &mut client,
+        Request::get(env.url("/")).body(Full::default()).unwrap(),
+    )
+    .await
+    .unwrap();
     assert_eq!(response.status(), 200, "the next request has a fresh token");
 }
 
@@ -380,35 +470,64 @@ fn streaming_body(total: usize) -> UnsyncBoxBody<Bytes, BoxError> {
 async fn streaming_one_mebibyte_rejected_with_401_does_not_hang() {
     let env = env().await;
     let mut client = env.client::<UnsyncBoxBody<Bytes, BoxError>>();
-    send(&mut client, Request::get(env.url("/")).body(streaming_body(0)).unwrap()).await.unwrap();
+    send(
+        &mut client,
+        Request::get(env.url("/")).body(streaming_body(0)).unwrap(),
+    )
+    .await
+    .unwrap();
     let first = env.endpoint.last_token();
     env.api.revoke_current();
-    let request = Request::post(env.url("/upload")).body(streaming_body(1024 * 1024)).unwrap();
+    let request = Request::post(env.url("/upload"))
+        .body(streaming_body(1024 * 1024))
+        .unwrap();
     let response = tokio::time::timeout(Duration::from_secs(30), send(&mut client, request))
         .await
         .expect("no hang")
         .unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(env.api.requests()[1].body.len(), 1024 * 1024);
-    let response = send(&mut client, Request::get(env.url("/")).body(streaming_body(0)).unwrap()).await.unwrap();
+    let response = send(
+        &mut client,
+        Request::get(env.url("/")).body(streaming_body(0)).unwrap(),
+    )
+    .await
+    .unwrap();
     assert_eq!(response.status(), 200);
-    assert_ne!(env.api.requests()[2].token, first, "the next request used a fresh token");
+    assert_ne!(
+        env.api.requests()[2].token,
+        first,
+        "the next request used a fresh token"
+    );
 }
 
 #[tokio::test]
 async fn token_failure_is_our_error_and_the_service_is_not_called() {
     let endpoint = TokenEndpoint::start().await.unwrap();
-    endpoint.fail_with(Some(Reply::oauth_error(StatusCode::BAD_REQUEST, "invalid_client")));
+    endpoint.fail_with(Some(Reply::oauth_error(
+        StatusCode::BAD_REQUEST,
+        "invalid_client",
+    )));
     let env = env_with(endpoint, |b| b).await;
     let mut client = env.client::<Full<Bytes>>();
-    let err = send(&mut client, Request::get(env.url("/")).body(Full::default()).unwrap())
-        .await
-        .unwrap_err();
+    let err = send(
+        &mut client,
+        Request::get(env.url("/")).body(Full::default()).unwrap(),
+    )
+    .await
+    .unwrap_err();
     let err = err.downcast_ref::<Error>().expect("our Error");
     assert!(err.is_invalid_client());
     assert_eq!(env.api.request_count(), 0);
     // And the next request fails at once, without another token request (backoff).
-    assert!(send(&mut client, Request::get(env.url("/")).body(Full::default()).unwrap()).await.is_err());
+    assert!(
+        send(
+            &mut client,
+            Request::get(env.url("/")).body(Full::default()).unwrap()
+        )
+        .await
+        .is_err()
+    );
     assert_eq!(env.endpoint.request_count(), 1);
 }
 
@@ -417,10 +536,19 @@ async fn inner_errors_pass_through_untouched() {
     let env = env().await;
     let mut client = env.client::<Full<Bytes>>();
     // Nothing listens on port 9 of 127.0.0.1.
-    let err = send(&mut client, Request::get("http://127.0.0.1:9/").body(Full::default()).unwrap())
-        .await
-        .unwrap_err();
-    assert!(err.downcast_ref::<hyper_util::client::legacy::Error>().is_some(), "{err:?}");
+    let err = send(
+        &mut client,
+        Request::get("http://127.0.0.1:9/")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.downcast_ref::<hyper_util::client::legacy::Error>()
+            .is_some(),
+        "{err:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -461,12 +589,19 @@ async fn two_hundred_clients_across_several_token_lifetimes_never_fail() {
         t.await.unwrap();
     }
     assert_eq!(failures.load(Ordering::SeqCst), 0);
-    assert_eq!(env.api.rejected_count(), 0, "no request ever reached the API with a dead token");
+    assert_eq!(
+        env.api.rejected_count(),
+        0,
+        "no request ever reached the API with a dead token"
+    );
     let requests = done.load(Ordering::SeqCst);
     let token_requests = env.endpoint.tokens_issued();
     // About one token per half lifetime (1 s, less up to 10% jitter) over 5 s: not per request.
     assert!(requests > 5_000, "{requests}");
-    assert!((4..=10).contains(&token_requests), "{token_requests} token requests");
+    assert!(
+        (4..=10).contains(&token_requests),
+        "{token_requests} token requests"
+    );
 }
 
 /// Wraps a service and counts its live clones, to see that futures dropped mid-flight do not
@@ -505,31 +640,53 @@ async fn dropping_the_future_at_each_await_point_leaves_the_layer_usable() {
             }
         })
     };
-    let mut client = ServiceBuilder::new().layer(env.layer.clone()).service(Counted {
-        inner: slow_inner,
-        _alive: alive.clone(),
-    });
+    let mut client = ServiceBuilder::new()
+        .layer(env.layer.clone())
+        .service(Counted {
+            inner: slow_inner,
+            _alive: alive.clone(),
+        });
     let get = |path: &str| Request::get(env.url(path)).body(Full::default()).unwrap();
 
     // 1. While waiting for the first token.
     env.endpoint.set_delay(Duration::from_secs(2));
     let future = client.ready().await.unwrap().call(get("/"));
-    assert!(tokio::time::timeout(Duration::from_millis(100), future).await.is_err());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), future)
+            .await
+            .is_err()
+    );
     // 2. While the inner service runs.
     let future = client.ready().await.unwrap().call(get("/slow"));
-    assert!(tokio::time::timeout(Duration::from_secs(3), future).await.is_err());
-    assert_eq!(env.layer.stats().token_requests, 1, "the refresh outlived its dropped trigger");
+    assert!(
+        tokio::time::timeout(Duration::from_secs(3), future)
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        env.layer.stats().token_requests,
+        1,
+        "the refresh outlived its dropped trigger"
+    );
     // 3. While waiting for the replacement of a rejected token.
     env.api.revoke_current();
     let future = client.ready().await.unwrap().call(get("/"));
-    assert!(tokio::time::timeout(Duration::from_millis(500), future).await.is_err());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), future)
+            .await
+            .is_err()
+    );
     assert_eq!(env.api.rejected_count(), 1);
 
     // The layer still works, and no dropped future kept a clone of the inner service.
     env.endpoint.set_delay(Duration::ZERO);
     let response = client.ready().await.unwrap().call(get("/")).await.unwrap();
     assert_eq!(response.status(), 200);
-    assert_eq!(Arc::strong_count(&alive), 2, "the test's handle and the client's inner service");
+    assert_eq!(
+        Arc::strong_count(&alive),
+        2,
+        "the test's handle and the client's inner service"
+    );
     drop(client);
     assert_eq!(Arc::strong_count(&alive), 1);
 }

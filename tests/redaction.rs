@@ -67,12 +67,18 @@ async fn trace_output_never_holds_the_secret_or_a_token() {
         .await
         .unwrap();
     let good = source(&endpoint).build().unwrap();
-    let post = source(&endpoint).client_auth(ClientAuth::Post).build().unwrap();
+    let post = source(&endpoint)
+        .client_auth(ClientAuth::Post)
+        .build()
+        .unwrap();
     let mut tokens = Vec::new();
     tokens.push(good.fetch().await.unwrap());
     endpoint.push_reply(Reply::status(StatusCode::SERVICE_UNAVAILABLE));
     tokens.push(post.fetch().await.unwrap());
-    let bad = source(&endpoint).client_secret("another-secret-value").build().unwrap();
+    let bad = source(&endpoint)
+        .client_secret("another-secret-value")
+        .build()
+        .unwrap();
     assert!(bad.fetch().await.is_err());
     let layer = tower_cognito_auth::CognitoAuthLayer::builder()
         .token_url(endpoint.token_url())
@@ -84,13 +90,22 @@ async fn trace_output_never_holds_the_secret_or_a_token() {
     let via_layer = layer.token().await.unwrap();
 
     let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
-    assert!(logs.contains("token request succeeded"), "events were captured:\n{logs}");
+    assert!(
+        logs.contains("token request succeeded"),
+        "events were captured:\n{logs}"
+    );
     assert!(logs.contains("retrying"), "{logs}");
     assert!(logs.contains("invalid_client"), "{logs}");
-    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{}:{SECRET}", endpoint.client_id()));
-    for needle in [SECRET, "another-secret-value", basic.as_str(), via_layer.secret()]
-        .into_iter()
-        .chain(tokens.iter().map(|t| t.access_token().secret()))
+    let basic = base64::engine::general_purpose::STANDARD
+        .encode(format!("{}:{SECRET}", endpoint.client_id()));
+    for needle in [
+        SECRET,
+        "another-secret-value",
+        basic.as_str(),
+        via_layer.secret(),
+    ]
+    .into_iter()
+    .chain(tokens.iter().map(|t| t.access_token().secret()))
     {
         assert!(!logs.contains(needle), "a secret leaked into the logs");
     }

@@ -11,7 +11,9 @@ use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
 use tower_cognito_auth::testing::{Reply, TokenEndpoint};
-use tower_cognito_auth::{ClientAuth, ClientCredentials, ClientCredentialsBuilder, ErrorKind, TokenSource};
+use tower_cognito_auth::{
+    ClientAuth, ClientCredentials, ClientCredentialsBuilder, ErrorKind, TokenSource,
+};
 
 fn http() -> Client<HttpConnector, Full<Bytes>> {
     Client::builder(TokioExecutor::new()).build_http()
@@ -41,7 +43,10 @@ async fn odd_endpoint() -> TokenEndpoint {
 async fn basic_auth_sends_the_rfc6749_header() {
     let endpoint = odd_endpoint().await;
     let token = source(&endpoint).build().unwrap().fetch().await.unwrap();
-    assert_eq!(Some(token.access_token().secret().to_owned()), endpoint.last_token());
+    assert_eq!(
+        Some(token.access_token().secret().to_owned()),
+        endpoint.last_token()
+    );
 
     let seen = endpoint.requests();
     assert_eq!(seen.len(), 1);
@@ -56,15 +61,21 @@ async fn basic_auth_sends_the_rfc6749_header() {
     let encoded = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
     let expected = format!(
         "Basic {}",
-        base64::engine::general_purpose::STANDARD
-            .encode(format!("{}:{}", encoded(ODD_ID), encoded(ODD_SECRET)))
+        base64::engine::general_purpose::STANDARD.encode(format!(
+            "{}:{}",
+            encoded(ODD_ID),
+            encoded(ODD_SECRET)
+        ))
     );
     assert_eq!(request.headers["authorization"], expected.as_str());
     assert_eq!(
         request.basic_credentials(),
         Some((ODD_ID.to_owned(), ODD_SECRET.to_owned()))
     );
-    assert_eq!(request.form(), [("grant_type".to_owned(), "client_credentials".to_owned())]);
+    assert_eq!(
+        request.form(),
+        [("grant_type".to_owned(), "client_credentials".to_owned())]
+    );
 }
 
 #[tokio::test]
@@ -79,11 +90,20 @@ async fn post_auth_sends_form_fields() {
         .unwrap();
     let request = &endpoint.requests()[0];
     assert!(request.headers.get("authorization").is_none());
-    assert_eq!(request.form_value("grant_type").as_deref(), Some("client_credentials"));
+    assert_eq!(
+        request.form_value("grant_type").as_deref(),
+        Some("client_credentials")
+    );
     assert_eq!(request.form_value("client_id").as_deref(), Some(ODD_ID));
-    assert_eq!(request.form_value("client_secret").as_deref(), Some(ODD_SECRET));
+    assert_eq!(
+        request.form_value("client_secret").as_deref(),
+        Some(ODD_SECRET)
+    );
     let raw = std::str::from_utf8(&request.body).unwrap();
-    assert!(raw.contains("client_id=id%3Awith%2Fodd+chars%26%3D"), "{raw}");
+    assert!(
+        raw.contains("client_id=id%3Awith%2Fodd+chars%26%3D"),
+        "{raw}"
+    );
 }
 
 #[tokio::test]
@@ -136,14 +156,23 @@ async fn rate_limit_waits_for_retry_after() {
     let token = source(&endpoint).build().unwrap().fetch().await.unwrap();
     assert!(!token.access_token().secret().is_empty());
     assert_eq!(endpoint.request_count(), 2);
-    assert!(start.elapsed() >= Duration::from_secs(1), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn rate_limit_longer_than_the_deadline_is_returned() {
     let endpoint = TokenEndpoint::start().await.unwrap();
     endpoint.push_reply(Reply::status(StatusCode::TOO_MANY_REQUESTS).header("retry-after", "3600"));
-    let err = source(&endpoint).build().unwrap().fetch().await.unwrap_err();
+    let err = source(&endpoint)
+        .build()
+        .unwrap()
+        .fetch()
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::RateLimited);
     assert_eq!(err.retry_after(), Some(Duration::from_secs(3600)));
     assert_eq!(endpoint.request_count(), 1);
@@ -192,8 +221,17 @@ async fn slow_endpoint_times_out() {
 async fn invalid(reply: Reply) -> tower_cognito_auth::Error {
     let endpoint = TokenEndpoint::start().await.unwrap();
     endpoint.push_reply(reply);
-    let err = source(&endpoint).build().unwrap().fetch().await.unwrap_err();
-    assert_eq!(endpoint.request_count(), 1, "an invalid response is not retried");
+    let err = source(&endpoint)
+        .build()
+        .unwrap()
+        .fetch()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        endpoint.request_count(),
+        1,
+        "an invalid response is not retried"
+    );
     assert_eq!(err.kind(), ErrorKind::InvalidResponse, "{err}");
     err
 }
@@ -253,7 +291,10 @@ async fn expires_in_is_used_when_present() {
     let token = source(&endpoint).build().unwrap().fetch().await.unwrap();
     let lifetime = token.expires_at() - sent;
     // Counted from when the request was sent, which is after `sent`.
-    assert!(lifetime >= Duration::from_secs(120) && lifetime < Duration::from_secs(121), "{lifetime:?}");
+    assert!(
+        lifetime >= Duration::from_secs(120) && lifetime < Duration::from_secs(121),
+        "{lifetime:?}"
+    );
 }
 
 #[cfg(feature = "rustls")]
@@ -269,7 +310,10 @@ async fn default_client_reaches_a_loopback_endpoint() {
         .fetch()
         .await
         .unwrap();
-    assert_eq!(Some(token.access_token().secret().to_owned()), endpoint.last_token());
+    assert_eq!(
+        Some(token.access_token().secret().to_owned()),
+        endpoint.last_token()
+    );
 }
 
 #[test]

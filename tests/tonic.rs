@@ -130,12 +130,17 @@ async fn tonic_unary_call_is_replayed_after_unauthenticated() {
         .http_client(Client::builder(TokioExecutor::new()).build_http())
         .build()
         .unwrap();
-    let mut grpc = tonic::client::Grpc::new(ServiceBuilder::new().layer(auth.clone()).service(channel));
+    let mut grpc =
+        tonic::client::Grpc::new(ServiceBuilder::new().layer(auth.clone()).service(channel));
     let path = PathAndQuery::from_static("/echo.Echo/Unary");
 
     grpc.ready().await.unwrap();
     let reply = grpc
-        .unary(tonic::Request::new(Bytes::from_static(b"first")), path.clone(), RawCodec)
+        .unary(
+            tonic::Request::new(Bytes::from_static(b"first")),
+            path.clone(),
+            RawCodec,
+        )
         .await
         .unwrap();
     assert_eq!(reply.into_inner(), "first");
@@ -144,19 +149,30 @@ async fn tonic_unary_call_is_replayed_after_unauthenticated() {
     endpoint.revoke_all();
     grpc.ready().await.unwrap();
     let reply = grpc
-        .unary(tonic::Request::new(Bytes::from_static(b"second")), path.clone(), RawCodec)
+        .unary(
+            tonic::Request::new(Bytes::from_static(b"second")),
+            path.clone(),
+            RawCodec,
+        )
         .await
         .unwrap();
     assert_eq!(reply.into_inner(), "second");
     let stats = auth.stats();
-    assert_eq!((stats.token_requests, stats.invalidations, stats.replays), (2, 1, 1));
+    assert_eq!(
+        (stats.token_requests, stats.invalidations, stats.replays),
+        (2, 1, 1)
+    );
 
     // A server that keeps refusing: the caller sees UNAUTHENTICATED after one replay.
     endpoint.revoke_all();
     let token_requests = endpoint.tokens_issued();
     grpc.ready().await.unwrap();
     let status = grpc
-        .unary(tonic::Request::new(Bytes::from_static(b"third")), path, RawCodec)
+        .unary(
+            tonic::Request::new(Bytes::from_static(b"third")),
+            path,
+            RawCodec,
+        )
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
