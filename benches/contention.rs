@@ -1,0 +1,2 @@
+//! Placeholder, replaced in a later commit.
+fn main() {}
