@@ -1,8 +1,8 @@
 //! The race at token expiry, and its fix, on loopback.
 //!
 //! ```text
-//! cargo run --example demo --features test-util
-//! cargo run --example demo --features test-util -- --help
+//! cargo run --example demo
+//! cargo run --example demo -- --help
 //! ```
 //!
 //! Starts, in this process on 127.0.0.1, a Cognito-compatible token endpoint (client_credentials,
@@ -38,7 +38,7 @@ type HttpClient = Client<HttpConnector, Full<Bytes>>;
 type BoxResult<T> = Result<T, Box<dyn Error + Send + Sync>>;
 
 const HELP: &str = "\
-Usage: cargo run --example demo --features test-util -- [OPTIONS]
+Usage: cargo run --example demo -- [OPTIONS]
 
 Runs one workload twice against a local token endpoint and API on 127.0.0.1: first with a
 naive check-then-refresh token cache, then through CognitoAuthLayer, and compares them.
