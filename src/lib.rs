@@ -132,3 +132,8 @@ pub use layer::{CognitoAuthLayer, CognitoAuthLayerBuilder, DEFAULT_REPLAY_BODY_L
 pub use service::CognitoAuth;
 pub use source::{BoxFuture, ClientAuth, ClientCredentials, ClientCredentialsBuilder, TokenSource};
 pub use token::{AccessToken, Token};
+
+/// Compiles the README's Rust code as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
