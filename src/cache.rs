@@ -950,7 +950,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn invalidate_current_generation_once_stale_never() {
         let source = TestSource::new(Duration::from_secs(1), HOUR);
-        let cache = source.cache().build().unwrap();
+        // No throttle: the generation check alone must keep the new token.
+        let cache = source
+            .cache()
+            .invalidation_throttle(Duration::ZERO)
+            .build()
+            .unwrap();
         let rejected = cache.get().await.unwrap().generation();
         // 1,000 concurrent rejections of the same token: one drop, one refresh.
         let tasks: Vec<_> = (0..1_000)
