@@ -1,2 +1,74 @@
-//! Placeholder, replaced in a later commit.
-fn main() {}
+//! The hot path from 1, 2 and 4 threads at once on one shared layer: per-thread throughput
+//! must not collapse (the hot path takes no lock; a fresh token is one atomic load).
+//!
+//! ```text
+//! cargo bench --bench contention
+//! ```
+//!
+//! Each thread has its own `CognitoAuth` service from the same layer, so all share one cache.
+//! Reported time is per request per thread; on a 2-core machine, 4 threads share 2 cores.
+
+mod common;
+
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+use common::{Noop, Source, call_now, get};
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use tower::Layer;
+
+fn contention(c: &mut Criterion) {
+    let rt = common::current_thread();
+    let source = Source::new(Duration::ZERO, Duration::from_secs(3600));
+    let layer = common::builder(&source).build().expect("a valid layer");
+    rt.block_on(layer.token()).expect("a token");
+
+    let mut group = c.benchmark_group("contention");
+    for threads in [1usize, 2, 4] {
+        group.bench_with_input(
+            BenchmarkId::from_parameter(threads),
+            &threads,
+            |b, &threads| {
+                b.iter_custom(|iters| {
+                    let barrier = Barrier::new(threads);
+                    let elapsed: Vec<Duration> = std::thread::scope(|scope| {
+                        let handles: Vec<_> = (0..threads)
+                            .map(|_| {
+                                let mut service = layer.layer(Noop);
+                                let barrier = &barrier;
+                                scope.spawn(move || {
+                                    barrier.wait();
+                                    let start = Instant::now();
+                                    for _ in 0..iters {
+                                        call_now(&mut service, get());
+                                    }
+                                    start.elapsed()
+                                })
+                            })
+                            .collect();
+                        handles
+                            .into_iter()
+                            .map(|h| h.join().expect("a bench thread"))
+                            .collect()
+                    });
+                    // Every thread did `iters` requests: the slowest one is the per-thread time.
+                    elapsed.into_iter().max().unwrap_or_default()
+                })
+            },
+        );
+    }
+    group.finish();
+    if source.calls() != 1 {
+        eprintln!("contention: unexpected token requests: {}", source.calls());
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(20);
+    targets = contention
+}
+criterion_main!(benches);

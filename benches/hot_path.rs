@@ -1,2 +1,80 @@
-//! Placeholder, replaced in a later commit.
-fn main() {}
+//! Per-request cost with a fresh token: what the layer adds on top of the inner service.
+//!
+//! ```text
+//! cargo bench --bench hot_path
+//! ```
+//!
+//! The inner service is always ready and answers at once; its future is polled in place, so
+//! the numbers are the layer's own work. Variants: the bare inner service; tower-http's
+//! `SetRequestHeader::overriding` with a static `Bearer` value (the floor: one header insert);
+//! the layer with its defaults (the request head and the inner service are cloned for a
+//! possible replay); with `replay_body_limit(0)`; with `Replay::Never`; and a 1 KiB POST.
+//!
+//! Note: the benches see `tokio` with the `test-util` feature (a dev-dependency), which makes
+//! `tokio::time::Instant::now()` look for a paused clock first; a user's build is a little
+//! faster there.
+
+mod common;
+
+use common::{Noop, Source, call_now, get, post_1k};
+use criterion::{Criterion, criterion_group, criterion_main};
+use http::HeaderValue;
+use http::header::AUTHORIZATION;
+use std::time::Duration;
+use tower::Layer;
+use tower_cognito_auth::Replay;
+use tower_http::set_header::SetRequestHeaderLayer;
+
+fn hot_path(c: &mut Criterion) {
+    let rt = common::current_thread();
+    let mut group = c.benchmark_group("hot_path");
+
+    let mut bare = Noop;
+    group.bench_function("bare", |b| b.iter(|| call_now(&mut bare, get())));
+
+    let header = HeaderValue::from_str(&format!("Bearer {}", common::token_text(0)))
+        .expect("a valid header");
+    let mut set_header = SetRequestHeaderLayer::overriding(AUTHORIZATION, header).layer(Noop);
+    group.bench_function("set_header", |b| {
+        b.iter(|| call_now(&mut set_header, get()))
+    });
+
+    let source = Source::new(Duration::ZERO, Duration::from_secs(3600));
+    for (name, builder) in [
+        ("cognito_auth", common::builder(&source)),
+        (
+            "cognito_auth_replay_body_limit_0",
+            common::builder(&source).replay_body_limit(0),
+        ),
+        (
+            "cognito_auth_replay_never",
+            common::builder(&source).replay(Replay::Never),
+        ),
+    ] {
+        let layer = builder.build().expect("a valid layer");
+        rt.block_on(layer.token()).expect("a token");
+        let mut service = layer.layer(Noop);
+        group.bench_function(name, |b| b.iter(|| call_now(&mut service, get())));
+    }
+
+    group.bench_function("bare_post_1k", |b| {
+        b.iter(|| call_now(&mut bare, post_1k()))
+    });
+    let layer = common::builder(&source).build().expect("a valid layer");
+    rt.block_on(layer.token()).expect("a token");
+    let mut service = layer.layer(Noop);
+    group.bench_function("cognito_auth_post_1k", |b| {
+        b.iter(|| call_now(&mut service, post_1k()))
+    });
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(30);
+    targets = hot_path
+}
+criterion_main!(benches);

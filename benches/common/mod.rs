@@ -1,0 +1,147 @@
+//! Shared by the benches: a token source, an always-ready inner service, and polling in place.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::future::{Future, Ready, ready};
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use tower::Service;
+use tower_cognito_auth::{
+    AccessToken, BoxFuture, CognitoAuthLayerBuilder, Error, Token, TokenSource,
+};
+
+/// A Cognito access token is about 900 bytes.
+pub fn token_text(n: usize) -> String {
+    format!("eyJ{n:06}{}", "x".repeat(900))
+}
+
+/// A token source that takes `delay` and returns tokens that live `lifetime`.
+pub struct Source {
+    pub delay: Duration,
+    pub lifetime: Duration,
+    pub calls: AtomicUsize,
+}
+
+impl Source {
+    pub fn new(delay: Duration, lifetime: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            delay,
+            lifetime,
+            calls: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+impl TokenSource for Source {
+    fn fetch(&self) -> BoxFuture<'_, Result<Token, Error>> {
+        Box::pin(async move {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst);
+            let sent = tokio::time::Instant::now();
+            if !self.delay.is_zero() {
+                tokio::time::sleep(self.delay).await;
+            }
+            Ok(Token::new(
+                AccessToken::new(token_text(n))?,
+                sent + self.lifetime,
+            ))
+        })
+    }
+}
+
+/// A layer builder over `source`.
+pub fn builder(source: &Arc<Source>) -> CognitoAuthLayerBuilder {
+    tower_cognito_auth::CognitoAuthLayer::builder().token_source(Arc::clone(source))
+}
+
+/// An inner service that is always ready and answers 200 at once.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Noop;
+
+impl<B> Service<Request<B>> for Noop {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _request: Request<B>) -> Self::Future {
+        ready(Ok(Response::new(Full::default())))
+    }
+}
+
+/// An inner service that answers 401 and 200 in turn: each request is rejected once.
+#[derive(Clone, Debug, Default)]
+pub struct RejectEveryOther(pub Arc<AtomicBool>);
+
+impl<B> Service<Request<B>> for RejectEveryOther {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _request: Request<B>) -> Self::Future {
+        let reject = !self.0.fetch_xor(true, Ordering::Relaxed);
+        let mut response = Response::new(Full::default());
+        if reject {
+            *response.status_mut() = StatusCode::UNAUTHORIZED;
+        }
+        ready(Ok(response))
+    }
+}
+
+pub fn get() -> Request<Full<Bytes>> {
+    Request::get("http://api.example/wallets")
+        .body(Full::default())
+        .expect("a valid request")
+}
+
+pub const JSON_1K: &[u8] = &[b'7'; 1024];
+
+pub fn post_1k() -> Request<Full<Bytes>> {
+    Request::post("http://api.example/payments")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(JSON_1K)))
+        .expect("a valid request")
+}
+
+/// Readies `service` and calls it, polling everything in place with a waker that does nothing:
+/// the hot path with a fresh token never waits.
+pub fn call_now<S, R>(service: &mut S, request: R) -> S::Response
+where
+    S: Service<R>,
+    S::Error: std::fmt::Debug,
+{
+    let mut cx = Context::from_waker(Waker::noop());
+    match service.poll_ready(&mut cx) {
+        Poll::Ready(Ok(())) => {}
+        _ => panic!("the inner service is always ready"),
+    }
+    match pin!(service.call(request)).poll(&mut cx) {
+        Poll::Ready(Ok(response)) => response,
+        Poll::Ready(Err(e)) => panic!("call failed: {e:?}"),
+        Poll::Pending => panic!("the hot path waited"),
+    }
+}
+
+pub fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
+}
