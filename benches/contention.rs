@@ -65,10 +65,7 @@ fn contention(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2))
-        .sample_size(20);
+    config = common::config(20, Duration::from_secs(2));
     targets = contention
 }
 criterion_main!(benches);

@@ -60,10 +60,7 @@ fn replay(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2))
-        .sample_size(30);
+    config = common::config(30, Duration::from_secs(2));
     targets = replay
 }
 criterion_main!(benches);

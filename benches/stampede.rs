@@ -113,10 +113,7 @@ fn stampede(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .warm_up_time(Duration::from_millis(200))
-        .measurement_time(Duration::from_secs(3))
-        .sample_size(10);
+    config = common::config(10, Duration::from_secs(3));
     targets = stampede
 }
 criterion_main!(benches);

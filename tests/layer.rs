@@ -64,6 +64,13 @@ impl Env {
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.api.url())
     }
+
+    /// A GET of `path` on the API, with an empty `Full` body.
+    fn get(&self, path: &str) -> Request<Full<Bytes>> {
+        Request::get(self.url(path))
+            .body(Full::default())
+            .expect("a valid request")
+    }
 }
 
 async fn send<B>(
@@ -287,12 +294,7 @@ async fn always_401_means_two_attempts_then_the_401() {
     let env = env().await;
     env.api.reject_all(Some(Rejection::Unauthorized));
     let mut client = env.client::<Full<Bytes>>();
-    let response = send(
-        &mut client,
-        Request::get(env.url("/x")).body(Full::default()).unwrap(),
-    )
-    .await
-    .unwrap();
+    let response = send(&mut client, env.get("/x")).await.unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(env.api.request_count(), 2, "exactly two attempts");
     assert_eq!(env.layer.stats().token_requests, 2);
@@ -304,12 +306,7 @@ async fn always_401_does_not_turn_requests_into_token_requests() {
     env.api.reject_all(Some(Rejection::Unauthorized));
     let mut client = env.client::<Full<Bytes>>();
     for _ in 0..1_000 {
-        let response = send(
-            &mut client,
-            Request::get(env.url("/x")).body(Full::default()).unwrap(),
-        )
-        .await
-        .unwrap();
+        let response = send(&mut client, env.get("/x")).await.unwrap();
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -386,12 +383,7 @@ async fn replay_idempotent_only_skips_post() {
     })
     .await;
     let mut client = env.client::<Full<Bytes>>();
-    send(
-        &mut client,
-        Request::get(env.url("/")).body(Full::default()).unwrap(),
-    )
-    .await
-    .unwrap();
+    send(&mut client, env.get("/")).await.unwrap();
     env.api.revoke_current();
     let post = Request::post(env.url("/"))
         .body(Full::new(Bytes::from_static(JSON)))
@@ -417,12 +409,7 @@ async fn body_over_the_limit_is_not_kept_and_401_goes_back() {
     })
     .await;
     let mut client = env.client::<Full<Bytes>>();
-    send(
-        &mut client,
-        Request::get(env.url("/")).body(Full::default()).unwrap(),
-    )
-    .await
-    .unwrap();
+    send(&mut client, env.get("/")).await.unwrap();
     env.api.revoke_current();
     let big = Bytes::from(vec![b'x'; 4096]);
     let response = send(
@@ -439,12 +426,7 @@ async fn body_over_the_limit_is_not_kept_and_401_goes_back() {
         big,
         "sent whole, without a copy"
     );
-    let response = send(
-        &mut client,
-        Request::get(env.url("/")).body(Full::default()).unwrap(),
-    )
-    .await
-    .unwrap();
+    let response = send(&mut client, env.get("/")).await.unwrap();
     assert_eq!(response.status(), 200, "the next request has a fresh token");
 }
 
@@ -510,24 +492,12 @@ async fn token_failure_is_our_error_and_the_service_is_not_called() {
     )));
     let env = env_with(endpoint, |b| b).await;
     let mut client = env.client::<Full<Bytes>>();
-    let err = send(
-        &mut client,
-        Request::get(env.url("/")).body(Full::default()).unwrap(),
-    )
-    .await
-    .unwrap_err();
+    let err = send(&mut client, env.get("/")).await.unwrap_err();
     let err = err.downcast_ref::<Error>().expect("our Error");
     assert!(err.is_invalid_client());
     assert_eq!(env.api.request_count(), 0);
     // And the next request fails at once, without another token request (backoff).
-    assert!(
-        send(
-            &mut client,
-            Request::get(env.url("/")).body(Full::default()).unwrap()
-        )
-        .await
-        .is_err()
-    );
+    assert!(send(&mut client, env.get("/")).await.is_err());
     assert_eq!(env.endpoint.request_count(), 1);
 }
 
@@ -646,7 +616,7 @@ async fn dropping_the_future_at_each_await_point_leaves_the_layer_usable() {
             inner: slow_inner,
             _alive: alive.clone(),
         });
-    let get = |path: &str| Request::get(env.url(path)).body(Full::default()).unwrap();
+    let get = |path: &str| env.get(path);
 
     // 1. While waiting for the first token.
     env.endpoint.set_delay(Duration::from_secs(2));

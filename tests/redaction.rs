@@ -9,25 +9,13 @@
 use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
-use bytes::Bytes;
 use http::StatusCode;
-use http_body_util::Full;
-use hyper_util::client::legacy::{Client, connect::HttpConnector};
-use hyper_util::rt::TokioExecutor;
 use tower_cognito_auth::testing::{Reply, TokenEndpoint};
-use tower_cognito_auth::{ClientAuth, ClientCredentials, ClientCredentialsBuilder, TokenSource};
+use tower_cognito_auth::{ClientAuth, TokenSource};
 
-fn http() -> Client<HttpConnector, Full<Bytes>> {
-    Client::builder(TokioExecutor::new()).build_http()
-}
+mod common;
 
-fn source(endpoint: &TokenEndpoint) -> ClientCredentialsBuilder {
-    ClientCredentials::builder()
-        .token_url(endpoint.token_url())
-        .client_id(endpoint.client_id())
-        .client_secret(endpoint.client_secret())
-        .http_client(http())
-}
+use common::{http, source};
 
 /// A `MakeWriter` that keeps everything written.
 #[derive(Clone, Default)]

@@ -145,3 +145,11 @@ pub fn current_thread() -> tokio::runtime::Runtime {
         .build()
         .expect("a runtime")
 }
+
+/// Short criterion settings, so that `cargo bench` runs all benches in a few minutes.
+pub fn config(sample_size: usize, measurement: Duration) -> criterion::Criterion {
+    criterion::Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(measurement)
+        .sample_size(sample_size)
+}
