@@ -20,6 +20,7 @@ use common::{Noop, Source, call_now, get, post_1k};
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::HeaderValue;
 use http::header::AUTHORIZATION;
+use std::future::Future as _;
 use std::time::Duration;
 use tower::Layer;
 use tower_cognito_auth::Replay;
@@ -57,6 +58,18 @@ fn hot_path(c: &mut Criterion) {
         group.bench_function(name, |b| b.iter(|| call_now(&mut service, get())));
     }
 
+    // `TokenCache::token()` on a fresh token, polled in place: the lookup alone.
+    let cache = layer_for_cache(&rt, &source);
+    group.bench_function("token_cache_hit", |b| {
+        b.iter(|| {
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            match std::pin::pin!(cache.token()).poll(&mut cx) {
+                std::task::Poll::Ready(Ok(token)) => token,
+                _ => panic!("a fresh token is handed out at once"),
+            }
+        })
+    });
+
     group.bench_function("bare_post_1k", |b| {
         b.iter(|| call_now(&mut bare, post_1k()))
     });
@@ -67,6 +80,15 @@ fn hot_path(c: &mut Criterion) {
         b.iter(|| call_now(&mut service, post_1k()))
     });
     group.finish();
+}
+
+fn layer_for_cache(
+    rt: &tokio::runtime::Runtime,
+    source: &std::sync::Arc<Source>,
+) -> tower_cognito_auth::TokenCache {
+    let layer = common::builder(source).build().expect("a valid layer");
+    rt.block_on(layer.token()).expect("a token");
+    layer.cache().clone()
 }
 
 criterion_group! {
