@@ -136,7 +136,8 @@ impl ReplayBody for Empty<Bytes> {
     }
 }
 
-/// A `String` yields its text as one frame and is then empty.
+/// A `String` yields its text as one frame and is then empty. Rebuilding one copies the bytes
+/// (a `String` cannot share them); prefer `Full<Bytes>` for large bodies.
 impl ReplayBody for String {
     fn from_kept(kept: Bytes) -> Self {
         match String::from_utf8(kept.to_vec()) {
