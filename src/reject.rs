@@ -8,10 +8,12 @@
 //! `403 Forbidden` is not a rejection of the token: the token is valid but lacks a permission,
 //! and a new one will not help.
 
-use http::{Response, StatusCode};
+use http::{HeaderName, Response, StatusCode};
 
 /// gRPC's `UNAUTHENTICATED` status code.
 const GRPC_UNAUTHENTICATED: &[u8] = b"16";
+/// A constant name: looked up on every response, it is not parsed each time.
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
 /// Whether the response rejects the token the request carried.
 pub(crate) fn is_token_rejected<B>(response: &Response<B>) -> bool {
@@ -20,7 +22,7 @@ pub(crate) fn is_token_rejected<B>(response: &Response<B>) -> bool {
     }
     response
         .headers()
-        .get("grpc-status")
+        .get(&GRPC_STATUS)
         .is_some_and(|status| status.as_bytes().trim_ascii() == GRPC_UNAUTHENTICATED)
 }
 
