@@ -30,6 +30,10 @@ pin_project! {
     ///
     /// With a fresh token it is the inner service's future plus a check of the response; it
     /// allocates nothing of its own. See the [crate docs](crate) for what it does.
+    ///
+    /// # Panics
+    ///
+    /// When polled again after it completed, as tower's futures do.
     #[must_use = "futures do nothing unless you `.await` or poll them"]
     pub struct ResponseFuture<S, B>
     where
