@@ -176,19 +176,32 @@ pub struct TokenCache {
 struct Shared {
     /// The token handed out on the hot path: one atomic load, no lock.
     current: ArcSwapOption<Entry>,
-    /// Set while a refresh is in flight, so that requests in the refresh-ahead window need not
-    /// take the lock to learn that one already runs.
-    refreshing: AtomicBool,
+    /// No refresh-ahead before this moment, in nanoseconds after `epoch`; `u64::MAX` while a
+    /// refresh is in flight, `0` when one may start now. Written under the lock, read without
+    /// it: requests in the refresh-ahead window learn that a refresh runs, or that the backoff
+    /// says not yet, from this one load.
+    pace: AtomicU64,
+    epoch: Instant,
+    /// Whether a background refresher runs (see `background_refresh`): cleared by the task
+    /// itself when it ends, e.g. because its runtime was dropped, so the next request starts
+    /// another one.
+    background_alive: AtomicBool,
+    /// Dropping it stops the background refresher.
+    background_stop: Mutex<Option<oneshot::Sender<()>>>,
     state: Mutex<State>,
     source: Box<dyn TokenSource>,
     config: Config,
     stats: Counters,
+    /// How often the state lock was taken (tests check the hot path takes none).
+    #[cfg(test)]
+    locks: AtomicU64,
 }
 
 #[derive(Default)]
 struct State {
-    /// The refresh in flight; waiters clone the receiver.
-    flight: Option<watch::Receiver<Option<Outcome>>>,
+    /// The refresh in flight.
+    flight: Option<InFlight>,
+    next_flight: u64,
     next_generation: u64,
     /// Consecutive failed refreshes.
     failures: u32,
@@ -197,8 +210,36 @@ struct State {
     retry_at: Option<Instant>,
     /// The last invalidation that dropped a token (throttles 401-driven refreshes).
     last_invalidation: Option<Instant>,
-    /// Dropping it stops the background task.
-    background_stop: Option<oneshot::Sender<()>>,
+}
+
+/// The refresh in flight, as the state knows it.
+struct InFlight {
+    id: u64,
+    rx: watch::Receiver<Option<Outcome>>,
+    started: Instant,
+}
+
+/// A request's place in the queue for a refresh's outcome, with its own deadline.
+pub(crate) struct Waiter {
+    rx: watch::Receiver<Option<Outcome>>,
+    /// The flight's start plus the refresh deadline; `None` if that does not fit in an
+    /// `Instant` (a deadline of `Duration::MAX`).
+    deadline: Option<Instant>,
+    limit: Duration,
+}
+
+/// A flight that is ready to start: spawned only once the state lock is released, because a
+/// runtime that is shutting down drops the task on the spot, and the task's drop guard takes
+/// the lock to publish its error.
+struct PendingFlight {
+    runtime: tokio::runtime::Handle,
+    flight: Flight,
+}
+
+impl PendingFlight {
+    fn spawn(self) {
+        self.runtime.spawn(self.flight.run());
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -302,16 +343,18 @@ impl TokenCacheBuilder {
         }
         let shared = Arc::new(Shared {
             current: ArcSwapOption::empty(),
-            refreshing: AtomicBool::new(false),
+            pace: AtomicU64::new(0),
+            epoch: Instant::now(),
+            background_alive: AtomicBool::new(false),
+            background_stop: Mutex::new(None),
             state: Mutex::new(State::default()),
             source: self.source,
             config: self.config,
             stats: Counters::default(),
+            #[cfg(test)]
+            locks: AtomicU64::new(0),
         });
-        if shared.config.background_refresh && tokio::runtime::Handle::try_current().is_ok() {
-            let mut state = shared.lock();
-            shared.ensure_background(&mut state);
-        }
+        shared.ensure_background();
         Ok(TokenCache { shared })
     }
 }
@@ -365,16 +408,23 @@ impl TokenCache {
             Some(entry) if entry.generation() == generation => {}
             _ => return false,
         }
-        if let Some(last) = state.last_invalidation
-            && now < last + self.shared.config.invalidation_throttle
-        {
-            tracing::debug!("token rejected again within the invalidation throttle: kept");
-            return false;
+        if let Some(last) = state.last_invalidation {
+            // A throttle too long to add to an `Instant` never runs out.
+            let within = last
+                .checked_add(self.shared.config.invalidation_throttle)
+                .is_none_or(|until| now < until);
+            if within {
+                drop(state);
+                tracing::debug!("token rejected again within the invalidation throttle: kept");
+                return false;
+            }
         }
         state.last_invalidation = Some(now);
         // A rejection is news the backoff did not know of: let the next request refresh.
         state.retry_at = None;
         self.shared.current.store(None);
+        self.shared.publish_pace(&state);
+        drop(state);
         bump(&self.shared.stats.invalidations);
         tracing::debug!("token rejected by the service: dropped");
         true
@@ -401,6 +451,11 @@ impl TokenCache {
     /// What a request does about its token. The hot path: one atomic load and a clock read.
     pub(crate) fn lookup<T>(&self, project: impl FnOnce(&Entry) -> T) -> Lookup<T> {
         let now = Instant::now();
+        if self.shared.config.background_refresh
+            && !self.shared.background_alive.load(Ordering::Relaxed)
+        {
+            self.shared.ensure_background();
+        }
         {
             let current = self.shared.current.load();
             if let Some(entry) = current.as_deref() {
@@ -408,7 +463,9 @@ impl TokenCache {
                     return Lookup::Ready(project(entry));
                 }
                 if now < entry.usable_until {
-                    if !self.shared.refreshing.load(Ordering::Acquire) {
+                    // No lock unless a refresh may start now: a refresh in flight or a backoff
+                    // pause is read from one atomic.
+                    if self.shared.nanos(now) >= self.shared.pace.load(Ordering::Acquire) {
                         self.shared.refresh_ahead(now);
                     }
                     return Lookup::Ready(project(entry));
@@ -437,64 +494,162 @@ impl fmt::Debug for TokenCache {
 
 enum Slow {
     Ready(Arc<Entry>),
-    Wait(watch::Receiver<Option<Outcome>>),
+    Wait(Waiter),
     Failed(Error),
+}
+
+/// How long a flight past its deadline is still joined rather than replaced: its own timer
+/// fires at the deadline, and this leaves its runtime a moment to publish that.
+const ABANDON_GRACE: Duration = Duration::from_secs(1);
+
+/// Whether this thread's runtime has a time driver. Tokio panics when a timer is created
+/// without one; that panic is caught here so that the cache can say what is wrong instead.
+fn timers_enabled() -> bool {
+    std::panic::catch_unwind(|| drop(tokio::time::sleep(Duration::ZERO))).is_ok()
+}
+
+fn no_time_driver() -> Error {
+    Error::invalid_config(
+        "the Tokio runtime has no time driver, which the token cache needs for its deadlines: \
+         build the runtime with `enable_time()` (or `enable_all()`)",
+    )
+}
+
+impl Waiter {
+    /// The flight's outcome, or a timeout error at the flight's deadline, measured on this
+    /// waiter's own timer: a flight whose runtime stopped running it cannot hang its waiters.
+    async fn outcome(&mut self) -> Outcome {
+        let Some(deadline) = self.deadline else {
+            return outcome(&mut self.rx).await;
+        };
+        if !timers_enabled() {
+            // The waiter's runtime has no timer; the flight's own deadline still holds.
+            return outcome(&mut self.rx).await;
+        }
+        tokio::select! {
+            biased;
+            result = outcome(&mut self.rx) => result,
+            () = tokio::time::sleep_until(deadline) => {
+                Err(Error::timeout("waiting for the token refresh", self.limit))
+            }
+        }
+    }
 }
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
+        #[cfg(test)]
+        self.locks.fetch_add(1, Ordering::Relaxed);
         // No code panics while holding the lock, but a poisoned lock must not become a panic
         // on every request.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `now` as the hot path's atomic `pace` counts it.
+    fn nanos(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX - 1)
+    }
+
+    /// Makes the state's "refresh in flight" and "not before" readable without the lock.
+    /// Called with the state locked.
+    fn publish_pace(&self, state: &State) {
+        let pace = if state.flight.is_some() {
+            u64::MAX
+        } else {
+            state.retry_at.map_or(0, |at| self.nanos(at))
+        };
+        self.pace.store(pace, Ordering::Release);
     }
 
     /// No usable token: take the one a racing refresh just published, join the refresh in
     /// flight, fail fast while backing off, or start a refresh.
     fn slow_path(self: &Arc<Self>, now: Instant) -> Slow {
         let mut state = self.lock();
-        self.ensure_background(&mut state);
         if let Some(entry) = self.current.load_full()
             && now < entry.usable_until
         {
             return Slow::Ready(entry);
         }
-        if let Some(rx) = &state.flight {
-            return Slow::Wait(rx.clone());
+        if let Some(flight) = &state.flight {
+            let abandoned = flight
+                .started
+                .checked_add(self.config.refresh_deadline)
+                .and_then(|deadline| deadline.checked_add(ABANDON_GRACE))
+                .is_some_and(|at| now >= at);
+            if !abandoned {
+                return Slow::Wait(self.waiter(flight));
+            }
+            // Its runtime has not run it to its deadline (parked, or gone): start another one
+            // here. Should it finish after all, it publishes to its own waiters only.
+            state.flight = None;
+            tracing::warn!("the token refresh in flight is past its deadline: starting another");
         }
         if let (Some(retry_at), Some(error)) = (state.retry_at, &state.last_error)
             && now < retry_at
         {
             return Slow::Failed(error.clone());
         }
-        match self.start_flight(&mut state, now, false) {
-            Ok(rx) => Slow::Wait(rx),
+        match self.begin_flight(&mut state, now, false) {
+            Ok((waiter, pending)) => {
+                drop(state);
+                pending.spawn();
+                Slow::Wait(waiter)
+            }
             Err(error) => Slow::Failed(error),
         }
     }
 
-    /// A request in the refresh-ahead window: start a background refresh unless one runs or
-    /// the backoff says not yet.
+    fn waiter(&self, flight: &InFlight) -> Waiter {
+        Waiter {
+            rx: flight.rx.clone(),
+            deadline: flight.started.checked_add(self.config.refresh_deadline),
+            limit: self.config.refresh_deadline,
+        }
+    }
+
+    /// A request in the refresh-ahead window: start a background refresh unless one runs, the
+    /// backoff says not yet, or a refresh published a fresh token since the request looked.
     fn refresh_ahead(self: &Arc<Self>, now: Instant) {
         let mut state = self.lock();
         if state.flight.is_some() || state.retry_at.is_some_and(|at| now < at) {
             return;
         }
+        if self
+            .current
+            .load()
+            .as_deref()
+            .is_some_and(|entry| now < entry.fresh_until)
+        {
+            return;
+        }
         // Nobody waits on it; an error is recorded in the state by the refresh itself.
-        let _ = self.start_flight(&mut state, now, true);
+        if let Ok((_, pending)) = self.begin_flight(&mut state, now, true) {
+            drop(state);
+            pending.spawn();
+        }
     }
 
-    /// Starts the one refresh, in a task of its own. Called with the state locked.
-    fn start_flight(
+    /// Prepares the one refresh. Called with the state locked; the caller spawns the returned
+    /// flight once it has released the lock.
+    fn begin_flight(
         self: &Arc<Self>,
         state: &mut State,
         now: Instant,
         ahead: bool,
-    ) -> Result<watch::Receiver<Option<Outcome>>, Error> {
+    ) -> Result<(Waiter, PendingFlight), Error> {
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| Error::internal("no Tokio runtime to refresh the token on"))?;
         let (tx, rx) = watch::channel(None);
-        state.flight = Some(rx.clone());
-        self.refreshing.store(true, Ordering::Release);
+        let id = state.next_flight;
+        state.next_flight = state.next_flight.wrapping_add(1);
+        let flight = InFlight {
+            id,
+            rx,
+            started: now,
+        };
+        let waiter = self.waiter(&flight);
+        state.flight = Some(flight);
+        self.publish_pace(state);
         bump(&self.stats.token_requests);
         if ahead {
             bump(&self.stats.refresh_ahead);
@@ -502,71 +657,117 @@ impl Shared {
         let flight = Flight {
             shared: Arc::clone(self),
             tx,
+            id,
             started: now,
+            ran: false,
             done: false,
         };
-        runtime.spawn(flight.run());
-        Ok(rx)
+        Ok((waiter, PendingFlight { runtime, flight }))
     }
 
     /// Publishes a refresh's outcome: first in the state (so that a request arriving after
-    /// this sees the new token or the backoff), then to the waiters of this flight.
+    /// this sees the new token or the backoff; the token goes in before the "in flight" mark
+    /// goes out, so no request sees neither), then to the waiters of this flight. `paced` is
+    /// false for a flight that never ran (its runtime was shutting down): that is no news
+    /// about the token endpoint, so it starts no backoff.
     fn complete(
         &self,
         tx: &watch::Sender<Option<Outcome>>,
+        id: u64,
         started: Instant,
         result: Result<Token, Error>,
+        paced: bool,
     ) {
         let now = Instant::now();
         let mut state = self.lock();
-        state.flight = None;
-        self.refreshing.store(false, Ordering::Release);
-        let outcome = result.and_then(|token| self.entry_for(token, started, now, &mut state));
+        let own = state.flight.as_ref().is_some_and(|flight| flight.id == id);
+        let previous = self.current.load_full();
+        let outcome = result
+            .and_then(|token| self.entry_for(token, started, now, previous.as_deref(), &mut state));
+        let mut retry_in = None;
         match &outcome {
             Ok(entry) => {
-                self.current.store(Some(Arc::clone(entry)));
-                state.failures = 0;
-                state.retry_at = None;
-                state.last_error = None;
-                tracing::debug!(
-                    generation = entry.generation().0,
-                    lifetime_secs = entry
-                        .token
-                        .expires_at
-                        .saturating_duration_since(started)
-                        .as_secs(),
-                    "token refreshed"
-                );
+                let newer = previous
+                    .as_ref()
+                    .is_none_or(|p| entry.token.expires_at > p.token.expires_at);
+                // A flight that was abandoned and finished late never replaces a newer token.
+                if own || newer || previous.as_ref().is_some_and(|p| now >= p.usable_until) {
+                    self.current.store(Some(Arc::clone(entry)));
+                }
+                if own {
+                    state.last_error = None;
+                    if newer {
+                        state.failures = 0;
+                        state.retry_at = None;
+                    } else {
+                        // The endpoint handed back a token that expires no later than the one
+                        // we had (a cache in front of it, say): asking again at once would get
+                        // the same, so further refreshes are paced like failures.
+                        let delay = self.config.backoff.delay(state.failures);
+                        state.failures = state.failures.saturating_add(1);
+                        state.retry_at = now.checked_add(delay);
+                        retry_in = Some(delay);
+                    }
+                }
             }
             Err(error) => {
                 bump(&self.stats.token_failures);
-                let backoff = self.config.backoff;
-                let delay = if error.is_permanent() {
-                    backoff.cap()
-                } else {
-                    backoff.delay(state.failures)
-                };
-                let delay = delay.max(error.retry_after().unwrap_or_default());
-                state.failures = state.failures.saturating_add(1);
-                state.retry_at = Some(now + delay);
-                state.last_error = Some(error.clone());
-                tracing::warn!(
-                    failures = state.failures,
-                    retry_in_ms = delay.as_millis() as u64,
-                    %error,
-                    "token refresh failed"
-                );
+                if own && paced {
+                    let backoff = self.config.backoff;
+                    let delay = if error.is_permanent() {
+                        backoff.cap()
+                    } else {
+                        backoff.delay(state.failures)
+                    };
+                    // What a server may impose is clamped to the backoff's cap: one
+                    // `Retry-After` must not stop every fetch for a day.
+                    let asked = error.retry_after().unwrap_or_default().min(backoff.cap());
+                    let delay = delay.max(asked);
+                    state.failures = state.failures.saturating_add(1);
+                    state.retry_at = now.checked_add(delay);
+                    state.last_error = Some(error.clone());
+                    retry_in = Some(delay);
+                }
             }
         }
+        if own {
+            state.flight = None;
+        }
+        self.publish_pace(&state);
+        let failures = state.failures;
         drop(state);
+
+        match &outcome {
+            Ok(entry) => tracing::debug!(
+                generation = entry.generation().0,
+                lifetime_secs = entry
+                    .token
+                    .expires_at
+                    .saturating_duration_since(started)
+                    .as_secs(),
+                next_refresh_not_before_ms = retry_in.map(|d| d.as_millis() as u64),
+                "token refreshed"
+            ),
+            Err(error) => tracing::warn!(
+                failures,
+                retry_in_ms = retry_in.map(|d| d.as_millis() as u64),
+                %error,
+                "token refresh failed"
+            ),
+        }
         tx.send_replace(Some(outcome));
     }
 
+    /// The cache's entry for a new token, with its refresh moments. The margins scale with the
+    /// token's lifetime; a token that expires no later than the `previous` one (an endpoint
+    /// that hands out the same cached token again, its remaining life shrinking) keeps the
+    /// previous one's margin, so that refetching it never makes it usable for longer.
     fn entry_for(
         &self,
         token: Token,
         started: Instant,
         now: Instant,
+        previous: Option<&Entry>,
         state: &mut State,
     ) -> Outcome {
         let expires_at = token.expires_at();
@@ -579,7 +780,12 @@ impl Shared {
         } else {
             Duration::ZERO
         };
-        let usable_until = expires_at.checked_sub(min_validity).unwrap_or(started);
+        let mut usable_until = expires_at.checked_sub(min_validity).unwrap_or(started);
+        if let Some(previous) = previous
+            && expires_at <= previous.token.expires_at
+        {
+            usable_until = usable_until.min(previous.usable_until);
+        }
         let fresh_until = expires_at
             .checked_sub(refresh_ahead.saturating_add(jitter))
             .unwrap_or(started)
@@ -604,16 +810,16 @@ impl Shared {
 
     /// Waits for a refresh's outcome. A token that is no longer usable when this waiter wakes
     /// (the clock moved on) is not handed out: the waiter looks again, a bounded number of times.
-    async fn wait(self: Arc<Self>, mut rx: watch::Receiver<Option<Outcome>>) -> Outcome {
+    async fn wait(self: Arc<Self>, mut waiter: Waiter) -> Outcome {
         for _ in 0..3 {
-            let entry = outcome(&mut rx).await?;
+            let entry = waiter.outcome().await?;
             let now = Instant::now();
             if now < entry.usable_until {
                 return Ok(entry);
             }
             match self.slow_path(now) {
                 Slow::Ready(entry) => return Ok(entry),
-                Slow::Wait(next) => rx = next,
+                Slow::Wait(next) => waiter = next,
                 Slow::Failed(error) => return Err(error),
             }
         }
@@ -622,26 +828,37 @@ impl Shared {
         ))
     }
 
-    /// Spawns the background refresher if it is configured and not yet running. Called with the
-    /// state locked.
-    fn ensure_background(self: &Arc<Self>, state: &mut State) {
-        if !self.config.background_refresh || state.background_stop.is_some() {
+    /// Spawns the background refresher if it is configured and not running: at build time, and
+    /// again on the first request after its runtime went away. Takes no state lock.
+    fn ensure_background(self: &Arc<Self>) {
+        if !self.config.background_refresh {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        if self
+            .background_alive
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
+            return;
+        }
         let (stop, stopped) = oneshot::channel();
-        state.background_stop = Some(stop);
-        runtime.spawn(background(Arc::downgrade(self), stopped));
+        *self
+            .background_stop
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(stop);
+        let alive = BackgroundAlive(Arc::downgrade(self));
+        runtime.spawn(background(Arc::downgrade(self), stopped, alive));
     }
 
     /// The background refresher's step: join the refresh in flight, or start one unless the
     /// token is fresh or the backoff says not yet.
-    fn refresh_if_due(self: &Arc<Self>, now: Instant) -> Option<watch::Receiver<Option<Outcome>>> {
+    fn refresh_if_due(self: &Arc<Self>, now: Instant) -> Option<Waiter> {
         let mut state = self.lock();
-        if let Some(rx) = &state.flight {
-            return Some(rx.clone());
+        if let Some(flight) = &state.flight {
+            return Some(self.waiter(flight));
         }
         if self
             .current
@@ -653,7 +870,10 @@ impl Shared {
             return None;
         }
         let ahead = self.current.load().is_some();
-        self.start_flight(&mut state, now, ahead).ok()
+        let (waiter, pending) = self.begin_flight(&mut state, now, ahead).ok()?;
+        drop(state);
+        pending.spawn();
+        Some(waiter)
     }
 
     /// When the background refresher should look next.
@@ -677,32 +897,63 @@ impl Shared {
 struct Flight {
     shared: Arc<Shared>,
     tx: watch::Sender<Option<Outcome>>,
+    id: u64,
     started: Instant,
+    /// Whether the task was ever polled: one dropped before (its runtime was shutting down)
+    /// says nothing about the token endpoint.
+    ran: bool,
     done: bool,
 }
 
 impl Flight {
     async fn run(mut self) {
-        let deadline = self.shared.config.refresh_deadline;
-        let result = match tokio::time::timeout(deadline, self.shared.source.fetch()).await {
-            Ok(result) => result,
-            Err(_) => Err(Error::timeout("the token refresh", deadline)),
+        self.ran = true;
+        let limit = self.shared.config.refresh_deadline;
+        let result = if !timers_enabled() {
+            Err(no_time_driver())
+        } else {
+            let fetch = self.shared.source.fetch();
+            match self.started.checked_add(limit) {
+                Some(deadline) => match tokio::time::timeout_at(deadline, fetch).await {
+                    Ok(result) => result,
+                    Err(_) => Err(Error::timeout("the token refresh", limit)),
+                },
+                None => fetch.await,
+            }
         };
         self.done = true;
-        self.shared.complete(&self.tx, self.started, result);
+        self.shared
+            .complete(&self.tx, self.id, self.started, result, true);
     }
 }
 
 impl Drop for Flight {
     fn drop(&mut self) {
-        if !self.done {
-            self.shared.complete(
-                &self.tx,
-                self.started,
-                Err(Error::internal(
-                    "the token refresh ended without a result (the token source panicked, or the runtime is shutting down)",
-                )),
-            );
+        if self.done {
+            return;
+        }
+        let why = if self.ran {
+            "the token refresh ended without a result (the token source panicked)"
+        } else {
+            "the token refresh could not run: its Tokio runtime is shutting down"
+        };
+        self.shared.complete(
+            &self.tx,
+            self.id,
+            self.started,
+            Err(Error::internal(why)),
+            self.ran,
+        );
+    }
+}
+
+/// Marks the background refresher as gone when its task ends or is dropped with its runtime.
+struct BackgroundAlive(Weak<Shared>);
+
+impl Drop for BackgroundAlive {
+    fn drop(&mut self) {
+        if let Some(shared) = self.0.upgrade() {
+            shared.background_alive.store(false, Ordering::Release);
         }
     }
 }
@@ -727,7 +978,11 @@ async fn outcome(rx: &mut watch::Receiver<Option<Outcome>>) -> Outcome {
 
 /// Keeps the token fresh with no traffic. Holds only a weak handle, and stops when the cache is
 /// dropped (the stop sender lives in the cache's state).
-async fn background(shared: Weak<Shared>, mut stopped: oneshot::Receiver<()>) {
+async fn background(
+    shared: Weak<Shared>,
+    mut stopped: oneshot::Receiver<()>,
+    _alive: BackgroundAlive,
+) {
     loop {
         let Some(wake_at) = shared
             .upgrade()
@@ -739,7 +994,7 @@ async fn background(shared: Weak<Shared>, mut stopped: oneshot::Receiver<()>) {
             _ = &mut stopped => return,
             () = tokio::time::sleep_until(wake_at) => {}
         }
-        let Some(mut rx) = shared
+        let Some(mut waiter) = shared
             .upgrade()
             .and_then(|s| s.refresh_if_due(Instant::now()))
         else {
@@ -747,7 +1002,7 @@ async fn background(shared: Weak<Shared>, mut stopped: oneshot::Receiver<()>) {
         };
         tokio::select! {
             _ = &mut stopped => return,
-            _ = outcome(&mut rx) => {}
+            _ = waiter.outcome() => {}
         }
     }
 }
@@ -764,6 +1019,9 @@ mod tests {
         Fail(Error),
         Panic,
         Hang,
+        /// A token that always expires at this moment (an endpoint or sidecar that hands out
+        /// one cached token until it dies).
+        Fixed(Instant),
     }
 
     /// A token source that counts its calls, how many run at once, and can be told to fail.
@@ -823,6 +1081,7 @@ mod tests {
                     Mode::Fail(e) => Err(e),
                     Mode::Panic => panic!("the test source panics"),
                     Mode::Hang => std::future::pending().await,
+                    Mode::Fixed(at) => Ok(Token::new(AccessToken::new("fixed")?, at)),
                 }
             })
         }
@@ -1174,6 +1433,244 @@ mod tests {
         cache.get().await.unwrap();
         tokio::task::yield_now().await;
         assert_eq!(source.calls(), 2, "refreshed ahead after half its life");
+    }
+
+    /// Issue #10, defect 1: a flight spawned on a runtime that is shutting down is dropped on
+    /// the spot; that must neither deadlock on the cache's own lock nor break other runtimes.
+    #[test]
+    fn a_runtime_shutting_down_does_not_deadlock_the_cache() {
+        let source = TestSource::new(Duration::ZERO, HOUR);
+        let cache = source.cache().build().unwrap();
+        let dying = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let handle = dying.handle().clone();
+        dying.shutdown_background();
+        let (done, returned) = std::sync::mpsc::channel();
+        let on_dying = cache.clone();
+        std::thread::spawn(move || {
+            let _entered = handle.enter();
+            // A request arrives on the expired (absent) token while the runtime goes away.
+            let failed = matches!(on_dying.lookup(|_| ()), Lookup::Failed(_));
+            let _ = done.send(failed);
+        });
+        returned
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the request on the dying runtime returned instead of deadlocking");
+        let other = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let token = other
+            .block_on(async { tokio::time::timeout(Duration::from_secs(30), cache.token()).await })
+            .expect("no hang on another runtime")
+            .expect("another runtime sharing the cache gets a token");
+        assert_eq!(token.secret(), "token-1");
+    }
+
+    /// Issue #10, defect 2: waiters bound their wait on their own timer, so a flight stuck on a
+    /// runtime that nobody drives does not hang them; the next request starts over.
+    #[test]
+    fn waiters_have_their_own_deadline_when_the_refreshing_runtime_is_parked() {
+        let source = TestSource::new(Duration::from_secs(1), HOUR);
+        let cache = source
+            .cache()
+            .refresh_deadline(Duration::from_secs(30))
+            .build()
+            .unwrap();
+        let parked = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        {
+            let _entered = parked.enter();
+            // The refresh is spawned on `parked`, which nobody drives from now on.
+            assert!(matches!(cache.lookup(|_| ()), Lookup::Wait(_)));
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let start = Instant::now();
+            let waited = tokio::time::timeout(HOUR, cache.token())
+                .await
+                .expect("the waiter gave up on its own at the refresh deadline");
+            assert!(waited.unwrap_err().is_timeout());
+            assert!(Instant::now() - start <= Duration::from_secs(30));
+            // The stuck flight is abandoned: a later request refreshes on this runtime.
+            advance(Duration::from_secs(5)).await;
+            let token = tokio::time::timeout(HOUR, cache.token())
+                .await
+                .expect("no hang")
+                .expect("recovered");
+            assert_eq!(token.secret(), "token-1");
+        });
+        drop(parked);
+    }
+
+    /// Issue #10, defect 3: a server's `Retry-After` cannot pause token fetches beyond the
+    /// backoff cap (60 s).
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_is_clamped_to_the_backoff_cap() {
+        let source = TestSource::new(Duration::ZERO, HOUR);
+        source.set(Mode::Fail(Error::server_error(
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            Some(Duration::from_secs(24 * 3600)),
+        )));
+        let cache = source.cache().build().unwrap();
+        assert!(cache.token().await.is_err());
+        source.set(Mode::Ok);
+        advance(Duration::from_secs(59)).await;
+        assert!(cache.token().await.is_err(), "still pausing");
+        assert_eq!(source.calls(), 1);
+        advance(Duration::from_secs(1)).await;
+        assert!(
+            cache.token().await.is_ok(),
+            "the next attempt comes within the cap"
+        );
+        assert_eq!(source.calls(), 2);
+    }
+
+    /// Issue #10, defect 4: a request that loaded the old token just before a refresh-ahead
+    /// published the new one must not start a second, wasted refresh.
+    #[tokio::test(start_paused = true)]
+    async fn no_second_refresh_right_after_a_refresh_ahead() {
+        let source = TestSource::new(Duration::from_secs(1), HOUR);
+        let cache = source.cache().build().unwrap();
+        cache.get().await.unwrap();
+        advance(Duration::from_secs(3310)).await;
+        // A request loads the old token (stale, still usable) ...
+        let old = cache.shared.current.load_full().unwrap();
+        assert!(Instant::now() >= old.fresh_until);
+        // ... meanwhile another request starts the refresh-ahead, which completes.
+        cache.get().await.unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(source.calls(), 2);
+        // The first request now finds no refresh running and asks for one, as the hot path does.
+        cache.shared.refresh_ahead(Instant::now());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(source.calls(), 2, "one refresh per window");
+        assert_eq!(cache.stats().refresh_ahead, 1);
+    }
+
+    /// Issue #10, defect 5: during a brownout of the token endpoint, requests in the
+    /// refresh-ahead window read the backoff without taking the lock.
+    #[tokio::test(start_paused = true)]
+    async fn requests_in_the_window_during_backoff_take_no_lock() {
+        let source = TestSource::new(Duration::from_millis(10), HOUR);
+        let cache = source.cache().build().unwrap();
+        cache.get().await.unwrap();
+        source.set(Mode::Fail(unavailable()));
+        advance(Duration::from_secs(3310)).await;
+        cache.get().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(source.calls(), 2, "the refresh-ahead ran and failed");
+        // The backoff's first pause is 1 s; within it, no request takes the lock.
+        let locks = cache.shared.locks.load(Ordering::SeqCst);
+        for _ in 0..100 {
+            assert!(matches!(cache.lookup(|_| ()), Lookup::Ready(())));
+        }
+        assert_eq!(cache.shared.locks.load(Ordering::SeqCst), locks);
+        assert_eq!(source.calls(), 2);
+    }
+
+    /// Issue #10, defect 6: extreme durations saturate instead of overflowing `Instant`.
+    #[tokio::test(start_paused = true)]
+    async fn extreme_durations_do_not_panic() {
+        for d in [Duration::ZERO, Duration::MAX] {
+            let source = TestSource::new(Duration::ZERO, HOUR);
+            let cache = source
+                .cache()
+                .refresh_ahead(d)
+                .min_validity(d)
+                .invalidation_throttle(d)
+                .refresh_deadline(Duration::MAX)
+                .background_refresh(true)
+                .build()
+                .unwrap();
+            for _ in 0..3 {
+                let token = cache.get().await.unwrap();
+                cache.invalidate(token.generation());
+            }
+            advance(Duration::from_secs(3599)).await;
+            cache.get().await.unwrap();
+        }
+    }
+
+    /// Issue #10, defect 7: a background refresher whose runtime went away is started again on
+    /// the next request's runtime.
+    #[test]
+    fn background_refresher_restarts_under_a_new_runtime() {
+        let paused = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .start_paused(true)
+                .build()
+                .unwrap()
+        };
+        let source = TestSource::new(Duration::from_secs(1), HOUR);
+        let init = paused();
+        let cache = init.block_on(async {
+            let cache = source.cache().background_refresh(true).build().unwrap();
+            cache.token().await.unwrap();
+            cache
+        });
+        drop(init);
+        paused().block_on(async {
+            cache.token().await.unwrap();
+            assert_eq!(source.calls(), 1);
+            // No traffic for longer than the token is fresh.
+            tokio::time::sleep(Duration::from_secs(3400)).await;
+            assert_eq!(
+                source.calls(),
+                2,
+                "renewed in the background with no traffic"
+            );
+        });
+    }
+
+    /// Issue #10: a runtime without a time driver gets an error that says so.
+    #[test]
+    fn no_time_driver_is_named() {
+        let source = TestSource::new(Duration::ZERO, HOUR);
+        let cache = source.cache().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let error = rt.block_on(cache.token()).unwrap_err();
+        assert_eq!(error.kind(), crate::ErrorKind::InvalidConfig);
+        assert!(error.to_string().contains("enable_time"), "{error}");
+    }
+
+    /// Issue #10: an endpoint that hands out the same cached token again and again (its
+    /// remaining life shrinking) causes neither a burst of refreshes nor a token with less
+    /// than the configured margin left.
+    #[tokio::test(start_paused = true)]
+    async fn a_half_used_token_does_not_shrink_the_margins() {
+        let source = TestSource::new(Duration::ZERO, HOUR);
+        let expires_at = Instant::now() + Duration::from_secs(600);
+        source.set(Mode::Fixed(expires_at));
+        let cache = source.cache().build().unwrap();
+        let mut served = 0;
+        while Instant::now() + Duration::from_millis(100) < expires_at {
+            if let Ok(token) = cache.get().await {
+                served += 1;
+                assert!(
+                    token.expires_at() - Instant::now() > Duration::from_secs(30),
+                    "a token with {:?} left was handed out",
+                    token.expires_at() - Instant::now()
+                );
+            }
+            advance(Duration::from_millis(100)).await;
+        }
+        assert!(served > 5_000);
+        // Fresh for the first 300 s; then refreshes paced by the backoff (1, 2, 4 … 60 s)
+        // over the remaining 270 s of use: about a dozen, not one per halving of the life.
+        assert!(source.calls() <= 15, "{} refreshes", source.calls());
     }
 
     #[test]
