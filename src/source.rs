@@ -139,14 +139,18 @@ impl ClientCredentials {
 
     async fn fetch_with_retries(inner: Arc<Inner>) -> Result<Token, Error> {
         let started = Instant::now();
-        let deadline = started + inner.deadline;
+        // A deadline too long to add to an `Instant` is no deadline.
+        let deadline = started.checked_add(inner.deadline);
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
             let sent_at = Instant::now();
-            let per_attempt = inner
-                .request_timeout
-                .min(deadline.saturating_duration_since(sent_at));
+            let per_attempt = match deadline {
+                Some(deadline) => inner
+                    .request_timeout
+                    .min(deadline.saturating_duration_since(sent_at)),
+                None => inner.request_timeout,
+            };
             let result =
                 match tokio::time::timeout(per_attempt, Self::attempt(Arc::clone(&inner), sent_at))
                     .await
@@ -176,7 +180,7 @@ impl ClientCredentials {
             let delay = error
                 .retry_after()
                 .unwrap_or_else(|| inner.backoff.delay(attempt - 1));
-            if Instant::now() + delay >= deadline {
+            if deadline.is_some_and(|deadline| Instant::now() + delay >= deadline) {
                 tracing::warn!(attempt, elapsed_ms, ?status, %error, "token request failed; no time left to retry");
                 return Err(error);
             }
@@ -291,10 +295,37 @@ impl fmt::Debug for Secret {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 enum TokenUrl {
     Url(String),
     Cognito { domain: String, region: String },
+}
+
+impl fmt::Debug for TokenUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            // Not yet checked: it may carry `user:password@`, which `build` refuses.
+            TokenUrl::Url(url) => f.debug_tuple("Url").field(&redact_userinfo(url)).finish(),
+            TokenUrl::Cognito { domain, region } => f
+                .debug_struct("Cognito")
+                .field("domain", domain)
+                .field("region", region)
+                .finish(),
+        }
+    }
+}
+
+/// The URL with anything between `://` and an `@` of its authority replaced by `[redacted]`.
+fn redact_userinfo(url: &str) -> std::borrow::Cow<'_, str> {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.into();
+    };
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{}[redacted]{}", &url[..scheme_end], &rest[at..]).into(),
+        None => url.into(),
+    }
 }
 
 /// Builds a [`ClientCredentials`]. Every setter takes and returns `Self`.
@@ -329,8 +360,9 @@ impl ClientCredentialsBuilder {
     /// The token endpoint's URL, e.g. `https://auth.example.com/oauth2/token`.
     ///
     /// `https://` is accepted for any host; `http://` only for loopback hosts (`127.0.0.0/8`,
-    /// `[::1]`, `localhost`), so that tests and demos can run on 127.0.0.1 while no secret
-    /// ever crosses a network in clear text. Checked by [`build`](Self::build).
+    /// `[::1]`, and `localhost`, which is pinned to `127.0.0.1` rather than resolved), so that
+    /// tests and demos can run on 127.0.0.1 while no secret ever crosses a network in clear
+    /// text. Checked by [`build`](Self::build).
     pub fn token_url(mut self, url: impl AsRef<str>) -> Self {
         self.token_url = Some(TokenUrl::Url(url.as_ref().to_owned()));
         self
@@ -537,6 +569,7 @@ fn parse_token_url(url: &str) -> Result<Uri, Error> {
     }
     match uri.scheme_str() {
         Some("https") => Ok(uri),
+        Some("http") if authority.host().eq_ignore_ascii_case("localhost") => pin_localhost(&uri),
         Some("http") if is_loopback(authority.host()) => Ok(uri),
         Some("http") => Err(Error::invalid_config(
             "the token URL must use https (http is allowed only for loopback hosts such as 127.0.0.1): \
@@ -546,6 +579,23 @@ fn parse_token_url(url: &str) -> Result<Uri, Error> {
             "the token URL must be an https:// URL",
         )),
     }
+}
+
+/// `http://localhost…` with the name replaced by `127.0.0.1`: the system resolver may map
+/// `localhost` elsewhere, and the secret would then cross a network in clear text.
+fn pin_localhost(uri: &Uri) -> Result<Uri, Error> {
+    let authority = match uri.port_u16() {
+        Some(port) => format!("127.0.0.1:{port}"),
+        None => "127.0.0.1".to_owned(),
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.authority = Some(
+        authority
+            .parse()
+            .map_err(|_| Error::invalid_config("the token URL does not parse as a URL"))?,
+    );
+    Uri::from_parts(parts)
+        .map_err(|_| Error::invalid_config("the token URL does not parse as a URL"))
 }
 
 /// `localhost`, `127.0.0.0/8` and `[::1]`.
@@ -695,6 +745,50 @@ mod tests {
             .build()
             .unwrap_err();
         assert!(!e.to_string().contains("hunter2"));
+    }
+
+    /// Issue #10: `localhost` is not left to the system resolver, which may map it anywhere:
+    /// the secret would then cross a network in clear text.
+    #[test]
+    fn localhost_is_pinned_to_the_loopback_address() {
+        let uri = parse_token_url("http://localhost:8080/oauth2/token").unwrap();
+        assert_eq!(uri.host(), Some("127.0.0.1"));
+        assert_eq!(uri.port_u16(), Some(8080));
+        assert_eq!(uri.path(), "/oauth2/token");
+        let uri = parse_token_url("http://LocalHost/t?x=1").unwrap();
+        assert_eq!(uri.to_string(), "http://127.0.0.1/t?x=1");
+        // https keeps the name: the certificate is checked against it.
+        let uri = parse_token_url("https://localhost:8443/t").unwrap();
+        assert_eq!(uri.host(), Some("localhost"));
+    }
+
+    /// Issue #10: the builder's `Debug` does not print credentials from a token URL, which
+    /// `build` would reject.
+    #[test]
+    fn builder_debug_hides_url_credentials() {
+        let b = ClientCredentials::builder().token_url("https://user:hunter2@auth.example.com/t");
+        let shown = format!("{b:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(!shown.contains("user:"), "{shown}");
+        assert!(shown.contains("auth.example.com"), "{shown}");
+    }
+
+    /// Issue #10, defect 6: the longest durations saturate instead of overflowing `Instant`.
+    #[tokio::test]
+    async fn longest_durations_do_not_overflow() {
+        let source = ClientCredentials::builder()
+            .token_url("http://127.0.0.1:1/t")
+            .client_id("id")
+            .client_secret("s")
+            .request_timeout(Duration::MAX)
+            .fetch_deadline(Duration::MAX)
+            .http_client(service_fn(|_req: Request<Full<Bytes>>| async {
+                let body = r#"{"access_token":"t","expires_in":60,"token_type":"Bearer"}"#;
+                Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(body))))
+            }))
+            .build()
+            .unwrap();
+        assert_eq!(source.fetch().await.unwrap().access_token().secret(), "t");
     }
 
     #[test]
