@@ -81,6 +81,8 @@ enum Repr {
     },
     #[error("could not reach the token endpoint")]
     Connect(#[source] BoxError),
+    #[error("the token endpoint's answer broke off before its end")]
+    BrokenResponse(#[source] BoxError),
     #[error("{what} timed out after {after:?}")]
     Timeout { what: &'static str, after: Duration },
     #[error("the token endpoint sent an invalid response: {0}")]
@@ -157,6 +159,10 @@ impl Error {
         Self::new(Repr::Connect(source))
     }
 
+    pub(crate) fn broken_response(source: BoxError) -> Self {
+        Self::new(Repr::BrokenResponse(source))
+    }
+
     pub(crate) fn timeout(what: &'static str, after: Duration) -> Self {
         Self::new(Repr::Timeout { what, after })
     }
@@ -178,7 +184,9 @@ impl Error {
         match &*self.0 {
             Repr::Rejected { .. } => ErrorKind::Rejected,
             Repr::RateLimited { .. } => ErrorKind::RateLimited,
-            Repr::ServerError { .. } | Repr::Connect(_) => ErrorKind::Unavailable,
+            Repr::ServerError { .. } | Repr::Connect(_) | Repr::BrokenResponse(_) => {
+                ErrorKind::Unavailable
+            }
             Repr::Timeout { .. } => ErrorKind::Timeout,
             Repr::InvalidResponse(_) => ErrorKind::InvalidResponse,
             Repr::InvalidConfig(_) => ErrorKind::InvalidConfig,
@@ -261,7 +269,7 @@ impl fmt::Debug for Error {
         let mut d = f.debug_struct("Error");
         d.field("kind", &self.kind());
         d.field("message", &format_args!("{self}"));
-        if let Repr::Connect(source) = &*self.0 {
+        if let Repr::Connect(source) | Repr::BrokenResponse(source) = &*self.0 {
             d.field("source", source);
         }
         d.finish()

@@ -255,7 +255,7 @@ async fn read_limited(response: Response<UnsyncBoxBody<Bytes, BoxError>>) -> Res
     let mut body = response.into_body();
     let mut buf = BytesMut::new();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(Error::connect)?;
+        let frame = frame.map_err(Error::broken_response)?;
         if let Ok(data) = frame.into_data() {
             if buf.len() + data.len() > MAX_RESPONSE_BODY {
                 return Err(Error::invalid_response(TOO_LARGE));
