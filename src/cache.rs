@@ -430,6 +430,19 @@ impl TokenCache {
         true
     }
 
+    /// Drops the cached token if it is the one whose `Authorization` header value this is:
+    /// [`invalidate`](Self::invalidate) for callers that kept the header rather than the
+    /// generation.
+    pub(crate) fn invalidate_token(&self, header: &http::HeaderValue) -> bool {
+        let generation = match self.shared.current.load().as_deref() {
+            Some(entry) if entry.access_token().header_value().as_bytes() == header.as_bytes() => {
+                entry.generation()
+            }
+            _ => return false,
+        };
+        self.invalidate(generation)
+    }
+
     /// The counters so far.
     pub fn stats(&self) -> Stats {
         let c = &self.shared.stats;

@@ -15,6 +15,7 @@ use crate::error::{BoxError, Error};
 use crate::service::CognitoAuth;
 use crate::source::{ClientAuth, ClientCredentialsBuilder, TokenSource};
 use crate::token::AccessToken;
+use crate::trailers::WatchTrailersLayer;
 
 /// The default [`replay_body_limit`](CognitoAuthLayerBuilder::replay_body_limit): 64 KiB.
 pub const DEFAULT_REPLAY_BODY_LIMIT: usize = 64 * 1024;
@@ -81,6 +82,13 @@ impl CognitoAuthLayer {
     /// The token cache the layer's services share.
     pub fn cache(&self) -> &TokenCache {
         &self.cache
+    }
+
+    /// A layer to put *under* this one, next to the transport, that drops a token which a gRPC
+    /// stream rejects in its trailers (`grpc-status: 16` after the call started, which cannot
+    /// be replayed). Opt-in; see [`trailers`](crate::trailers).
+    pub fn watch_trailers(&self) -> WatchTrailersLayer {
+        WatchTrailersLayer::new(self.cache.clone())
     }
 }
 

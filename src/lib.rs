@@ -81,7 +81,8 @@
 //! - **A rejected token is replaced, once.** A `401`, or a gRPC trailers-only
 //!   `UNAUTHENTICATED`, drops that token (only that one), gets a new one and replays the request
 //!   once, transparently. Bodies up to `replay_body_limit` (64 KiB) are kept for it; streams are
-//!   forwarded untouched. See [`replay`].
+//!   forwarded untouched. See [`replay`]. A stream rejected in its trailers, after it started,
+//!   cannot be replayed; [`trailers`] (opt-in) still drops its token.
 //! - **Secrets stay secret.** The client secret and tokens never appear in `Debug` output,
 //!   logs or errors; the `Authorization` header is marked sensitive; the token endpoint must be
 //!   HTTPS (loopback excepted). A request that already has an `Authorization` header is left
@@ -125,6 +126,7 @@ pub mod source;
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod testing;
 mod token;
+pub mod trailers;
 
 pub use cache::{CachedToken, Generation, Stats, TokenCache, TokenCacheBuilder};
 pub use error::{Error, ErrorKind};

@@ -3,7 +3,8 @@
 //! - HTTP `401 Unauthorized`.
 //! - A gRPC trailers-only response with `grpc-status: 16` (`UNAUTHENTICATED`) in its headers:
 //!   what gRPC servers send when they turn a call away before any message. A status 16 in real
-//!   trailers arrives after the response has started and is passed through untouched.
+//!   trailers arrives after the response has started: it is passed through, and the opt-in
+//!   [`trailers`](crate::trailers) layer drops that token.
 //!
 //! `403 Forbidden` is not a rejection of the token: the token is valid but lacks a permission,
 //! and a new one will not help.
@@ -17,11 +18,12 @@ const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
 /// Whether the response rejects the token the request carried.
 pub(crate) fn is_token_rejected<B>(response: &Response<B>) -> bool {
-    if response.status() == StatusCode::UNAUTHORIZED {
-        return true;
-    }
-    response
-        .headers()
+    response.status() == StatusCode::UNAUTHORIZED || is_grpc_unauthenticated(response.headers())
+}
+
+/// Whether headers (a trailers-only response's, or real trailers) carry `grpc-status: 16`.
+pub(crate) fn is_grpc_unauthenticated(headers: &http::HeaderMap) -> bool {
+    headers
         .get(&GRPC_STATUS)
         .is_some_and(|status| status.as_bytes().trim_ascii() == GRPC_UNAUTHENTICATED)
 }
