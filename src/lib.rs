@@ -112,6 +112,7 @@
 
 mod backoff;
 pub mod cache;
+mod endpoint;
 pub mod error;
 pub mod future;
 #[cfg(feature = "rustls")]
