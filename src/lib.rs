@@ -121,6 +121,7 @@ mod layer;
 mod reject;
 pub mod replay;
 mod service;
+pub mod session;
 pub mod source;
 #[cfg(feature = "test-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
@@ -131,6 +132,7 @@ pub use cache::{CachedToken, Generation, Stats, TokenCache, TokenCacheBuilder};
 pub use error::{Error, ErrorKind};
 pub use layer::{CognitoAuthLayer, CognitoAuthLayerBuilder, DEFAULT_REPLAY_BODY_LIMIT, Replay};
 pub use service::CognitoAuth;
+pub use session::{RefreshTokenGrant, RefreshTokenGrantBuilder};
 pub use source::{BoxFuture, ClientAuth, ClientCredentials, ClientCredentialsBuilder, TokenSource};
 pub use token::{AccessToken, Token};
 
