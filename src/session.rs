@@ -702,6 +702,70 @@ mod tests {
         assert!(body(last).await.contains("refresh_token=r2&"));
     }
 
+    /// A client whose first answers are these connection errors, then a token.
+    fn failing_client(
+        errors: Vec<std::io::ErrorKind>,
+    ) -> (RefreshTokenGrantBuilder, Arc<AtomicUsize>) {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let errors = Arc::new(Mutex::new(errors));
+        let client = {
+            let calls = Arc::clone(&calls);
+            service_fn(move |_request: Request<Full<Bytes>>| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                let next = {
+                    let mut errors = lock(&errors);
+                    (!errors.is_empty()).then(|| errors.remove(0))
+                };
+                async move {
+                    match next {
+                        Some(kind) => Err(std::io::Error::from(kind)),
+                        None => Ok(Response::new(Full::new(Bytes::from_static(
+                            br#"{"access_token":"a","token_type":"Bearer"}"#,
+                        )))),
+                    }
+                }
+            })
+        };
+        let builder = RefreshTokenGrant::builder()
+            .token_url("http://127.0.0.1:1/oauth2/token")
+            .client_id("app")
+            .refresh_token("r1")
+            .http_client(client);
+        (builder, calls)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_a_request_that_never_left_is_sent_again() {
+        use std::io::ErrorKind::{ConnectionRefused, ConnectionReset};
+        let (builder, calls) = failing_client(vec![ConnectionRefused, ConnectionRefused]);
+        builder.build().unwrap().fetch().await.unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+
+        let (builder, calls) = failing_client(vec![ConnectionRefused; 5]);
+        let err = builder.build().unwrap().fetch().await.unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::Unavailable);
+        assert_eq!(calls.load(Ordering::SeqCst), 3, "at most three attempts");
+
+        // The connection broke after the request may have reached the server: the answer may
+        // have rotated the token, so the old one is not presented again within this fetch.
+        let (builder, calls) = failing_client(vec![ConnectionReset]);
+        let err = builder.build().unwrap().fetch().await.unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::Unavailable);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn server_errors_are_not_retried_within_a_fetch() {
+        let (base, seen) = builder(503, "");
+        let err = base.build().unwrap().fetch().await.unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::Unavailable);
+        assert!(
+            err.is_retryable(),
+            "the cache retries it later, with backoff"
+        );
+        assert_eq!(lock(&seen).len(), 1);
+    }
+
     #[tokio::test]
     async fn invalid_grant_ends_the_session() {
         let (base, seen) = builder(400, r#"{"error":"invalid_grant"}"#);
