@@ -5,7 +5,9 @@
 //! [`CognitoAuthLayer`] wraps any `tower::Service<http::Request<B>>`: a hyper-util client, a
 //! tonic `Channel`, an axum or tower stack. Each request gets `Authorization: Bearer <token>`,
 //! the token coming from the OAuth 2.0 client_credentials grant and kept in a cache that
-//! renews it before it expires.
+//! renews it before it expires. For an application acting for a signed-in user, the same layer
+//! takes its tokens from the user's refresh token, with refresh-token rotation handled safely:
+//! see [`session`] and [`RefreshTokenGrant`].
 //!
 //! ```no_run
 //! use tower::ServiceBuilder;
