@@ -102,6 +102,12 @@ impl fmt::Display for OAuthSuffix<'_> {
             if let Some(description) = &oauth.description {
                 write!(f, " ({description})")?;
             }
+            if &*oauth.error == "invalid_grant" {
+                f.write_str(
+                    "; the session has ended (its refresh token expired, was revoked or was reused): \
+                     the user must sign in again",
+                )?;
+            }
         }
         Ok(())
     }
@@ -208,7 +214,8 @@ impl Error {
     }
 
     /// Whether the failure stays until the configuration changes: the endpoint rejected the
-    /// request (`invalid_client`, `invalid_scope`, …) or the configuration is invalid.
+    /// request (`invalid_client`, `invalid_scope`, …) or the configuration is invalid. For a
+    /// user's session, `invalid_grant` stays until the user signs in again.
     pub fn is_permanent(&self) -> bool {
         matches!(self.kind(), ErrorKind::Rejected | ErrorKind::InvalidConfig)
     }
@@ -217,6 +224,13 @@ impl Error {
     /// or secret is wrong, or the app client may not use this grant.
     pub fn is_invalid_client(&self) -> bool {
         self.oauth_error() == Some("invalid_client")
+    }
+
+    /// Whether the token endpoint answered with the OAuth error `invalid_grant`: for a
+    /// [`RefreshTokenGrant`](crate::RefreshTokenGrant), the refresh token expired, was revoked
+    /// or was reused, and the user must sign in again.
+    pub fn is_invalid_grant(&self) -> bool {
+        self.oauth_error() == Some("invalid_grant")
     }
 
     /// Whether this is a timeout.
@@ -309,6 +323,26 @@ mod tests {
         let e = Error::connect(Box::new(std::io::Error::other("refused")));
         assert_eq!(e.kind(), ErrorKind::Unavailable);
         assert!(std::error::Error::source(&e).is_some());
+    }
+
+    #[test]
+    fn invalid_grant_says_sign_in_again() {
+        let e = Error::rejected(
+            StatusCode::BAD_REQUEST,
+            Some("invalid_grant"),
+            Some("Refresh Token has been revoked"),
+        );
+        assert!(e.is_permanent());
+        assert!(e.is_invalid_grant());
+        assert!(!e.is_invalid_client());
+        assert_eq!(
+            e.to_string(),
+            "the token endpoint rejected the request with HTTP 400 Bad Request: invalid_grant \
+             (Refresh Token has been revoked); the session has ended (its refresh token expired, \
+             was revoked or was reused): the user must sign in again"
+        );
+        let other = Error::rejected(StatusCode::BAD_REQUEST, Some("invalid_scope"), None);
+        assert!(!other.to_string().contains("sign in"));
     }
 
     #[test]

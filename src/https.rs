@@ -9,8 +9,8 @@ use std::time::Duration;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use crate::endpoint::{HttpClient, erase_client};
 use crate::error::Error;
-use crate::source::{HttpClient, erase_client};
 
 pub(crate) fn client() -> Result<HttpClient, Error> {
     let connector = hyper_rustls::HttpsConnectorBuilder::new()

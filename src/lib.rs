@@ -5,7 +5,9 @@
 //! [`CognitoAuthLayer`] wraps any `tower::Service<http::Request<B>>`: a hyper-util client, a
 //! tonic `Channel`, an axum or tower stack. Each request gets `Authorization: Bearer <token>`,
 //! the token coming from the OAuth 2.0 client_credentials grant and kept in a cache that
-//! renews it before it expires.
+//! renews it before it expires. For an application acting for a signed-in user, the same layer
+//! takes its tokens from the user's refresh token, with refresh-token rotation handled safely:
+//! see [`session`] and [`RefreshTokenGrant`].
 //!
 //! ```no_run
 //! use tower::ServiceBuilder;
@@ -113,6 +115,7 @@
 
 mod backoff;
 pub mod cache;
+mod endpoint;
 pub mod error;
 pub mod future;
 #[cfg(feature = "rustls")]
@@ -121,6 +124,7 @@ mod layer;
 mod reject;
 pub mod replay;
 mod service;
+pub mod session;
 pub mod source;
 #[cfg(feature = "test-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
@@ -132,6 +136,7 @@ pub use cache::{CachedToken, Generation, Stats, TokenCache, TokenCacheBuilder};
 pub use error::{Error, ErrorKind};
 pub use layer::{CognitoAuthLayer, CognitoAuthLayerBuilder, DEFAULT_REPLAY_BODY_LIMIT, Replay};
 pub use service::CognitoAuth;
+pub use session::{RefreshTokenGrant, RefreshTokenGrantBuilder};
 pub use source::{BoxFuture, ClientAuth, ClientCredentials, ClientCredentialsBuilder, TokenSource};
 pub use token::{AccessToken, Token};
 

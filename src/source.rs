@@ -24,26 +24,23 @@
 
 use std::fmt;
 use std::future::Future;
-use std::net::{IpAddr, Ipv6Addr};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use base64::Engine as _;
-use bytes::{Bytes, BytesMut};
-use http::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
-use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
+use bytes::Bytes;
+use http::{Request, Response};
 use http_body::Body;
-use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt as _, Full};
-use tokio::time::Instant;
-use tower::ServiceExt as _;
-use tower::util::BoxCloneSyncService;
+use http_body_util::Full;
 use tower_service::Service;
 
-use crate::backoff::{Backoff, parse_retry_after};
+use crate::backoff::Backoff;
+use crate::endpoint::{
+    Endpoint, HttpClient, RetryPolicy, Secret, TokenUrl, client_authentication, client_or_default,
+    erase_client, join_scopes, require_client_id,
+};
 use crate::error::{BoxError, Error};
-use crate::token::{Token, parse_oauth_error, parse_token_response};
+use crate::token::{Token, parse_token_response};
 
 /// A boxed, `Send` future, as [`TokenSource::fetch`] returns.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -93,13 +90,6 @@ pub enum ClientAuth {
     Post,
 }
 
-/// The type-erased HTTP client the token requests go through.
-pub(crate) type HttpClient =
-    BoxCloneSyncService<Request<Full<Bytes>>, Response<UnsyncBoxBody<Bytes, BoxError>>, BoxError>;
-
-/// The most of a token endpoint's answer that is read.
-pub(crate) const MAX_RESPONSE_BODY: usize = 64 * 1024;
-
 /// The OAuth 2.0 client_credentials grant (RFC 6749 §4.4).
 ///
 /// Each [`fetch`](TokenSource::fetch) POSTs `grant_type=client_credentials` (and `scope`,
@@ -116,19 +106,13 @@ pub struct ClientCredentials {
 }
 
 struct Inner {
-    token_url: Uri,
+    endpoint: Endpoint,
     client_id: String,
     scope: Option<String>,
     client_auth: ClientAuth,
     /// The form body, with the secret in it under [`ClientAuth::Post`].
     body: Bytes,
-    /// `Basic …`, under [`ClientAuth::Basic`]; marked sensitive.
-    authorization: Option<HeaderValue>,
-    http: HttpClient,
-    request_timeout: Duration,
-    max_attempts: u32,
-    deadline: Duration,
-    backoff: Backoff,
+    retry: RetryPolicy,
 }
 
 impl ClientCredentials {
@@ -138,132 +122,17 @@ impl ClientCredentials {
     }
 
     async fn fetch_with_retries(inner: Arc<Inner>) -> Result<Token, Error> {
-        let started = Instant::now();
-        // A deadline too long to add to an `Instant` is no deadline.
-        let deadline = started.checked_add(inner.deadline);
-        let mut attempt: u32 = 0;
-        loop {
-            attempt += 1;
-            let sent_at = Instant::now();
-            let per_attempt = match deadline {
-                Some(deadline) => inner
-                    .request_timeout
-                    .min(deadline.saturating_duration_since(sent_at)),
-                None => inner.request_timeout,
-            };
-            let result =
-                match tokio::time::timeout(per_attempt, Self::attempt(Arc::clone(&inner), sent_at))
-                    .await
-                {
-                    Ok(result) => result,
-                    Err(_) => Err(Error::timeout("the token request", per_attempt)),
-                };
-            let elapsed_ms = sent_at.elapsed().as_millis() as u64;
-            let error = match result {
-                Ok((token, lifetime)) => {
-                    tracing::debug!(
-                        attempt,
-                        elapsed_ms,
-                        expires_in = lifetime.as_secs(),
-                        token_url = %inner.token_url,
-                        "token request succeeded"
-                    );
-                    return Ok(token);
-                }
-                Err(error) => error,
-            };
-            let status = error.status().map(|s| s.as_u16());
-            if !error.is_retryable() || attempt >= inner.max_attempts {
-                tracing::warn!(attempt, elapsed_ms, ?status, %error, "token request failed");
-                return Err(error);
-            }
-            let delay = error
-                .retry_after()
-                .unwrap_or_else(|| inner.backoff.delay(attempt - 1));
-            if deadline.is_some_and(|deadline| Instant::now() + delay >= deadline) {
-                tracing::warn!(attempt, elapsed_ms, ?status, %error, "token request failed; no time left to retry");
-                return Err(error);
-            }
-            tracing::debug!(attempt, elapsed_ms, ?status, %error, retry_in_ms = delay.as_millis() as u64, "token request failed; retrying");
-            tokio::time::sleep(delay).await;
-        }
-    }
-
-    async fn attempt(inner: Arc<Inner>, sent_at: Instant) -> Result<(Token, Duration), Error> {
-        let sent_at_wall = SystemTime::now();
-        let mut request = Request::new(Full::new(inner.body.clone()));
-        *request.method_mut() = Method::POST;
-        *request.uri_mut() = inner.token_url.clone();
-        let headers = request.headers_mut();
-        headers.insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("application/x-www-form-urlencoded"),
-        );
-        headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
-        if let Some(authorization) = &inner.authorization {
-            headers.insert(AUTHORIZATION, authorization.clone());
-        }
-        let response = inner
-            .http
-            .clone()
-            .oneshot(request)
+        let endpoint = &inner.endpoint;
+        let body = &inner.body;
+        endpoint
+            .with_retries(&inner.retry, |sent_at| async move {
+                let answer = endpoint.post(body.clone(), sent_at).await?;
+                let (token, _lifetime) =
+                    parse_token_response(&answer.body, answer.sent_at, answer.sent_at_wall)?;
+                Ok(token)
+            })
             .await
-            .map_err(Error::connect)?;
-        let status = response.status();
-        tracing::trace!(status = status.as_u16(), "token endpoint answered");
-        if status.is_success() {
-            let body = read_limited(response).await?;
-            return parse_token_response(&body, sent_at, sent_at_wall);
-        }
-        let retry_after = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| parse_retry_after(v, sent_at_wall));
-        if status == StatusCode::TOO_MANY_REQUESTS {
-            return Err(Error::rate_limited(retry_after));
-        }
-        if status.is_server_error() {
-            return Err(Error::server_error(status, retry_after));
-        }
-        // A refusal: read the OAuth error, if the body holds one and is not too large.
-        let oauth = read_limited(response)
-            .await
-            .ok()
-            .and_then(|body| parse_oauth_error(&body));
-        let (error, description) = match &oauth {
-            Some((e, d)) => (Some(e.as_str()), d.as_deref()),
-            None => (None, None),
-        };
-        Err(Error::rejected(status, error, description))
     }
-}
-
-/// Reads at most [`MAX_RESPONSE_BODY`] bytes; a longer body is an error, found from
-/// `Content-Length` before reading when the server sends one.
-async fn read_limited(response: Response<UnsyncBoxBody<Bytes, BoxError>>) -> Result<Bytes, Error> {
-    const TOO_LARGE: &str = "the response body is larger than 64 KiB";
-    let declared = response
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > MAX_RESPONSE_BODY as u64) {
-        return Err(Error::invalid_response(TOO_LARGE));
-    }
-    // Frame by frame rather than `Limited::collect`, whose `Into<BoxError>` bound trips rustc's
-    // `Send` inference for this future. Bounded by the byte limit and the attempt's timeout.
-    let mut body = response.into_body();
-    let mut buf = BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(Error::broken_response)?;
-        if let Ok(data) = frame.into_data() {
-            if buf.len() + data.len() > MAX_RESPONSE_BODY {
-                return Err(Error::invalid_response(TOO_LARGE));
-            }
-            buf.extend_from_slice(&data);
-        }
-    }
-    Ok(buf.freeze())
 }
 
 impl TokenSource for ClientCredentials {
@@ -275,56 +144,13 @@ impl TokenSource for ClientCredentials {
 impl fmt::Debug for ClientCredentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientCredentials")
-            .field("token_url", &self.inner.token_url)
+            .field("token_url", &self.inner.endpoint.token_url)
             .field("client_id", &self.inner.client_id)
             .field("client_secret", &"[redacted]")
             .field("scope", &self.inner.scope)
             .field("client_auth", &self.inner.client_auth)
-            .field("request_timeout", &self.inner.request_timeout)
+            .field("request_timeout", &self.inner.endpoint.request_timeout)
             .finish_non_exhaustive()
-    }
-}
-
-/// A client secret: kept out of `Debug`, moved in once.
-#[derive(Clone, Default)]
-struct Secret(String);
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
-
-#[derive(Clone)]
-enum TokenUrl {
-    Url(String),
-    Cognito { domain: String, region: String },
-}
-
-impl fmt::Debug for TokenUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            // Not yet checked: it may carry `user:password@`, which `build` refuses.
-            TokenUrl::Url(url) => f.debug_tuple("Url").field(&redact_userinfo(url)).finish(),
-            TokenUrl::Cognito { domain, region } => f
-                .debug_struct("Cognito")
-                .field("domain", domain)
-                .field("region", region)
-                .finish(),
-        }
-    }
-}
-
-/// The URL with anything between `://` and an `@` of its authority replaced by `[redacted]`.
-fn redact_userinfo(url: &str) -> std::borrow::Cow<'_, str> {
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
-        return url.into();
-    };
-    let rest = &url[scheme_end..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{}[redacted]{}", &url[..scheme_end], &rest[at..]).into(),
-        None => url.into(),
     }
 }
 
@@ -360,9 +186,8 @@ impl ClientCredentialsBuilder {
     /// The token endpoint's URL, e.g. `https://auth.example.com/oauth2/token`.
     ///
     /// `https://` is accepted for any host; `http://` only for loopback hosts (`127.0.0.0/8`,
-    /// `[::1]`, and `localhost`, which is pinned to `127.0.0.1` rather than resolved), so that
-    /// tests and demos can run on 127.0.0.1 while no secret ever crosses a network in clear
-    /// text. Checked by [`build`](Self::build).
+    /// `[::1]`, `localhost`), so that tests and demos can run on 127.0.0.1 while no secret
+    /// ever crosses a network in clear text. Checked by [`build`](Self::build).
     pub fn token_url(mut self, url: impl AsRef<str>) -> Self {
         self.token_url = Some(TokenUrl::Url(url.as_ref().to_owned()));
         self
@@ -462,20 +287,8 @@ impl ClientCredentialsBuilder {
     /// - `request_timeout`, `fetch_deadline` or `max_attempts` is zero;
     /// - no HTTP client was given and the feature `rustls` is off.
     pub fn build(self) -> Result<ClientCredentials, Error> {
-        let token_url = match self.token_url {
-            None => {
-                return Err(Error::invalid_config(
-                    "no token endpoint: call `token_url` or `cognito_domain`",
-                ));
-            }
-            Some(TokenUrl::Url(url)) => parse_token_url(&url)?,
-            Some(TokenUrl::Cognito { domain, region }) => cognito_url(&domain, &region)?,
-        };
-        let client_id = match self.client_id {
-            Some(id) if !id.is_empty() => id,
-            Some(_) => return Err(Error::invalid_config("the client id is empty")),
-            None => return Err(Error::invalid_config("no client id: call `client_id`")),
-        };
+        let token_url = TokenUrl::resolve(self.token_url)?;
+        let client_id = require_client_id(self.client_id)?;
         let secret = match self.client_secret {
             Some(Secret(s)) if !s.is_empty() => s,
             Some(_) => return Err(Error::invalid_config("the client secret is empty")),
@@ -485,14 +298,7 @@ impl ClientCredentialsBuilder {
                 ));
             }
         };
-        for scope in &self.scopes {
-            if scope.is_empty() || !scope.bytes().all(is_scope_char) {
-                return Err(Error::invalid_config(
-                    "a scope is empty or has a character OAuth does not allow (space, '\"', '\\')",
-                ));
-            }
-        }
-        let scope = (!self.scopes.is_empty()).then(|| self.scopes.join(" "));
+        let scope = join_scopes(&self.scopes)?;
         let request_timeout = self.request_timeout.unwrap_or(Duration::from_secs(10));
         let deadline = self.deadline.unwrap_or(Duration::from_secs(20));
         let max_attempts = self.max_attempts.unwrap_or(4);
@@ -501,221 +307,42 @@ impl ClientCredentialsBuilder {
                 "request_timeout, fetch_deadline and max_attempts must not be zero",
             ));
         }
-        let http = match self.http {
-            Some(http) => http,
-            None => default_client()?,
-        };
+        let http = client_or_default(self.http)?;
 
         let mut form = form_urlencoded::Serializer::new(String::new());
         form.append_pair("grant_type", "client_credentials");
         if let Some(scope) = &scope {
             form.append_pair("scope", scope);
         }
-        let authorization = match self.client_auth {
-            ClientAuth::Basic => {
-                let encode =
-                    |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-                let pair = format!("{}:{}", encode(&client_id), encode(&secret));
-                let value = format!(
-                    "Basic {}",
-                    base64::engine::general_purpose::STANDARD.encode(pair)
-                );
-                let mut value = HeaderValue::try_from(value).map_err(|_| {
-                    Error::invalid_config("the client credentials cannot be encoded")
-                })?;
-                value.set_sensitive(true);
-                Some(value)
-            }
-            ClientAuth::Post => {
-                form.append_pair("client_id", &client_id);
-                form.append_pair("client_secret", &secret);
-                None
-            }
-        };
+        let authorization =
+            client_authentication(&mut form, self.client_auth, &client_id, Some(&secret))?;
         Ok(ClientCredentials {
             inner: Arc::new(Inner {
-                token_url,
+                endpoint: Endpoint {
+                    token_url,
+                    authorization,
+                    http,
+                    request_timeout,
+                },
                 client_id,
                 scope,
                 client_auth: self.client_auth,
                 body: Bytes::from(form.finish()),
-                authorization,
-                http,
-                request_timeout,
-                max_attempts,
-                deadline,
-                backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(3)),
+                retry: RetryPolicy {
+                    max_attempts,
+                    deadline,
+                    backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(3)),
+                    retry_if: Error::is_retryable,
+                },
             }),
         })
     }
-}
-
-/// RFC 6749 §3.3: `scope-token = 1*( %x21 / %x23-5B / %x5D-7E )`.
-fn is_scope_char(b: u8) -> bool {
-    matches!(b, 0x21 | 0x23..=0x5B | 0x5D..=0x7E)
-}
-
-fn parse_token_url(url: &str) -> Result<Uri, Error> {
-    let uri: Uri = url
-        .parse()
-        .map_err(|_| Error::invalid_config("the token URL does not parse as a URL"))?;
-    let authority = uri
-        .authority()
-        .ok_or_else(|| Error::invalid_config("the token URL has no host"))?;
-    if authority.as_str().contains('@') {
-        return Err(Error::invalid_config(
-            "the token URL must not carry credentials (`user:pass@`): use client_id and client_secret",
-        ));
-    }
-    match uri.scheme_str() {
-        Some("https") => Ok(uri),
-        Some("http") if authority.host().eq_ignore_ascii_case("localhost") => pin_localhost(&uri),
-        Some("http") if is_loopback(authority.host()) => Ok(uri),
-        Some("http") => Err(Error::invalid_config(
-            "the token URL must use https (http is allowed only for loopback hosts such as 127.0.0.1): \
-             the client secret would cross the network in clear text",
-        )),
-        _ => Err(Error::invalid_config(
-            "the token URL must be an https:// URL",
-        )),
-    }
-}
-
-/// `http://localhost…` with the name replaced by `127.0.0.1`: the system resolver may map
-/// `localhost` elsewhere, and the secret would then cross a network in clear text.
-fn pin_localhost(uri: &Uri) -> Result<Uri, Error> {
-    let authority = match uri.port_u16() {
-        Some(port) => format!("127.0.0.1:{port}"),
-        None => "127.0.0.1".to_owned(),
-    };
-    let mut parts = uri.clone().into_parts();
-    parts.authority = Some(
-        authority
-            .parse()
-            .map_err(|_| Error::invalid_config("the token URL does not parse as a URL"))?,
-    );
-    Uri::from_parts(parts)
-        .map_err(|_| Error::invalid_config("the token URL does not parse as a URL"))
-}
-
-/// `localhost`, `127.0.0.0/8` and `[::1]`.
-pub(crate) fn is_loopback(host: &str) -> bool {
-    if host.eq_ignore_ascii_case("localhost") {
-        return true;
-    }
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    match host.parse::<IpAddr>() {
-        Ok(IpAddr::V4(ip)) => ip.is_loopback(),
-        Ok(IpAddr::V6(ip)) => ip == Ipv6Addr::LOCALHOST,
-        Err(_) => false,
-    }
-}
-
-fn cognito_url(domain: &str, region: &str) -> Result<Uri, Error> {
-    let label_ok = |s: &str| {
-        (1..=63).contains(&s.len())
-            && s.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && !s.starts_with('-')
-            && !s.ends_with('-')
-    };
-    if !label_ok(domain) {
-        return Err(Error::invalid_config(
-            "the Cognito domain prefix must be 1 to 63 of a-z, 0-9 and '-', not starting or ending with '-'",
-        ));
-    }
-    let parts: Vec<&str> = region.split('-').collect();
-    let region_ok = parts.len() >= 3
-        && parts.iter().all(|p| !p.is_empty())
-        && parts[..parts.len() - 1]
-            .iter()
-            .all(|p| p.bytes().all(|b| b.is_ascii_lowercase()))
-        && parts[parts.len() - 1].bytes().all(|b| b.is_ascii_digit());
-    if !region_ok {
-        return Err(Error::invalid_config(
-            "the AWS region must look like `us-east-1`",
-        ));
-    }
-    format!("https://{domain}.auth.{region}.amazoncognito.com/oauth2/token")
-        .parse()
-        .map_err(|_| Error::invalid_config("the Cognito domain does not form a valid URL"))
-}
-
-pub(crate) fn erase_client<S, ResBody>(client: S) -> HttpClient
-where
-    S: Service<Request<Full<Bytes>>, Response = Response<ResBody>> + Clone + Send + Sync + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    ResBody: Body<Data = Bytes> + Send + 'static,
-    ResBody::Error: Into<BoxError>,
-{
-    let client = client
-        .map_err(Into::into)
-        .map_response(|response: Response<ResBody>| {
-            response.map(|body| body.map_err(Into::into).boxed_unsync())
-        });
-    BoxCloneSyncService::new(client)
-}
-
-#[cfg(feature = "rustls")]
-fn default_client() -> Result<HttpClient, Error> {
-    crate::https::client()
-}
-
-#[cfg(not(feature = "rustls"))]
-fn default_client() -> Result<HttpClient, Error> {
-    Err(Error::invalid_config(
-        "no HTTP client: enable the `rustls` feature or call `http_client`",
-    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use tower::service_fn;
-
-    #[test]
-    fn token_url_rules() {
-        assert!(parse_token_url("https://auth.example.com/oauth2/token").is_ok());
-        assert!(parse_token_url("http://127.0.0.1:8080/oauth2/token").is_ok());
-        assert!(parse_token_url("http://127.9.9.9/oauth2/token").is_ok());
-        assert!(parse_token_url("http://localhost:1/t").is_ok());
-        assert!(parse_token_url("http://[::1]:1/t").is_ok());
-        for bad in [
-            "http://auth.example.com/oauth2/token",
-            "http://10.0.0.1/t",
-            "ftp://127.0.0.1/t",
-            "https://user:pass@auth.example.com/t",
-            "/oauth2/token",
-            "not a url",
-        ] {
-            let err = parse_token_url(bad).unwrap_err();
-            assert_eq!(err.kind(), crate::ErrorKind::InvalidConfig, "{bad}");
-        }
-        let err = parse_token_url("http://auth.example.com/t").unwrap_err();
-        assert!(err.to_string().contains("must use https"));
-    }
-
-    #[test]
-    fn cognito_domain_rules() {
-        assert_eq!(
-            cognito_url("smart-capital", "us-east-1").unwrap(),
-            "https://smart-capital.auth.us-east-1.amazoncognito.com/oauth2/token"
-        );
-        assert!(cognito_url("a", "ap-southeast-2").is_ok());
-        assert!(cognito_url("us-gov", "us-gov-west-1").is_ok());
-        for (d, r) in [
-            ("", "us-east-1"),
-            ("-x", "us-east-1"),
-            ("UPPER", "us-east-1"),
-            ("evil.com/", "us-east-1"),
-            ("ok", "useast1"),
-            ("ok", "us-east-x"),
-            ("ok", "us-east-1.evil.com"),
-        ] {
-            assert!(cognito_url(d, r).is_err(), "{d} {r}");
-        }
-    }
 
     #[test]
     fn builder_rejects_missing_parts() {
@@ -745,21 +372,6 @@ mod tests {
             .build()
             .unwrap_err();
         assert!(!e.to_string().contains("hunter2"));
-    }
-
-    /// Issue #10: `localhost` is not left to the system resolver, which may map it anywhere:
-    /// the secret would then cross a network in clear text.
-    #[test]
-    fn localhost_is_pinned_to_the_loopback_address() {
-        let uri = parse_token_url("http://localhost:8080/oauth2/token").unwrap();
-        assert_eq!(uri.host(), Some("127.0.0.1"));
-        assert_eq!(uri.port_u16(), Some(8080));
-        assert_eq!(uri.path(), "/oauth2/token");
-        let uri = parse_token_url("http://LocalHost/t?x=1").unwrap();
-        assert_eq!(uri.to_string(), "http://127.0.0.1/t?x=1");
-        // https keeps the name: the certificate is checked against it.
-        let uri = parse_token_url("https://localhost:8443/t").unwrap();
-        assert_eq!(uri.host(), Some("localhost"));
     }
 
     /// Issue #10: the builder's `Debug` does not print credentials from a token URL, which

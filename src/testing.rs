@@ -8,7 +8,10 @@
 //! - [`TokenEndpoint`] answers `POST /oauth2/token` with the OAuth 2.0 `client_credentials`
 //!   grant the way Amazon Cognito's token endpoint does: client authentication by HTTP Basic
 //!   (RFC 6749 §2.3.1) or by form fields, `400 {"error":"invalid_client"}` for wrong credentials,
-//!   and a JSON answer with `access_token`, `expires_in` and `token_type`. Tokens are opaque
+//!   and a JSON answer with `access_token`, `expires_in` and `token_type`. It also serves the
+//!   `refresh_token` grant for user sessions ([`TokenEndpoint::new_session`]), optionally with
+//!   strict rotation and reuse detection (a reused refresh token revokes the session) and for a
+//!   public client without a secret. Tokens are opaque
 //!   random strings or, on request, JWT-shaped. The endpoint records every request it receives,
 //!   counts the tokens it issues, and can be made slow ([`TokenEndpoint::set_delay`]) or made to
 //!   answer with any status, headers and body ([`TokenEndpoint::push_reply`],
@@ -267,6 +270,8 @@ struct IssuedToken {
     issued_at: Instant,
     lifetime: Duration,
     revoked: bool,
+    /// The user session it was issued to, for the refresh_token grant.
+    session: Option<usize>,
 }
 
 impl IssuedToken {
@@ -292,6 +297,17 @@ struct EndpointInner {
     tokens_issued: usize,
     tokens: HashMap<String, IssuedToken>,
     last_token: Option<String>,
+    /// User sessions, in the order [`TokenEndpoint::new_session`] created them.
+    sessions: Vec<UserSession>,
+    /// Every refresh token ever issued, with the session it belongs to.
+    refresh_tokens: HashMap<String, usize>,
+    rotations: usize,
+}
+
+/// A user's session as the endpoint keeps it: only its current refresh token works.
+struct UserSession {
+    current: String,
+    revoked: bool,
 }
 
 /// The state of a token endpoint, shared by its handle, its connections and the protected APIs
@@ -301,6 +317,8 @@ struct EndpointState {
     client_secret: String,
     jwt: bool,
     omit_expires_in: bool,
+    public_client: bool,
+    rotate_refresh_tokens: bool,
     inner: Mutex<EndpointInner>,
 }
 
@@ -332,10 +350,22 @@ impl EndpointState {
     /// Issues a new token for a request with this scope: registers it and builds the JSON answer.
     fn issue(&self, scope: &str) -> Response<Full<Bytes>> {
         let mut inner = lock(&self.inner);
+        let answer = self.issue_locked(&mut inner, scope, None);
+        drop(inner);
+        json_response(StatusCode::OK, &serde_json::Value::Object(answer))
+    }
+
+    /// Registers a new access token (of `session`, if any) and returns the answer's fields.
+    fn issue_locked(
+        &self,
+        inner: &mut EndpointInner,
+        scope: &str,
+        session: Option<usize>,
+    ) -> serde_json::Map<String, serde_json::Value> {
         let lifetime = inner.lifetime;
         let expires_in = lifetime.as_secs().max(1);
         let token = if self.jwt {
-            jwt_token(&self.client_id, scope, expires_in)
+            jwt_token(&self.client_id, "access", scope, expires_in)
         } else {
             random_alphanumeric(OPAQUE_TOKEN_LEN)
         };
@@ -345,11 +375,11 @@ impl EndpointState {
                 issued_at: Instant::now(),
                 lifetime,
                 revoked: false,
+                session,
             },
         );
         inner.last_token = Some(token.clone());
         inner.tokens_issued += 1;
-        drop(inner);
 
         let mut answer = serde_json::Map::new();
         answer.insert("access_token".into(), token.into());
@@ -357,8 +387,79 @@ impl EndpointState {
             answer.insert("expires_in".into(), expires_in.into());
         }
         answer.insert("token_type".into(), "Bearer".into());
+        answer
+    }
+
+    /// A new user session; returns its first refresh token.
+    fn new_session(&self) -> String {
+        let mut inner = lock(&self.inner);
+        let id = inner.sessions.len();
+        let refresh_token = new_refresh_token();
+        inner.refresh_tokens.insert(refresh_token.clone(), id);
+        inner.sessions.push(UserSession {
+            current: refresh_token.clone(),
+            revoked: false,
+        });
+        refresh_token
+    }
+
+    /// Revokes a session: every refresh token and every access token issued to it.
+    fn revoke_session(inner: &mut EndpointInner, id: usize) {
+        if let Some(session) = inner.sessions.get_mut(id) {
+            session.revoked = true;
+        }
+        for issued in inner.tokens.values_mut() {
+            if issued.session == Some(id) {
+                issued.revoked = true;
+            }
+        }
+    }
+
+    /// The refresh_token grant, once the client is authenticated: the current refresh token of
+    /// a live session gets a new access token (and, with rotation, a new refresh token); any
+    /// other gets `invalid_grant`, and an old one of a live session revokes that session.
+    fn refresh(&self, refresh_token: Option<&str>, scope: &str) -> Response<Full<Bytes>> {
+        let mut inner = lock(&self.inner);
+        let Some(id) = refresh_token.and_then(|t| inner.refresh_tokens.get(t).copied()) else {
+            return oauth_error("invalid_grant");
+        };
+        let (current, revoked) = match inner.sessions.get(id) {
+            Some(session) => (session.current.clone(), session.revoked),
+            None => return oauth_error("invalid_grant"),
+        };
+        if revoked {
+            return oauth_error("invalid_grant");
+        }
+        if refresh_token != Some(current.as_str()) {
+            tracing::debug!(
+                session = id,
+                "an old refresh token was reused: revoking the session"
+            );
+            Self::revoke_session(&mut inner, id);
+            return oauth_error("invalid_grant");
+        }
+        let mut answer = self.issue_locked(&mut inner, scope, Some(id));
+        let expires_in = inner.lifetime.as_secs().max(1);
+        answer.insert(
+            "id_token".into(),
+            jwt_token(&format!("user-{id}"), "id", "", expires_in).into(),
+        );
+        if self.rotate_refresh_tokens {
+            let next = new_refresh_token();
+            inner.refresh_tokens.insert(next.clone(), id);
+            if let Some(session) = inner.sessions.get_mut(id) {
+                session.current = next.clone();
+            }
+            inner.rotations += 1;
+            answer.insert("refresh_token".into(), next.into());
+        }
+        drop(inner);
         json_response(StatusCode::OK, &serde_json::Value::Object(answer))
     }
+}
+
+fn new_refresh_token() -> String {
+    format!("rt-{}", random_alphanumeric(OPAQUE_TOKEN_LEN))
 }
 
 fn random_alphanumeric(len: usize) -> String {
@@ -368,15 +469,15 @@ fn random_alphanumeric(len: usize) -> String {
 }
 
 /// A JWT-shaped token: header and claims are real base64url JSON, the signature is random bytes.
-fn jwt_token(client_id: &str, scope: &str, lifetime_secs: u64) -> String {
+fn jwt_token(subject: &str, token_use: &str, scope: &str, lifetime_secs: u64) -> String {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let header = serde_json::json!({ "alg": "RS256", "kid": "test" });
     let claims = serde_json::json!({
-        "sub": client_id,
-        "token_use": "access",
+        "sub": subject,
+        "token_use": token_use,
         "scope": scope,
         "iat": now,
         "exp": now.saturating_add(lifetime_secs),
@@ -545,17 +646,19 @@ async fn serve_token_request(
         BodyRead::Complete(_) => {}
     }
 
+    // Decided on arrival (a token issued, a refresh token rotated), then held back by the
+    // delays: a slow answer to a request the server has already acted on.
     let total_delay = delay.saturating_add(canned.as_ref().map_or(Duration::ZERO, |r| r.delay));
+    let response = match canned {
+        Some(reply) => {
+            tracing::debug!(status = %reply.status, "token endpoint sends a canned reply");
+            reply.into_response()
+        }
+        None => answer_token_request(&state, &parts, &body),
+    };
     if !total_delay.is_zero() {
         tokio::time::sleep(total_delay).await;
     }
-
-    if let Some(reply) = canned {
-        tracing::debug!(status = %reply.status, "token endpoint sends a canned reply");
-        return reply.into_response();
-    }
-
-    let response = answer_token_request(&state, &parts, &body);
     tracing::debug!(status = %response.status(), "token endpoint answered");
     response
 }
@@ -593,11 +696,18 @@ fn answer_token_request(
             .map(|(_, v)| v.as_str())
     };
 
-    if field("grant_type") != Some("client_credentials") {
+    let grant = field("grant_type");
+    if !matches!(grant, Some("client_credentials" | "refresh_token")) {
         return oauth_error("unsupported_grant_type");
     }
 
-    let authenticated = if has_basic_scheme(&parts.headers) {
+    let authenticated = if state.public_client {
+        // A public client has no secret: it names itself in the form, and nothing else.
+        parts.headers.get(AUTHORIZATION).is_none()
+            && field("client_secret").is_none()
+            && field("client_id") == Some(state.client_id.as_str())
+            && grant == Some("refresh_token")
+    } else if has_basic_scheme(&parts.headers) {
         basic_credentials(&parts.headers)
             .is_some_and(|(id, secret)| id == state.client_id && secret == state.client_secret)
     } else {
@@ -608,7 +718,12 @@ fn answer_token_request(
         return oauth_error("invalid_client");
     }
 
-    state.issue(field("scope").unwrap_or(""))
+    let scope = field("scope").unwrap_or("");
+    if grant == Some("refresh_token") {
+        state.refresh(field("refresh_token"), scope)
+    } else {
+        state.issue(scope)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -684,20 +799,28 @@ struct EndpointHandle {
 
 /// A Cognito-compatible OAuth 2.0 token endpoint on `127.0.0.1`, for tests and demos.
 ///
-/// It serves `POST /oauth2/token` with the `client_credentials` grant, over HTTP/1.1 (and
-/// HTTP/2 with prior knowledge). Requests are validated in this order:
+/// It serves `POST /oauth2/token` with the `client_credentials` and `refresh_token` grants,
+/// over HTTP/1.1 (and HTTP/2 with prior knowledge). Requests are validated in this order:
 ///
 /// 1. the path must be `/oauth2/token` (else `404`), the method `POST` (else `405`);
 /// 2. `content-type` must be `application/x-www-form-urlencoded` (else `400
 ///    {"error":"invalid_request"}`);
-/// 3. `grant_type` must be `client_credentials` (else `400 {"error":"unsupported_grant_type"}`);
+/// 3. `grant_type` must be `client_credentials` or `refresh_token` (else `400
+///    {"error":"unsupported_grant_type"}`);
 /// 4. the client must authenticate, by `Authorization: Basic` when that header is present,
 ///    otherwise by the form fields `client_id` and `client_secret` (else `400
-///    {"error":"invalid_client"}`, as Cognito answers).
+///    {"error":"invalid_client"}`, as Cognito answers); a
+///    [public client](TokenEndpointBuilder::public_client) by `client_id` alone;
+/// 5. for `refresh_token`, the form field `refresh_token` must be the current refresh token of
+///    a session that is not revoked (see [`new_session`](TokenEndpoint::new_session) and
+///    [`rotate_refresh_tokens`](TokenEndpointBuilder::rotate_refresh_tokens)), else `400
+///    {"error":"invalid_grant"}`.
 ///
 /// A good request gets `200` with `{"access_token": …, "expires_in": …, "token_type":
-/// "Bearer"}`. Bodies over 1 MiB get `413`. Every request is recorded ([`requests`]) before it is
-/// answered, whatever its outcome.
+/// "Bearer"}`; a refresh adds a JWT-shaped `id_token` and, with rotation, the new
+/// `refresh_token`. Bodies over 1 MiB get `413`. Every request is recorded ([`requests`]) before
+/// it is answered, whatever its outcome. A request is decided when it arrives (a token issued,
+/// a refresh token rotated); the [delay](TokenEndpoint::set_delay) holds back only its answer.
 ///
 /// The handle is cheap to clone; the server stops when the last clone is dropped. Its [`Debug`]
 /// output does not show the client secret.
@@ -787,7 +910,8 @@ impl TokenEndpoint {
     }
 
     /// Waits this long (with [`tokio::time::sleep`], so a paused clock drives it) before
-    /// answering each request from now on. Zero means no delay.
+    /// answering each request from now on. Zero means no delay. The request itself is decided
+    /// when it arrives: a slow answer to a refresh still means the server has rotated.
     pub fn set_delay(&self, delay: Duration) {
         lock(&self.handle.state.inner).delay = delay;
     }
@@ -824,6 +948,45 @@ impl TokenEndpoint {
     pub fn last_token(&self) -> Option<String> {
         lock(&self.handle.state.inner).last_token.clone()
     }
+
+    /// Starts a user's session, as a sign-in through the hosted UI would, and returns its first
+    /// refresh token, for the refresh_token grant. The accessors below that speak of "the
+    /// session" mean the one started last.
+    pub fn new_session(&self) -> String {
+        self.handle.state.new_session()
+    }
+
+    /// The refresh token that works now for the session started last: the one
+    /// [`new_session`](TokenEndpoint::new_session) returned, or the latest rotation. `None`
+    /// before any session, or once that session is revoked.
+    pub fn current_refresh_token(&self) -> Option<String> {
+        let inner = lock(&self.handle.state.inner);
+        let session = inner.sessions.last()?;
+        (!session.revoked).then(|| session.current.clone())
+    }
+
+    /// Whether the session started last has been revoked, by the reuse of an old refresh token
+    /// or by [`revoke_session`](TokenEndpoint::revoke_session). `false` before any session.
+    pub fn is_session_revoked(&self) -> bool {
+        lock(&self.handle.state.inner)
+            .sessions
+            .last()
+            .is_some_and(|session| session.revoked)
+    }
+
+    /// Revokes the session started last, as a sign-out everywhere or an administrator would:
+    /// its refresh tokens get `invalid_grant` and its access tokens are no longer valid.
+    pub fn revoke_session(&self) {
+        let mut inner = lock(&self.handle.state.inner);
+        if let Some(id) = inner.sessions.len().checked_sub(1) {
+            EndpointState::revoke_session(&mut inner, id);
+        }
+    }
+
+    /// How many times it has rotated a refresh token, over all sessions.
+    pub fn rotations(&self) -> usize {
+        lock(&self.handle.state.inner).rotations
+    }
 }
 
 /// Configures and starts a [`TokenEndpoint`]; from [`TokenEndpoint::builder`].
@@ -837,6 +1000,8 @@ pub struct TokenEndpointBuilder {
     jwt: bool,
     omit_expires_in: bool,
     delay: Duration,
+    public_client: bool,
+    rotate_refresh_tokens: bool,
 }
 
 impl Default for TokenEndpointBuilder {
@@ -848,6 +1013,8 @@ impl Default for TokenEndpointBuilder {
             jwt: false,
             omit_expires_in: false,
             delay: Duration::ZERO,
+            public_client: false,
+            rotate_refresh_tokens: false,
         }
     }
 }
@@ -861,6 +1028,8 @@ impl fmt::Debug for TokenEndpointBuilder {
             .field("jwt", &self.jwt)
             .field("omit_expires_in", &self.omit_expires_in)
             .field("delay", &self.delay)
+            .field("public_client", &self.public_client)
+            .field("rotate_refresh_tokens", &self.rotate_refresh_tokens)
             .finish()
     }
 }
@@ -910,6 +1079,27 @@ impl TokenEndpointBuilder {
         self
     }
 
+    /// Whether the app client is public (default `false`): it has no secret, names itself with
+    /// the form field `client_id`, and may use only the refresh_token grant. A request from it
+    /// with an `Authorization` header or a `client_secret` field, or for client_credentials,
+    /// gets `400 {"error":"invalid_client"}`. The configured client secret is then not used.
+    pub fn public_client(mut self, public: bool) -> Self {
+        self.public_client = public;
+        self
+    }
+
+    /// Whether the refresh_token grant rotates refresh tokens (default `false`).
+    ///
+    /// With rotation, each answer carries a new `refresh_token` and only that one works from
+    /// then on; presenting an older one of the session (reuse, as after a lost answer or a
+    /// double refresh) revokes the whole session, its refresh and access tokens, and gets
+    /// `400 {"error":"invalid_grant"}`, as servers with reuse detection do. Without rotation,
+    /// a session's refresh token stays the same and answers carry none.
+    pub fn rotate_refresh_tokens(mut self, rotate: bool) -> Self {
+        self.rotate_refresh_tokens = rotate;
+        self
+    }
+
     /// Binds an ephemeral port of `127.0.0.1` and starts serving on the current Tokio runtime.
     pub async fn start(self) -> std::io::Result<TokenEndpoint> {
         let (listener, addr) = bind_loopback().await?;
@@ -918,6 +1108,8 @@ impl TokenEndpointBuilder {
             client_secret: self.client_secret,
             jwt: self.jwt,
             omit_expires_in: self.omit_expires_in,
+            public_client: self.public_client,
+            rotate_refresh_tokens: self.rotate_refresh_tokens,
             inner: Mutex::new(EndpointInner {
                 lifetime: self.lifetime,
                 delay: self.delay,
@@ -927,6 +1119,9 @@ impl TokenEndpointBuilder {
                 tokens_issued: 0,
                 tokens: HashMap::new(),
                 last_token: None,
+                sessions: Vec::new(),
+                refresh_tokens: HashMap::new(),
+                rotations: 0,
             }),
         });
         let server_state = Arc::clone(&state);
@@ -1628,6 +1823,115 @@ mod tests {
         assert_eq!(recorded[1].grpc_status, Some(16));
         assert_eq!(recorded[2].grpc_status, Some(16));
         assert_eq!(api.rejected_count(), 2);
+    }
+
+    fn refresh_request(endpoint: &TokenEndpoint, form: &str) -> Request<Full<Bytes>> {
+        form_request(&endpoint.token_url())
+            .body(Full::new(Bytes::from(form.to_owned())))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn refresh_tokens_rotate_and_reuse_revokes_the_session() {
+        let endpoint = TokenEndpoint::builder()
+            .public_client(true)
+            .rotate_refresh_tokens(true)
+            .start()
+            .await
+            .unwrap();
+        let api = ProtectedApi::start(&endpoint).await.unwrap();
+        assert_eq!(endpoint.current_refresh_token(), None);
+        assert!(!endpoint.is_session_revoked());
+        let first = endpoint.new_session();
+        assert_eq!(
+            endpoint.current_refresh_token().as_deref(),
+            Some(first.as_str())
+        );
+        let id = endpoint.client_id().to_owned();
+        let form = |rt: &str| format!("grant_type=refresh_token&refresh_token={rt}&client_id={id}");
+
+        let (status, _, body, _) = send(&client(), refresh_request(&endpoint, &form(&first))).await;
+        assert_eq!(status, StatusCode::OK);
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let second = json["refresh_token"].as_str().unwrap().to_owned();
+        assert_ne!(second, first);
+        assert_eq!(json["id_token"].as_str().unwrap().split('.').count(), 3);
+        let access = json["access_token"].as_str().unwrap().to_owned();
+        assert!(endpoint.is_valid(&access));
+        assert_eq!(endpoint.current_refresh_token(), Some(second.clone()));
+        assert_eq!(endpoint.rotations(), 1);
+        let (status, _, _, _) = send(&client(), api_request(&api, &access, "x")).await;
+        assert_eq!(status, StatusCode::OK);
+
+        // The old one again: the whole session goes, access tokens included.
+        let (status, _, body, _) = send(&client(), refresh_request(&endpoint, &form(&first))).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["error"], "invalid_grant");
+        assert!(endpoint.is_session_revoked());
+        assert_eq!(endpoint.current_refresh_token(), None);
+        assert!(!endpoint.is_valid(&access));
+        let (status, _, _, _) = send(&client(), refresh_request(&endpoint, &form(&second))).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let (status, _, _, _) = send(&client(), refresh_request(&endpoint, &form("unknown"))).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+
+        // A public client may not authenticate otherwise, nor use client_credentials.
+        let other = endpoint.new_session();
+        for (request, error) in [
+            (
+                form_request(&endpoint.token_url())
+                    .header(AUTHORIZATION, basic(&id, endpoint.client_secret()))
+                    .body(Full::new(Bytes::from(format!(
+                        "grant_type=refresh_token&refresh_token={other}"
+                    ))))
+                    .unwrap(),
+                "invalid_client",
+            ),
+            (
+                refresh_request(&endpoint, &format!("{}&client_secret=x", form(&other))),
+                "invalid_client",
+            ),
+            (
+                refresh_request(
+                    &endpoint,
+                    &format!("grant_type=client_credentials&client_id={id}"),
+                ),
+                "invalid_client",
+            ),
+        ] {
+            let (status, _, body, _) = send(&client(), request).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST);
+            let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(json["error"], error);
+        }
+        assert!(!endpoint.is_session_revoked());
+        endpoint.revoke_session();
+        assert!(endpoint.is_session_revoked());
+    }
+
+    #[tokio::test]
+    async fn without_rotation_the_refresh_token_stays() {
+        let endpoint = TokenEndpoint::start().await.unwrap();
+        let refresh = endpoint.new_session();
+        for _ in 0..2 {
+            let request = form_request(&endpoint.token_url())
+                .header(
+                    AUTHORIZATION,
+                    basic(endpoint.client_id(), endpoint.client_secret()),
+                )
+                .body(Full::new(Bytes::from(format!(
+                    "grant_type=refresh_token&refresh_token={refresh}"
+                ))))
+                .unwrap();
+            let (status, _, body, _) = send(&client(), request).await;
+            assert_eq!(status, StatusCode::OK);
+            let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert!(json.get("refresh_token").is_none());
+        }
+        assert_eq!(endpoint.current_refresh_token(), Some(refresh));
+        assert_eq!(endpoint.rotations(), 0);
+        assert!(!endpoint.is_session_revoked());
     }
 
     #[tokio::test(start_paused = true)]

@@ -253,6 +253,21 @@ pub(crate) fn jwt_exp(token: &str) -> Option<u64> {
     })
 }
 
+/// The `refresh_token` of a 2xx answer, read on its own so that a rotation is seen even when
+/// the rest of the answer is unusable. `None` when absent, not a string, or empty. Any other
+/// field (`id_token` among them) is ignored.
+pub(crate) fn parse_refresh_token(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct RawRefresh {
+        refresh_token: Option<serde_json::Value>,
+    }
+    let raw: RawRefresh = serde_json::from_slice(body).ok()?;
+    match raw.refresh_token? {
+        serde_json::Value::String(token) if !token.is_empty() => Some(token),
+        _ => None,
+    }
+}
+
 /// The OAuth error fields of a 4xx answer, if the body is such JSON.
 pub(crate) fn parse_oauth_error(body: &[u8]) -> Option<(String, Option<String>)> {
     #[derive(serde::Deserialize)]
@@ -370,6 +385,19 @@ mod tests {
     }
 
     #[test]
+    fn refresh_token_is_read_apart_from_the_rest() {
+        assert_eq!(
+            parse_refresh_token(br#"{"refresh_token":"r2","access_token":5,"id_token":"i"}"#)
+                .as_deref(),
+            Some("r2")
+        );
+        assert_eq!(parse_refresh_token(br#"{"access_token":"a"}"#), None);
+        assert_eq!(parse_refresh_token(br#"{"refresh_token":""}"#), None);
+        assert_eq!(parse_refresh_token(br#"{"refresh_token":7}"#), None);
+        assert_eq!(parse_refresh_token(b"not json"), None);
+    }
+
+    #[test]
     fn jwt_exp_reader() {
         assert_eq!(
             jwt_exp(&jwt_with(r#"{"exp":1700000000}"#)),
@@ -394,6 +422,7 @@ mod tests {
         #[test]
         fn parser_never_panics(body in proptest::collection::vec(any::<u8>(), 0..2048)) {
             let _ = parse_token_response(&body, Instant::now(), SystemTime::now());
+            let _ = parse_refresh_token(&body);
         }
 
         #[test]

@@ -1,0 +1,535 @@
+//! A user's session end to end: `RefreshTokenGrant` behind `CognitoAuthLayer`, against the
+//! loopback token endpoint with strict refresh-token rotation and reuse detection (a reused
+//! refresh token revokes the session) and the protected API, on 127.0.0.1.
+#![cfg(feature = "test-util")]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use tokio::time::Instant;
+use tower::{BoxError, ServiceBuilder, ServiceExt as _};
+use tower_cognito_auth::testing::{ProtectedApi, TokenEndpoint};
+use tower_cognito_auth::{
+    ClientAuth, CognitoAuth, CognitoAuthLayer, CognitoAuthLayerBuilder, Error, RefreshTokenGrant,
+    RefreshTokenGrantBuilder, TokenSource,
+};
+
+mod common;
+
+use common::http;
+
+/// Every value `on_rotation` was called with, in order.
+#[derive(Clone, Default)]
+struct Rotations(Arc<Mutex<Vec<String>>>);
+
+impl Rotations {
+    fn all(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+
+    fn last(&self) -> Option<String> {
+        self.0.lock().unwrap().last().cloned()
+    }
+}
+
+/// A grant for a new session of `endpoint` (a public client unless told otherwise), with its
+/// rotations recorded.
+fn grant_for(endpoint: &TokenEndpoint, rotations: &Rotations) -> RefreshTokenGrantBuilder {
+    let seen = rotations.clone();
+    RefreshTokenGrant::builder()
+        .token_url(endpoint.token_url())
+        .client_id(endpoint.client_id())
+        .refresh_token(endpoint.new_session())
+        .on_rotation(move |new: &str| seen.0.lock().unwrap().push(new.to_owned()))
+        .http_client(http())
+}
+
+struct Env {
+    endpoint: TokenEndpoint,
+    api: ProtectedApi,
+    rotations: Rotations,
+    layer: CognitoAuthLayer,
+    client: CognitoAuth<Client<HttpConnector, Full<Bytes>>>,
+}
+
+/// A public client with rotation on, `lifetime` tokens, and the given grant and layer settings.
+async fn env(
+    lifetime: Duration,
+    grant: impl FnOnce(RefreshTokenGrantBuilder) -> RefreshTokenGrantBuilder,
+    layer: impl FnOnce(CognitoAuthLayerBuilder) -> CognitoAuthLayerBuilder,
+) -> Env {
+    let endpoint = TokenEndpoint::builder()
+        .public_client(true)
+        .rotate_refresh_tokens(true)
+        .lifetime(lifetime)
+        .start()
+        .await
+        .unwrap();
+    let api = ProtectedApi::start(&endpoint).await.unwrap();
+    let rotations = Rotations::default();
+    let grant = grant(grant_for(&endpoint, &rotations)).build().unwrap();
+    let layer = layer(CognitoAuthLayer::builder().token_source(grant))
+        .build()
+        .unwrap();
+    let client = ServiceBuilder::new().layer(layer.clone()).service(http());
+    Env {
+        endpoint,
+        api,
+        rotations,
+        layer,
+        client,
+    }
+}
+
+impl Env {
+    async fn get(&self) -> Result<StatusCode, BoxError> {
+        let request = Request::get(format!("{}/me", self.api.url()))
+            .body(Full::default())
+            .unwrap();
+        let response = self.client.clone().oneshot(request).await?;
+        Ok(response.status())
+    }
+
+    /// The refresh tokens the endpoint received, in order.
+    fn sent_refresh_tokens(&self) -> Vec<String> {
+        sent_refresh_tokens(&self.endpoint)
+    }
+
+    /// The session is alive, the application holds the server's current refresh token, and
+    /// it was told of every rotation exactly once.
+    fn assert_session_intact(&self) {
+        assert!(
+            !self.endpoint.is_session_revoked(),
+            "the session was revoked"
+        );
+        assert_eq!(self.rotations.last(), self.endpoint.current_refresh_token());
+        assert_eq!(self.rotations.all().len(), self.endpoint.rotations());
+        let sent = self.sent_refresh_tokens();
+        let mut unique = sent.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), sent.len(), "a refresh token was sent twice");
+    }
+}
+
+fn sent_refresh_tokens(endpoint: &TokenEndpoint) -> Vec<String> {
+    endpoint
+        .requests()
+        .iter()
+        .filter_map(|r| r.form_value("refresh_token"))
+        .collect()
+}
+
+fn token_error(error: &BoxError) -> &Error {
+    error
+        .downcast_ref::<Error>()
+        .unwrap_or_else(|| panic!("not a token error: {error}"))
+}
+
+#[tokio::test(start_paused = true)]
+async fn hundred_callers_over_several_lifetimes_never_lose_the_session() {
+    let env = Arc::new(env(Duration::from_secs(2), |g| g, |l| l).await);
+    let mut callers = tokio::task::JoinSet::new();
+    for caller in 0..100u64 {
+        let env = Arc::clone(&env);
+        callers.spawn(async move {
+            let mut failures = Vec::new();
+            for _ in 0..20 {
+                match env.get().await {
+                    Ok(StatusCode::OK) => {}
+                    Ok(status) => failures.push(status.to_string()),
+                    Err(error) => failures.push(error.to_string()),
+                }
+                // Callers spread over the lifetimes, some at the very instant of expiry.
+                tokio::time::sleep(Duration::from_millis(50 * (caller % 7 + 1))).await;
+            }
+            failures
+        });
+    }
+    let started = Instant::now();
+    let mut failures = Vec::new();
+    while let Some(result) = callers.join_next().await {
+        failures.extend(result.unwrap());
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failures: {:?}",
+        failures.len(),
+        &failures[..1]
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(6),
+        "the run spans several 2 s lifetimes"
+    );
+    assert_eq!(env.api.request_count(), 2_000);
+    assert_eq!(env.api.rejected_count(), 0);
+    assert!(
+        env.endpoint.rotations() >= 3,
+        "{}",
+        env.endpoint.rotations()
+    );
+    assert_eq!(env.layer.stats().token_failures, 0);
+    env.assert_session_intact();
+    // Every exchange but the last one's answer was used by the next exchange.
+    let sent = env.sent_refresh_tokens();
+    let rotations = env.rotations.all();
+    assert_eq!(sent[1..], rotations[..rotations.len() - 1]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_fetch_does_not_lose_the_rotation() {
+    let endpoint = TokenEndpoint::builder()
+        .rotate_refresh_tokens(true)
+        .public_client(true)
+        .start()
+        .await
+        .unwrap();
+    let rotations = Rotations::default();
+    let grant = grant_for(&endpoint, &rotations).build().unwrap();
+    let first = endpoint.current_refresh_token().unwrap();
+    // The server rotates on arrival and answers 2 s later; the fetch is dropped at 100 ms.
+    endpoint.set_delay(Duration::from_secs(2));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), grant.fetch())
+            .await
+            .is_err()
+    );
+    assert_eq!(endpoint.request_count(), 1);
+    endpoint.set_delay(Duration::ZERO);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The exchange finished with nobody waiting, and told the application.
+    assert_eq!(rotations.all(), [endpoint.current_refresh_token().unwrap()]);
+
+    grant.fetch().await.unwrap();
+    let sent = sent_refresh_tokens(&endpoint);
+    assert_eq!(sent, [first, rotations.all()[0].clone()]);
+    assert!(!endpoint.is_session_revoked());
+    assert_eq!(rotations.last(), endpoint.current_refresh_token());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_waiter_does_not_lose_the_rotation() {
+    let env = env(Duration::from_secs(60), |g| g, |l| l).await;
+    let first = env.endpoint.current_refresh_token().unwrap();
+    env.endpoint.set_delay(Duration::from_secs(2));
+    // The only request waiting for the first token gives up during the refresh.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), env.get())
+            .await
+            .is_err()
+    );
+    // A second one arrives and is dropped too, while the same exchange runs.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), env.get())
+            .await
+            .is_err()
+    );
+    assert_eq!(env.endpoint.request_count(), 1);
+    env.endpoint.set_delay(Duration::ZERO);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(env.rotations.all().len(), 1);
+
+    // The token that exchange got is used, and the next refresh presents the newest refresh
+    // token.
+    assert_eq!(env.get().await.unwrap(), StatusCode::OK);
+    assert_eq!(env.endpoint.request_count(), 1);
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    assert_eq!(env.get().await.unwrap(), StatusCode::OK);
+    assert_eq!(
+        env.sent_refresh_tokens(),
+        [first, env.rotations.all()[0].clone()]
+    );
+    env.assert_session_intact();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refresh_deadline_after_the_server_rotated_keeps_the_new_token() {
+    let env = env(
+        Duration::from_secs(60),
+        |g| g,
+        |l| l.refresh_deadline(Duration::from_secs(1)),
+    )
+    .await;
+    let first = env.endpoint.current_refresh_token().unwrap();
+    env.endpoint.set_delay(Duration::from_secs(3));
+
+    let error = env.get().await.unwrap_err();
+    assert!(token_error(&error).is_timeout(), "{error}");
+    assert_eq!(env.endpoint.request_count(), 1);
+    // The server rotated on arrival; its answer is still on the way.
+    let rotated = env.endpoint.current_refresh_token().unwrap();
+    assert_ne!(rotated, first);
+    assert!(env.rotations.all().is_empty());
+    env.endpoint.set_delay(Duration::ZERO);
+
+    // Past the cache's backoff, while the first exchange still runs: the next refresh waits
+    // for it and sends the token its answer carried, not the old one.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(env.get().await.unwrap(), StatusCode::OK);
+    assert_eq!(env.sent_refresh_tokens(), [first, rotated.clone()]);
+    assert_eq!(env.rotations.all()[0], rotated);
+    assert_eq!(env.rotations.all().len(), 2);
+    env.assert_session_intact();
+}
+
+#[tokio::test]
+async fn a_public_client_sends_its_id_in_the_form_and_no_authorization() {
+    let env = env(Duration::from_secs(3600), |g| g.scope("openid"), |l| l).await;
+    let refresh_token = env.endpoint.current_refresh_token().unwrap();
+    assert_eq!(env.get().await.unwrap(), StatusCode::OK);
+    let seen = env.endpoint.requests();
+    assert_eq!(seen.len(), 1);
+    let request = &seen[0];
+    assert_eq!(request.method, http::Method::POST);
+    assert_eq!(request.path, "/oauth2/token");
+    assert_eq!(
+        request.headers["content-type"],
+        "application/x-www-form-urlencoded"
+    );
+    assert_eq!(request.headers["accept"], "application/json");
+    assert!(request.headers.get("authorization").is_none());
+    let pairs = |p: &[(&str, &str)]| -> Vec<(String, String)> {
+        p.iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    };
+    assert_eq!(
+        request.form(),
+        pairs(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &refresh_token),
+            ("scope", "openid"),
+            ("client_id", env.endpoint.client_id()),
+        ])
+    );
+}
+
+#[tokio::test]
+async fn a_confidential_client_uses_basic_or_post() {
+    let endpoint = TokenEndpoint::builder()
+        .client_secret("s3cr3t:/+")
+        .start()
+        .await
+        .unwrap();
+    let rotations = Rotations::default();
+    let basic = grant_for(&endpoint, &rotations)
+        .client_secret(endpoint.client_secret())
+        .build()
+        .unwrap();
+    basic.fetch().await.unwrap();
+    let post = grant_for(&endpoint, &rotations)
+        .client_secret(endpoint.client_secret())
+        .client_auth(ClientAuth::Post)
+        .build()
+        .unwrap();
+    post.fetch().await.unwrap();
+    // Without rotation the refresh token stays: the next fetch sends the same one.
+    post.fetch().await.unwrap();
+    assert!(rotations.all().is_empty());
+
+    let seen = endpoint.requests();
+    let expected = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD
+            .encode(format!("{}:s3cr3t%3A%2F%2B", endpoint.client_id()))
+    );
+    assert_eq!(seen[0].headers["authorization"], expected.as_str());
+    let form: Vec<String> = seen[0].form().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(form, ["grant_type", "refresh_token"]);
+    assert!(seen[1].headers.get("authorization").is_none());
+    assert_eq!(
+        seen[1].form_value("client_secret").as_deref(),
+        Some("s3cr3t:/+")
+    );
+    assert_eq!(
+        seen[1].form_value("client_id").as_deref(),
+        Some(endpoint.client_id())
+    );
+    assert_eq!(
+        seen[1].form_value("refresh_token"),
+        seen[2].form_value("refresh_token")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_revoked_session_is_a_clear_permanent_error_and_fails_fast() {
+    let env = env(Duration::from_secs(2), |g| g, |l| l).await;
+    assert_eq!(env.get().await.unwrap(), StatusCode::OK);
+    env.endpoint.revoke_session();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let before = env.endpoint.request_count();
+    for _ in 0..50 {
+        let error = env.get().await.unwrap_err();
+        let error = token_error(&error);
+        assert!(error.is_permanent());
+        assert_eq!(error.oauth_error(), Some("invalid_grant"));
+        assert!(error.is_invalid_grant());
+        let message = error.to_string();
+        assert!(message.contains("sign in again"), "{message}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let sent = env.endpoint.request_count() - before;
+    assert!(sent <= 1, "{sent} token requests for 50 requests");
+    // Much later, the grant still does not send the dead refresh token again.
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert!(env.get().await.is_err());
+    assert_eq!(env.endpoint.request_count() - before, sent);
+    assert_eq!(env.api.request_count(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restored_access_token_is_used_until_a_refresh_is_needed() {
+    let endpoint = TokenEndpoint::builder()
+        .public_client(true)
+        .rotate_refresh_tokens(true)
+        .lifetime(Duration::from_secs(60))
+        .start()
+        .await
+        .unwrap();
+    let api = ProtectedApi::start(&endpoint).await.unwrap();
+    let rotations = Rotations::default();
+    // Yesterday's run signed in and stored the session.
+    let earlier = grant_for(&endpoint, &rotations).build().unwrap();
+    let token = earlier.fetch().await.unwrap();
+    let stored_refresh = rotations.last().unwrap();
+    drop(earlier);
+
+    let grant = RefreshTokenGrant::builder()
+        .token_url(endpoint.token_url())
+        .client_id(endpoint.client_id())
+        .refresh_token(stored_refresh.clone())
+        .access_token(token.access_token().secret(), token.expires_at())
+        .http_client(http())
+        .build()
+        .unwrap();
+    let layer = CognitoAuthLayer::builder()
+        .token_source(grant)
+        .build()
+        .unwrap();
+    let client = ServiceBuilder::new().layer(layer.clone()).service(http());
+    let get = || {
+        let request = Request::get(format!("{}/me", api.url()))
+            .body(Full::default())
+            .unwrap();
+        client.clone().oneshot(request)
+    };
+    assert_eq!(get().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(endpoint.request_count(), 1, "no refresh for a live token");
+    assert_eq!(
+        api.requests()[0].token.as_deref(),
+        Some(token.access_token().secret())
+    );
+
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    assert_eq!(get().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(endpoint.request_count(), 2);
+    assert_eq!(sent_refresh_tokens(&endpoint)[1], stored_refresh);
+    assert!(!endpoint.is_session_revoked());
+}
+
+/// A `MakeWriter` that keeps everything written.
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
+    type Writer = Capture;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+/// The only test of this binary that installs a subscriber: a global one, since tracing
+/// caches per-callsite interest across threads. It captures the other tests' events too,
+/// which holds them to the same rule.
+#[tokio::test(start_paused = true)]
+async fn trace_output_and_debug_never_hold_a_token_or_secret() {
+    let capture = Capture::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(capture.clone())
+        .with_ansi(false)
+        .finish();
+    tracing::subscriber::set_global_default(subscriber).unwrap();
+
+    const SECRET: &str = "confidential-client-secret";
+    let endpoint = TokenEndpoint::builder()
+        .client_secret(SECRET)
+        .rotate_refresh_tokens(true)
+        .lifetime(Duration::from_secs(2))
+        .start()
+        .await
+        .unwrap();
+    let api = ProtectedApi::start(&endpoint).await.unwrap();
+    let rotations = Rotations::default();
+    let builder = grant_for(&endpoint, &rotations)
+        .client_secret(SECRET)
+        .client_auth(ClientAuth::Post);
+    let first_refresh = endpoint.current_refresh_token().unwrap();
+    let builder_debug = format!("{builder:?}");
+    let grant = builder.build().unwrap();
+    let layer = CognitoAuthLayer::builder()
+        .token_source(grant.clone())
+        .build()
+        .unwrap();
+    let client = ServiceBuilder::new().layer(layer.clone()).service(http());
+    let mut debug = vec![builder_debug, format!("{grant:?}"), format!("{layer:?}")];
+    for _ in 0..4 {
+        let request = Request::get(format!("{}/me", api.url()))
+            .body(Full::default())
+            .unwrap();
+        let response = client.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        debug.push(format!("{response:?}"));
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    // The end of the session, through the layer and through the grant.
+    endpoint.revoke_session();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let request = Request::get(format!("{}/me", api.url()))
+        .body(Full::default())
+        .unwrap();
+    let error = client.clone().oneshot(request).await.unwrap_err();
+    debug.push(format!("{error:?} {error}"));
+    let error = grant.fetch().await.unwrap_err();
+    debug.push(format!("{error:?} {error}"));
+    debug.push(format!("{:?}", layer.token().await));
+
+    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        logs.contains("rotated=true"),
+        "events were captured:\n{logs}"
+    );
+    assert!(logs.contains("invalid_grant"), "{logs}");
+    assert!(rotations.all().len() >= 2);
+    let access_tokens: Vec<String> = api.requests().into_iter().filter_map(|r| r.token).collect();
+    assert!(!access_tokens.is_empty());
+    let secrets = [SECRET.to_owned(), first_refresh]
+        .into_iter()
+        .chain(rotations.all())
+        .chain(sent_refresh_tokens(&endpoint))
+        .chain(access_tokens);
+    let debug = debug.join("\n");
+    for secret in secrets {
+        assert!(!logs.contains(&secret), "a secret leaked into the logs");
+        assert!(
+            !debug.contains(&secret),
+            "a secret leaked into Debug output"
+        );
+    }
+}
