@@ -130,7 +130,9 @@ pub use cache::{CachedToken, Generation, Stats, TokenCache, TokenCacheBuilder};
 pub use error::{Error, ErrorKind};
 pub use layer::{CognitoAuthLayer, CognitoAuthLayerBuilder, DEFAULT_REPLAY_BODY_LIMIT, Replay};
 pub use service::CognitoAuth;
-pub use source::{BoxFuture, ClientAuth, ClientCredentials, ClientCredentialsBuilder, TokenSource};
+pub use source::{
+    BoxFuture, ClientAuth, ClientCredentials, ClientCredentialsBuilder, SharedIdentity, TokenSource,
+};
 pub use token::{AccessToken, Token};
 
 /// Compiles the README's Rust code as doctests.
