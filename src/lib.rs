@@ -103,8 +103,11 @@
 //! - `tonic`: [`ReplayBody`](replay::ReplayBody) for `tonic::body::Body`, so a tonic
 //!   `Channel` can sit under the layer.
 //! - `axum`: [`ReplayBody`](replay::ReplayBody) for axum's body type.
+//! - `redis`: `store`, a token shared by a whole fleet of processes through Redis (`redis://`,
+//!   or `rediss://` over rustls with the ring provider): one token request per token lifetime
+//!   for the fleet instead of one per process.
 //! - `test-util`: [`testing`], a Cognito-compatible token endpoint and a protected API on
-//!   127.0.0.1, for your own tests.
+//!   127.0.0.1 and a `redis-server` runner, for your own tests.
 #![forbid(unsafe_code)]
 #![deny(missing_docs, unreachable_pub)]
 #![warn(missing_debug_implementations, clippy::await_holding_lock)]
@@ -121,6 +124,9 @@ mod reject;
 pub mod replay;
 mod service;
 pub mod source;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod store;
 #[cfg(feature = "test-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod testing;
