@@ -62,7 +62,9 @@
 //! [`TokenStore`]: the values are opaque bytes and the keys opaque names, and each operation
 //! must be atomic as its documentation says.
 
-// The cache seals through the fleet; until it does, sealing is used only by tests.
+// The cache drives `Fleet`; until it does, these crate-private pieces are used only by tests.
+#[allow(dead_code)]
+mod fleet;
 mod redis;
 #[allow(dead_code)]
 pub(crate) mod seal;
@@ -77,6 +79,8 @@ use crate::source::BoxFuture;
 
 #[doc(no_inline)]
 pub use crate::source::SharedIdentity;
+#[allow(unused_imports)]
+pub(crate) use fleet::{Fleet, FleetConfig, FleetStats, Margins};
 pub use redis::RedisStore;
 
 /// What a shared store offers: five atomic operations on opaque names and values.
