@@ -106,8 +106,11 @@
 //! - `tonic`: [`ReplayBody`](replay::ReplayBody) for `tonic::body::Body`, so a tonic
 //!   `Channel` can sit under the layer.
 //! - `axum`: [`ReplayBody`](replay::ReplayBody) for axum's body type.
+//! - `redis`: `store`, a token shared by a whole fleet of processes through Redis (`redis://`,
+//!   or `rediss://` over rustls with the ring provider): one token request per token lifetime
+//!   for the fleet instead of one per process.
 //! - `test-util`: [`testing`], a Cognito-compatible token endpoint and a protected API on
-//!   127.0.0.1, for your own tests.
+//!   127.0.0.1 and a `redis-server` runner, for your own tests.
 #![forbid(unsafe_code)]
 #![deny(missing_docs, unreachable_pub)]
 #![warn(missing_debug_implementations, clippy::await_holding_lock)]
@@ -126,6 +129,9 @@ pub mod replay;
 mod service;
 pub mod session;
 pub mod source;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod store;
 #[cfg(feature = "test-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod testing;
@@ -137,7 +143,9 @@ pub use error::{Error, ErrorKind};
 pub use layer::{CognitoAuthLayer, CognitoAuthLayerBuilder, DEFAULT_REPLAY_BODY_LIMIT, Replay};
 pub use service::CognitoAuth;
 pub use session::{RefreshTokenGrant, RefreshTokenGrantBuilder};
-pub use source::{BoxFuture, ClientAuth, ClientCredentials, ClientCredentialsBuilder, TokenSource};
+pub use source::{
+    BoxFuture, ClientAuth, ClientCredentials, ClientCredentialsBuilder, SharedIdentity, TokenSource,
+};
 pub use token::{AccessToken, Token};
 
 /// Compiles the README's Rust code as doctests.

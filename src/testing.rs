@@ -1424,6 +1424,213 @@ async fn serve_api_request(state: Arc<ApiState>, request: Request<Incoming>) -> 
     response
 }
 
+// ---------------------------------------------------------------------------------------------
+// RedisServer
+// ---------------------------------------------------------------------------------------------
+
+/// How to install `redis-server`, in the error [`RedisServer::start`] returns without it.
+const REDIS_NOT_FOUND: &str =
+    "redis-server not found: install it with `apt-get install -y redis-server`";
+/// How long `redis-server` gets to accept connections.
+const REDIS_READY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How many free ports are tried when another process takes the one picked.
+const REDIS_PORT_ATTEMPTS: usize = 5;
+
+/// A throwaway `redis-server` on `127.0.0.1`, for tests of a shared token store.
+///
+/// [`start`](RedisServer::start) runs `redis-server` from `PATH` (Debian package
+/// `redis-server`) on a free port of `127.0.0.1`, with protected mode on, no persistence
+/// (`--save "" --appendonly no`) and a temporary working directory, and waits until it answers
+/// `PING`. The process is killed, and the directory removed, when the handle is dropped; a test
+/// that panics leaves no server behind. [`stop`](RedisServer::stop) and
+/// [`restart`](RedisServer::restart) (same port, empty data) simulate an outage.
+///
+/// Without `redis-server` on `PATH`, `start` fails with an error that says how to install it,
+/// so that a test needing Redis fails loudly instead of skipping.
+///
+/// ```no_run
+/// use tower_cognito_auth::testing::RedisServer;
+///
+/// # fn main() -> std::io::Result<()> {
+/// let mut redis = RedisServer::start()?;
+/// assert!(redis.url().starts_with("redis://127.0.0.1:"));
+/// redis.stop(); // Redis is down: connections are refused
+/// redis.restart()?; // and back, on the same port, empty
+/// # Ok(())
+/// # }
+/// ```
+pub struct RedisServer {
+    child: Option<std::process::Child>,
+    addr: SocketAddr,
+    dir: std::path::PathBuf,
+}
+
+impl fmt::Debug for RedisServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisServer")
+            .field("addr", &self.addr)
+            .field("running", &self.child.is_some())
+            .finish()
+    }
+}
+
+impl RedisServer {
+    /// Starts `redis-server` on a free port of `127.0.0.1` and waits (at most 5 seconds) until
+    /// it answers `PING`. It blocks the calling thread meanwhile (usually a few milliseconds),
+    /// needs no runtime, and works under Tokio's paused clock.
+    ///
+    /// # Errors
+    ///
+    /// An [`std::io::Error`] of kind `NotFound` saying "redis-server not found: install it with
+    /// `apt-get install -y redis-server`" when `redis-server` is not on `PATH`; another error
+    /// when no temporary directory can be made, or the server exits or does not answer in time
+    /// (its log is quoted).
+    pub fn start() -> std::io::Result<RedisServer> {
+        let dir = std::env::temp_dir().join(format!(
+            "tower-cognito-auth-redis-{}-{:016x}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&dir)?;
+        let mut server = RedisServer {
+            child: None,
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            dir,
+        };
+        let mut last_error = None;
+        for _ in 0..REDIS_PORT_ATTEMPTS {
+            // Redis refuses `--port 0`: take a port the system says is free, and try again if
+            // someone else takes it before Redis binds it.
+            let port = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+                .local_addr()?
+                .port();
+            server.addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+            match server.launch() {
+                Ok(()) => return Ok(server),
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Err(error),
+                Err(error) => last_error = Some(error),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| std::io::Error::other("redis-server did not start")))
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://{}", self.addr)
+    }
+
+    /// The address the server listens on (also while it is stopped).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The server's working directory, where `SAVE` writes `dump.rdb`.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// Kills the server (`SIGKILL`) and waits for it to exit; connections to it are refused
+    /// from then on. Does nothing when it is stopped already.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops the server if it runs and starts it again on the same port, empty, waiting until
+    /// it answers `PING`.
+    ///
+    /// # Errors
+    ///
+    /// As [`start`](Self::start); also when another process took the port meanwhile.
+    pub fn restart(&mut self) -> std::io::Result<()> {
+        self.stop();
+        self.launch()
+    }
+
+    /// Runs `redis-server` on `self.addr` and waits for `PONG`.
+    fn launch(&mut self) -> std::io::Result<()> {
+        let log = self.dir.join("redis.log");
+        let spawned = std::process::Command::new("redis-server")
+            .args(["--port", &self.addr.port().to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(["--protected-mode", "yes"])
+            .args(["--save", ""])
+            .args(["--appendonly", "no"])
+            .args(["--daemonize", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .arg("--logfile")
+            .arg(&log)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        let child = match spawned {
+            Ok(child) => child,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    REDIS_NOT_FOUND,
+                ));
+            }
+            Err(error) => return Err(error),
+        };
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + REDIS_READY_TIMEOUT;
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                self.child = None;
+                let log = std::fs::read_to_string(&log).unwrap_or_default();
+                return Err(std::io::Error::other(format!(
+                    "redis-server exited ({status}) before accepting connections: {}",
+                    log.trim()
+                )));
+            }
+            if ping(self.addr) {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                self.stop();
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "redis-server did not answer PING on {} within {REDIS_READY_TIMEOUT:?}",
+                        self.addr
+                    ),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// Whether a Redis server at `addr` answers `PING` with `+PONG`.
+fn ping(addr: SocketAddr) -> bool {
+    use std::io::{Read as _, Write as _};
+    let attempt = || -> std::io::Result<bool> {
+        let timeout = Duration::from_millis(500);
+        let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        stream.write_all(b"PING\r\n")?;
+        let mut reply = [0u8; 7];
+        stream.read_exact(&mut reply)?;
+        Ok(&reply == b"+PONG\r\n")
+    };
+    matches!(attempt(), Ok(true))
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -105,6 +105,9 @@ pub struct Token {
     access_token: AccessToken,
     expires_at: Instant,
     scope: Option<String>,
+    /// The lifetime the token was issued with, when known (a shared store keeps it, so that
+    /// margins are computed from it and not from the remaining life).
+    lifetime: Option<Duration>,
 }
 
 impl Token {
@@ -114,7 +117,21 @@ impl Token {
             access_token,
             expires_at,
             scope: None,
+            lifetime: None,
         }
+    }
+
+    /// Records the lifetime the token was issued with.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn with_lifetime(mut self, lifetime: Duration) -> Self {
+        self.lifetime = Some(lifetime);
+        self
+    }
+
+    /// The lifetime the token was issued with, when known.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn lifetime(&self) -> Option<Duration> {
+        self.lifetime
     }
 
     /// Sets the scope the endpoint granted.
@@ -186,7 +203,7 @@ pub(crate) fn parse_token_response(
     let expires_at = sent_at
         .checked_add(lifetime)
         .ok_or_else(|| Error::invalid_response("`expires_in` is out of range"))?;
-    let mut token = Token::new(access_token, expires_at);
+    let mut token = Token::new(access_token, expires_at).with_lifetime(lifetime);
     token.scope = raw.scope;
     Ok((token, lifetime))
 }

@@ -1,0 +1,910 @@
+//! The coordination of one refresh with the other processes of a fleet, through a
+//! [`TokenStore`]: adopt a stored token, or elect one fetcher by a lease and wait for it.
+//!
+//! The cache calls [`Fleet::fetch`] in place of [`TokenSource::fetch`], once per refresh (it
+//! keeps refreshes single-flight inside the process). What happens:
+//!
+//! 1. A rejected token (the refresh follows a 401) is deleted from the store, only if it is
+//!    still the one stored (compared by its tag).
+//! 2. The stored token is read. One that opens and has enough life left, judged by margins
+//!    computed from its original lifetime, is adopted. One that does not open (garbage, another
+//!    format, a rotated secret) is a miss, and is deleted by a compare that cannot touch a valid
+//!    token written since (see [`garbage_prefix`]), so that a fetched token can take its place.
+//! 3. Otherwise the lease is tried. Its holder reads once more (the token may have been stored
+//!    between the read and the lease), fetches, stores the token if it expires later than the
+//!    stored one, and releases the lease. A fetch error releases the lease and is returned.
+//! 4. The others poll every 50 to 150 ms (jittered): they adopt the token once it is stored, and
+//!    try the lease on each poll, so they take over as soon as the holder released it after a
+//!    failure or its lease expired (it died). Waiting is bounded: after `max_wait` the process
+//!    fetches for itself.
+//!
+//! The store never makes the refresh fail: any store error or timeout falls back to fetching for
+//! this process, warning once per outage.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use ring::rand::{SecureRandom as _, SystemRandom};
+use tokio::time::Instant;
+use tower::BoxError;
+
+use super::TokenStore;
+use super::seal::{Sealer, TAG_PREFIX_LEN, VERSION};
+use crate::error::Error;
+use crate::source::{BoxFuture, SharedIdentity, TokenSource};
+use crate::token::{AccessToken, Token};
+
+/// How the fleet coordinates; the defaults suit production.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct FleetConfig {
+    /// How long a lease lasts: a dead holder is replaced after it. Well under the cache's
+    /// refresh deadline. Default 10 s.
+    pub(crate) lease_ttl: Duration,
+    /// The shortest pause between two polls of a waiting process. Default 50 ms.
+    pub(crate) poll_min: Duration,
+    /// The longest pause between two polls. Default 150 ms.
+    pub(crate) poll_max: Duration,
+    /// The most one store operation may take, whatever the store's own timeout. Default 250 ms.
+    pub(crate) store_timeout: Duration,
+    /// The most a process waits for others before fetching for itself. Default 20 s (two
+    /// leases: a holder that died, then a slow one).
+    pub(crate) max_wait: Duration,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        Self {
+            lease_ttl: Duration::from_secs(10),
+            poll_min: Duration::from_millis(50),
+            poll_max: Duration::from_millis(150),
+            store_timeout: Duration::from_millis(250),
+            max_wait: Duration::from_secs(20),
+        }
+    }
+}
+
+/// The cache's margins, as configured (not yet scaled to a lifetime).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Margins {
+    pub(crate) refresh_ahead: Duration,
+    pub(crate) min_validity: Duration,
+}
+
+/// What the fleet did so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct FleetStats {
+    /// Refreshes that adopted a stored token: no token request.
+    pub(crate) adopted: u64,
+    /// Token requests made as the lease holder, for the fleet.
+    pub(crate) lease_fetches: u64,
+    /// Token requests made without the store: it failed or was too slow, or waiting for
+    /// another process took too long.
+    pub(crate) fallbacks: u64,
+}
+
+#[derive(Default)]
+struct FleetCounters {
+    adopted: AtomicU64,
+    lease_fetches: AtomicU64,
+    fallbacks: AtomicU64,
+}
+
+/// Why the coordination gave up; the process then fetches for itself.
+enum Trouble {
+    Store(BoxError),
+    WaitedTooLong,
+}
+
+impl From<BoxError> for Trouble {
+    fn from(error: BoxError) -> Self {
+        Trouble::Store(error)
+    }
+}
+
+/// One process's side of the shared store.
+pub(crate) struct Fleet {
+    store: Arc<dyn TokenStore>,
+    sealer: Sealer,
+    /// This process's random id, in the lease it holds.
+    holder: String,
+    config: FleetConfig,
+    /// Set while the store fails, so that an outage is logged once.
+    outage: AtomicBool,
+    stats: FleetCounters,
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fleet")
+            .field("key", &self.sealer.key_name())
+            .field("holder", &self.holder)
+            .field("config", &self.config)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Fleet {
+    /// The fleet side of `identity` over `store`.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidConfig`](crate::ErrorKind::InvalidConfig) when the identity has no key
+    /// material.
+    pub(crate) fn new(
+        store: Arc<dyn TokenStore>,
+        identity: &SharedIdentity,
+        config: FleetConfig,
+    ) -> Result<Self, Error> {
+        Ok(Self {
+            store,
+            sealer: Sealer::new(identity)?,
+            holder: holder_id(),
+            config,
+            outage: AtomicBool::new(false),
+            stats: FleetCounters::default(),
+        })
+    }
+
+    /// The counters so far.
+    pub(crate) fn stats(&self) -> FleetStats {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        FleetStats {
+            adopted: load(&self.stats.adopted),
+            lease_fetches: load(&self.stats.lease_fetches),
+            fallbacks: load(&self.stats.fallbacks),
+        }
+    }
+
+    /// One refresh of this process: adopt the fleet's token, or fetch it for the fleet, or,
+    /// when the store fails, fetch for this process alone.
+    ///
+    /// # Errors
+    ///
+    /// Only the token source's: store trouble never surfaces.
+    pub(crate) async fn fetch(
+        &self,
+        source: &dyn TokenSource,
+        margins: Margins,
+        rejected: Option<&AccessToken>,
+    ) -> Result<Token, Error> {
+        let rejected = rejected.map(AccessToken::secret);
+        match self.coordinate(source, margins, rejected).await {
+            Ok(result) => result,
+            Err(trouble) => {
+                if let Trouble::WaitedTooLong = trouble {
+                    tracing::debug!(
+                        max_wait_ms = self.config.max_wait.as_millis() as u64,
+                        "waited too long for another process's token: fetching for this one"
+                    );
+                }
+                self.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
+                source.fetch().await
+            }
+        }
+    }
+
+    /// Everything but the fallback. The outer `Err` is store trouble; the inner result is final.
+    async fn coordinate(
+        &self,
+        source: &dyn TokenSource,
+        margins: Margins,
+        rejected: Option<&str>,
+    ) -> Result<Result<Token, Error>, Trouble> {
+        let name = self.sealer.key_name();
+        if let Some(rejected) = rejected {
+            let prefix = self.sealer.tag_prefix(rejected);
+            if self
+                .call(self.store.remove_if_prefix(name, &prefix))
+                .await?
+            {
+                tracing::debug!("dropped the rejected token from the shared store");
+            }
+        }
+        let deadline = Instant::now() + self.config.max_wait;
+        if let Some(token) = self.look(margins, rejected).await? {
+            return Ok(Ok(self.adopted(token)));
+        }
+        loop {
+            let lease = self.sealer.lease_name();
+            let taken = self
+                .call(
+                    self.store
+                        .try_lease(lease, &self.holder, self.config.lease_ttl),
+                )
+                .await?;
+            if taken {
+                return self.hold(source, margins, rejected).await;
+            }
+            if Instant::now() >= deadline {
+                return Err(Trouble::WaitedTooLong);
+            }
+            tokio::time::sleep(self.poll_pause()).await;
+            if let Some(token) = self.look(margins, rejected).await? {
+                return Ok(Ok(self.adopted(token)));
+            }
+        }
+    }
+
+    /// The lease holder's part: look once more, fetch, store, release.
+    async fn hold(
+        &self,
+        source: &dyn TokenSource,
+        margins: Margins,
+        rejected: Option<&str>,
+    ) -> Result<Result<Token, Error>, Trouble> {
+        match self.look(margins, rejected).await {
+            Ok(Some(token)) => {
+                self.release().await;
+                return Ok(Ok(self.adopted(token)));
+            }
+            Ok(None) => {}
+            Err(error) => {
+                self.release().await;
+                return Err(error);
+            }
+        }
+        let started = Instant::now();
+        let result = source.fetch().await;
+        self.stats.lease_fetches.fetch_add(1, Ordering::Relaxed);
+        if let Ok(token) = &result {
+            self.publish(token, started).await;
+        }
+        self.release().await;
+        Ok(result)
+    }
+
+    /// Reads the stored token: `Some` when it can be adopted.
+    async fn look(
+        &self,
+        margins: Margins,
+        rejected: Option<&str>,
+    ) -> Result<Option<Token>, Trouble> {
+        let name = self.sealer.key_name();
+        // The remaining life is counted from before the read: never later than the truth.
+        let asked_at = Instant::now();
+        let Some(stored) = self.call(self.store.load(name)).await? else {
+            return Ok(None);
+        };
+        let Some((text, lifetime)) = self.sealer.open(stored.value()) else {
+            tracing::debug!("the shared store holds an entry that does not open: a miss");
+            if let Some(prefix) = garbage_prefix(stored.value()) {
+                self.call(self.store.remove_if_prefix(name, prefix)).await?;
+            }
+            return Ok(None);
+        };
+        if rejected == Some(text.as_str()) {
+            // Stored again by a process that fetched it before the rejection.
+            let prefix = self.sealer.tag_prefix(&text);
+            self.call(self.store.remove_if_prefix(name, &prefix))
+                .await?;
+            return Ok(None);
+        }
+        let ttl = stored.ttl();
+        if !adoptable(ttl, lifetime.max(ttl), margins) {
+            return Ok(None);
+        }
+        let Ok(access_token) = AccessToken::new(text) else {
+            return Ok(None);
+        };
+        let Some(expires_at) = asked_at.checked_add(ttl) else {
+            return Ok(None);
+        };
+        Ok(Some(
+            Token::new(access_token, expires_at).with_lifetime(lifetime.max(ttl)),
+        ))
+    }
+
+    fn adopted(&self, token: Token) -> Token {
+        self.stats.adopted.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            remaining_secs = token
+                .expires_at()
+                .saturating_duration_since(Instant::now())
+                .as_secs(),
+            "adopted the fleet's token from the shared store"
+        );
+        token
+    }
+
+    /// Stores a fetched token for the others, unless a longer-lived one is stored.
+    async fn publish(&self, token: &Token, started: Instant) {
+        let now = Instant::now();
+        let remaining = token.expires_at().saturating_duration_since(now);
+        if remaining.is_zero() {
+            return;
+        }
+        let lifetime = token
+            .lifetime()
+            .unwrap_or_else(|| token.expires_at().saturating_duration_since(started))
+            .max(remaining);
+        let sealed = match self.sealer.seal(token.access_token().secret(), lifetime) {
+            Ok(sealed) => sealed,
+            Err(error) => {
+                tracing::warn!(%error, "could not seal the token for the shared store");
+                return;
+            }
+        };
+        let name = self.sealer.key_name();
+        match self
+            .call(self.store.save_if_longer(name, sealed, remaining))
+            .await
+        {
+            Ok(true) => tracing::debug!("stored the token for the fleet"),
+            Ok(false) => tracing::debug!("a longer-lived token is stored already: kept it"),
+            // Logged by `call`; the token is good for this process anyway.
+            Err(_) => {}
+        }
+    }
+
+    /// Releases our lease; an error only costs the others the lease's time to live.
+    async fn release(&self) {
+        let lease = self.sealer.lease_name();
+        let _ = self
+            .call(self.store.release_lease(lease, &self.holder))
+            .await;
+    }
+
+    /// One store operation under the fleet's cap; notes outages and recoveries.
+    async fn call<T>(&self, op: BoxFuture<'_, Result<T, BoxError>>) -> Result<T, BoxError> {
+        let cap = self.config.store_timeout;
+        let result = match tokio::time::timeout(cap, op).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("the shared token store did not answer within {cap:?}").into()),
+        };
+        match &result {
+            Ok(_) => {
+                if self.outage.load(Ordering::Relaxed) && self.outage.swap(false, Ordering::AcqRel)
+                {
+                    tracing::info!("the shared token store answers again");
+                }
+            }
+            Err(error) => {
+                if !self.outage.swap(true, Ordering::AcqRel) {
+                    tracing::warn!(
+                        %error,
+                        "the shared token store failed: fetching tokens without it until it answers"
+                    );
+                } else {
+                    tracing::debug!(%error, "the shared token store failed again");
+                }
+            }
+        }
+        result
+    }
+
+    fn poll_pause(&self) -> Duration {
+        let min = u64::try_from(self.config.poll_min.as_micros()).unwrap_or(u64::MAX);
+        let max = u64::try_from(self.config.poll_max.as_micros())
+            .unwrap_or(u64::MAX)
+            .max(min);
+        // Never spin, whatever the configuration.
+        Duration::from_micros(fastrand::u64(min..=max)).max(Duration::from_millis(1))
+    }
+}
+
+/// Whether a stored token with `ttl` left, issued for `lifetime`, may be adopted: it must
+/// outlive the refresh-ahead margin plus the largest refresh jitter (else it would be stale at
+/// once, and re-adopted in a loop), and the minimum validity, both scaled to its lifetime as the
+/// cache scales them.
+pub(crate) fn adoptable(ttl: Duration, lifetime: Duration, margins: Margins) -> bool {
+    let jitter = lifetime / 10;
+    let stale = margins
+        .refresh_ahead
+        .min(lifetime / 2)
+        .saturating_add(jitter);
+    let unusable = margins.min_validity.min(lifetime / 10);
+    ttl > stale && ttl > unusable
+}
+
+/// What to compare before deleting an entry that does not open, so that the delete cannot hit
+/// a valid entry written since: the entry's own bytes, when no valid entry of another token can
+/// start with them. A valid entry starts with `VERSION ‖ tag(token)`; an entry that does not
+/// start with `VERSION` is a prefix of no valid entry, and one of at least [`TAG_PREFIX_LEN`]
+/// bytes that does is a prefix only of entries of the same token. Empty or short
+/// version-prefixed garbage is left to expire (`None`).
+fn garbage_prefix(value: &[u8]) -> Option<&[u8]> {
+    match value.first() {
+        None => None,
+        Some(&first) if first != VERSION => Some(value),
+        Some(_) if value.len() >= TAG_PREFIX_LEN => Some(value),
+        Some(_) => None,
+    }
+}
+
+/// A random id for the leases this process takes.
+fn holder_id() -> String {
+    let mut bytes = [0u8; 16];
+    if SystemRandom::new().fill(&mut bytes).is_err() {
+        bytes = fastrand::u128(..).to_be_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{RedisStore, Stored};
+    use crate::testing::RedisServer;
+    use std::sync::Mutex;
+    use std::sync::atomic::AtomicUsize;
+
+    const MARGINS: Margins = Margins {
+        refresh_ahead: Duration::from_secs(300),
+        min_validity: Duration::from_secs(30),
+    };
+
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mode {
+        Ok,
+        Fail,
+        Hang,
+    }
+
+    /// Counts fetches; each fetch issues `token-N` for `lifetime`, after `delay`.
+    #[derive(Clone)]
+    struct Source {
+        calls: Arc<AtomicUsize>,
+        lifetime: Duration,
+        delay: Duration,
+        mode: Arc<Mutex<Mode>>,
+    }
+
+    impl Source {
+        fn new(lifetime: Duration, delay: Duration) -> Self {
+            Self {
+                calls: Arc::default(),
+                lifetime,
+                delay,
+                mode: Arc::new(Mutex::new(Mode::Ok)),
+            }
+        }
+        fn calls(&self) -> usize {
+            self.calls.load(Ordering::SeqCst)
+        }
+        fn set(&self, mode: Mode) {
+            *self.mode.lock().unwrap() = mode;
+        }
+    }
+
+    impl TokenSource for Source {
+        fn fetch(&self) -> BoxFuture<'_, Result<Token, Error>> {
+            Box::pin(async move {
+                let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+                let mode = *self.mode.lock().unwrap();
+                let sent = Instant::now();
+                match mode {
+                    Mode::Hang => std::future::pending::<()>().await,
+                    Mode::Fail => {
+                        return Err(Error::server_error(http::StatusCode::BAD_GATEWAY, None));
+                    }
+                    Mode::Ok => {}
+                }
+                tokio::time::sleep(self.delay).await;
+                Ok(Token::new(
+                    AccessToken::new(format!("token-{n}"))?,
+                    sent + self.lifetime,
+                )
+                .with_lifetime(self.lifetime))
+            })
+        }
+    }
+
+    fn identity(secret: &str) -> SharedIdentity {
+        SharedIdentity::client_credentials("http://127.0.0.1:1/oauth2/token", "id", ["a"], secret)
+    }
+
+    fn test_config() -> FleetConfig {
+        FleetConfig {
+            lease_ttl: Duration::from_millis(600),
+            poll_min: Duration::from_millis(10),
+            poll_max: Duration::from_millis(30),
+            store_timeout: Duration::from_millis(500),
+            max_wait: Duration::from_secs(5),
+        }
+    }
+
+    fn server() -> RedisServer {
+        match RedisServer::start() {
+            Ok(server) => server,
+            Err(error) => panic!("{error}"),
+        }
+    }
+
+    fn fleet(url: &str, secret: &str) -> Fleet {
+        let store = RedisStore::new(url)
+            .unwrap()
+            .timeout(Duration::from_millis(500));
+        Fleet::new(Arc::new(store), &identity(secret), test_config()).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_fleets_fetch_once_and_share() {
+        let redis = server();
+        let source = Source::new(Duration::from_secs(3600), Duration::from_millis(100));
+        let fleets: Vec<Arc<Fleet>> = (0..8)
+            .map(|_| Arc::new(fleet(&redis.url(), "secret")))
+            .collect();
+        let mut tasks = Vec::new();
+        for f in &fleets {
+            let f = Arc::clone(f);
+            let source = source.clone();
+            tasks.push(tokio::spawn(async move {
+                f.fetch(&source, MARGINS, None).await
+            }));
+        }
+        let mut texts = Vec::new();
+        for task in tasks {
+            let token = task.await.unwrap().unwrap();
+            assert!(token.expires_at() > Instant::now() + Duration::from_secs(3500));
+            assert_eq!(token.lifetime(), Some(Duration::from_secs(3600)));
+            texts.push(token.access_token().secret().to_owned());
+        }
+        assert_eq!(source.calls(), 1);
+        assert!(texts.iter().all(|t| t == "token-1"), "{texts:?}");
+        let total = fleets.iter().fold(FleetStats::default(), |mut acc, f| {
+            let s = f.stats();
+            acc.adopted += s.adopted;
+            acc.lease_fetches += s.lease_fetches;
+            acc.fallbacks += s.fallbacks;
+            acc
+        });
+        assert_eq!(total.lease_fetches, 1);
+        assert_eq!(total.adopted, 7);
+        assert_eq!(total.fallbacks, 0);
+        // A later refresh adopts without fetching.
+        let token = fleets[0].fetch(&source, MARGINS, None).await.unwrap();
+        assert_eq!(token.access_token().secret(), "token-1");
+        assert_eq!(source.calls(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_token_with_too_little_left_is_not_adopted() {
+        let redis = server();
+        let store = RedisStore::new(redis.url()).unwrap();
+        let f = fleet(&redis.url(), "secret");
+        let name = f.sealer.key_name().to_owned();
+        // Issued for an hour, 6 minutes left: inside refresh_ahead (300 s) + jitter (360 s).
+        let sealed = f
+            .sealer
+            .seal("old-token", Duration::from_secs(3600))
+            .unwrap();
+        assert!(
+            store
+                .save_if_longer(&name, sealed, Duration::from_secs(360))
+                .await
+                .unwrap()
+        );
+        let source = Source::new(Duration::from_secs(3600), Duration::ZERO);
+        let token = f.fetch(&source, MARGINS, None).await.unwrap();
+        assert_eq!(token.access_token().secret(), "token-1");
+        assert_eq!(source.calls(), 1);
+        // The new token replaced the old one (it lives longer) and is adopted by the next.
+        let g = fleet(&redis.url(), "secret");
+        let token = g.fetch(&source, MARGINS, None).await.unwrap();
+        assert_eq!(token.access_token().secret(), "token-1");
+        assert_eq!(g.stats().adopted, 1);
+
+        // Just over 11 minutes left of an hour: adopted, its remaining life from the store.
+        let sealed = f
+            .sealer
+            .seal("other-token", Duration::from_secs(3600))
+            .unwrap();
+        store.remove_if_prefix(&name, b"").await.unwrap();
+        store
+            .save_if_longer(&name, sealed, Duration::from_secs(700))
+            .await
+            .unwrap();
+        let token = g.fetch(&source, MARGINS, None).await.unwrap();
+        assert_eq!(token.access_token().secret(), "other-token");
+        let left = token.expires_at().saturating_duration_since(Instant::now());
+        assert!(left <= Duration::from_secs(700) && left > Duration::from_secs(600));
+        assert_eq!(token.lifetime(), Some(Duration::from_secs(3600)));
+        assert_eq!(source.calls(), 1);
+    }
+
+    #[test]
+    fn adoption_margins() {
+        let hour = Duration::from_secs(3600);
+        let s = Duration::from_secs;
+        assert!(!adoptable(s(660), hour, MARGINS));
+        assert!(adoptable(s(661), hour, MARGINS));
+        // A 60 s token: refresh_ahead scales to 30 s, jitter 6 s, min_validity 6 s.
+        assert!(!adoptable(s(36), s(60), MARGINS));
+        assert!(adoptable(s(37), s(60), MARGINS));
+        assert!(!adoptable(Duration::ZERO, Duration::ZERO, MARGINS));
+    }
+
+    #[tokio::test]
+    async fn rejected_token_is_removed_only_if_still_stored() {
+        let redis = server();
+        let store = RedisStore::new(redis.url()).unwrap();
+        let f = fleet(&redis.url(), "secret");
+        let name = f.sealer.key_name().to_owned();
+        let source = Source::new(Duration::from_secs(3600), Duration::ZERO);
+        let first = f.fetch(&source, MARGINS, None).await.unwrap();
+        assert_eq!(first.access_token().secret(), "token-1");
+
+        // Rejected while stored: removed, and a new one is fetched and stored.
+        let second = f
+            .fetch(&source, MARGINS, Some(first.access_token()))
+            .await
+            .unwrap();
+        assert_eq!(second.access_token().secret(), "token-2");
+        assert_eq!(source.calls(), 2);
+
+        // Another process rejected on the first token later: the second stays and is adopted.
+        let g = fleet(&redis.url(), "secret");
+        let adopted = g
+            .fetch(&source, MARGINS, Some(first.access_token()))
+            .await
+            .unwrap();
+        assert_eq!(adopted.access_token().secret(), "token-2");
+        assert_eq!(source.calls(), 2);
+        let stored = store.load(&name).await.unwrap().unwrap();
+        assert_eq!(
+            f.sealer.open(stored.value()).map(|(t, _)| t).as_deref(),
+            Some("token-2")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_hanging_holder_is_taken_over_after_the_lease() {
+        let redis = server();
+        let source = Source::new(Duration::from_secs(3600), Duration::ZERO);
+        let stuck = Arc::new(fleet(&redis.url(), "secret"));
+        source.set(Mode::Hang);
+        let hanging = {
+            let stuck = Arc::clone(&stuck);
+            let source = source.clone();
+            tokio::spawn(async move { stuck.fetch(&source, MARGINS, None).await })
+        };
+        // Let the stuck holder take the lease.
+        while source.calls() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        source.set(Mode::Ok);
+        let other = fleet(&redis.url(), "secret");
+        let token = other.fetch(&source, MARGINS, None).await.unwrap();
+        assert_eq!(token.access_token().secret(), "token-2");
+        // It took the lease over (no fallback, no second lease while the first was held).
+        assert_eq!(other.stats().lease_fetches, 1);
+        assert_eq!(other.stats().fallbacks, 0);
+        assert!(!hanging.is_finished());
+        hanging.abort();
+    }
+
+    #[tokio::test]
+    async fn a_failed_holder_releases_and_returns_its_error() {
+        let redis = server();
+        let source = Source::new(Duration::from_secs(3600), Duration::ZERO);
+        source.set(Mode::Fail);
+        let f = fleet(&redis.url(), "secret");
+        let err = f.fetch(&source, MARGINS, None).await.unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::Unavailable);
+        // The lease was released: the next refresh fetches at once.
+        source.set(Mode::Ok);
+        let token = f.fetch(&source, MARGINS, None).await.unwrap();
+        assert_eq!(token.access_token().secret(), "token-2");
+        assert_eq!(f.stats().lease_fetches, 2);
+    }
+
+    #[tokio::test]
+    async fn store_down_falls_back_without_error() {
+        // A port nothing listens on.
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let f = fleet(&format!("redis://127.0.0.1:{port}"), "secret");
+        let source = Source::new(Duration::from_secs(3600), Duration::ZERO);
+        for n in 1..=3 {
+            let token = f.fetch(&source, MARGINS, None).await.unwrap();
+            assert_eq!(token.access_token().secret(), format!("token-{n}"));
+        }
+        assert_eq!(f.stats().fallbacks, 3);
+        assert!(f.outage.load(Ordering::SeqCst));
+
+        // And a server that stops and comes back.
+        let mut redis = server();
+        let f = fleet(&redis.url(), "secret");
+        f.fetch(&source, MARGINS, None).await.unwrap();
+        assert_eq!(f.stats().lease_fetches, 1);
+        redis.stop();
+        f.fetch(&source, MARGINS, None).await.unwrap();
+        assert_eq!(f.stats().fallbacks, 1);
+        redis.restart().unwrap();
+        // The store forgot everything (no persistence): a lease fetch again, once reconnected.
+        let mut fetched = false;
+        for _ in 0..50 {
+            f.fetch(&source, MARGINS, None).await.unwrap();
+            if f.stats().lease_fetches == 2 {
+                fetched = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(fetched, "{:?}", f.stats());
+        assert!(!f.outage.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test]
+    async fn garbage_is_a_miss_and_is_replaced() {
+        let redis = server();
+        let store = RedisStore::new(redis.url()).unwrap();
+        let f = fleet(&redis.url(), "secret");
+        let name = f.sealer.key_name().to_owned();
+        let source = Source::new(Duration::from_secs(3600), Duration::ZERO);
+        let mut version_garbage = vec![VERSION];
+        version_garbage.extend_from_slice(&[0xAB; 60]);
+        for (n, garbage) in [b"not a token".to_vec(), version_garbage, vec![0xFF; 3]]
+            .into_iter()
+            .enumerate()
+        {
+            store.remove_if_prefix(&name, b"").await.unwrap();
+            // Garbage that outlives any token.
+            assert!(
+                store
+                    .save_if_longer(&name, garbage.into(), Duration::from_secs(86_400))
+                    .await
+                    .unwrap()
+            );
+            let token = f.fetch(&source, MARGINS, None).await.unwrap();
+            assert_eq!(token.access_token().secret(), format!("token-{}", n + 1));
+            let stored = store.load(&name).await.unwrap().unwrap();
+            assert_eq!(
+                f.sealer.open(stored.value()).map(|(t, _)| t),
+                Some(format!("token-{}", n + 1))
+            );
+        }
+        // A token sealed with another secret under our name is garbage too.
+        let rotated = Fleet::new(
+            Arc::new(store.clone()),
+            &identity("old-secret"),
+            test_config(),
+        )
+        .unwrap();
+        let foreign = rotated
+            .sealer
+            .seal("foreign", Duration::from_secs(3600))
+            .unwrap();
+        store.remove_if_prefix(&name, b"").await.unwrap();
+        store
+            .save_if_longer(&name, foreign, Duration::from_secs(3600))
+            .await
+            .unwrap();
+        let token = f.fetch(&source, MARGINS, None).await.unwrap();
+        assert_ne!(token.access_token().secret(), "foreign");
+        assert_eq!(f.stats().fallbacks, 0);
+    }
+
+    #[tokio::test]
+    async fn two_identities_use_two_keys() {
+        let redis = server();
+        let store = RedisStore::new(redis.url()).unwrap();
+        let a = fleet(&redis.url(), "secret-a");
+        let b = fleet(&redis.url(), "secret-b");
+        assert_ne!(a.sealer.key_name(), b.sealer.key_name());
+        let source_a = Source::new(Duration::from_secs(3600), Duration::ZERO);
+        let source_b = Source::new(Duration::from_secs(3600), Duration::ZERO);
+        a.fetch(&source_a, MARGINS, None).await.unwrap();
+        b.fetch(&source_b, MARGINS, None).await.unwrap();
+        assert_eq!((source_a.calls(), source_b.calls()), (1, 1));
+        assert!(store.load(a.sealer.key_name()).await.unwrap().is_some());
+        assert!(store.load(b.sealer.key_name()).await.unwrap().is_some());
+    }
+
+    /// What Redis writes to disk holds neither the token, nor the client secret, nor the
+    /// client id, the token URL or the scopes.
+    #[tokio::test]
+    async fn a_snapshot_shows_no_secret_and_no_identity() {
+        let redis = server();
+        const TOKEN: &str = "eyJhbGciOi.distinctive-access-token-7f3a9c.sig";
+        const SECRET: &str = "distinctive-client-secret-51e0";
+        const CLIENT_ID: &str = "distinctive-client-id-9b2d";
+        const URL: &str = "http://127.0.0.1:1/distinctive-token-path";
+        const SCOPE: &str = "distinctive/scope";
+        let identity = SharedIdentity::client_credentials(URL, CLIENT_ID, [SCOPE], SECRET);
+        let store = RedisStore::new(redis.url()).unwrap();
+        let f = Fleet::new(Arc::new(store), &identity, test_config()).unwrap();
+
+        struct Fixed;
+        impl TokenSource for Fixed {
+            fn fetch(&self) -> BoxFuture<'_, Result<Token, Error>> {
+                Box::pin(async {
+                    let token = AccessToken::new(TOKEN)?;
+                    Ok(Token::new(
+                        token,
+                        Instant::now() + Duration::from_secs(3600),
+                    ))
+                })
+            }
+        }
+        f.fetch(&Fixed, MARGINS, None).await.unwrap();
+        assert_eq!(f.stats().lease_fetches, 1);
+
+        let client = ::redis::Client::open(redis.url()).unwrap();
+        // No response timeout: `SAVE` on a loaded test machine may take longer than the
+        // client's default 500 ms.
+        let config = ::redis::AsyncConnectionConfig::new().set_response_timeout(None);
+        let mut conn = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .unwrap();
+        let () = ::redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("rdbcompression")
+            .arg("no")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let () = ::redis::cmd("SAVE").query_async(&mut conn).await.unwrap();
+        let dump = std::fs::read(redis.dir().join("dump.rdb")).unwrap();
+        let contains = |needle: &str| dump.windows(needle.len()).any(|w| w == needle.as_bytes());
+        // The snapshot is readable and holds the entry.
+        assert!(contains(f.sealer.key_name()));
+        for secret in [
+            TOKEN,
+            "distinctive-access-token",
+            SECRET,
+            CLIENT_ID,
+            URL,
+            SCOPE,
+        ] {
+            assert!(!contains(secret), "{secret} is in the snapshot");
+        }
+    }
+
+    #[test]
+    fn garbage_prefixes_cannot_match_another_token() {
+        assert_eq!(garbage_prefix(b""), None);
+        assert_eq!(garbage_prefix(&[VERSION, 1, 2]), None);
+        assert_eq!(garbage_prefix(b"junk"), Some(&b"junk"[..]));
+        let long = [VERSION; TAG_PREFIX_LEN];
+        assert_eq!(garbage_prefix(&long), Some(&long[..]));
+    }
+
+    /// A store whose every operation fails, to check the fallback without Redis.
+    struct Broken;
+
+    impl TokenStore for Broken {
+        fn load(&self, _: &str) -> BoxFuture<'_, Result<Option<Stored>, BoxError>> {
+            Box::pin(async { Err("broken".into()) })
+        }
+        fn save_if_longer(
+            &self,
+            _: &str,
+            _: bytes::Bytes,
+            _: Duration,
+        ) -> BoxFuture<'_, Result<bool, BoxError>> {
+            Box::pin(async { Err("broken".into()) })
+        }
+        fn remove_if_prefix(&self, _: &str, _: &[u8]) -> BoxFuture<'_, Result<bool, BoxError>> {
+            Box::pin(async { Err("broken".into()) })
+        }
+        fn try_lease(
+            &self,
+            _: &str,
+            _: &str,
+            _: Duration,
+        ) -> BoxFuture<'_, Result<bool, BoxError>> {
+            Box::pin(async { Err("broken".into()) })
+        }
+        fn release_lease(&self, _: &str, _: &str) -> BoxFuture<'_, Result<(), BoxError>> {
+            Box::pin(async { Err("broken".into()) })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_broken_store_is_a_fallback() {
+        let f = Fleet::new(Arc::new(Broken), &identity("s"), test_config()).unwrap();
+        let source = Source::new(Duration::from_secs(60), Duration::ZERO);
+        let first = f.fetch(&source, MARGINS, None).await.unwrap();
+        f.fetch(&source, MARGINS, Some(first.access_token()))
+            .await
+            .unwrap();
+        assert_eq!(f.stats().fallbacks, 2);
+        assert_eq!(source.calls(), 2);
+    }
+}

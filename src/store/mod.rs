@@ -1,0 +1,173 @@
+//! One token per fleet: a shared store through which many processes share one access token
+//! (feature `redis`).
+//!
+//! Cognito bills every token request and limits them per account and region. A fleet of
+//! processes that each keep their own token sends one token request per process per token
+//! lifetime, and a deploy that starts them together sends them in the same second. With a shared
+//! store, the process whose token turns stale first fetches a new one and stores it; the others
+//! adopt it when theirs turns stale. The hot path does not change: requests read the process's
+//! own cache, and the store is touched only by the process's one refresh.
+//!
+//! ```no_run
+//! use tower_cognito_auth::{CognitoAuthLayer, store::RedisStore};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // Connects lazily: Redis being down now, or later, never fails a request.
+//! let store = RedisStore::new("rediss://:password@cache.internal:6379/0")?;
+//! # let _ = &store;
+//! let auth = CognitoAuthLayer::builder()
+//!     .cognito_domain("smart-capital", "us-east-1")
+//!     .client_id(std::env::var("COGNITO_CLIENT_ID")?)
+//!     .client_secret(std::env::var("COGNITO_CLIENT_SECRET")?)
+//!     // .shared_store(store)
+//!     .build()?;
+//! # let _ = auth;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # What is stored
+//!
+//! Under a key that is a keyed hash of the token URL, the client id and the sorted scopes
+//! (`tower-cognito-auth:v1:<hex>`), so two configurations never share a token and the store never
+//! shows them: the token, encrypted and authenticated with AES-256-GCM under a key derived
+//! (HKDF-SHA256) from the client secret, with the lifetime it was issued with and a keyed tag
+//! (HMAC-SHA256) of the token. Whoever can read the store but lacks the secret learns nothing and
+//! cannot plant a token; a rotated secret makes old entries unreadable, which is a miss. The
+//! entry expires with the token. Beside it, while one process fetches, a short lease
+//! (`<key>:lease`) holding that process's random id.
+//!
+//! # How a refresh uses it
+//!
+//! - A stored token with enough life left (more than the refresh-ahead margin plus the largest
+//!   refresh jitter, both computed from its *original* lifetime) is adopted: no token request.
+//!   Its remaining life comes from the store's own time to live, never from comparing clocks.
+//! - Otherwise the process takes the lease, fetches, stores the token only if it expires later
+//!   than the one stored (an older token never replaces a newer one), and releases the lease.
+//!   The others poll the store every 50 to 150 ms (jittered) until the token appears, and take
+//!   the lease over if its holder died. Polling rather than publish/subscribe keeps
+//!   [`TokenStore`] to five plain operations that any key-value store with expiry and a
+//!   compare-and-set can offer, and costs a few reads per waiting process once per token
+//!   lifetime.
+//! - A token the API rejected (a 401) is deleted from the store only if it is still the one
+//!   stored, compared by its tag: N processes rejected on one revoked token cause one token
+//!   request, not N.
+//! - The store never makes a request fail: when it is down, slow (every operation has a short
+//!   timeout) or holds garbage, the process fetches for itself, warns once per outage, and uses
+//!   the store again once it answers.
+//!
+//! # Other stores
+//!
+//! [`RedisStore`] speaks to one Redis (or Valkey) server. For another store, implement
+//! [`TokenStore`]: the values are opaque bytes and the keys opaque names, and each operation
+//! must be atomic as its documentation says.
+
+// The cache drives `Fleet`; until it does, these crate-private pieces are used only by tests.
+#[allow(dead_code)]
+mod fleet;
+mod redis;
+#[allow(dead_code)]
+pub(crate) mod seal;
+
+use std::fmt;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tower::BoxError;
+
+use crate::source::BoxFuture;
+
+#[doc(no_inline)]
+pub use crate::source::SharedIdentity;
+#[allow(unused_imports)]
+pub(crate) use fleet::{Fleet, FleetConfig, FleetStats, Margins};
+pub use redis::RedisStore;
+
+/// What a shared store offers: five atomic operations on opaque names and values.
+///
+/// Values are sealed bytes (binary, any length up to a few KiB); keys are printable ASCII names.
+/// Every operation must be atomic with respect to the others on the same key, and may fail: an
+/// error makes the process fetch its token for itself, never fails a request. Implementations
+/// should bound each operation with a short timeout (the caller also does).
+///
+/// A time to live is in milliseconds precision; a store with coarser expiry may round *down*
+/// the remaining life it reports, never up.
+///
+/// Waiting for another process's fetch is done by polling [`load`](TokenStore::load), so the
+/// trait needs no publish/subscribe.
+pub trait TokenStore: Send + Sync + 'static {
+    /// The value under `key` and its remaining time to live, read together atomically (Redis:
+    /// `GET` and `PTTL` in one Lua script). `Ok(None)` when `key` is absent. A value that has no
+    /// expiry (this crate never writes one) is reported with a zero time to live.
+    fn load(&self, key: &str) -> BoxFuture<'_, Result<Option<Stored>, BoxError>>;
+
+    /// Stores `value` under `key`, to expire after `ttl`, only if `key` is absent or its value
+    /// expires sooner than `ttl` from now (or never expires); otherwise leaves it untouched.
+    /// Compare and write are one atomic step (Redis: a Lua script comparing `PTTL`). Returns
+    /// whether it wrote. A `ttl` under one millisecond writes nothing.
+    fn save_if_longer(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<bool, BoxError>>;
+
+    /// Deletes `key` only if its value starts with the bytes `prefix` (binary-safe; an empty
+    /// prefix matches any value). Compare and delete are one atomic step. Returns whether it
+    /// deleted.
+    fn remove_if_prefix(&self, key: &str, prefix: &[u8]) -> BoxFuture<'_, Result<bool, BoxError>>;
+
+    /// Takes the lease `key` for `holder`, to expire after `ttl`, only if nobody holds it (Redis:
+    /// `SET key holder NX PX ttl`). Returns whether it was taken.
+    fn try_lease(
+        &self,
+        key: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<bool, BoxError>>;
+
+    /// Releases the lease `key` if `holder` still holds it (compare and delete, atomically); a
+    /// lease that expired and was taken by another holder is left alone.
+    fn release_lease(&self, key: &str, holder: &str) -> BoxFuture<'_, Result<(), BoxError>>;
+}
+
+/// A value read from a [`TokenStore`], with its remaining time to live.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Stored {
+    value: Bytes,
+    ttl: Duration,
+}
+
+impl Stored {
+    /// A value and how long it has left to live.
+    pub fn new(value: impl Into<Bytes>, ttl: Duration) -> Self {
+        Self {
+            value: value.into(),
+            ttl,
+        }
+    }
+
+    /// The stored bytes.
+    pub fn value(&self) -> &Bytes {
+        &self.value
+    }
+
+    /// How long the value has left to live.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// The stored bytes, by value.
+    pub fn into_value(self) -> Bytes {
+        self.value
+    }
+}
+
+impl fmt::Debug for Stored {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Stored")
+            .field("len", &self.value.len())
+            .field("ttl", &self.ttl)
+            .finish()
+    }
+}

@@ -1,0 +1,519 @@
+//! [`RedisStore`]: a [`TokenStore`] on one Redis (or Valkey) server.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::{Client, ConnectionAddr, RedisError, Script, Value};
+use bytes::Bytes;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tower::BoxError;
+
+use super::{Stored, TokenStore};
+use crate::error::Error;
+use crate::source::BoxFuture;
+
+/// The default time one command may take, connecting included.
+const DEFAULT_TIMEOUT: Duration = Duration::from_millis(200);
+/// The default time one connection attempt may take (TCP, TLS, `AUTH`, `SELECT`).
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// The least time between two connection attempts after a failed one.
+const RECONNECT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// `GET` and `PTTL` together: `{value, pttl}`, or nil when the key is absent.
+const LOAD: &str = r"
+local v = redis.call('GET', KEYS[1])
+if not v then return false end
+return {v, redis.call('PTTL', KEYS[1])}
+";
+
+/// `SET .. PX` only if the key is absent, has no expiry, or expires sooner.
+const SAVE_IF_LONGER: &str = r"
+local pttl = redis.call('PTTL', KEYS[1])
+if pttl >= 0 and pttl >= tonumber(ARGV[2]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+";
+
+/// `DEL` only if the value starts with the prefix (Lua strings are binary-safe).
+const REMOVE_IF_PREFIX: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v and string.sub(v, 1, string.len(ARGV[1])) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+";
+
+/// `DEL` only if the lease still names this holder.
+const RELEASE_LEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
+/// A [`TokenStore`] on one Redis (or Valkey) server, standalone or a replication primary.
+///
+/// Built from a URL: `redis://[[user]:password@]host[:port][/db]`, `rediss://…` for TLS (rustls,
+/// with the ring provider and the system's trusted roots), or `redis+unix:///path/to.sock`.
+/// [`new`](RedisStore::new) does not connect: the connection is made on first use, in a task of
+/// its own with a short timeout (one second by default, see
+/// [`connect_timeout`](RedisStore::connect_timeout)); when that fails, the next attempt is made
+/// by a later command, at most one at a time and no more often than once a second. Once
+/// connected, a lost connection is re-made by the next command. Every command has a short
+/// timeout (see [`timeout`](RedisStore::timeout)), so a slow or unreachable Redis costs a
+/// refresh at most that long before the process fetches for itself.
+///
+/// The Lua scripts are sent by `EVALSHA`, falling back to `EVAL` when the server does not know
+/// them yet (after a restart, say).
+///
+/// # TLS
+///
+/// `rediss://` uses rustls with the process's default `CryptoProvider`. If the application
+/// installed none, the first TLS connection installs ring's, as rustls itself does when ring
+/// is the only provider compiled in.
+///
+/// # Clone
+///
+/// Cloning is cheap; clones share one connection. `Debug` shows the address, the database
+/// and the timeouts, never a user name or a password.
+#[derive(Clone)]
+pub struct RedisStore {
+    shared: Arc<Shared>,
+    timeout: Duration,
+    connect_timeout: Duration,
+}
+
+struct Shared {
+    client: Client,
+    /// `host:port` or the socket path, for `Debug`.
+    addr: String,
+    tls: bool,
+    db: i64,
+    has_credentials: bool,
+    scripts: Scripts,
+    conn: Mutex<ConnState>,
+}
+
+struct Scripts {
+    load: Script,
+    save_if_longer: Script,
+    remove_if_prefix: Script,
+    release_lease: Script,
+}
+
+type ConnectOutcome = Option<Result<ConnectionManager, StoreError>>;
+
+#[derive(Default)]
+struct ConnState {
+    /// The connection, once made. It re-makes itself when the server drops it.
+    manager: Option<ConnectionManager>,
+    /// The connection attempt in flight; commands wait on it.
+    connecting: Option<watch::Receiver<ConnectOutcome>>,
+    /// When the last attempt started.
+    last_attempt: Option<Instant>,
+}
+
+/// What went wrong talking to Redis. Its text never holds a password or a stored value.
+#[derive(Clone, Debug, thiserror::Error)]
+enum StoreError {
+    #[error("redis: {0}")]
+    Redis(#[source] RedisError),
+    #[error("redis: the command timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("redis: connecting timed out after {0:?}")]
+    ConnectTimeout(Duration),
+    #[error("redis: not connected; the last connection attempt failed less than a second ago")]
+    NotYet,
+    #[error("redis: the connection attempt ended without a result")]
+    Lost,
+    #[error("redis: unexpected reply to {0}")]
+    Unexpected(&'static str),
+}
+
+impl RedisStore {
+    /// A store on the Redis server at `url`. Does not connect; see the
+    /// [type docs](RedisStore).
+    ///
+    /// # Errors
+    ///
+    /// An [`Error`] of kind [`InvalidConfig`](crate::ErrorKind::InvalidConfig) when the URL does
+    /// not parse as a `redis://`, `rediss://` or `redis+unix://` URL, or asks for TLS without
+    /// certificate verification (`#insecure`). The message never repeats the URL, which may
+    /// hold a password.
+    pub fn new(url: impl AsRef<str>) -> Result<RedisStore, Error> {
+        let url = url.as_ref();
+        let scheme_ok = ["redis://", "rediss://", "redis+unix://", "unix://"]
+            .iter()
+            .any(|scheme| {
+                url.get(..scheme.len())
+                    .is_some_and(|s| s.eq_ignore_ascii_case(scheme))
+            });
+        if !scheme_ok {
+            return Err(Error::invalid_config(
+                "the Redis URL must start with redis://, rediss:// or redis+unix://",
+            ));
+        }
+        let client = Client::open(url).map_err(|_| {
+            Error::invalid_config("the Redis URL does not parse (expected redis://[[user]:password@]host[:port][/db])")
+        })?;
+        let info = client.get_connection_info();
+        let (addr, tls) = match info.addr() {
+            ConnectionAddr::TcpTls { insecure: true, .. } => {
+                return Err(Error::invalid_config(
+                    "the Redis URL asks for TLS without certificate verification (#insecure), which is not supported",
+                ));
+            }
+            addr @ ConnectionAddr::TcpTls { .. } => (addr.to_string(), true),
+            addr => (addr.to_string(), false),
+        };
+        let settings = info.redis_settings();
+        let has_credentials = settings.username().is_some() || settings.password().is_some();
+        let db = settings.db();
+        Ok(RedisStore {
+            shared: Arc::new(Shared {
+                client,
+                addr,
+                tls,
+                db,
+                has_credentials,
+                scripts: Scripts {
+                    load: Script::new(LOAD),
+                    save_if_longer: Script::new(SAVE_IF_LONGER),
+                    remove_if_prefix: Script::new(REMOVE_IF_PREFIX),
+                    release_lease: Script::new(RELEASE_LEASE),
+                },
+                conn: Mutex::new(ConnState::default()),
+            }),
+            timeout: DEFAULT_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+        })
+    }
+
+    /// How long one command may take, waiting for the connection included; after it the
+    /// command fails and the process fetches its token for itself. Keep it short: a refresh
+    /// makes a few commands. Default is 200 milliseconds.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// How long one connection attempt may take: TCP, TLS, authentication and database
+    /// selection. The attempt runs in a task of its own, so a command that gives up after its
+    /// [`timeout`](Self::timeout) does not cancel it. Default is 1 second.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Runs one command under the timeout.
+    async fn run<T, F, Fut>(&self, name: &'static str, command: F) -> Result<T, BoxError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
+        let attempt = async {
+            let conn = self.connection().await?;
+            command(conn).await.map_err(StoreError::Redis)
+        };
+        match tokio::time::timeout(self.timeout, attempt).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) => {
+                tracing::trace!(command = name, %error, "redis command failed");
+                Err(error.into())
+            }
+            Err(_) => Err(StoreError::Timeout(self.timeout).into()),
+        }
+    }
+
+    /// The connection: the one made, or the attempt in flight, or a new attempt unless the last
+    /// one failed less than [`RECONNECT_INTERVAL`] ago.
+    async fn connection(&self) -> Result<ConnectionManager, StoreError> {
+        let mut rx = {
+            let mut state = self.shared.lock();
+            if let Some(manager) = &state.manager {
+                return Ok(manager.clone());
+            }
+            match &state.connecting {
+                Some(rx) => rx.clone(),
+                None => {
+                    let now = Instant::now();
+                    if state
+                        .last_attempt
+                        .is_some_and(|last| now < last + RECONNECT_INTERVAL)
+                    {
+                        return Err(StoreError::NotYet);
+                    }
+                    state.last_attempt = Some(now);
+                    let (tx, rx) = watch::channel(None);
+                    state.connecting = Some(rx.clone());
+                    tokio::spawn(connect(
+                        Arc::clone(&self.shared),
+                        tx,
+                        self.connect_timeout,
+                        self.timeout,
+                    ));
+                    rx
+                }
+            }
+        };
+        match rx.wait_for(Option::is_some).await {
+            Ok(outcome) => match outcome.as_ref() {
+                Some(result) => result.clone(),
+                None => Err(StoreError::Lost),
+            },
+            Err(_) => Err(StoreError::Lost),
+        }
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, ConnState> {
+        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// One connection attempt, in a task of its own; publishes its outcome to the state, then to
+/// the commands waiting on it.
+async fn connect(
+    shared: Arc<Shared>,
+    tx: watch::Sender<ConnectOutcome>,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+) {
+    if shared.tls {
+        ensure_crypto_provider();
+    }
+    // One attempt here (no retries inside the manager): the next one is made by a later command,
+    // no sooner than `RECONNECT_INTERVAL`. Once connected, the manager re-makes a dropped
+    // connection on the next command.
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(connect_timeout))
+        .set_response_timeout(Some(response_timeout))
+        .set_number_of_retries(0);
+    let client = shared.client.clone();
+    let result = match tokio::time::timeout(
+        connect_timeout,
+        ConnectionManager::new_with_config(client, config),
+    )
+    .await
+    {
+        Ok(Ok(manager)) => Ok(manager),
+        Ok(Err(error)) => Err(StoreError::Redis(error)),
+        Err(_) => Err(StoreError::ConnectTimeout(connect_timeout)),
+    };
+    {
+        let mut state = shared.lock();
+        state.connecting = None;
+        if let Ok(manager) = &result {
+            state.manager = Some(manager.clone());
+        }
+    }
+    match &result {
+        Ok(_) => tracing::debug!(addr = %shared.addr, "connected to redis"),
+        Err(error) => tracing::debug!(addr = %shared.addr, %error, "could not connect to redis"),
+    }
+    tx.send_replace(Some(result));
+}
+
+/// rustls needs a process-wide crypto provider; when the application chose none, use ring's
+/// (what rustls does by itself when ring is the only one compiled in, and what this crate uses).
+fn ensure_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Losing a race to another installer is fine: a provider is installed either way.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+}
+
+/// PX wants whole, positive milliseconds.
+fn millis(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl TokenStore for RedisStore {
+    fn load(&self, key: &str) -> BoxFuture<'_, Result<Option<Stored>, BoxError>> {
+        let key = key.to_owned();
+        Box::pin(async move {
+            let reply: Value = self
+                .run("load", |mut conn| async move {
+                    self.shared
+                        .scripts
+                        .load
+                        .key(&key)
+                        .invoke_async(&mut conn)
+                        .await
+                })
+                .await?;
+            match reply {
+                Value::Nil => Ok(None),
+                Value::Array(items) => match items.as_slice() {
+                    [Value::BulkString(value), Value::Int(pttl)] => {
+                        let ttl =
+                            u64::try_from(*pttl).map_or(Duration::ZERO, Duration::from_millis);
+                        Ok(Some(Stored::new(Bytes::copy_from_slice(value), ttl)))
+                    }
+                    _ => Err(StoreError::Unexpected("the load script").into()),
+                },
+                _ => Err(StoreError::Unexpected("the load script").into()),
+            }
+        })
+    }
+
+    fn save_if_longer(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<bool, BoxError>> {
+        let key = key.to_owned();
+        Box::pin(async move {
+            let ms = millis(ttl);
+            if ms == 0 {
+                return Ok(false);
+            }
+            let wrote: i64 = self
+                .run("save_if_longer", |mut conn| async move {
+                    self.shared
+                        .scripts
+                        .save_if_longer
+                        .key(&key)
+                        .arg(value.as_ref())
+                        .arg(ms)
+                        .invoke_async(&mut conn)
+                        .await
+                })
+                .await?;
+            Ok(wrote == 1)
+        })
+    }
+
+    fn remove_if_prefix(&self, key: &str, prefix: &[u8]) -> BoxFuture<'_, Result<bool, BoxError>> {
+        let key = key.to_owned();
+        let prefix = prefix.to_vec();
+        Box::pin(async move {
+            let removed: i64 = self
+                .run("remove_if_prefix", |mut conn| async move {
+                    self.shared
+                        .scripts
+                        .remove_if_prefix
+                        .key(&key)
+                        .arg(prefix.as_slice())
+                        .invoke_async(&mut conn)
+                        .await
+                })
+                .await?;
+            Ok(removed == 1)
+        })
+    }
+
+    fn try_lease(
+        &self,
+        key: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<bool, BoxError>> {
+        let key = key.to_owned();
+        let holder = holder.to_owned();
+        Box::pin(async move {
+            let ms = millis(ttl).max(1);
+            let reply: Value = self
+                .run("try_lease", |mut conn| async move {
+                    ::redis::cmd("SET")
+                        .arg(&key)
+                        .arg(&holder)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(ms)
+                        .query_async(&mut conn)
+                        .await
+                })
+                .await?;
+            match reply {
+                Value::Nil => Ok(false),
+                Value::Okay => Ok(true),
+                Value::SimpleString(s) if s == "OK" => Ok(true),
+                _ => Err(StoreError::Unexpected("SET NX").into()),
+            }
+        })
+    }
+
+    fn release_lease(&self, key: &str, holder: &str) -> BoxFuture<'_, Result<(), BoxError>> {
+        let key = key.to_owned();
+        let holder = holder.to_owned();
+        Box::pin(async move {
+            let _: i64 = self
+                .run("release_lease", |mut conn| async move {
+                    self.shared
+                        .scripts
+                        .release_lease
+                        .key(&key)
+                        .arg(&holder)
+                        .invoke_async(&mut conn)
+                        .await
+                })
+                .await?;
+            Ok(())
+        })
+    }
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("RedisStore");
+        d.field("addr", &self.shared.addr)
+            .field("tls", &self.shared.tls)
+            .field("db", &self.shared.db);
+        if self.shared.has_credentials {
+            d.field("credentials", &"[redacted]");
+        }
+        d.field("timeout", &self.timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        for good in [
+            "redis://127.0.0.1:6379",
+            "redis://:pw@127.0.0.1:6379/2",
+            "redis://user:pw@cache.internal",
+            "rediss://cache.internal:6380",
+            "REDIS://localhost",
+            "redis+unix:///run/redis.sock",
+        ] {
+            assert!(RedisStore::new(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "http://127.0.0.1:6379",
+            "redis//x",
+            "127.0.0.1:6379",
+            "rediss://cache.internal/#insecure",
+            "redis://:secret-pw@[::1",
+        ] {
+            let err = RedisStore::new(bad).unwrap_err();
+            assert_eq!(err.kind(), crate::ErrorKind::InvalidConfig, "{bad}");
+            assert!(!err.to_string().contains("secret-pw"));
+        }
+    }
+
+    #[test]
+    fn debug_hides_credentials() {
+        let store = RedisStore::new("rediss://admin:hunter2-pw@cache.internal:6380/3").unwrap();
+        let debug = format!("{store:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(!debug.contains("admin"), "{debug}");
+        assert!(debug.contains("cache.internal:6380"), "{debug}");
+        assert!(debug.contains("[redacted]"), "{debug}");
+        assert!(debug.contains("db: 3"), "{debug}");
+    }
+}

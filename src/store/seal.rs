@@ -1,0 +1,360 @@
+//! Sealing tokens for a shared store: the key name a token is stored under, and the encrypted,
+//! authenticated value.
+//!
+//! From a [`SharedIdentity`]'s key material, HKDF-SHA256 (with a fixed salt of this crate)
+//! derives three keys, one per use: an AES-256-GCM key for the value, an HMAC-SHA256 key for the
+//! token's tag, and an HMAC-SHA256 key for the key name.
+//!
+//! - Key name: `tower-cognito-auth:v1:` followed by the hex HMAC of the identity's canonical
+//!   encoding, so the store never shows the token URL, the client id or the scopes. The lease
+//!   is the name followed by `:lease`.
+//! - Value: `version (1 byte) ‖ tag (32 bytes: HMAC of the token) ‖ nonce (12 bytes, random) ‖
+//!   AES-256-GCM(lifetime in ms, u64 big-endian ‖ token)`, with the key name as associated
+//!   data, so a value copied under another name does not open. The tag lets a script in the
+//!   store delete a token that was rejected without decrypting anything
+//!   ([`TokenStore::remove_if_prefix`](super::TokenStore::remove_if_prefix) with
+//!   [`Sealer::tag_prefix`]).
+
+use std::fmt;
+use std::time::Duration;
+
+use bytes::{BufMut as _, Bytes, BytesMut};
+use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
+use ring::hkdf;
+use ring::hmac;
+use ring::rand::{SecureRandom as _, SystemRandom};
+
+use crate::error::Error;
+use crate::source::SharedIdentity;
+
+/// The first byte of every sealed value.
+pub(crate) const VERSION: u8 = 1;
+/// `version ‖ tag`: what [`Sealer::tag_prefix`] returns.
+pub(crate) const TAG_PREFIX_LEN: usize = 1 + TAG_LEN;
+const TAG_LEN: usize = 32;
+const NONCE_LEN: usize = aead::NONCE_LEN;
+const LIFETIME_LEN: usize = 8;
+/// The shortest value that can open: header, an encrypted lifetime, one token byte, the
+/// AEAD tag.
+const MIN_SEALED_LEN: usize = TAG_PREFIX_LEN + NONCE_LEN + LIFETIME_LEN + 1 + TAG_OVERHEAD;
+const TAG_OVERHEAD: usize = 16;
+
+/// Every key name starts with this.
+pub(crate) const KEY_PREFIX: &str = "tower-cognito-auth:v1:";
+/// The HKDF salt: fixed and specific to this crate and format version.
+const HKDF_SALT: &[u8] = b"tower-cognito-auth shared token store v1";
+const INFO_AEAD: &[u8] = b"tower-cognito-auth v1 aes-256-gcm value key";
+const INFO_TAG: &[u8] = b"tower-cognito-auth v1 hmac-sha256 token tag key";
+const INFO_NAME: &[u8] = b"tower-cognito-auth v1 hmac-sha256 key name key";
+
+/// Seals and opens the tokens of one identity. Cheap to share behind an `Arc`; `Debug` shows
+/// only the key name.
+pub(crate) struct Sealer {
+    aead: LessSafeKey,
+    tag_key: hmac::Key,
+    name: String,
+    lease: String,
+    rng: SystemRandom,
+}
+
+impl Sealer {
+    /// Derives the keys and the key name of `identity`.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidConfig`](crate::ErrorKind::InvalidConfig) when the identity's key material is
+    /// empty: a value sealed with it would protect nothing.
+    pub(crate) fn new(identity: &SharedIdentity) -> Result<Self, Error> {
+        let material = identity.key_material();
+        if material.is_empty() {
+            return Err(Error::invalid_config(
+                "the shared identity has no key material: a shared store needs a secret to seal tokens with",
+            ));
+        }
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, HKDF_SALT).extract(material);
+        let derive_failed = || Error::internal("key derivation failed");
+        let aead_key: UnboundKey = prk
+            .expand(&[INFO_AEAD], &aead::AES_256_GCM)
+            .map_err(|_| derive_failed())?
+            .into();
+        let tag_key: hmac::Key = prk
+            .expand(&[INFO_TAG], hmac::HMAC_SHA256)
+            .map_err(|_| derive_failed())?
+            .into();
+        let name_key: hmac::Key = prk
+            .expand(&[INFO_NAME], hmac::HMAC_SHA256)
+            .map_err(|_| derive_failed())?
+            .into();
+        let digest = hmac::sign(&name_key, identity.canonical());
+        let name = format!("{KEY_PREFIX}{}", hex(digest.as_ref()));
+        let lease = format!("{name}:lease");
+        Ok(Self {
+            aead: LessSafeKey::new(aead_key),
+            tag_key,
+            name,
+            lease,
+            rng: SystemRandom::new(),
+        })
+    }
+
+    /// The key the token is stored under.
+    pub(crate) fn key_name(&self) -> &str {
+        &self.name
+    }
+
+    /// The key of the lease that elects the one process that fetches.
+    pub(crate) fn lease_name(&self) -> &str {
+        &self.lease
+    }
+
+    /// `version ‖ tag` of `token`: every sealed value of this token starts with it.
+    pub(crate) fn tag_prefix(&self, token: &str) -> [u8; TAG_PREFIX_LEN] {
+        let mut prefix = [0u8; TAG_PREFIX_LEN];
+        prefix[0] = VERSION;
+        let tag = hmac::sign(&self.tag_key, token.as_bytes());
+        prefix[1..].copy_from_slice(tag.as_ref());
+        prefix
+    }
+
+    /// Seals `token` with the lifetime it was issued with.
+    ///
+    /// # Errors
+    ///
+    /// An internal error when the system's random number generator fails.
+    pub(crate) fn seal(&self, token: &str, lifetime: Duration) -> Result<Bytes, Error> {
+        let mut nonce = [0u8; NONCE_LEN];
+        self.rng
+            .fill(&mut nonce)
+            .map_err(|_| Error::internal("the system random number generator failed"))?;
+        let lifetime_ms = u64::try_from(lifetime.as_millis()).unwrap_or(u64::MAX);
+        let mut sealed = BytesMut::with_capacity(
+            TAG_PREFIX_LEN + NONCE_LEN + LIFETIME_LEN + token.len() + TAG_OVERHEAD,
+        );
+        sealed.put_slice(&self.tag_prefix(token));
+        sealed.put_slice(&nonce);
+        let mut plaintext = Vec::with_capacity(LIFETIME_LEN + token.len() + TAG_OVERHEAD);
+        plaintext.extend_from_slice(&lifetime_ms.to_be_bytes());
+        plaintext.extend_from_slice(token.as_bytes());
+        self.aead
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(self.name.as_bytes()),
+                &mut plaintext,
+            )
+            .map_err(|_| Error::internal("sealing the token failed"))?;
+        sealed.put_slice(&plaintext);
+        Ok(sealed.freeze())
+    }
+
+    /// Opens a sealed value: the token's text and the lifetime it was issued with. `None` for
+    /// anything that is not a value this sealer made for this key name (another version,
+    /// truncated, tampered with, another key, not UTF-8, a tag that does not match).
+    pub(crate) fn open(&self, value: &[u8]) -> Option<(String, Duration)> {
+        if value.len() < MIN_SEALED_LEN || value[0] != VERSION {
+            return None;
+        }
+        let (prefix, rest) = value.split_at(TAG_PREFIX_LEN);
+        let (nonce, ciphertext) = rest.split_at(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
+        let mut buf = ciphertext.to_vec();
+        let plaintext = self
+            .aead
+            .open_in_place(nonce, Aad::from(self.name.as_bytes()), &mut buf)
+            .ok()?;
+        if plaintext.len() <= LIFETIME_LEN {
+            return None;
+        }
+        let (lifetime, token) = plaintext.split_at(LIFETIME_LEN);
+        let lifetime_ms = u64::from_be_bytes(lifetime.try_into().ok()?);
+        let token = std::str::from_utf8(token).ok()?;
+        // The tag is outside the AEAD: check that it belongs to this token, so that a value whose
+        // prefix was changed cannot escape a rejection's compare-and-delete.
+        let tag = &prefix[1..];
+        hmac::verify(&self.tag_key, token.as_bytes(), tag).ok()?;
+        Some((token.to_owned(), Duration::from_millis(lifetime_ms)))
+    }
+}
+
+impl fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sealer")
+            .field("key_name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Lower-case hex.
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn identity(scopes: &[&str], secret: &str) -> SharedIdentity {
+        SharedIdentity::client_credentials(
+            "https://auth.example.com/oauth2/token",
+            "client-id",
+            scopes.iter().copied(),
+            secret,
+        )
+    }
+
+    fn sealer() -> Sealer {
+        Sealer::new(&identity(&["a/read"], "client-secret")).unwrap()
+    }
+
+    #[test]
+    fn round_trip() {
+        let s = sealer();
+        let sealed = s.seal("tok.en-1", Duration::from_secs(3600)).unwrap();
+        assert_eq!(sealed[0], VERSION);
+        assert_eq!(&sealed[..TAG_PREFIX_LEN], &s.tag_prefix("tok.en-1"));
+        assert_eq!(
+            s.open(&sealed),
+            Some(("tok.en-1".to_owned(), Duration::from_secs(3600)))
+        );
+        // A random nonce: two seals of one token differ past the tag.
+        let again = s.seal("tok.en-1", Duration::from_secs(3600)).unwrap();
+        assert_ne!(sealed, again);
+        assert_eq!(&sealed[..TAG_PREFIX_LEN], &again[..TAG_PREFIX_LEN]);
+    }
+
+    #[test]
+    fn names_hide_the_identity_and_differ_per_identity() {
+        let s = sealer();
+        assert!(s.key_name().starts_with(KEY_PREFIX));
+        assert_eq!(s.key_name().len(), KEY_PREFIX.len() + 64);
+        assert_eq!(s.lease_name(), format!("{}:lease", s.key_name()));
+        assert!(!s.key_name().contains("client-id"));
+        // Scope order and repeats do not matter; the scope set, the secret and the client do.
+        let a = Sealer::new(&identity(&["b", "a", "a"], "x")).unwrap();
+        let b = Sealer::new(&identity(&["a", "b"], "x")).unwrap();
+        assert_eq!(a.key_name(), b.key_name());
+        let c = Sealer::new(&identity(&["a"], "x")).unwrap();
+        assert_ne!(a.key_name(), c.key_name());
+        let d = Sealer::new(&identity(&["a", "b"], "y")).unwrap();
+        assert_ne!(a.key_name(), d.key_name());
+        let e = Sealer::new(&SharedIdentity::new("ns", "x")).unwrap();
+        assert_ne!(a.key_name(), e.key_name());
+    }
+
+    #[test]
+    fn empty_key_material_is_refused() {
+        let err = Sealer::new(&SharedIdentity::new("ns", "")).unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::InvalidConfig);
+    }
+
+    #[test]
+    fn anything_else_is_a_miss() {
+        let s = sealer();
+        let sealed = s.seal("token", Duration::from_secs(60)).unwrap();
+        // Truncated at every length.
+        for len in 0..sealed.len() {
+            assert_eq!(s.open(&sealed[..len]), None, "{len}");
+        }
+        // Every single-bit flip.
+        for i in 0..sealed.len() {
+            let mut v = sealed.to_vec();
+            v[i] ^= 0x01;
+            assert_eq!(s.open(&v), None, "{i}");
+        }
+        // Another key, or the same value under another identity's name.
+        let other = Sealer::new(&identity(&["a/read"], "rotated-secret")).unwrap();
+        assert_eq!(other.open(&sealed), None);
+        let other_name = Sealer::new(&identity(&["b/read"], "client-secret")).unwrap();
+        assert_eq!(other_name.open(&sealed), None);
+        // A value whose tag was swapped for another token's.
+        let mut swapped = sealed.to_vec();
+        swapped[..TAG_PREFIX_LEN].copy_from_slice(&s.tag_prefix("another"));
+        assert_eq!(s.open(&swapped), None);
+        assert_eq!(s.open(b"garbage"), None);
+    }
+
+    #[test]
+    fn debug_shows_no_key() {
+        let s = sealer();
+        let debug = format!("{s:?}");
+        assert!(debug.contains(s.key_name()));
+        assert!(!debug.contains("client-secret"));
+        assert!(!format!("{:?}", identity(&[], "client-secret")).contains("client-secret"));
+    }
+
+    #[test]
+    fn client_credentials_name_follows_the_scope_set() {
+        let name = |scopes: &[&str]| {
+            let mut builder = crate::ClientCredentials::builder()
+                .token_url("http://127.0.0.1:1/oauth2/token")
+                .client_id("id")
+                .client_secret("secret")
+                .http_client(tower::service_fn(
+                    |_req: http::Request<http_body_util::Full<Bytes>>| async {
+                        Ok::<_, std::convert::Infallible>(http::Response::new(
+                            http_body_util::Full::new(Bytes::new()),
+                        ))
+                    },
+                ));
+            for scope in scopes {
+                builder = builder.scope(*scope);
+            }
+            let source = builder.build().unwrap();
+            let identity = crate::TokenSource::shared_identity(&source).unwrap();
+            Sealer::new(&identity).unwrap().key_name().to_owned()
+        };
+        assert_eq!(name(&["b", "a", "a"]), name(&["a", "b"]));
+        assert_ne!(name(&["a", "b"]), name(&["a"]));
+        assert_ne!(name(&[]), name(&["a"]));
+        assert_ne!(name(&["ab"]), name(&["a", "b"]));
+    }
+
+    proptest! {
+        #[test]
+        fn open_never_panics(value in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let s = sealer();
+            let _ = s.open(&value);
+            let mut versioned = value.clone();
+            versioned.insert(0, VERSION);
+            let _ = s.open(&versioned);
+        }
+
+        /// Two different scope sets never share a key name; the same set in any order and with
+        /// repeats always does.
+        #[test]
+        fn scope_sets_never_share_a_name(
+            a in proptest::collection::vec("[!#-\\[\\]-~]{1,6}", 0..5),
+            b in proptest::collection::vec("[!#-\\[\\]-~]{1,6}", 0..5),
+        ) {
+            let set = |v: &[String]| v.iter().cloned().collect::<std::collections::BTreeSet<_>>();
+            let name = |v: &[String]| {
+                let id = SharedIdentity::client_credentials(
+                    "https://auth.example.com/oauth2/token",
+                    "client",
+                    v.iter().map(String::as_str),
+                    "secret",
+                );
+                Sealer::new(&id).unwrap().key_name().to_owned()
+            };
+            let mut shuffled = a.clone();
+            shuffled.reverse();
+            shuffled.extend(a.iter().take(1).cloned());
+            prop_assert_eq!(name(&a), name(&shuffled));
+            prop_assert_eq!(set(&a) == set(&b), name(&a) == name(&b));
+        }
+
+        #[test]
+        fn tokens_round_trip(token in "[!-~]{1,200}", ms in any::<u64>()) {
+            let s = sealer();
+            let lifetime = Duration::from_millis(ms);
+            let sealed = s.seal(&token, lifetime).unwrap();
+            prop_assert_eq!(s.open(&sealed), Some((token, lifetime)));
+        }
+    }
+}

@@ -1,0 +1,327 @@
+//! `RedisStore` against a real `redis-server` (started by `testing::RedisServer`): the
+//! semantics every `TokenStore` must have, timeouts, lazy connection, credentials and redaction.
+//! The sealing and the fleet coordination are tested inside the crate (`src/store/`).
+#![cfg(all(feature = "redis", feature = "test-util"))]
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use tower_cognito_auth::ErrorKind;
+use tower_cognito_auth::store::{RedisStore, TokenStore};
+use tower_cognito_auth::testing::RedisServer;
+
+/// Starts Redis, or fails the test with the message that says how to install it.
+fn server() -> RedisServer {
+    match RedisServer::start() {
+        Ok(server) => server,
+        Err(error) => panic!("{error}"),
+    }
+}
+
+/// Bounds a call that must not hang (a failure of the test, not a timing measurement).
+async fn bounded<T>(f: impl std::future::Future<Output = T>) -> T {
+    match tokio::time::timeout(Duration::from_secs(10), f).await {
+        Ok(value) => value,
+        Err(_) => panic!("the store hung"),
+    }
+}
+
+/// A port nothing listens on.
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+async fn raw(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
+    // No response timeout: a loaded test machine may be slower than the client's 500 ms default.
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+    redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn load_and_save_if_longer_never_shortens() {
+    let redis = server();
+    let store = RedisStore::new(redis.url()).unwrap();
+    let key = "tower-cognito-auth:test:save";
+    assert_eq!(store.load(key).await.unwrap(), None);
+
+    assert!(
+        store
+            .save_if_longer(key, Bytes::from_static(b"ten"), Duration::from_secs(10))
+            .await
+            .unwrap()
+    );
+    let stored = store.load(key).await.unwrap().unwrap();
+    assert_eq!(stored.value().as_ref(), b"ten");
+    assert!(stored.ttl() <= Duration::from_secs(10) && stored.ttl() > Duration::from_secs(5));
+
+    // Shorter or equal: kept.
+    assert!(
+        !store
+            .save_if_longer(key, Bytes::from_static(b"five"), Duration::from_secs(5))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.load(key).await.unwrap().unwrap().value().as_ref(),
+        b"ten"
+    );
+    // Longer: replaced.
+    assert!(
+        store
+            .save_if_longer(
+                key,
+                Bytes::from_static(b"hundred"),
+                Duration::from_secs(100)
+            )
+            .await
+            .unwrap()
+    );
+    let stored = store.load(key).await.unwrap().unwrap();
+    assert_eq!(stored.value().as_ref(), b"hundred");
+    assert!(stored.ttl() > Duration::from_secs(10));
+    // Under a millisecond: nothing written.
+    assert!(
+        !store
+            .save_if_longer(key, Bytes::from_static(b"x"), Duration::from_micros(10))
+            .await
+            .unwrap()
+    );
+
+    // A value without expiry (never written by the crate) counts as expired: replaced.
+    let mut conn = raw(&redis).await;
+    let () = redis::cmd("SET")
+        .arg(key)
+        .arg("forever")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let stored = store.load(key).await.unwrap().unwrap();
+    assert_eq!(stored.ttl(), Duration::ZERO);
+    assert!(
+        store
+            .save_if_longer(key, Bytes::from_static(b"new"), Duration::from_secs(1))
+            .await
+            .unwrap()
+    );
+}
+
+#[tokio::test]
+async fn values_are_binary_safe() {
+    let redis = server();
+    let store = RedisStore::new(redis.url()).unwrap();
+    let key = "tower-cognito-auth:test:binary";
+    let value: Vec<u8> = (0..=255u8).chain([0, 0, 0xff]).collect();
+    store
+        .save_if_longer(key, Bytes::from(value.clone()), Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.load(key).await.unwrap().unwrap().value().as_ref(),
+        value.as_slice()
+    );
+    // An empty value and a garbage one load as they are (the sealing layer calls them a miss).
+    let mut conn = raw(&redis).await;
+    let () = redis::cmd("SET")
+        .arg(key)
+        .arg("")
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(store.load(key).await.unwrap().unwrap().value().len(), 0);
+    // A key of another type is an error, not a panic.
+    let _: i64 = redis::cmd("HSET")
+        .arg("tower-cognito-auth:test:hash")
+        .arg("f")
+        .arg("v")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(store.load("tower-cognito-auth:test:hash").await.is_err());
+}
+
+#[tokio::test]
+async fn remove_if_prefix_compares_bytes() {
+    let redis = server();
+    let store = RedisStore::new(redis.url()).unwrap();
+    let key = "tower-cognito-auth:test:remove";
+    let value = Bytes::from_static(b"\x01\x00\xffprefix-and-the-rest");
+    store
+        .save_if_longer(key, value.clone(), Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(!store.remove_if_prefix(key, b"\x01\x00\xfe").await.unwrap());
+    assert!(
+        !store
+            .remove_if_prefix(key, b"\x01\x00\xffprefix-and-the-rest-and-more")
+            .await
+            .unwrap()
+    );
+    assert!(store.load(key).await.unwrap().is_some());
+    assert!(
+        store
+            .remove_if_prefix(key, b"\x01\x00\xffprefix")
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.load(key).await.unwrap(), None);
+    assert!(!store.remove_if_prefix(key, b"").await.unwrap());
+}
+
+#[tokio::test]
+async fn leases_are_exclusive_and_released_only_by_their_holder() {
+    let redis = server();
+    let store = RedisStore::new(redis.url()).unwrap();
+    let lease = "tower-cognito-auth:test:lease";
+    let ttl = Duration::from_secs(10);
+    assert!(store.try_lease(lease, "holder-a", ttl).await.unwrap());
+    assert!(!store.try_lease(lease, "holder-b", ttl).await.unwrap());
+    assert!(!store.try_lease(lease, "holder-a", ttl).await.unwrap());
+    // B cannot release A's lease.
+    store.release_lease(lease, "holder-b").await.unwrap();
+    assert!(!store.try_lease(lease, "holder-b", ttl).await.unwrap());
+    store.release_lease(lease, "holder-a").await.unwrap();
+    assert!(store.try_lease(lease, "holder-b", ttl).await.unwrap());
+
+    // A lease lapses after its time to live.
+    let short = "tower-cognito-auth:test:short-lease";
+    assert!(
+        store
+            .try_lease(short, "holder-a", Duration::from_millis(30))
+            .await
+            .unwrap()
+    );
+    let mut taken = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if store.try_lease(short, "holder-b", ttl).await.unwrap() {
+            taken = true;
+            break;
+        }
+    }
+    assert!(taken);
+}
+
+#[tokio::test]
+async fn new_with_redis_down_succeeds_and_commands_fail_fast() {
+    let store = RedisStore::new(format!("redis://127.0.0.1:{}", closed_port())).unwrap();
+    for _ in 0..3 {
+        assert!(bounded(store.load("k")).await.is_err());
+        assert!(
+            bounded(store.try_lease("k", "h", Duration::from_secs(1)))
+                .await
+                .is_err()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_stopped_server_is_an_error_and_a_restarted_one_is_used_again() {
+    let mut redis = server();
+    let store = RedisStore::new(redis.url()).unwrap();
+    let key = "tower-cognito-auth:test:outage";
+    store
+        .save_if_longer(key, Bytes::from_static(b"v"), Duration::from_secs(60))
+        .await
+        .unwrap();
+    redis.stop();
+    assert!(bounded(store.load(key)).await.is_err());
+    assert!(
+        bounded(store.save_if_longer(key, Bytes::from_static(b"v"), Duration::from_secs(60)))
+            .await
+            .is_err()
+    );
+    redis.restart().unwrap();
+    // Reconnects within a few attempts (at most one connection attempt a second).
+    let mut back = false;
+    for _ in 0..50 {
+        if bounded(store.load(key)).await.is_ok() {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(back);
+}
+
+#[tokio::test]
+async fn a_server_that_never_answers_times_out() {
+    // Accepts connections (the kernel does, from the backlog) and never answers.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let store = RedisStore::new(format!("redis://127.0.0.1:{port}"))
+        .unwrap()
+        .timeout(Duration::from_millis(100))
+        .connect_timeout(Duration::from_millis(300));
+    let error = bounded(store.load("k")).await.unwrap_err();
+    assert!(error.to_string().contains("timed out"), "{error}");
+    drop(listener);
+}
+
+#[tokio::test]
+async fn credentials_in_the_url_are_used_and_never_shown() {
+    let redis = server();
+    let mut conn = raw(&redis).await;
+    let () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg("s3cret-pw")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let port = redis.addr().port();
+
+    let good = RedisStore::new(format!("redis://:s3cret-pw@127.0.0.1:{port}/1")).unwrap();
+    assert!(good.load("k").await.unwrap().is_none());
+    let user = RedisStore::new(format!("redis://default:s3cret-pw@127.0.0.1:{port}")).unwrap();
+    assert!(user.load("k").await.unwrap().is_none());
+
+    let wrong = RedisStore::new(format!("redis://:wrong-pw@127.0.0.1:{port}")).unwrap();
+    let error = wrong.load("k").await.unwrap_err();
+    assert!(!error.to_string().contains("wrong-pw"), "{error}");
+    let none = RedisStore::new(redis.url()).unwrap();
+    assert!(none.load("k").await.is_err());
+
+    for store in [&good, &user, &wrong] {
+        let debug = format!("{store:?}");
+        assert!(!debug.contains("pw"), "{debug}");
+        assert!(!debug.contains("default"), "{debug}");
+        assert!(debug.contains(&format!("127.0.0.1:{port}")), "{debug}");
+    }
+}
+
+#[tokio::test]
+async fn rediss_urls_parse_and_fail_cleanly_against_a_plain_server() {
+    let redis = server();
+    let store = RedisStore::new(format!("rediss://:pw@127.0.0.1:{}/0", redis.addr().port()))
+        .unwrap()
+        .timeout(Duration::from_millis(500));
+    let debug = format!("{store:?}");
+    assert!(debug.contains("tls: true"), "{debug}");
+    // A TLS handshake with a server that speaks plain RESP: an error, not a panic or a hang.
+    let error = bounded(store.load("k")).await.unwrap_err().to_string();
+    assert!(!error.contains("without a result"), "{error}");
+    assert!(!error.contains("pw"), "{error}");
+}
+
+#[test]
+fn bad_urls_are_invalid_config() {
+    for bad in ["", "http://127.0.0.1", "localhost:6379", "redis://[::1"] {
+        let error = RedisStore::new(bad).unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::InvalidConfig, "{bad}");
+    }
+}
+
+#[test]
+fn clones_are_cheap_handles() {
+    fn check<T: Clone + Send + Sync + std::fmt::Debug + 'static>() {}
+    check::<RedisStore>();
+    let store = RedisStore::new("redis://127.0.0.1:1").unwrap();
+    let _ = store.clone();
+}
