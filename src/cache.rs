@@ -117,6 +117,15 @@ pub struct Stats {
     pub invalidations: u64,
     /// Requests the layer sent again with a new token after a rejection.
     pub replays: u64,
+    /// Refreshes that adopted a token another process had stored in the shared store: no
+    /// token request. Zero without a [shared store](TokenCacheBuilder::shared_store).
+    pub adopted: u64,
+    /// Token requests this process made as the holder of the shared store's lease, for the
+    /// whole fleet (counted in `token_requests` too).
+    pub lease_fetches: u64,
+    /// Refreshes that fetched for this process alone because the shared store failed, was too
+    /// slow, or another process took too long.
+    pub store_fallbacks: u64,
 }
 
 #[derive(Default)]
@@ -174,6 +183,9 @@ pub struct TokenCache {
 }
 
 struct Shared {
+    /// The fleet's shared store, consulted by each refresh (never by a request).
+    #[cfg(feature = "redis")]
+    fleet: Option<crate::store::fleet::Fleet>,
     /// The token handed out on the hot path: one atomic load, no lock.
     current: ArcSwapOption<Entry>,
     /// No refresh-ahead before this moment, in nanoseconds after `epoch`; `u64::MAX` while a
@@ -210,6 +222,9 @@ struct State {
     retry_at: Option<Instant>,
     /// The last invalidation that dropped a token (throttles 401-driven refreshes).
     last_invalidation: Option<Instant>,
+    /// The token the last invalidation dropped, for the next refresh to drop from the shared
+    /// store too (only if it is still the one stored).
+    rejected: Option<AccessToken>,
 }
 
 /// The refresh in flight, as the state knows it.
@@ -271,6 +286,8 @@ impl Default for Config {
 pub struct TokenCacheBuilder {
     source: Box<dyn TokenSource>,
     config: Config,
+    #[cfg(feature = "redis")]
+    store: Option<Arc<dyn crate::store::TokenStore>>,
 }
 
 impl fmt::Debug for TokenCacheBuilder {
@@ -323,6 +340,27 @@ impl TokenCacheBuilder {
         self
     }
 
+    /// Shares the token with every process of the fleet through `store` (feature `redis`):
+    /// each refresh first looks there and adopts a token another process fetched, and only
+    /// one process of the fleet fetches when none is there. Requests never touch the store,
+    /// and trouble with it never fails one: the process then fetches for itself. See
+    /// [`store`](crate::store). Default is none (each process fetches its own).
+    ///
+    /// The token source must say what it shares
+    /// ([`TokenSource::shared_identity`]); [`build`](Self::build) refuses one that does not.
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn shared_store(mut self, store: impl crate::store::TokenStore) -> Self {
+        self.store = Some(Arc::new(store));
+        self
+    }
+
+    #[cfg(feature = "redis")]
+    pub(crate) fn shared_store_arc(mut self, store: Arc<dyn crate::store::TokenStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
     #[cfg(test)]
     pub(crate) fn deterministic(mut self) -> Self {
         self.config.backoff = self.config.backoff.without_jitter();
@@ -336,12 +374,32 @@ impl TokenCacheBuilder {
     /// # Errors
     ///
     /// An [`Error`] of kind [`InvalidConfig`](crate::ErrorKind::InvalidConfig) when
-    /// `refresh_deadline` is zero.
+    /// `refresh_deadline` is zero, or a shared store is set and the token source has no
+    /// [shared identity](TokenSource::shared_identity).
     pub fn build(self) -> Result<TokenCache, Error> {
         if self.config.refresh_deadline.is_zero() {
             return Err(Error::invalid_config("refresh_deadline must not be zero"));
         }
+        #[cfg(feature = "redis")]
+        let fleet = match self.store {
+            None => None,
+            Some(store) => {
+                let identity = self.source.shared_identity().ok_or_else(|| {
+                    Error::invalid_config(
+                        "shared_store: this token source cannot be shared (its \
+                         `TokenSource::shared_identity` is None)",
+                    )
+                })?;
+                Some(crate::store::fleet::Fleet::new(
+                    store,
+                    &identity,
+                    crate::store::fleet::FleetConfig::default(),
+                )?)
+            }
+        };
         let shared = Arc::new(Shared {
+            #[cfg(feature = "redis")]
+            fleet,
             current: ArcSwapOption::empty(),
             pace: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -369,6 +427,8 @@ impl TokenCache {
         TokenCacheBuilder {
             source,
             config: Config::default(),
+            #[cfg(feature = "redis")]
+            store: None,
         }
     }
 
@@ -422,6 +482,7 @@ impl TokenCache {
         state.last_invalidation = Some(now);
         // A rejection is news the backoff did not know of: let the next request refresh.
         state.retry_at = None;
+        state.rejected = current.as_deref().map(|entry| entry.access_token().clone());
         self.shared.current.store(None);
         self.shared.publish_pace(&state);
         drop(state);
@@ -447,14 +508,26 @@ impl TokenCache {
     pub fn stats(&self) -> Stats {
         let c = &self.shared.stats;
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        Stats {
+        #[allow(unused_mut)]
+        let mut stats = Stats {
             token_requests: load(&c.token_requests),
             token_failures: load(&c.token_failures),
             refresh_ahead: load(&c.refresh_ahead),
             waited: load(&c.waited),
             invalidations: load(&c.invalidations),
             replays: load(&c.replays),
+            adopted: 0,
+            lease_fetches: 0,
+            store_fallbacks: 0,
+        };
+        #[cfg(feature = "redis")]
+        if let Some(fleet) = &self.shared.fleet {
+            let f = fleet.stats();
+            stats.adopted = f.adopted;
+            stats.lease_fetches = f.lease_fetches;
+            stats.store_fallbacks = f.fallbacks;
         }
+        stats
     }
 
     pub(crate) fn count_replay(&self) {
@@ -556,6 +629,23 @@ impl Shared {
         // No code panics while holding the lock, but a poisoned lock must not become a panic
         // on every request.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// One refresh's token: from the fleet's shared store when there is one, else from the
+    /// source.
+    fn fetch(&self, rejected: Option<AccessToken>) -> BoxFuture<'_, Result<Token, Error>> {
+        #[cfg(feature = "redis")]
+        if let Some(fleet) = &self.fleet {
+            let margins = crate::store::fleet::Margins {
+                refresh_ahead: self.config.refresh_ahead,
+                min_validity: self.config.min_validity,
+            };
+            return Box::pin(async move {
+                fleet.fetch(&*self.source, margins, rejected.as_ref()).await
+            });
+        }
+        drop(rejected);
+        self.source.fetch()
     }
 
     /// `now` as the hot path's atomic `pace` counts it.
@@ -672,6 +762,7 @@ impl Shared {
             tx,
             id,
             started: now,
+            rejected: state.rejected.take(),
             ran: false,
             done: false,
         };
@@ -784,7 +875,11 @@ impl Shared {
         state: &mut State,
     ) -> Outcome {
         let expires_at = token.expires_at();
-        let lifetime = expires_at.saturating_duration_since(started);
+        // A token adopted from the shared store carries its original lifetime: margins from
+        // its remaining life would shrink with every adoption.
+        let lifetime = token
+            .lifetime()
+            .unwrap_or_else(|| expires_at.saturating_duration_since(started));
         let refresh_ahead = self.config.refresh_ahead.min(lifetime / 2);
         let min_validity = self.config.min_validity.min(lifetime / 10);
         let jitter = if self.config.refresh_jitter {
@@ -912,6 +1007,8 @@ struct Flight {
     tx: watch::Sender<Option<Outcome>>,
     id: u64,
     started: Instant,
+    /// The token a rejection dropped before this refresh, if any.
+    rejected: Option<AccessToken>,
     /// Whether the task was ever polled: one dropped before (its runtime was shutting down)
     /// says nothing about the token endpoint.
     ran: bool,
@@ -925,7 +1022,8 @@ impl Flight {
         let result = if !timers_enabled() {
             Err(no_time_driver())
         } else {
-            let fetch = self.shared.source.fetch();
+            let rejected = self.rejected.take();
+            let fetch = self.shared.fetch(rejected);
             match self.started.checked_add(limit) {
                 Some(deadline) => match tokio::time::timeout_at(deadline, fetch).await {
                     Ok(result) => result,

@@ -131,6 +131,8 @@ pub struct CognitoAuthLayerBuilder {
     invalidation_throttle: Option<Duration>,
     replay: Replay,
     replay_body_limit: Option<usize>,
+    #[cfg(feature = "redis")]
+    store: Option<std::sync::Arc<dyn crate::store::TokenStore>>,
 }
 
 impl fmt::Debug for CognitoAuthLayerBuilder {
@@ -249,6 +251,18 @@ impl CognitoAuthLayerBuilder {
         self
     }
 
+    /// Shares one token with the whole fleet through `store`, e.g.
+    /// [`RedisStore`](crate::store::RedisStore) (feature `redis`): one token request per token
+    /// lifetime for all processes, instead of one per process. Requests never touch the store,
+    /// and trouble with it never fails one. See [`TokenCacheBuilder::shared_store`] and
+    /// [`store`](crate::store). Default is none.
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn shared_store(mut self, store: impl crate::store::TokenStore) -> Self {
+        self.store = Some(std::sync::Arc::new(store));
+        self
+    }
+
     /// Which requests are replayed once after a rejection. Default is [`Replay::Always`].
     pub fn replay(mut self, replay: Replay) -> Self {
         self.replay = replay;
@@ -292,6 +306,10 @@ impl CognitoAuthLayerBuilder {
         }
         if let Some(d) = self.invalidation_throttle {
             cache = cache.invalidation_throttle(d);
+        }
+        #[cfg(feature = "redis")]
+        if let Some(store) = self.store {
+            cache = cache.shared_store_arc(store);
         }
         Ok(CognitoAuthLayer {
             cache: cache.build()?,

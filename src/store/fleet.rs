@@ -173,11 +173,15 @@ impl Fleet {
         match self.coordinate(source, margins, rejected).await {
             Ok(result) => result,
             Err(trouble) => {
-                if let Trouble::WaitedTooLong = trouble {
-                    tracing::debug!(
+                match trouble {
+                    Trouble::WaitedTooLong => tracing::debug!(
                         max_wait_ms = self.config.max_wait.as_millis() as u64,
                         "waited too long for another process's token: fetching for this one"
-                    );
+                    ),
+                    Trouble::Store(error) => tracing::debug!(
+                        %error,
+                        "the shared store failed: fetching for this process"
+                    ),
                 }
                 self.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
                 source.fetch().await

@@ -14,12 +14,11 @@
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! // Connects lazily: Redis being down now, or later, never fails a request.
 //! let store = RedisStore::new("rediss://:password@cache.internal:6379/0")?;
-//! # let _ = &store;
 //! let auth = CognitoAuthLayer::builder()
 //!     .cognito_domain("smart-capital", "us-east-1")
 //!     .client_id(std::env::var("COGNITO_CLIENT_ID")?)
 //!     .client_secret(std::env::var("COGNITO_CLIENT_SECRET")?)
-//!     // .shared_store(store)
+//!     .shared_store(store)
 //!     .build()?;
 //! # let _ = auth;
 //! # Ok(())
@@ -62,11 +61,8 @@
 //! [`TokenStore`]: the values are opaque bytes and the keys opaque names, and each operation
 //! must be atomic as its documentation says.
 
-// The cache drives `Fleet`; until it does, these crate-private pieces are used only by tests.
-#[allow(dead_code)]
-mod fleet;
+pub(crate) mod fleet;
 mod redis;
-#[allow(dead_code)]
 pub(crate) mod seal;
 
 use std::fmt;
@@ -79,8 +75,6 @@ use crate::source::BoxFuture;
 
 #[doc(no_inline)]
 pub use crate::source::SharedIdentity;
-#[allow(unused_imports)]
-pub(crate) use fleet::{Fleet, FleetConfig, FleetStats, Margins};
 pub use redis::RedisStore;
 
 /// What a shared store offers: five atomic operations on opaque names and values.

@@ -1,0 +1,315 @@
+//! One token per fleet (issue #11): many layers, each with its own cache and its own
+//! `RedisStore` as separate processes would have, sharing one real `redis-server` on
+//! 127.0.0.1, one loopback token endpoint and one protected API.
+//!
+//! These tests need `redis-server` on `PATH` (Debian: `apt-get install -y redis-server`;
+//! `.ci/run` installs it). Without it they fail and say so. Redis keeps real time, so these
+//! tests run on the real clock; each takes a few seconds at most.
+#![cfg(all(feature = "redis", feature = "test-util"))]
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use tower::{ServiceBuilder, ServiceExt as _};
+use tower_cognito_auth::store::RedisStore;
+use tower_cognito_auth::testing::{ProtectedApi, RedisServer, TokenEndpoint};
+use tower_cognito_auth::{CognitoAuthLayer, CognitoAuthLayerBuilder};
+
+fn redis() -> RedisServer {
+    RedisServer::start().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A layer as one process of the fleet would build it: its own cache, its own store client.
+fn member(endpoint: &TokenEndpoint, redis_url: &str) -> CognitoAuthLayer {
+    builder(endpoint)
+        .shared_store(RedisStore::new(redis_url).unwrap())
+        .build()
+        .unwrap()
+}
+
+fn builder(endpoint: &TokenEndpoint) -> CognitoAuthLayerBuilder {
+    CognitoAuthLayer::builder()
+        .token_url(endpoint.token_url())
+        .client_id(endpoint.client_id())
+        .client_secret(endpoint.client_secret())
+        .http_client(common::http())
+}
+
+async fn get(layer: &CognitoAuthLayer, api: &ProtectedApi) -> StatusCode {
+    let client = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(common::http());
+    let request = Request::get(format!("{}/wallets", api.url()))
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    match client.oneshot(request).await {
+        Ok(response) => response.status(),
+        Err(error) => panic!("request failed: {error}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cold_start_of_twenty_processes_makes_one_token_request() {
+    let redis = redis();
+    let endpoint = TokenEndpoint::builder()
+        .delay(Duration::from_millis(100))
+        .start()
+        .await
+        .unwrap();
+    let api = ProtectedApi::start(&endpoint).await.unwrap();
+    let fleet: Vec<_> = (0..20).map(|_| member(&endpoint, &redis.url())).collect();
+    let requests: Vec<_> = fleet
+        .iter()
+        .map(|layer| {
+            let (layer, api) = (layer.clone(), api.clone());
+            tokio::spawn(async move { get(&layer, &api).await })
+        })
+        .collect();
+    for request in requests {
+        assert_eq!(request.await.unwrap(), StatusCode::OK);
+    }
+    assert_eq!(
+        endpoint.tokens_issued(),
+        1,
+        "one token request for the fleet"
+    );
+    let lease_fetches: u64 = fleet.iter().map(|l| l.stats().lease_fetches).sum();
+    let adopted: u64 = fleet.iter().map(|l| l.stats().adopted).sum();
+    assert_eq!(lease_fetches, 1);
+    assert_eq!(adopted, 19);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewals_of_a_fleet_cost_one_request_per_refresh_not_per_process() {
+    let redis = redis();
+    let lifetime = Duration::from_secs(2);
+    let endpoint = TokenEndpoint::builder()
+        .lifetime(lifetime)
+        .start()
+        .await
+        .unwrap();
+    let api = ProtectedApi::start(&endpoint).await.unwrap();
+    let fleet: Vec<_> = (0..6).map(|_| member(&endpoint, &redis.url())).collect();
+    let run_for = Duration::from_secs(6);
+    let workers: Vec<_> = fleet
+        .iter()
+        .map(|layer| {
+            let (layer, api) = (layer.clone(), api.clone());
+            tokio::spawn(async move {
+                let start = std::time::Instant::now();
+                let (mut ok, mut failed) = (0u32, 0u32);
+                while start.elapsed() < run_for {
+                    if get(&layer, &api).await == StatusCode::OK {
+                        ok += 1;
+                    } else {
+                        failed += 1;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for worker in workers {
+        let (ok, failed) = worker.await.unwrap();
+        assert_eq!(failed, 0);
+        total += ok;
+    }
+    assert!(total > 6 * 100, "steady traffic: {total} requests");
+    assert_eq!(
+        api.rejected_count(),
+        0,
+        "no request left with an expired token"
+    );
+    // Tokens are renewed at half their life (refresh-ahead is cut to half for short tokens),
+    // by whichever process sees its copy turn stale first: about one token request per second
+    // over 6 s for the whole fleet. Each process on its own would make 6 times as many.
+    let issued = endpoint.tokens_issued();
+    let lifetimes = (run_for.as_secs() / lifetime.as_secs()) as usize;
+    println!("6 processes, 2 s tokens, 6 s: {issued} token requests ({lifetimes} lifetimes)");
+    assert!(issued <= 2 * lifetimes + 3, "{issued} token requests");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_costs_the_fleet_one_token_request() {
+    let redis = redis();
+    let endpoint = TokenEndpoint::start().await.unwrap();
+    let api = ProtectedApi::start(&endpoint).await.unwrap();
+    let fleet: Vec<_> = (0..6)
+        .map(|_| {
+            builder(&endpoint)
+                .shared_store(RedisStore::new(redis.url()).unwrap())
+                .build()
+                .unwrap()
+        })
+        .collect();
+    for layer in &fleet {
+        assert_eq!(get(layer, &api).await, StatusCode::OK);
+    }
+    assert_eq!(endpoint.tokens_issued(), 1);
+    api.revoke_current();
+    let requests: Vec<_> = fleet
+        .iter()
+        .map(|layer| {
+            let (layer, api) = (layer.clone(), api.clone());
+            tokio::spawn(async move { get(&layer, &api).await })
+        })
+        .collect();
+    for request in requests {
+        assert_eq!(request.await.unwrap(), StatusCode::OK, "replayed once");
+    }
+    assert_eq!(endpoint.tokens_issued(), 2, "exactly one new token request");
+    let replays: u64 = fleet.iter().map(|l| l.stats().replays).sum();
+    assert_eq!(replays, 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_holder_that_dies_is_replaced() {
+    let redis = redis();
+    let endpoint = TokenEndpoint::builder()
+        .delay(Duration::from_secs(3600))
+        .start()
+        .await
+        .unwrap();
+    // The holder runs on a runtime of its own, which is dropped while its token request
+    // hangs: its lease is never released, as when a process is killed.
+    let holder_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let holder = member(&endpoint, &redis.url());
+    {
+        let holder = holder.clone();
+        holder_runtime.spawn(async move { holder.token().await });
+    }
+    // Wait until the holder's token request reached the endpoint (it holds the lease then).
+    for _ in 0..200 {
+        if endpoint.request_count() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(endpoint.request_count(), 1);
+    holder_runtime.shutdown_background();
+    endpoint.set_delay(Duration::ZERO);
+    // Another process takes the lease over once it expires, within the refresh deadline.
+    let other = member(&endpoint, &redis.url());
+    let token = other.token().await.expect("another process took over");
+    assert_eq!(endpoint.last_token().as_deref(), Some(token.secret()));
+    assert_eq!(
+        other.stats().lease_fetches + other.stats().store_fallbacks,
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_and_back_never_fails_a_request() {
+    let mut redis = redis();
+    let endpoint = TokenEndpoint::builder()
+        .lifetime(Duration::from_secs(2))
+        .start()
+        .await
+        .unwrap();
+    let api = ProtectedApi::start(&endpoint).await.unwrap();
+    let fleet: Vec<_> = (0..3).map(|_| member(&endpoint, &redis.url())).collect();
+    let traffic = |fleet: Vec<CognitoAuthLayer>, api: ProtectedApi, run_for: Duration| async move {
+        let start = std::time::Instant::now();
+        let mut slowest = Duration::ZERO;
+        while start.elapsed() < run_for {
+            for layer in &fleet {
+                let sent = std::time::Instant::now();
+                assert_eq!(get(layer, &api).await, StatusCode::OK);
+                slowest = slowest.max(sent.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        slowest
+    };
+    traffic(fleet.clone(), api.clone(), Duration::from_secs(2)).await;
+    redis.stop();
+    let slowest_down = traffic(fleet.clone(), api.clone(), Duration::from_secs(3)).await;
+    let fallbacks: u64 = fleet.iter().map(|l| l.stats().store_fallbacks).sum();
+    assert!(fallbacks > 0, "the processes fetched for themselves");
+    redis.restart().unwrap();
+    traffic(fleet.clone(), api.clone(), Duration::from_secs(3)).await;
+    println!("slowest request while Redis was down: {slowest_down:?}");
+    // Back together: after the store returns, the last renewal is shared again. One process
+    // fetches; the others adopt.
+    let adopted_before: u64 = fleet.iter().map(|l| l.stats().adopted).sum();
+    traffic(fleet.clone(), api.clone(), Duration::from_secs(2)).await;
+    let adopted_after: u64 = fleet.iter().map(|l| l.stats().adopted).sum();
+    assert!(
+        adopted_after > adopted_before,
+        "the fleet shares one token again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_scope_sets_get_two_tokens() {
+    let redis = redis();
+    let endpoint = TokenEndpoint::builder().jwt(true).start().await.unwrap();
+    let read = builder(&endpoint)
+        .scope("wallets/read")
+        .shared_store(RedisStore::new(redis.url()).unwrap())
+        .build()
+        .unwrap();
+    let write = builder(&endpoint)
+        .scope("wallets/write")
+        .shared_store(RedisStore::new(redis.url()).unwrap())
+        .build()
+        .unwrap();
+    let read_token = read.token().await.unwrap();
+    let write_token = write.token().await.unwrap();
+    assert_ne!(read_token.secret(), write_token.secret());
+    assert_eq!(endpoint.tokens_issued(), 2);
+    let scopes: Vec<_> = endpoint
+        .requests()
+        .iter()
+        .map(|r| r.form_value("scope"))
+        .collect();
+    assert_eq!(
+        scopes,
+        [
+            Some("wallets/read".to_owned()),
+            Some("wallets/write".to_owned())
+        ]
+    );
+    // A third process reading wallets adopts the read token, never the write one.
+    let another_reader = builder(&endpoint)
+        .scope("wallets/read")
+        .shared_store(RedisStore::new(redis.url()).unwrap())
+        .build()
+        .unwrap();
+    assert_eq!(
+        another_reader.token().await.unwrap().secret(),
+        read_token.secret()
+    );
+    assert_eq!(endpoint.tokens_issued(), 2);
+}
+
+#[test]
+fn a_source_that_cannot_be_shared_is_refused() {
+    use tower_cognito_auth::{AccessToken, BoxFuture, Error, ErrorKind, Token, TokenSource};
+    struct Anonymous;
+    impl TokenSource for Anonymous {
+        fn fetch(&self) -> BoxFuture<'_, Result<Token, Error>> {
+            Box::pin(async {
+                let at = tokio::time::Instant::now() + Duration::from_secs(3600);
+                Ok(Token::new(AccessToken::new("anonymous")?, at))
+            })
+        }
+    }
+    let error = CognitoAuthLayer::builder()
+        .token_source(Anonymous)
+        .shared_store(RedisStore::new("redis://127.0.0.1:1").unwrap())
+        .build()
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::InvalidConfig);
+    assert!(error.to_string().contains("shared_identity"), "{error}");
+}
