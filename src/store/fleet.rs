@@ -13,7 +13,7 @@
 //! 3. Otherwise the lease is tried. Its holder reads once more (the token may have been stored
 //!    between the read and the lease), fetches, stores the token if it expires later than the
 //!    stored one, and releases the lease. A fetch error releases the lease and is returned.
-//! 4. The others poll every 50 to 150 ms (jittered): they adopt the token once it is stored, and
+//! 4. The others poll after 10 ms, the pause doubling to 150 ms (jittered): they adopt the token once it is stored, and
 //!    try the lease on each poll, so they take over as soon as the holder released it after a
 //!    failure or its lease expired (it died). Waiting is bounded: after `max_wait` the process
 //!    fetches for itself.
@@ -41,7 +41,9 @@ pub(crate) struct FleetConfig {
     /// How long a lease lasts: a dead holder is replaced after it. Well under the cache's
     /// refresh deadline. Default 10 s.
     pub(crate) lease_ttl: Duration,
-    /// The shortest pause between two polls of a waiting process. Default 50 ms.
+    /// The first pause of a waiting process before it polls: the pauses double from it, with
+    /// jitter, so that a token fetched in tens of milliseconds is seen soon after it is stored,
+    /// and a long wait (a holder that died) costs few reads. Default 10 ms.
     pub(crate) poll_min: Duration,
     /// The longest pause between two polls. Default 150 ms.
     pub(crate) poll_max: Duration,
@@ -56,7 +58,7 @@ impl Default for FleetConfig {
     fn default() -> Self {
         Self {
             lease_ttl: Duration::from_secs(10),
-            poll_min: Duration::from_millis(50),
+            poll_min: Duration::from_millis(10),
             poll_max: Duration::from_millis(150),
             store_timeout: Duration::from_millis(250),
             max_wait: Duration::from_secs(20),
@@ -210,6 +212,7 @@ impl Fleet {
         if let Some(token) = self.look(margins, rejected).await? {
             return Ok(Ok(self.adopted(token)));
         }
+        let mut polls: u32 = 0;
         loop {
             let lease = self.sealer.lease_name();
             let taken = self
@@ -224,7 +227,8 @@ impl Fleet {
             if Instant::now() >= deadline {
                 return Err(Trouble::WaitedTooLong);
             }
-            tokio::time::sleep(self.poll_pause()).await;
+            tokio::time::sleep(self.poll_pause(polls)).await;
+            polls = polls.saturating_add(1);
             if let Some(token) = self.look(margins, rejected).await? {
                 return Ok(Ok(self.adopted(token)));
             }
@@ -378,13 +382,17 @@ impl Fleet {
         result
     }
 
-    fn poll_pause(&self) -> Duration {
-        let min = u64::try_from(self.config.poll_min.as_micros()).unwrap_or(u64::MAX);
-        let max = u64::try_from(self.config.poll_max.as_micros())
-            .unwrap_or(u64::MAX)
-            .max(min);
+    /// The pause before poll number `n`: `poll_min` doubling up to `poll_max`, drawn from the
+    /// upper half of that ceiling so that waiting processes spread out.
+    fn poll_pause(&self, n: u32) -> Duration {
+        let ceiling = self
+            .config
+            .poll_min
+            .saturating_mul(1u32.checked_shl(n.min(16)).unwrap_or(u32::MAX))
+            .min(self.config.poll_max.max(self.config.poll_min));
+        let max = u64::try_from(ceiling.as_micros()).unwrap_or(u64::MAX);
         // Never spin, whatever the configuration.
-        Duration::from_micros(fastrand::u64(min..=max)).max(Duration::from_millis(1))
+        Duration::from_micros(fastrand::u64(max / 2..=max)).max(Duration::from_millis(1))
     }
 }
 
