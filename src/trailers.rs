@@ -313,26 +313,15 @@ mod tests {
         assert_eq!(auth.token().await.unwrap().secret(), "token-2");
         // Two streams that started on token-2 and end rejected after token-3 replaced it:
         // the first drops token-2, the second finds token-3 and leaves it alone.
-        let first = client
-            .clone()
-            .oneshot(
-                Request::builder()
-                    .header("x-status", "16")
-                    .body(Full::new(Bytes::new()))
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
-        let second = client
-            .clone()
-            .oneshot(
-                Request::builder()
-                    .header("x-status", "16")
-                    .body(Full::new(Bytes::new()))
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
+        let rejected_stream = || {
+            let request = Request::builder()
+                .header("x-status", "16")
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            client.clone().oneshot(request)
+        };
+        let first = rejected_stream().await.unwrap();
+        let second = rejected_stream().await.unwrap();
         first.into_body().collect().await.unwrap();
         assert_eq!(auth.token().await.unwrap().secret(), "token-3");
         second.into_body().collect().await.unwrap();
