@@ -6,8 +6,6 @@
 //! threads, so a thread-local subscriber in a binary with other tests could miss events.
 #![cfg(feature = "test-util")]
 
-use std::sync::{Arc, Mutex};
-
 use base64::Engine as _;
 use http::StatusCode;
 use tower_cognito_auth::testing::{Reply, TokenEndpoint};
@@ -15,28 +13,7 @@ use tower_cognito_auth::{ClientAuth, TokenSource};
 
 mod common;
 
-use common::{http, source};
-
-/// A `MakeWriter` that keeps everything written.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
-    type Writer = Capture;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
+use common::{Capture, http, source};
 
 #[tokio::test]
 async fn trace_output_never_holds_the_secret_or_a_token() {

@@ -21,7 +21,7 @@ use tower_cognito_auth::{
 
 mod common;
 
-use common::http;
+use common::{Capture, http};
 
 /// Every value `on_rotation` was called with, in order.
 #[derive(Clone, Default)]
@@ -431,27 +431,6 @@ async fn a_restored_access_token_is_used_until_a_refresh_is_needed() {
     assert_eq!(endpoint.request_count(), 2);
     assert_eq!(sent_refresh_tokens(&endpoint)[1], stored_refresh);
     assert!(!endpoint.is_session_revoked());
-}
-
-/// A `MakeWriter` that keeps everything written.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
-    type Writer = Capture;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
 }
 
 /// The only test of this binary that installs a subscriber: a global one, since tracing

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+use std::sync::{Arc, Mutex};
+
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
@@ -20,4 +22,25 @@ pub fn source(endpoint: &TokenEndpoint) -> ClientCredentialsBuilder {
         .client_id(endpoint.client_id())
         .client_secret(endpoint.client_secret())
         .http_client(http())
+}
+
+/// A tracing `MakeWriter` that keeps everything written, so a test can search all output.
+#[derive(Clone, Default)]
+pub struct Capture(pub Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
+    type Writer = Capture;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
 }
