@@ -13,7 +13,7 @@
 //! 3. Otherwise the lease is tried. Its holder reads once more (the token may have been stored
 //!    between the read and the lease), fetches, stores the token if it expires later than the
 //!    stored one, and releases the lease. A fetch error releases the lease and is returned.
-//! 4. The others poll after 10 ms, the pause doubling to 150 ms (jittered): they adopt the token once it is stored, and
+//! 4. The others poll after 10 ms, the pause doubling to 50 ms (jittered): they adopt the token once it is stored, and
 //!    try the lease on each poll, so they take over as soon as the holder released it after a
 //!    failure or its lease expired (it died). Waiting is bounded: after `max_wait` the process
 //!    fetches for itself.
@@ -45,7 +45,8 @@ pub(crate) struct FleetConfig {
     /// jitter, so that a token fetched in tens of milliseconds is seen soon after it is stored,
     /// and a long wait (a holder that died) costs few reads. Default 10 ms.
     pub(crate) poll_min: Duration,
-    /// The longest pause between two polls. Default 150 ms.
+    /// The longest pause between two polls. Default 50 ms: a waiting process sees the token
+    /// at most about that long after it is stored.
     pub(crate) poll_max: Duration,
     /// The most one store operation may take, whatever the store's own timeout. Default 250 ms.
     pub(crate) store_timeout: Duration,
@@ -59,7 +60,7 @@ impl Default for FleetConfig {
         Self {
             lease_ttl: Duration::from_secs(10),
             poll_min: Duration::from_millis(10),
-            poll_max: Duration::from_millis(150),
+            poll_max: Duration::from_millis(50),
             store_timeout: Duration::from_millis(250),
             max_wait: Duration::from_secs(20),
         }

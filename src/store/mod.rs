@@ -43,7 +43,7 @@
 //!   Its remaining life comes from the store's own time to live, never from comparing clocks.
 //! - Otherwise the process takes the lease, fetches, stores the token only if it expires later
 //!   than the one stored (an older token never replaces a newer one), and releases the lease.
-//!   The others poll the store (after 10 ms, the pause doubling to 150 ms, jittered) until the token appears, and take
+//!   The others poll the store (after 10 ms, the pause doubling to 50 ms, jittered) until the token appears, and take
 //!   the lease over if its holder died. Polling rather than publish/subscribe keeps
 //!   [`TokenStore`] to five plain operations that any key-value store with expiry and a
 //!   compare-and-set can offer, and costs a few reads per waiting process once per token
