@@ -2,6 +2,9 @@
 //! `RedisStore` as separate processes would have, sharing one real `redis-server` on
 //! 127.0.0.1, one loopback token endpoint and one protected API.
 //!
+//! A lease holder killed with `SIGKILL` is in `tests/fleet_process.rs`, which runs a real
+//! worker process.
+//!
 //! These tests need `redis-server` on `PATH` (Debian: `apt-get install -y redis-server`;
 //! `.ci/run` installs it). Without it they fail and say so. Redis keeps real time, so these
 //! tests run on the real clock; each takes a few seconds at most.
@@ -166,46 +169,6 @@ async fn a_revoked_token_costs_the_fleet_one_token_request() {
     assert_eq!(endpoint.tokens_issued(), 2, "exactly one new token request");
     let replays: u64 = fleet.iter().map(|l| l.stats().replays).sum();
     assert_eq!(replays, 6);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lease_holder_that_dies_is_replaced() {
-    let redis = redis();
-    let endpoint = TokenEndpoint::builder()
-        .delay(Duration::from_secs(3600))
-        .start()
-        .await
-        .unwrap();
-    // The holder runs on a runtime of its own, which is dropped while its token request
-    // hangs: its lease is never released, as when a process is killed.
-    let holder_runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let holder = member(&endpoint, &redis.url());
-    {
-        let holder = holder.clone();
-        holder_runtime.spawn(async move { holder.token().await });
-    }
-    // Wait until the holder's token request reached the endpoint (it holds the lease then).
-    for _ in 0..200 {
-        if endpoint.request_count() == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(endpoint.request_count(), 1);
-    holder_runtime.shutdown_background();
-    endpoint.set_delay(Duration::ZERO);
-    // Another process takes the lease over once it expires, within the refresh deadline.
-    let other = member(&endpoint, &redis.url());
-    let token = other.token().await.expect("another process took over");
-    assert_eq!(endpoint.last_token().as_deref(), Some(token.secret()));
-    assert_eq!(
-        other.stats().lease_fetches + other.stats().store_fallbacks,
-        1
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
