@@ -7,6 +7,8 @@
 //!
 //! Each thread has its own `CognitoAuth` service from the same layer, so all share one cache.
 //! Reported time is per request per thread; on a 2-core machine, 4 threads share 2 cores.
+//! `set_header/N` is tower-http's `SetRequestHeader` (a static header, one service per thread)
+//! under the same load: how far this machine scales at all.
 
 mod common;
 
@@ -15,7 +17,42 @@ use std::time::{Duration, Instant};
 
 use common::{Noop, Source, call_now, get};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use tower::Layer;
+use http::HeaderValue;
+use http::header::AUTHORIZATION;
+use tower::{Layer, Service};
+use tower_http::set_header::SetRequestHeaderLayer;
+
+/// Per-request time per thread, with `threads` threads each calling its own service.
+fn per_thread<S, F>(threads: usize, iters: u64, make: F) -> Duration
+where
+    S: Service<http::Request<http_body_util::Full<bytes::Bytes>>> + Send,
+    S::Error: std::fmt::Debug,
+    F: Fn() -> S,
+{
+    let barrier = Barrier::new(threads);
+    let elapsed: Vec<Duration> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let mut service = make();
+                let barrier = &barrier;
+                scope.spawn(move || {
+                    barrier.wait();
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        call_now(&mut service, get());
+                    }
+                    start.elapsed()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a bench thread"))
+            .collect()
+    });
+    // Every thread did `iters` requests: the slowest one is the per-thread time.
+    elapsed.into_iter().max().unwrap_or_default()
+}
 
 fn contention(c: &mut Criterion) {
     let rt = common::current_thread();
@@ -26,34 +63,20 @@ fn contention(c: &mut Criterion) {
     let mut group = c.benchmark_group("contention");
     for threads in [1usize, 2, 4] {
         group.bench_with_input(
-            BenchmarkId::from_parameter(threads),
+            BenchmarkId::new("cognito_auth", threads),
+            &threads,
+            |b, &threads| b.iter_custom(|iters| per_thread(threads, iters, || layer.layer(Noop))),
+        );
+    }
+    let header = HeaderValue::from_str(&format!("Bearer {}", common::token_text(0)))
+        .expect("a valid header");
+    let set_header = SetRequestHeaderLayer::overriding(AUTHORIZATION, header);
+    for threads in [1usize, 2, 4] {
+        group.bench_with_input(
+            BenchmarkId::new("set_header", threads),
             &threads,
             |b, &threads| {
-                b.iter_custom(|iters| {
-                    let barrier = Barrier::new(threads);
-                    let elapsed: Vec<Duration> = std::thread::scope(|scope| {
-                        let handles: Vec<_> = (0..threads)
-                            .map(|_| {
-                                let mut service = layer.layer(Noop);
-                                let barrier = &barrier;
-                                scope.spawn(move || {
-                                    barrier.wait();
-                                    let start = Instant::now();
-                                    for _ in 0..iters {
-                                        call_now(&mut service, get());
-                                    }
-                                    start.elapsed()
-                                })
-                            })
-                            .collect();
-                        handles
-                            .into_iter()
-                            .map(|h| h.join().expect("a bench thread"))
-                            .collect()
-                    });
-                    // Every thread did `iters` requests: the slowest one is the per-thread time.
-                    elapsed.into_iter().max().unwrap_or_default()
-                })
+                b.iter_custom(|iters| per_thread(threads, iters, || set_header.layer(Noop)))
             },
         );
     }

@@ -16,7 +16,7 @@
 
 mod common;
 
-use common::{Noop, Source, call_now, get, post_1k};
+use common::{Noop, Source, call_now, get, get_4_headers, grpc_post, post_1k};
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::HeaderValue;
 use http::header::AUTHORIZATION;
@@ -24,6 +24,7 @@ use std::future::Future as _;
 use std::time::Duration;
 use tower::Layer;
 use tower_cognito_auth::Replay;
+use tower_http::follow_redirect::FollowRedirectLayer;
 use tower_http::set_header::SetRequestHeaderLayer;
 
 fn hot_path(c: &mut Criterion) {
@@ -79,6 +80,44 @@ fn hot_path(c: &mut Criterion) {
     group.bench_function("cognito_auth_post_1k", |b| {
         b.iter(|| call_now(&mut service, post_1k()))
     });
+    group.finish();
+
+    // Realistic requests (issue #13): the layer's defaults against tower-http's FollowRedirect,
+    // which also keeps each request to resend it.
+    let mut group = c.benchmark_group("realistic");
+    type MakeRequest = fn() -> http::Request<http_body_util::Full<bytes::Bytes>>;
+    let requests: [(&str, MakeRequest); 2] =
+        [("get_4_headers", get_4_headers), ("grpc_post", grpc_post)];
+    for (kind, make) in requests {
+        let mut bare = Noop;
+        group.bench_function(format!("{kind}/bare"), |b| {
+            b.iter(|| call_now(&mut bare, make()))
+        });
+        let header = HeaderValue::from_str(&format!("Bearer {}", common::token_text(0)))
+            .expect("a valid header");
+        let mut set_header = SetRequestHeaderLayer::overriding(AUTHORIZATION, header).layer(Noop);
+        group.bench_function(format!("{kind}/set_header"), |b| {
+            b.iter(|| call_now(&mut set_header, make()))
+        });
+        let mut follow = FollowRedirectLayer::new().layer(Noop);
+        group.bench_function(format!("{kind}/follow_redirect"), |b| {
+            b.iter(|| call_now(&mut follow, make()))
+        });
+        for (name, builder) in [
+            ("cognito_auth", common::builder(&source)),
+            (
+                "cognito_auth_replay_never",
+                common::builder(&source).replay(Replay::Never),
+            ),
+        ] {
+            let layer = builder.build().expect("a valid layer");
+            rt.block_on(layer.token()).expect("a token");
+            let mut service = layer.layer(Noop);
+            group.bench_function(format!("{kind}/{name}"), |b| {
+                b.iter(|| call_now(&mut service, make()))
+            });
+        }
+    }
     group.finish();
 }
 

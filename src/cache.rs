@@ -157,6 +157,11 @@ impl Entry {
     pub(crate) fn generation(&self) -> Generation {
         self.token.generation
     }
+
+    /// Until when the token is handed out without a thought.
+    pub(crate) fn fresh_until(&self) -> Instant {
+        self.fresh_until
+    }
 }
 
 type Outcome = Result<Arc<Entry>, Error>;
@@ -188,6 +193,10 @@ struct Shared {
     fleet: Option<crate::store::fleet::Fleet>,
     /// The token handed out on the hot path: one atomic load, no lock.
     current: ArcSwapOption<Entry>,
+    /// Changes each time `current` does (after it does), and at no other time: services keep a
+    /// copy of the current token and check this one atomic, whose cache line nobody writes per
+    /// request, to know the copy is still the current token.
+    version: AtomicU64,
     /// No refresh-ahead before this moment, in nanoseconds after `epoch`; `u64::MAX` while a
     /// refresh is in flight, `0` when one may start now. Written under the lock, read without
     /// it: requests in the refresh-ahead window learn that a refresh runs, or that the backoff
@@ -401,6 +410,7 @@ impl TokenCacheBuilder {
             #[cfg(feature = "redis")]
             fleet,
             current: ArcSwapOption::empty(),
+            version: AtomicU64::new(0),
             pace: AtomicU64::new(0),
             epoch: Instant::now(),
             background_alive: AtomicBool::new(false),
@@ -484,6 +494,7 @@ impl TokenCache {
         state.retry_at = None;
         state.rejected = current.as_deref().map(|entry| entry.access_token().clone());
         self.shared.current.store(None);
+        self.shared.version.fetch_add(1, Ordering::Release);
         self.shared.publish_pace(&state);
         drop(state);
         bump(&self.shared.stats.invalidations);
@@ -534,14 +545,31 @@ impl TokenCache {
         bump(&self.shared.stats.replays);
     }
 
-    /// What a request does about its token. The hot path: one atomic load and a clock read.
-    pub(crate) fn lookup<T>(&self, project: impl FnOnce(&Entry) -> T) -> Lookup<T> {
-        let now = Instant::now();
+    /// Which token is current: changes (after `current` does) each time it is replaced or
+    /// dropped.
+    pub(crate) fn version(&self) -> u64 {
+        self.shared.version.load(Ordering::Acquire)
+    }
+
+    /// The current entry, whatever its state.
+    pub(crate) fn current(&self) -> Option<Arc<Entry>> {
+        self.shared.current.load_full()
+    }
+
+    /// Starts the background refresher again if it is configured and its task is gone.
+    #[inline]
+    pub(crate) fn check_background(&self) {
         if self.shared.config.background_refresh
             && !self.shared.background_alive.load(Ordering::Relaxed)
         {
             self.shared.ensure_background();
         }
+    }
+
+    /// What a request does about its token. The hot path: one atomic load and a clock read.
+    pub(crate) fn lookup<T>(&self, project: impl FnOnce(&Entry) -> T) -> Lookup<T> {
+        let now = Instant::now();
+        self.check_background();
         {
             let current = self.shared.current.load();
             if let Some(entry) = current.as_deref() {
@@ -797,6 +825,7 @@ impl Shared {
                 // A flight that was abandoned and finished late never replaces a newer token.
                 if own || newer || previous.as_ref().is_some_and(|p| now >= p.usable_until) {
                     self.current.store(Some(Arc::clone(entry)));
+                    self.version.fetch_add(1, Ordering::Release);
                 }
                 if own {
                     state.last_error = None;

@@ -12,10 +12,11 @@ use http::{HeaderValue, Request, Response};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use crate::cache::{Generation, Lookup, TokenCache, TokenWait};
+use crate::cache::{Generation, Lookup, TokenWait};
 use crate::error::BoxError;
 use crate::reject::is_token_rejected;
 use crate::replay::ReplayBody;
+use crate::service::CacheHandle;
 
 /// What a replay needs: a clone of the inner service, the request's head as it came (no
 /// `Authorization` yet), and its body's bytes.
@@ -54,7 +55,7 @@ pin_project! {
         Called {
             #[pin]
             future: S::Future,
-            cache: TokenCache,
+            cache: CacheHandle,
             generation: Generation,
             replay: Option<Replay<S>>,
         },
@@ -62,7 +63,7 @@ pin_project! {
         // request (its reserved capacity is held while waiting, at most the refresh deadline).
         WaitToken {
             wait: TokenWait,
-            cache: TokenCache,
+            cache: CacheHandle,
             service: Option<S>,
             request: Option<Request<B>>,
             replay: Option<(Parts, Bytes)>,
@@ -71,7 +72,7 @@ pin_project! {
         // rejection) goes back to the caller if no replay can be made.
         WaitReplayToken {
             wait: TokenWait,
-            cache: TokenCache,
+            cache: CacheHandle,
             rejected: Generation,
             response: Option<S::Response>,
             replay: Option<Replay<S>>,
@@ -100,7 +101,7 @@ where
 {
     pub(crate) fn called(
         future: S::Future,
-        cache: TokenCache,
+        cache: CacheHandle,
         generation: Generation,
         replay: Option<Replay<S>>,
     ) -> Self {
@@ -116,7 +117,7 @@ where
 
     pub(crate) fn wait_token(
         wait: TokenWait,
-        cache: TokenCache,
+        cache: CacheHandle,
         service: S,
         request: Request<B>,
         replay: Option<(Parts, Bytes)>,

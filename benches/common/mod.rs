@@ -111,6 +111,36 @@ pub fn get() -> Request<Full<Bytes>> {
         .expect("a valid request")
 }
 
+/// A realistic GET: four headers, as an HTTP client sends them.
+pub fn get_4_headers() -> Request<Full<Bytes>> {
+    Request::get("http://api.example/wallets?page=2")
+        .header("accept", "application/json")
+        .header("user-agent", "bench/1.0")
+        .header("x-request-id", "7f3a9c2e-51e0-4b2d-9b2d-0123456789ab")
+        .header("content-type", "application/json")
+        .body(Full::default())
+        .expect("a valid request")
+}
+
+/// Something in the request's extensions, as tonic puts there.
+#[derive(Clone, Debug)]
+pub struct GrpcMethod(pub &'static str);
+
+/// A tonic-shaped unary call: POST to a path-only URI over HTTP/2, gRPC headers, an extension,
+/// and a 100-byte message.
+pub fn grpc_post() -> Request<Full<Bytes>> {
+    let mut request = Request::post("/wallets.v1.Wallets/Get")
+        .version(http::Version::HTTP_2)
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Full::new(Bytes::from_static(&[b'g'; 100])))
+        .expect("a valid request");
+    request
+        .extensions_mut()
+        .insert(GrpcMethod("wallets.v1.Wallets/Get"));
+    request
+}
+
 pub const JSON_1K: &[u8] = &[b'7'; 1024];
 
 pub fn post_1k() -> Request<Full<Bytes>> {
