@@ -15,11 +15,12 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::{Noop, Source, call_now, get, post_1k};
+use common::{Noop, Source, call_now, get, get_4_headers, grpc_post, post_1k};
 use http::HeaderValue;
 use http::header::AUTHORIZATION;
 use tower::Layer;
 use tower_cognito_auth::Replay;
+use tower_http::follow_redirect::FollowRedirectLayer;
 use tower_http::set_header::SetRequestHeaderLayer;
 
 struct Counting;
@@ -61,6 +62,11 @@ fn per_request(mut one: impl FnMut()) -> f64 {
         one();
     }
     (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / REQUESTS as f64
+}
+
+/// A row name that lives as long as the bench.
+fn leak(name: String) -> &'static str {
+    Box::leak(name.into_boxed_str())
 }
 
 fn main() {
@@ -109,8 +115,37 @@ fn main() {
         per_request(|| drop(call_now(&mut auth, post_1k()))),
     ));
 
-    println!("{:<40} {:>22}", "allocations per request", "");
+    type MakeRequest = fn() -> http::Request<http_body_util::Full<bytes::Bytes>>;
+    let realistic: [(&str, MakeRequest); 2] = [
+        ("GET, 4 headers", get_4_headers),
+        ("gRPC POST, extension, 100 B", grpc_post),
+    ];
+    for (kind, make) in realistic {
+        rows.push((
+            leak(format!("{kind}, bare")),
+            per_request(|| drop(call_now(&mut bare, make()))),
+        ));
+        rows.push((
+            leak(format!("{kind}, SetRequestHeader")),
+            per_request(|| drop(call_now(&mut set, make()))),
+        ));
+        let mut follow = FollowRedirectLayer::new().layer(Noop);
+        rows.push((
+            leak(format!("{kind}, FollowRedirect")),
+            per_request(|| drop(call_now(&mut follow, make()))),
+        ));
+        rows.push((
+            leak(format!("{kind}, CognitoAuth (defaults)")),
+            per_request(|| drop(call_now(&mut auth, make()))),
+        ));
+        rows.push((
+            leak(format!("{kind}, CognitoAuth Replay::Never")),
+            per_request(|| drop(call_now(&mut never, make()))),
+        ));
+    }
+
+    println!("{:<50} {:>12}", "allocations per request", "");
     for (name, n) in rows {
-        println!("{name:<40} {n:>8.2}");
+        println!("{name:<50} {n:>8.2}");
     }
 }

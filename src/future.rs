@@ -18,6 +18,13 @@ use crate::reject::is_token_rejected;
 use crate::replay::ReplayBody;
 use crate::service::CacheHandle;
 
+/// A request waiting for its token, with the service made ready for it.
+pub(crate) struct Pending<S, B> {
+    service: S,
+    request: Request<B>,
+    replay: Option<(Parts, Bytes)>,
+}
+
 /// What a replay needs: a clone of the inner service, the request's head as it came (no
 /// `Authorization` yet), and its body's bytes.
 pub(crate) struct Replay<S> {
@@ -59,28 +66,26 @@ pin_project! {
             generation: Generation,
             replay: Option<Replay<S>>,
         },
-        // No usable token yet. `service` is the inner service that was made ready for this
-        // request (its reserved capacity is held while waiting, at most the refresh deadline).
+        // No usable token yet. `pending.service` is the inner service that was made ready for
+        // this request (its reserved capacity is held while waiting, at most the refresh
+        // deadline). The states off the hot path keep their payload boxed, so that the future
+        // a request with a fresh token moves around stays small.
         WaitToken {
             wait: TokenWait,
             cache: CacheHandle,
-            service: Option<S>,
-            request: Option<Request<B>>,
-            replay: Option<(Parts, Bytes)>,
+            pending: Option<Box<Pending<S, B>>>,
         },
-        // The token was rejected: waiting for a new one to replay with. `response` (the
-        // rejection) goes back to the caller if no replay can be made.
+        // The token was rejected: waiting for a new one to replay with. The rejection goes
+        // back to the caller if no replay can be made.
         WaitReplayToken {
             wait: TokenWait,
             cache: CacheHandle,
             rejected: Generation,
-            response: Option<S::Response>,
-            replay: Option<Replay<S>>,
+            kept: Option<Box<(S::Response, Replay<S>)>>,
         },
         // Making the stored service clone ready for the replay.
         Readying {
-            service: Option<S>,
-            request: Option<Request<B>>,
+            replay: Option<Box<(S, Request<B>)>>,
         },
         // The inner future whose answer goes back as it is: a request that carried its own
         // `Authorization`, or the replay.
@@ -126,9 +131,11 @@ where
             state: State::WaitToken {
                 wait,
                 cache,
-                service: Some(service),
-                request: Some(request),
-                replay,
+                pending: Some(Box::new(Pending {
+                    service,
+                    request,
+                    replay,
+                })),
             },
         }
     }
@@ -193,8 +200,7 @@ where
                             cache.count_replay();
                             let request = replay_request::<B>(replay.parts, replay.body, header);
                             this.state.set(State::Readying {
-                                service: Some(replay.service),
-                                request: Some(request),
+                                replay: Some(Box::new((replay.service, request))),
                             });
                         }
                         // The same token again (rejections are throttled) or none: a replay
@@ -206,8 +212,7 @@ where
                                 wait,
                                 cache,
                                 rejected,
-                                response: Some(response),
-                                replay: Some(replay),
+                                kept: Some(Box::new((response, replay))),
                             });
                         }
                     }
@@ -215,23 +220,25 @@ where
                 StateProj::WaitToken {
                     wait,
                     cache,
-                    service,
-                    request,
-                    replay,
+                    pending,
                 } => {
                     let entry = match ready!(wait.as_mut().poll(cx)) {
                         Ok(entry) => entry,
                         Err(error) => return Poll::Ready(Err(error.into())),
                     };
-                    let (Some(mut service), Some(mut request)) = (service.take(), request.take())
-                    else {
+                    let Some(pending) = pending.take() else {
                         panic!("{POLLED_AFTER_DONE}");
                     };
+                    let Pending {
+                        mut service,
+                        mut request,
+                        replay,
+                    } = *pending;
                     let (header, generation) = header_and_generation(&entry);
                     request.headers_mut().insert(AUTHORIZATION, header);
                     // `service` was made ready by the caller before `call`, and moved here.
                     let future = service.call(request);
-                    let replay = replay.take().map(|(parts, body)| Replay {
+                    let replay = replay.map(|(parts, body)| Replay {
                         service,
                         parts,
                         body,
@@ -248,13 +255,13 @@ where
                     wait,
                     cache,
                     rejected,
-                    response,
-                    replay,
+                    kept,
                 } => {
                     let outcome = ready!(wait.as_mut().poll(cx));
-                    let (Some(response), Some(replay)) = (response.take(), replay.take()) else {
+                    let Some(kept) = kept.take() else {
                         panic!("{POLLED_AFTER_DONE}");
                     };
+                    let (response, replay) = *kept;
                     match outcome {
                         Ok(entry) if entry.generation() != *rejected => {
                             cache.count_replay();
@@ -262,21 +269,21 @@ where
                             drop(response);
                             let request = replay_request::<B>(replay.parts, replay.body, header);
                             this.state.set(State::Readying {
-                                service: Some(replay.service),
-                                request: Some(request),
+                                replay: Some(Box::new((replay.service, request))),
                             });
                         }
                         _ => return Poll::Ready(Ok(response)),
                     }
                 }
-                StateProj::Readying { service, request } => {
-                    let Some(svc) = service.as_mut() else {
+                StateProj::Readying { replay } => {
+                    let Some(ready) = replay.as_mut() else {
                         panic!("{POLLED_AFTER_DONE}");
                     };
-                    ready!(svc.poll_ready(cx)).map_err(Into::into)?;
-                    let (Some(mut svc), Some(request)) = (service.take(), request.take()) else {
+                    ready!(ready.0.poll_ready(cx)).map_err(Into::into)?;
+                    let Some(ready) = replay.take() else {
                         panic!("{POLLED_AFTER_DONE}");
                     };
+                    let (mut svc, request) = *ready;
                     let future = svc.call(request);
                     this.state.set(State::Final { future });
                 }

@@ -4,7 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Method, Request, Response};
+use http::{Request, Response};
 use http_body::Body;
 use http_body_util::Full;
 use tower_layer::Layer;
@@ -12,6 +12,7 @@ use tower_service::Service;
 
 use crate::cache::{Stats, TokenCache, TokenCacheBuilder};
 use crate::error::{BoxError, Error};
+use crate::replay::Replay;
 use crate::service::CognitoAuth;
 use crate::source::{ClientAuth, ClientCredentialsBuilder, TokenSource};
 use crate::token::AccessToken;
@@ -19,33 +20,6 @@ use crate::trailers::WatchTrailersLayer;
 
 /// The default [`replay_body_limit`](CognitoAuthLayerBuilder::replay_body_limit): 64 KiB.
 pub const DEFAULT_REPLAY_BODY_LIMIT: usize = 64 * 1024;
-
-/// Which requests are sent again, once, after the service rejected their token.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Replay {
-    /// Every request whose body could be kept. A 401 means the request was not processed, so
-    /// this is safe behind a well-behaved API. The default.
-    #[default]
-    Always,
-    /// Only requests with an idempotent method (GET, HEAD, PUT, DELETE, OPTIONS, TRACE): for a
-    /// gateway that may have acted on a request before answering 401. gRPC calls are POSTs,
-    /// so this turns their replay off.
-    IdempotentOnly,
-    /// Never: a rejection goes back to the caller (the token is still dropped, so the next
-    /// request gets a new one). Requests are then forwarded without any copy.
-    Never,
-}
-
-impl Replay {
-    pub(crate) fn allows(self, method: &Method) -> bool {
-        match self {
-            Replay::Always => true,
-            Replay::IdempotentOnly => method.is_idempotent(),
-            Replay::Never => false,
-        }
-    }
-}
 
 /// A [`Layer`] that puts a valid OAuth 2.0 access token on every request.
 ///

@@ -140,7 +140,8 @@ pub mod trailers;
 
 pub use cache::{CachedToken, Generation, Stats, TokenCache, TokenCacheBuilder};
 pub use error::{Error, ErrorKind};
-pub use layer::{CognitoAuthLayer, CognitoAuthLayerBuilder, DEFAULT_REPLAY_BODY_LIMIT, Replay};
+pub use layer::{CognitoAuthLayer, CognitoAuthLayerBuilder, DEFAULT_REPLAY_BODY_LIMIT};
+pub use replay::Replay;
 pub use service::CognitoAuth;
 pub use session::{RefreshTokenGrant, RefreshTokenGrantBuilder};
 pub use source::{

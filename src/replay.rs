@@ -70,12 +70,39 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
-use http::HeaderMap;
+use http::{HeaderMap, Method};
 use http::header::CONTENT_LENGTH;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::{BoxBody, UnsyncBoxBody};
 use http_body_util::{BodyExt as _, Empty, Full};
 use pin_project_lite::pin_project;
+
+/// Which requests are sent again, once, after the service rejected their token.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Replay {
+    /// Every request whose body could be kept. A 401 means the request was not processed, so
+    /// this is safe behind a well-behaved API. The default.
+    #[default]
+    Always,
+    /// Only requests with an idempotent method (GET, HEAD, PUT, DELETE, OPTIONS, TRACE): for a
+    /// gateway that may have acted on a request before answering 401. gRPC calls are POSTs,
+    /// so this turns their replay off.
+    IdempotentOnly,
+    /// Never: a rejection goes back to the caller (the token is still dropped, so the next
+    /// request gets a new one). Requests are then forwarded without any copy.
+    Never,
+}
+
+impl Replay {
+    pub(crate) fn allows(self, method: &Method) -> bool {
+        match self {
+            Replay::Always => true,
+            Replay::IdempotentOnly => method.is_idempotent(),
+            Replay::Never => false,
+        }
+    }
+}
 
 /// The most frames read ahead of sending; a body of many tiny frames is treated as a stream.
 const MAX_FRAMES: usize = 64;

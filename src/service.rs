@@ -14,8 +14,7 @@ use tower_service::Service;
 use crate::cache::{Generation, Lookup, TokenCache};
 use crate::error::BoxError;
 use crate::future::{Replay as Kept, ResponseFuture, header_and_generation};
-use crate::layer::Replay;
-use crate::replay::{ReplayBody, prepare};
+use crate::replay::{Replay, ReplayBody, prepare};
 
 /// Adds `Authorization: Bearer <token>` to every request, and replays a request once when the
 /// inner service rejects its token.
@@ -166,29 +165,59 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, request: Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
         if request.headers().contains_key(AUTHORIZATION) {
             // The caller chose its own credentials.
             return ResponseFuture::passthrough(self.inner.call(request));
         }
-        let (request, kept) = if self.replay.allows(request.method()) {
-            let (parts, body) = request.into_parts();
-            let prepared = match prepare(&parts.headers, body, self.replay_body_limit) {
-                Ok(prepared) => prepared,
-                Err(error) => return ResponseFuture::failed(error.into()),
+        if !self.replay.allows(request.method()) {
+            // Nothing is kept: the request goes on as it came, plus the header.
+            return match self.fresh_local() {
+                Some((header, generation)) => {
+                    request.headers_mut().insert(AUTHORIZATION, header);
+                    let future = self.inner.call(request);
+                    ResponseFuture::called(future, self.cache.clone(), generation, None)
+                }
+                None => self.call_from_cache(request, None),
             };
-            // The head is cloned before `Authorization` goes in, so a replay starts clean.
-            let kept = prepared.kept.map(|body| (parts.clone(), body));
-            (Request::from_parts(parts, prepared.body), kept)
-        } else {
-            (request, None)
+        }
+        let (parts, body) = request.into_parts();
+        let prepared = match prepare(&parts.headers, body, self.replay_body_limit) {
+            Ok(prepared) => prepared,
+            Err(error) => return ResponseFuture::failed(error.into()),
         };
-        let mut request = request;
-        let lookup = match self.fresh_local() {
-            Some(found) => Lookup::Ready(found),
-            None => self.cache.lookup(header_and_generation),
-        };
-        match lookup {
+        // The head is cloned before `Authorization` goes in, so a replay starts clean.
+        let kept = prepared.kept.map(|body| (parts.clone(), body));
+        let mut request = Request::from_parts(parts, prepared.body);
+        match self.fresh_local() {
+            Some((header, generation)) => {
+                request.headers_mut().insert(AUTHORIZATION, header);
+                let replay = kept.map(|(parts, body)| Kept {
+                    service: self.inner.clone(),
+                    parts,
+                    body,
+                });
+                let future = self.inner.call(request);
+                ResponseFuture::called(future, self.cache.clone(), generation, replay)
+            }
+            None => self.call_from_cache(request, kept),
+        }
+    }
+}
+
+impl<S> CognitoAuth<S> {
+    /// A request this service's copy of the token cannot serve: the cache decides (the
+    /// refresh-ahead window, a wait for a refresh, a failure).
+    #[cold]
+    fn call_from_cache<B>(
+        &mut self,
+        mut request: Request<B>,
+        kept: Option<(http::request::Parts, Bytes)>,
+    ) -> ResponseFuture<S, B>
+    where
+        S: Service<Request<B>> + Clone,
+    {
+        match self.cache.lookup(header_and_generation) {
             Lookup::Ready((header, generation)) => {
                 request.headers_mut().insert(AUTHORIZATION, header);
                 let replay = kept.map(|(parts, body)| Kept {
