@@ -568,7 +568,15 @@ impl TokenCache {
 
     /// What a request does about its token. The hot path: one atomic load and a clock read.
     pub(crate) fn lookup<T>(&self, project: impl FnOnce(&Entry) -> T) -> Lookup<T> {
-        let now = Instant::now();
+        self.lookup_at(Instant::now(), project)
+    }
+
+    /// [`lookup`](Self::lookup) with the clock already read.
+    pub(crate) fn lookup_at<T>(
+        &self,
+        now: Instant,
+        project: impl FnOnce(&Entry) -> T,
+    ) -> Lookup<T> {
         self.check_background();
         {
             let current = self.shared.current.load();

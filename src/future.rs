@@ -83,9 +83,10 @@ pin_project! {
             rejected: Generation,
             kept: Option<Box<(S::Response, Replay<S>)>>,
         },
-        // Making the stored service clone ready for the replay.
+        // Making the stored service clone ready for the replay (no larger than `Called`).
         Readying {
-            replay: Option<Box<(S, Request<B>)>>,
+            service: Option<S>,
+            request: Option<Request<B>>,
         },
         // The inner future whose answer goes back as it is: a request that carried its own
         // `Authorization`, or the replay.
@@ -200,7 +201,8 @@ where
                             cache.count_replay();
                             let request = replay_request::<B>(replay.parts, replay.body, header);
                             this.state.set(State::Readying {
-                                replay: Some(Box::new((replay.service, request))),
+                                service: Some(replay.service),
+                                request: Some(request),
                             });
                         }
                         // The same token again (rejections are throttled) or none: a replay
@@ -269,21 +271,21 @@ where
                             drop(response);
                             let request = replay_request::<B>(replay.parts, replay.body, header);
                             this.state.set(State::Readying {
-                                replay: Some(Box::new((replay.service, request))),
+                                service: Some(replay.service),
+                                request: Some(request),
                             });
                         }
                         _ => return Poll::Ready(Ok(response)),
                     }
                 }
-                StateProj::Readying { replay } => {
-                    let Some(ready) = replay.as_mut() else {
+                StateProj::Readying { service, request } => {
+                    let Some(svc) = service.as_mut() else {
                         panic!("{POLLED_AFTER_DONE}");
                     };
-                    ready!(ready.0.poll_ready(cx)).map_err(Into::into)?;
-                    let Some(ready) = replay.take() else {
+                    ready!(svc.poll_ready(cx)).map_err(Into::into)?;
+                    let (Some(mut svc), Some(request)) = (service.take(), request.take()) else {
                         panic!("{POLLED_AFTER_DONE}");
                     };
-                    let (mut svc, request) = *ready;
                     let future = svc.call(request);
                     this.state.set(State::Final { future });
                 }

@@ -124,17 +124,25 @@ impl<S> CognitoAuth<S> {
         &self.cache
     }
 
-    /// The token's header and generation from this service's copy, while it is fresh; `None`
-    /// sends the request to the cache (refresh-ahead window, expiry, a first request).
+    /// The token's header and generation from this service's copy, while it is fresh; else
+    /// the request goes to the cache (refresh-ahead window, expiry, a first request), with the
+    /// clock reading if one was made.
     #[inline]
-    fn fresh_local(&mut self) -> Option<(HeaderValue, Generation)> {
+    fn fresh_local(&mut self) -> Result<(HeaderValue, Generation), Option<Instant>> {
         self.cache.check_background();
         let version = self.cache.version();
         if version != self.local.version {
             self.local = Local::load(&self.cache, version);
         }
-        let token = self.local.token.as_ref()?;
-        (Instant::now() < token.fresh_until).then(|| (token.header.clone(), token.generation))
+        let Some(token) = self.local.token.as_ref() else {
+            return Err(None);
+        };
+        let now = Instant::now();
+        if now < token.fresh_until {
+            Ok((token.header.clone(), token.generation))
+        } else {
+            Err(Some(now))
+        }
     }
 }
 
@@ -173,12 +181,12 @@ where
         if !self.replay.allows(request.method()) {
             // Nothing is kept: the request goes on as it came, plus the header.
             return match self.fresh_local() {
-                Some((header, generation)) => {
+                Ok((header, generation)) => {
                     request.headers_mut().insert(AUTHORIZATION, header);
                     let future = self.inner.call(request);
                     ResponseFuture::called(future, self.cache.clone(), generation, None)
                 }
-                None => self.call_from_cache(request, None),
+                Err(now) => self.call_from_cache(request, None, now),
             };
         }
         let (parts, body) = request.into_parts();
@@ -190,7 +198,7 @@ where
         let kept = prepared.kept.map(|body| (parts.clone(), body));
         let mut request = Request::from_parts(parts, prepared.body);
         match self.fresh_local() {
-            Some((header, generation)) => {
+            Ok((header, generation)) => {
                 request.headers_mut().insert(AUTHORIZATION, header);
                 let replay = kept.map(|(parts, body)| Kept {
                     service: self.inner.clone(),
@@ -200,7 +208,7 @@ where
                 let future = self.inner.call(request);
                 ResponseFuture::called(future, self.cache.clone(), generation, replay)
             }
-            None => self.call_from_cache(request, kept),
+            Err(now) => self.call_from_cache(request, kept, now),
         }
     }
 }
@@ -213,11 +221,16 @@ impl<S> CognitoAuth<S> {
         &mut self,
         mut request: Request<B>,
         kept: Option<(http::request::Parts, Bytes)>,
+        now: Option<Instant>,
     ) -> ResponseFuture<S, B>
     where
         S: Service<Request<B>> + Clone,
     {
-        match self.cache.lookup(header_and_generation) {
+        let lookup = match now {
+            Some(now) => self.cache.lookup_at(now, header_and_generation),
+            None => self.cache.lookup(header_and_generation),
+        };
+        match lookup {
             Lookup::Ready((header, generation)) => {
                 request.headers_mut().insert(AUTHORIZATION, header);
                 let replay = kept.map(|(parts, body)| Kept {
