@@ -123,6 +123,46 @@ pub trait ReplayBody: Body<Data = Bytes> + Sized {
     fn rejoin(taken: Vec<Frame<Bytes>>, rest: Self) -> Self;
 }
 
+/// The frames taken from a body before it is sent: the first without an allocation (a
+/// unary gRPC message, a `Full` body), more in a `Vec`.
+#[derive(Default)]
+struct Taken {
+    first: Option<Frame<Bytes>>,
+    more: Vec<Frame<Bytes>>,
+}
+
+impl Taken {
+    fn push(&mut self, frame: Frame<Bytes>) {
+        if self.first.is_none() {
+            self.first = Some(frame);
+        } else {
+            self.more.push(frame);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    fn into_vec(self) -> Vec<Frame<Bytes>> {
+        let mut frames = Vec::with_capacity(1 + self.more.len());
+        frames.extend(self.first);
+        frames.extend(self.more);
+        frames
+    }
+
+    /// The data of the frames, joined; one frame's data is handed on without a copy.
+    fn into_data(self) -> Bytes {
+        if self.more.is_empty() {
+            return self
+                .first
+                .and_then(|frame| frame.into_data().ok())
+                .unwrap_or_default();
+        }
+        join_data(self.into_vec())
+    }
+}
+
 fn join_data(taken: Vec<Frame<Bytes>>) -> Bytes {
     let mut data: Vec<Bytes> = taken
         .into_iter()
@@ -317,7 +357,7 @@ where
     // Polled with a waker that does nothing: a `Pending` body is handed on to the inner
     // service, whose own poll registers its real waker (only the latest waker counts).
     let mut cx = Context::from_waker(Waker::noop());
-    let mut taken = Vec::new();
+    let mut taken = Taken::default();
     let mut len: u64 = 0;
     let mut ended = false;
     for _ in 0..MAX_FRAMES {
@@ -347,7 +387,7 @@ where
         }
     }
     if ended {
-        let kept = join_data(taken);
+        let kept = taken.into_data();
         return Ok(Prepared {
             body: B::from_kept(kept.clone()),
             kept: Some(kept),
@@ -357,7 +397,7 @@ where
         return Ok(Prepared { body, kept: None });
     }
     Ok(Prepared {
-        body: B::rejoin(taken, body),
+        body: B::rejoin(taken.into_vec(), body),
         kept: None,
     })
 }
