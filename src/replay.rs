@@ -347,12 +347,19 @@ where
         });
     }
     let limit = limit as u64;
-    let declared = headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit) || body.size_hint().lower() > limit {
+    let hint = body.size_hint();
+    if hint.lower() > limit {
         return Ok(Prepared { body, kept: None });
+    }
+    // A body whose size is known to fit needs no look at the header.
+    if hint.upper().is_none_or(|upper| upper > limit) {
+        let declared = headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if declared.is_some_and(|len| len > limit) {
+            return Ok(Prepared { body, kept: None });
+        }
     }
     // Polled with a waker that does nothing: a `Pending` body is handed on to the inner
     // service, whose own poll registers its real waker (only the latest waker counts).
@@ -367,13 +374,24 @@ where
                 break;
             }
             Poll::Ready(Some(Ok(frame))) => {
-                let Some(data) = frame.data_ref() else {
-                    // Trailers: kept bytes cannot carry them.
-                    taken.push(frame);
-                    break;
+                let data = match frame.into_data() {
+                    Ok(data) => data,
+                    Err(trailers) => {
+                        // Kept bytes cannot carry trailers.
+                        taken.push(trailers);
+                        break;
+                    }
                 };
                 len = len.saturating_add(data.len() as u64);
-                taken.push(frame);
+                if taken.is_empty() && len <= limit && body.is_end_stream() {
+                    // One frame and the end (a `Full` body, a unary gRPC message): its bytes
+                    // are shared by the request and the replay, nothing is copied or collected.
+                    return Ok(Prepared {
+                        body: B::from_kept(data.clone()),
+                        kept: Some(data),
+                    });
+                }
+                taken.push(Frame::data(data));
                 if len > limit {
                     break;
                 }
