@@ -4,8 +4,8 @@
 use std::convert::Infallible;
 use std::future::{Future, Ready, ready};
 use std::pin::pin;
-use std::sync::{Arc, LazyLock};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
