@@ -137,6 +137,10 @@ impl<S> CognitoAuth<S> {
         let Some(token) = self.local.token.as_ref() else {
             return Err(None);
         };
+        // Read on every request, on purpose: a timer that marks the copy stale fires only when
+        // its runtime's driver turns, and a runtime idle for an hour (a `block_on` in a CLI,
+        // a process frozen between Lambda invocations) runs the caller before its timers: the
+        // first request would leave with a dead token. See the README's benchmarks.
         let now = Instant::now();
         if now < token.fresh_until {
             Ok((token.header.clone(), token.generation))
