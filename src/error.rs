@@ -118,7 +118,9 @@ struct RetryAfterSuffix(Option<Duration>);
 impl fmt::Display for RetryAfterSuffix {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0 {
-            Some(after) => write!(f, ", retry after {after:?}"),
+            // The endpoint's request, not a promise: the cache caps its pause at the backoff's
+            // ceiling.
+            Some(after) => write!(f, ", the endpoint asked to retry after {after:?}"),
             None => Ok(()),
         }
     }

@@ -354,6 +354,13 @@ async fn a_huge_retry_after_pauses_fetches_for_at_most_the_cap() {
     let layer = endpoint.layer();
     let error = layer.token().await.unwrap_err();
     assert_eq!(error.kind(), ErrorKind::Unavailable);
+    // The message quotes what the endpoint asked (capped at a day when parsed), as the
+    // endpoint's request, not as how long the cache will wait (at most 60 s, below).
+    let message = error.to_string();
+    assert!(
+        message.ends_with("the endpoint asked to retry after 86400s"),
+        "{message}"
+    );
     endpoint.set(None);
     advance(Duration::from_secs(60)).await;
     assert_eq!(layer.token().await.unwrap().secret(), "good-1");
