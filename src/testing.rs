@@ -1448,6 +1448,9 @@ const REDIS_PORT_ATTEMPTS: usize = 5;
 /// Without `redis-server` on `PATH`, `start` fails with an error that says how to install it,
 /// so that a test needing Redis fails loudly instead of skipping.
 ///
+/// [`start_tls`](RedisServer::start_tls) also listens for TLS on a second port, with the
+/// certificate you give it (from a throwaway authority of the test's own), for `rediss://`.
+///
 /// ```no_run
 /// use tower_cognito_auth::testing::RedisServer;
 ///
@@ -1463,15 +1466,25 @@ pub struct RedisServer {
     child: Option<std::process::Child>,
     addr: SocketAddr,
     dir: std::path::PathBuf,
+    /// The TLS port, when started with TLS (its certificate and key are in `dir`).
+    tls_port: Option<u16>,
 }
 
 impl fmt::Debug for RedisServer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisServer")
             .field("addr", &self.addr)
+            .field("tls_port", &self.tls_port)
             .field("running", &self.child.is_some())
             .finish()
     }
+}
+
+/// A port the system says is free on `127.0.0.1` (someone may take it before we bind it).
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+        .local_addr()?
+        .port())
 }
 
 impl RedisServer {
@@ -1486,6 +1499,23 @@ impl RedisServer {
     /// when no temporary directory can be made, or the server exits or does not answer in time
     /// (its log is quoted).
     pub fn start() -> std::io::Result<RedisServer> {
+        Self::start_with(None)
+    }
+
+    /// As [`start`](Self::start), and also listens for TLS on a second free port of
+    /// `127.0.0.1` ([`tls_url`](Self::tls_url)), presenting `cert_chain_pem` (the server's
+    /// certificate first, for `127.0.0.1`) with `key_pem`. Clients are not asked for a
+    /// certificate. The plain port stays open, for `PING` and for tests that want both.
+    ///
+    /// # Errors
+    ///
+    /// As [`start`](Self::start); also when the files cannot be written, or `redis-server` was
+    /// built without TLS or rejects the certificate (its log is quoted).
+    pub fn start_tls(cert_chain_pem: &str, key_pem: &str) -> std::io::Result<RedisServer> {
+        Self::start_with(Some((cert_chain_pem, key_pem)))
+    }
+
+    fn start_with(tls: Option<(&str, &str)>) -> std::io::Result<RedisServer> {
         let dir = std::env::temp_dir().join(format!(
             "tower-cognito-auth-redis-{}-{:016x}",
             std::process::id(),
@@ -1496,15 +1526,20 @@ impl RedisServer {
             child: None,
             addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             dir,
+            tls_port: None,
         };
+        if let Some((cert, key)) = tls {
+            std::fs::write(server.dir.join("tls.crt"), cert)?;
+            std::fs::write(server.dir.join("tls.key"), key)?;
+        }
         let mut last_error = None;
         for _ in 0..REDIS_PORT_ATTEMPTS {
             // Redis refuses `--port 0`: take a port the system says is free, and try again if
             // someone else takes it before Redis binds it.
-            let port = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
-                .local_addr()?
-                .port();
-            server.addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+            server.addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
+            if tls.is_some() {
+                server.tls_port = Some(free_port()?);
+            }
             match server.launch() {
                 Ok(()) => return Ok(server),
                 Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Err(error),
@@ -1512,6 +1547,12 @@ impl RedisServer {
             }
         }
         Err(last_error.unwrap_or_else(|| std::io::Error::other("redis-server did not start")))
+    }
+
+    /// `rediss://127.0.0.1:TLS_PORT` for a server started by [`start_tls`](Self::start_tls).
+    pub fn tls_url(&self) -> Option<String> {
+        self.tls_port
+            .map(|port| format!("rediss://127.0.0.1:{port}"))
     }
 
     /// `redis://127.0.0.1:PORT`.
@@ -1552,7 +1593,17 @@ impl RedisServer {
     /// Runs `redis-server` on `self.addr` and waits for `PONG`.
     fn launch(&mut self) -> std::io::Result<()> {
         let log = self.dir.join("redis.log");
-        let spawned = std::process::Command::new("redis-server")
+        let mut command = std::process::Command::new("redis-server");
+        if let Some(port) = self.tls_port {
+            command
+                .args(["--tls-port", &port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(self.dir.join("tls.crt"))
+                .arg("--tls-key-file")
+                .arg(self.dir.join("tls.key"))
+                .args(["--tls-auth-clients", "no"]);
+        }
+        let spawned = command
             .args(["--port", &self.addr.port().to_string()])
             .args(["--bind", "127.0.0.1"])
             .args(["--protected-mode", "yes"])

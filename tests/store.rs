@@ -325,3 +325,106 @@ fn clones_are_cheap_handles() {
     let store = RedisStore::new("redis://127.0.0.1:1").unwrap();
     let _ = store.clone();
 }
+
+/// A throwaway certificate authority and a certificate it signed for `127.0.0.1`: (CA PEM,
+/// server chain PEM, server key PEM).
+fn private_ca() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let server = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    (ca.pem(), server.pem(), key.serialize_pem())
+}
+
+/// Starts Redis with TLS on a second port, or fails the test with the reason.
+fn tls_server(chain: &str, key: &str) -> RedisServer {
+    match RedisServer::start_tls(chain, key) {
+        Ok(server) => server,
+        Err(error) => panic!("{error}"),
+    }
+}
+
+/// `rediss://` end to end: a real TLS handshake (rustls, ring) with a Redis whose certificate a
+/// private authority signed, trusted through `root_certificates`; the store works over it.
+#[tokio::test]
+async fn rediss_with_a_private_ca_works_end_to_end() {
+    let (ca, chain, key) = private_ca();
+    let redis = tls_server(&chain, &key);
+    let url = redis.tls_url().unwrap();
+    let store = RedisStore::new(&url)
+        .unwrap()
+        .root_certificates(&ca)
+        .unwrap()
+        .timeout(Duration::from_secs(5))
+        .connect_timeout(Duration::from_secs(5));
+    let key = "tower-cognito-auth:test:tls";
+    assert_eq!(bounded(store.load(key)).await.unwrap(), None);
+    assert!(
+        bounded(store.save_if_longer(key, Bytes::from_static(b"sealed"), Duration::from_secs(60)))
+            .await
+            .unwrap()
+    );
+    let stored = bounded(store.load(key)).await.unwrap().unwrap();
+    assert_eq!(stored.value().as_ref(), b"sealed");
+    assert!(
+        bounded(store.try_lease("lease", "me", Duration::from_secs(10)))
+            .await
+            .unwrap()
+    );
+}
+
+/// Without the authority, the server's certificate is not trusted: every command is an error
+/// (the fleet then fetches for itself), never a connection to an unverified server.
+#[tokio::test]
+async fn rediss_refuses_a_certificate_no_trusted_authority_signed() {
+    let (ca, chain, key) = private_ca();
+    let redis = tls_server(&chain, &key);
+    let url = redis.tls_url().unwrap();
+    // The system's roots, then another authority's: neither signed this server's certificate.
+    let (other_ca, _, _) = private_ca();
+    for store in [
+        RedisStore::new(&url).unwrap(),
+        RedisStore::new(&url)
+            .unwrap()
+            .root_certificates(&other_ca)
+            .unwrap(),
+    ] {
+        let store = store.timeout(Duration::from_secs(5));
+        let error = bounded(store.load("k")).await.unwrap_err().to_string();
+        assert!(!error.contains("without a result"), "{error}");
+    }
+    // The same server with its own authority trusted: it was the certificate, not the server.
+    let store = RedisStore::new(&url)
+        .unwrap()
+        .root_certificates(&ca)
+        .unwrap()
+        .timeout(Duration::from_secs(5));
+    assert_eq!(bounded(store.load("k")).await.unwrap(), None);
+}
+
+#[test]
+fn root_certificates_need_rediss_and_a_certificate() {
+    let (ca, _, _) = private_ca();
+    let plain = RedisStore::new("redis://127.0.0.1:1").unwrap();
+    assert_eq!(
+        plain.root_certificates(&ca).unwrap_err().kind(),
+        ErrorKind::InvalidConfig
+    );
+    for bad in [
+        "",
+        "not a certificate",
+        "-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----\n",
+    ] {
+        let store = RedisStore::new("rediss://127.0.0.1:1").unwrap();
+        assert_eq!(
+            store.root_certificates(bad).unwrap_err().kind(),
+            ErrorKind::InvalidConfig,
+            "{bad}"
+        );
+    }
+}

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use ::redis::{Client, ConnectionAddr, RedisError, Script, Value};
+use ::redis::{Client, ConnectionAddr, RedisError, Script, TlsCertificates, Value};
 use bytes::Bytes;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -75,7 +75,9 @@ return 0
 ///
 /// `rediss://` uses rustls with the process's default `CryptoProvider`. If the application
 /// installed none, the first TLS connection installs ring's, as rustls itself does when ring
-/// is the only provider compiled in.
+/// is the only provider compiled in. The server's certificate is checked against the system's
+/// trusted roots, or against the authorities given to
+/// [`root_certificates`](RedisStore::root_certificates) (a private CA).
 ///
 /// # Clone
 ///
@@ -104,6 +106,17 @@ struct Scripts {
     save_if_longer: Script,
     remove_if_prefix: Script,
     release_lease: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Scripts {
+            load: Script::new(LOAD),
+            save_if_longer: Script::new(SAVE_IF_LONGER),
+            remove_if_prefix: Script::new(REMOVE_IF_PREFIX),
+            release_lease: Script::new(RELEASE_LEASE),
+        }
+    }
 }
 
 type ConnectOutcome = Option<Result<ConnectionManager, StoreError>>;
@@ -181,12 +194,7 @@ impl RedisStore {
                 tls,
                 db,
                 has_credentials,
-                scripts: Scripts {
-                    load: Script::new(LOAD),
-                    save_if_longer: Script::new(SAVE_IF_LONGER),
-                    remove_if_prefix: Script::new(REMOVE_IF_PREFIX),
-                    release_lease: Script::new(RELEASE_LEASE),
-                },
+                scripts: Scripts::new(),
                 conn: Mutex::new(ConnState::default()),
             }),
             timeout: DEFAULT_TIMEOUT,
@@ -208,6 +216,63 @@ impl RedisStore {
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
+    }
+
+    /// Trusts these certificate authorities for `rediss://`, and only these, in place of the
+    /// system's roots: for a Redis whose certificate a private authority signed. `pem` holds
+    /// one or more `CERTIFICATE` blocks.
+    ///
+    /// ```no_run
+    /// # use tower_cognito_auth::store::RedisStore;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let ca = std::fs::read("/etc/redis/ca.pem")?;
+    /// let store = RedisStore::new("rediss://cache.internal:6380")?.root_certificates(ca)?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// An [`Error`] of kind [`InvalidConfig`](crate::ErrorKind::InvalidConfig) when the URL is
+    /// not `rediss://`, or `pem` holds no certificate, or one that does not parse.
+    pub fn root_certificates(self, pem: impl AsRef<[u8]>) -> Result<Self, Error> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject as _;
+
+        if !self.shared.tls {
+            return Err(Error::invalid_config(
+                "root certificates are for a rediss:// URL",
+            ));
+        }
+        let pem = pem.as_ref();
+        let parsed: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(pem).collect();
+        if !parsed.is_ok_and(|certificates| !certificates.is_empty()) {
+            return Err(Error::invalid_config(
+                "the root certificates hold no PEM certificate, or one that does not parse",
+            ));
+        }
+        let client = Client::build_with_tls(
+            self.shared.client.get_connection_info().clone(),
+            TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.to_vec()),
+            },
+        )
+        .map_err(|_| Error::invalid_config("the root certificates were not accepted"))?;
+        let shared = &self.shared;
+        Ok(RedisStore {
+            shared: Arc::new(Shared {
+                client,
+                addr: shared.addr.clone(),
+                tls: shared.tls,
+                db: shared.db,
+                has_credentials: shared.has_credentials,
+                scripts: Scripts::new(),
+                conn: Mutex::new(ConnState::default()),
+            }),
+            timeout: self.timeout,
+            connect_timeout: self.connect_timeout,
+        })
     }
 
     /// Runs one command under the timeout.
