@@ -6,11 +6,11 @@
 //!
 //! Criterion measures one variant after the other; on a shared VM the machine's speed drifts
 //! between them by more than the differences measured here. This bench runs every variant for
-//! a short slice in turn, 40 rounds, and takes each variant's 10th-percentile slice (the rounds
-//! least disturbed by the rest of the machine), so that the ratios compare slices measured
-//! seconds apart. It prints ns per request and the ratios of the goals:
-//! `Replay::Never`'s overhead over `SetRequestHeader`'s, and the defaults' over
-//! `FollowRedirect`'s on the realistic requests.
+//! a short slice in turn, in a new random order each round, 40 rounds. Each ratio is computed
+//! within a round (both overheads against that round's bare service), and the median of the 40
+//! is printed, with the interquartile range: the two sides of a ratio are measured seconds
+//! apart, never minutes. The goals: `Replay::Never`'s overhead over `SetRequestHeader`'s, and
+//! the defaults' over `FollowRedirect`'s on the realistic requests.
 
 mod common;
 
@@ -85,9 +85,14 @@ fn main() {
         ));
     }
 
-    let mut slices: Vec<Vec<f64>> = vec![Vec::with_capacity(ROUNDS); rows.len()];
+    // ns[round][row]
+    let mut ns: Vec<Vec<f64>> = Vec::with_capacity(ROUNDS);
+    let mut order: Vec<usize> = (0..rows.len()).collect();
     for _ in 0..ROUNDS {
-        for ((_, send), slices) in rows.iter_mut().zip(&mut slices) {
+        fastrand::shuffle(&mut order);
+        let mut round = vec![0.0; rows.len()];
+        for &i in &order {
+            let send = &mut rows[i].1;
             for _ in 0..PER_SLICE / 10 {
                 send();
             }
@@ -95,41 +100,45 @@ fn main() {
             for _ in 0..PER_SLICE {
                 send();
             }
-            slices.push(start.elapsed().as_nanos() as f64 / f64::from(PER_SLICE));
+            round[i] = start.elapsed().as_nanos() as f64 / f64::from(PER_SLICE);
+        }
+        ns.push(round);
+    }
+    let at = |name: &str| rows.iter().position(|(row, _)| row == name);
+    // The median and interquartile range of a figure computed within each round.
+    let per_round = |figure: &dyn Fn(&[f64]) -> Option<f64>| -> Option<[f64; 3]> {
+        let mut values: Vec<f64> = ns
+            .iter()
+            .map(|round| figure(round))
+            .collect::<Option<_>>()?;
+        values.sort_by(f64::total_cmp);
+        let q = |p: usize| values[(values.len() - 1) * p / 4];
+        Some([q(1), q(2), q(3)])
+    };
+    println!("{:<40} {:>10}", "ns per request (median of rounds)", "");
+    for (i, (name, _)) in rows.iter().enumerate() {
+        if let Some([_, median, _]) = per_round(&|round: &[f64]| Some(round[i])) {
+            println!("{name:<40} {median:>10.1}");
         }
     }
-    let ns: Vec<f64> = slices
-        .iter_mut()
-        .map(|slices| {
-            slices.sort_by(f64::total_cmp);
-            slices[ROUNDS / 10]
-        })
-        .collect();
-    println!(
-        "{:<40} {:>10}",
-        "ns per request (10th percentile slice)", ""
-    );
-    for ((name, _), ns) in rows.iter().zip(&ns) {
-        println!("{name:<40} {ns:>10.1}");
-    }
-    let at = |name: &str| {
-        rows.iter()
-            .position(|(row, _)| row == name)
-            .map(|i| ns[i])
-            .unwrap_or(f64::NAN)
-    };
-    let overhead =
-        |kind: &str, variant: &str| at(&format!("{kind}/{variant}")) - at(&format!("{kind}/bare"));
     for (kind, _) in kinds {
-        let never = overhead(kind, "cognito_auth_replay_never");
-        let set = overhead(kind, "set_header");
-        let defaults = overhead(kind, "cognito_auth");
-        let follow = overhead(kind, "follow_redirect");
+        let overhead = |variant: &str| {
+            let row = at(&format!("{kind}/{variant}"));
+            let bare = at(&format!("{kind}/bare"));
+            move |round: &[f64]| Some(round[row?] - round[bare?])
+        };
+        let ratio = |a: &str, b: &str| {
+            let (a, b) = (overhead(a), overhead(b));
+            per_round(&move |round: &[f64]| Some(a(round)? / b(round)?))
+        };
+        let show = |figure: Option<[f64; 3]>| match figure {
+            Some([low, median, high]) => format!("{median:.2}x (quartiles {low:.2}-{high:.2})"),
+            None => "n/a".to_owned(),
+        };
         println!(
-            "{kind}: Replay::Never +{never:.0} ns / SetRequestHeader +{set:.0} ns = {:.2}x; \
-             defaults +{defaults:.0} ns / FollowRedirect +{follow:.0} ns = {:.2}x",
-            never / set,
-            defaults / follow
+            "{kind}: Replay::Never / SetRequestHeader {}; defaults / FollowRedirect {}",
+            show(ratio("cognito_auth_replay_never", "set_header")),
+            show(ratio("cognito_auth", "follow_redirect")),
         );
     }
 }

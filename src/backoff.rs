@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use http::HeaderValue;
 
 /// The longest `Retry-After` honoured; a longer one is cut to this.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
 
 /// Exponential backoff: the `n`th retry waits a random time in `[0, min(cap, base × 2ⁿ)]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

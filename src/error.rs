@@ -117,9 +117,14 @@ struct RetryAfterSuffix(Option<Duration>);
 
 impl fmt::Display for RetryAfterSuffix {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The endpoint's request, not a promise: the cache caps its pause at the backoff's
+        // ceiling. A value past the day that parsing keeps is not repeated as if it were exact,
+        // and a date already past asks for nothing.
         match self.0 {
-            // The endpoint's request, not a promise: the cache caps its pause at the backoff's
-            // ceiling.
+            Some(after) if after.is_zero() => Ok(()),
+            Some(after) if after >= crate::backoff::MAX_RETRY_AFTER => {
+                f.write_str(", the endpoint asked to retry after a day or more")
+            }
             Some(after) => write!(f, ", the endpoint asked to retry after {after:?}"),
             None => Ok(()),
         }
@@ -303,6 +308,16 @@ fn sanitize(text: &str) -> Box<str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_is_quoted_as_the_endpoint_asked() {
+        let text = |after: Option<Duration>| Error::rate_limited(after).to_string();
+        assert!(text(Some(Duration::from_secs(30))).ends_with("asked to retry after 30s"));
+        assert!(text(Some(Duration::from_secs(86_400))).ends_with("after a day or more"));
+        // A date already past, or no header: no suffix.
+        assert!(text(Some(Duration::ZERO)).ends_with("(HTTP 429)"));
+        assert!(text(None).ends_with("(HTTP 429)"));
+    }
 
     #[test]
     fn kinds_and_predicates() {

@@ -12,7 +12,8 @@
 //! extensions) is cloned *before* `Authorization` is added, and its body is read **only while
 //! frames are ready**, without waiting:
 //! - a body that is known empty is kept as empty, without a poll;
-//! - a `Content-Length` or size hint over the limit: the body is forwarded untouched;
+//! - a size hint over the limit, or a `Content-Length` over it when the size hint does not
+//!   settle the question (a body of unknown size): the body is forwarded untouched;
 //! - a body that ends within the limit (`Full`, a `String`, a unary gRPC message) is kept as
 //!   `Bytes` (one frame: a reference-count clone; several: joined once) and sent as
 //!   [`from_kept`](ReplayBody::from_kept);
@@ -523,6 +524,12 @@ mod tests {
         headers.insert(CONTENT_LENGTH, http::HeaderValue::from_static("100"));
         let p = prepare(&headers, boxed(vec![Step::Error]), 10).unwrap();
         assert_eq!(p.kept, None);
+
+        // A body whose size is known to fit is kept whatever the header says: the header is
+        // looked at only when the size hint leaves the fit open.
+        let p = prepare(&headers, Full::new(Bytes::from_static(b"hello")), 10).unwrap();
+        assert_eq!(p.kept.as_deref(), Some(&b"hello"[..]));
+        assert_eq!(p.body.collect().await.unwrap().to_bytes(), "hello");
     }
 
     #[tokio::test]

@@ -1480,11 +1480,11 @@ impl fmt::Debug for RedisServer {
     }
 }
 
-/// A port the system says is free on `127.0.0.1` (someone may take it before we bind it).
-fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
-        .local_addr()?
-        .port())
+/// A port the system says is free on `127.0.0.1`, with the listener that holds it until the
+/// caller lets go (someone may take it after that, before Redis binds it).
+fn free_port() -> std::io::Result<(u16, std::net::TcpListener)> {
+    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+    Ok((listener.local_addr()?.port(), listener))
 }
 
 impl RedisServer {
@@ -1536,13 +1536,26 @@ impl RedisServer {
         for _ in 0..REDIS_PORT_ATTEMPTS {
             // Redis refuses `--port 0`: take a port the system says is free, and try again if
             // someone else takes it before Redis binds it.
-            server.addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
-            if tls.is_some() {
-                server.tls_port = Some(free_port()?);
-            }
+            // Both ports are held until both are picked, so that they differ.
+            let (port, plain) = free_port()?;
+            let tls_port = tls.map(|_| free_port()).transpose()?;
+            server.addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+            server.tls_port = tls_port.map(|(port, held)| {
+                drop(held);
+                port
+            });
+            drop(plain);
             match server.launch() {
                 Ok(()) => return Ok(server),
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Err(error),
+                // Not there, or not built for TLS: another port will not help.
+                Err(error)
+                    if matches!(
+                        error.kind(),
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::Unsupported
+                    ) =>
+                {
+                    return Err(error);
+                }
                 Err(error) => last_error = Some(error),
             }
         }
@@ -1579,8 +1592,8 @@ impl RedisServer {
         }
     }
 
-    /// Stops the server if it runs and starts it again on the same port, empty, waiting until
-    /// it answers `PING`.
+    /// Stops the server if it runs and starts it again on the same port (ports, with TLS),
+    /// empty, waiting until it answers `PING`.
     ///
     /// # Errors
     ///
@@ -1616,7 +1629,8 @@ impl RedisServer {
             .arg(&log)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            // Arguments are checked before the log file is open: their errors go here.
+            .stderr(std::fs::File::create(self.dir.join("redis.stderr"))?)
             .spawn();
         let child = match spawned {
             Ok(child) => child,
@@ -1635,11 +1649,21 @@ impl RedisServer {
                 && let Ok(Some(status)) = child.try_wait()
             {
                 self.child = None;
-                let log = std::fs::read_to_string(&log).unwrap_or_default();
-                return Err(std::io::Error::other(format!(
-                    "redis-server exited ({status}) before accepting connections: {}",
-                    log.trim()
-                )));
+                let log = std::fs::read_to_string(&log).unwrap_or_default()
+                    + &std::fs::read_to_string(self.dir.join("redis.stderr")).unwrap_or_default();
+                let kind = if self.tls_port.is_some() && log.contains("Bad directive") {
+                    // A redis-server built without TLS does not know `tls-port`.
+                    std::io::ErrorKind::Unsupported
+                } else {
+                    std::io::ErrorKind::Other
+                };
+                return Err(std::io::Error::new(
+                    kind,
+                    format!(
+                        "redis-server exited ({status}) before accepting connections: {}",
+                        log.trim()
+                    ),
+                ));
             }
             if ping(self.addr) {
                 return Ok(());

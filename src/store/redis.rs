@@ -59,7 +59,7 @@ return 0
 /// A [`TokenStore`] on one Redis (or Valkey) server, standalone or a replication primary.
 ///
 /// Built from a URL: `redis://[[user]:password@]host[:port][/db]`, `rediss://…` for TLS (rustls,
-/// with the ring provider and the system's trusted roots), or `redis+unix:///path/to.sock`.
+/// with the ring provider), or `redis+unix:///path/to.sock`.
 /// [`new`](RedisStore::new) does not connect: the connection is made on first use, in a task of
 /// its own with a short timeout (one second by default, see
 /// [`connect_timeout`](RedisStore::connect_timeout)); when that fails, the next attempt is made
@@ -75,9 +75,11 @@ return 0
 ///
 /// `rediss://` uses rustls with the process's default `CryptoProvider`. If the application
 /// installed none, the first TLS connection installs ring's, as rustls itself does when ring
-/// is the only provider compiled in. The server's certificate is checked against the system's
-/// trusted roots, or against the authorities given to
-/// [`root_certificates`](RedisStore::root_certificates) (a private CA).
+/// is the only provider compiled in. The server's certificate is checked against the Mozilla
+/// roots that `webpki-roots` bundles (as for the token endpoint's HTTPS client: no system
+/// certificate store is read), or only against the authorities given to
+/// [`root_certificates`](RedisStore::root_certificates) (a private CA). There is no mode without
+/// verification.
 ///
 /// # Clone
 ///
@@ -99,6 +101,35 @@ struct Shared {
     has_credentials: bool,
     scripts: Scripts,
     conn: Mutex<ConnState>,
+}
+
+impl Shared {
+    /// What a store keeps of its client: the address and database for `Debug`, whether it
+    /// speaks TLS, whether it has credentials (never which).
+    fn new(client: Client) -> Result<Shared, Error> {
+        let info = client.get_connection_info();
+        let (addr, tls) = match info.addr() {
+            ConnectionAddr::TcpTls { insecure: true, .. } => {
+                return Err(Error::invalid_config(
+                    "the Redis URL asks for TLS without certificate verification (#insecure), which is not supported",
+                ));
+            }
+            addr @ ConnectionAddr::TcpTls { .. } => (addr.to_string(), true),
+            addr => (addr.to_string(), false),
+        };
+        let settings = info.redis_settings();
+        let has_credentials = settings.username().is_some() || settings.password().is_some();
+        let db = settings.db();
+        Ok(Shared {
+            client,
+            addr,
+            tls,
+            db,
+            has_credentials,
+            scripts: Scripts::new(),
+            conn: Mutex::new(ConnState::default()),
+        })
+    }
 }
 
 struct Scripts {
@@ -174,29 +205,8 @@ impl RedisStore {
         let client = Client::open(url).map_err(|_| {
             Error::invalid_config("the Redis URL does not parse (expected redis://[[user]:password@]host[:port][/db])")
         })?;
-        let info = client.get_connection_info();
-        let (addr, tls) = match info.addr() {
-            ConnectionAddr::TcpTls { insecure: true, .. } => {
-                return Err(Error::invalid_config(
-                    "the Redis URL asks for TLS without certificate verification (#insecure), which is not supported",
-                ));
-            }
-            addr @ ConnectionAddr::TcpTls { .. } => (addr.to_string(), true),
-            addr => (addr.to_string(), false),
-        };
-        let settings = info.redis_settings();
-        let has_credentials = settings.username().is_some() || settings.password().is_some();
-        let db = settings.db();
         Ok(RedisStore {
-            shared: Arc::new(Shared {
-                client,
-                addr,
-                tls,
-                db,
-                has_credentials,
-                scripts: Scripts::new(),
-                conn: Mutex::new(ConnState::default()),
-            }),
+            shared: Arc::new(Shared::new(client)?),
             timeout: DEFAULT_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
         })
@@ -219,8 +229,9 @@ impl RedisStore {
     }
 
     /// Trusts these certificate authorities for `rediss://`, and only these, in place of the
-    /// system's roots: for a Redis whose certificate a private authority signed. `pem` holds
-    /// one or more `CERTIFICATE` blocks.
+    /// bundled Mozilla roots: for a Redis whose certificate a private authority signed. `pem`
+    /// holds one or more `CERTIFICATE` blocks (PEM, not DER). The store returned has a
+    /// connection of its own: clones made before the call keep the roots they had.
     ///
     /// ```no_run
     /// # use tower_cognito_auth::store::RedisStore;
@@ -259,19 +270,9 @@ impl RedisStore {
             },
         )
         .map_err(|_| Error::invalid_config("the root certificates were not accepted"))?;
-        let shared = &self.shared;
         Ok(RedisStore {
-            shared: Arc::new(Shared {
-                client,
-                addr: shared.addr.clone(),
-                tls: shared.tls,
-                db: shared.db,
-                has_credentials: shared.has_credentials,
-                scripts: Scripts::new(),
-                conn: Mutex::new(ConnState::default()),
-            }),
-            timeout: self.timeout,
-            connect_timeout: self.connect_timeout,
+            shared: Arc::new(Shared::new(client)?),
+            ..self
         })
     }
 
