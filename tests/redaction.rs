@@ -17,13 +17,7 @@ use common::{Capture, http, source};
 
 #[tokio::test]
 async fn trace_output_never_holds_the_secret_or_a_token() {
-    let capture = Capture::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(capture.clone())
-        .with_ansi(false)
-        .finish();
-    tracing::subscriber::set_global_default(subscriber).unwrap();
+    let capture = Capture::install();
 
     const SECRET: &str = "very-secret-client-secret";
     let endpoint = TokenEndpoint::builder()

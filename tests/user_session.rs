@@ -438,13 +438,7 @@ async fn a_restored_access_token_is_used_until_a_refresh_is_needed() {
 /// which holds them to the same rule.
 #[tokio::test(start_paused = true)]
 async fn trace_output_and_debug_never_hold_a_token_or_secret() {
-    let capture = Capture::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(capture.clone())
-        .with_ansi(false)
-        .finish();
-    tracing::subscriber::set_global_default(subscriber).unwrap();
+    let capture = Capture::install();
 
     const SECRET: &str = "confidential-client-secret";
     let endpoint = TokenEndpoint::builder()

@@ -44,3 +44,18 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
         self.clone()
     }
 }
+
+impl Capture {
+    /// Installs a global subscriber at `TRACE` that writes into a new `Capture`, and returns
+    /// it. Once per test binary: the global subscriber can be set only once.
+    pub fn install() -> Capture {
+        let capture = Capture::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(capture.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).unwrap();
+        capture
+    }
+}
