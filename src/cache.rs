@@ -55,6 +55,7 @@
 //! # }
 //! ```
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -72,6 +73,31 @@ use crate::token::{AccessToken, Token};
 /// Which token a request carried, so that a rejection drops that token and no newer one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Generation(u64);
+
+/// A cache, as a response future names it: by a number, which costs nothing to carry, where a
+/// reference count would be written by every request. [`get`](CacheRef::get) finds the cache
+/// while it lives (a 401 is rare); once the last handle to it is dropped, nothing is left to
+/// refresh a token with, and `get` says so.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct CacheRef(u64);
+
+/// The caches that live, by the number of their `CacheRef`. Taken when a cache is built or
+/// dropped and when a response future looks one up; never held while a cache is dropped (the
+/// handle `get` upgrades is dropped after the lock is released).
+static CACHES: Mutex<BTreeMap<u64, Weak<Shared>>> = Mutex::new(BTreeMap::new());
+static NEXT_CACHE: AtomicU64 = AtomicU64::new(0);
+
+fn caches() -> MutexGuard<'static, BTreeMap<u64, Weak<Shared>>> {
+    CACHES.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl CacheRef {
+    /// The cache, while any handle to it remains.
+    pub(crate) fn get(self) -> Option<TokenCache> {
+        let shared = caches().get(&self.0).and_then(Weak::upgrade)?;
+        Some(TokenCache { shared })
+    }
+}
 
 /// A token as the cache holds it: the secret, its generation and its expiry.
 #[derive(Clone, Debug)]
@@ -188,6 +214,8 @@ pub struct TokenCache {
 }
 
 struct Shared {
+    /// This cache's number in `CACHES`.
+    id: u64,
     /// The fleet's shared store, consulted by each refresh (never by a request).
     #[cfg(feature = "redis")]
     fleet: Option<crate::store::fleet::Fleet>,
@@ -406,7 +434,9 @@ impl TokenCacheBuilder {
                 )?)
             }
         };
+        let id = NEXT_CACHE.fetch_add(1, Ordering::Relaxed);
         let shared = Arc::new(Shared {
+            id,
             #[cfg(feature = "redis")]
             fleet,
             current: ArcSwapOption::empty(),
@@ -422,6 +452,7 @@ impl TokenCacheBuilder {
             #[cfg(test)]
             locks: AtomicU64::new(0),
         });
+        caches().insert(id, Arc::downgrade(&shared));
         shared.ensure_background();
         Ok(TokenCache { shared })
     }
@@ -541,12 +572,19 @@ impl TokenCache {
         stats
     }
 
+    /// This cache, as response futures carry it.
+    #[inline]
+    pub(crate) fn by_ref(&self) -> CacheRef {
+        CacheRef(self.shared.id)
+    }
+
     pub(crate) fn count_replay(&self) {
         bump(&self.shared.stats.replays);
     }
 
     /// Which token is current: changes (after `current` does) each time it is replaced or
     /// dropped.
+    #[inline]
     pub(crate) fn version(&self) -> u64 {
         self.shared.version.load(Ordering::Acquire)
     }
@@ -566,17 +604,10 @@ impl TokenCache {
         }
     }
 
-    /// What a request does about its token. The hot path: one atomic load and a clock read.
+    /// What a request does about its token: one atomic load and a clock read when the token
+    /// is fresh. (Services ask this only when their own copy cannot serve.)
     pub(crate) fn lookup<T>(&self, project: impl FnOnce(&Entry) -> T) -> Lookup<T> {
-        self.lookup_at(Instant::now(), project)
-    }
-
-    /// [`lookup`](Self::lookup) with the clock already read.
-    pub(crate) fn lookup_at<T>(
-        &self,
-        now: Instant,
-        project: impl FnOnce(&Entry) -> T,
-    ) -> Lookup<T> {
+        let now = Instant::now();
         self.check_background();
         {
             let current = self.shared.current.load();
@@ -1095,6 +1126,12 @@ impl Drop for Flight {
     }
 }
 
+impl Drop for Shared {
+    fn drop(&mut self) {
+        caches().remove(&self.id);
+    }
+}
+
 /// Marks the background refresher as gone when its task ends or is dropped with its runtime.
 struct BackgroundAlive(Weak<Shared>);
 
@@ -1261,6 +1298,23 @@ mod tests {
             out.push(task.await.unwrap());
         }
         out
+    }
+
+    /// Response futures name their cache by a number: it is found while any handle to the
+    /// cache lives, and not after the last one is dropped (nor is it kept in the registry).
+    #[tokio::test(start_paused = true)]
+    async fn a_cache_is_found_by_its_ref_while_it_lives() {
+        let source = TestSource::new(Duration::ZERO, HOUR);
+        let cache = source.cache().build().unwrap();
+        let other = source.cache().build().unwrap();
+        let by_ref = cache.by_ref();
+        assert_ne!(by_ref, other.by_ref());
+        let found = by_ref.get().expect("the cache lives");
+        assert!(Arc::ptr_eq(&found.shared, &cache.shared));
+        drop((found, cache));
+        assert!(by_ref.get().is_none());
+        assert!(!caches().contains_key(&by_ref.0));
+        assert!(other.by_ref().get().is_some());
     }
 
     #[tokio::test(start_paused = true)]

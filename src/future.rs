@@ -5,39 +5,36 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use bytes::Bytes;
 use http::header::AUTHORIZATION;
-use http::request::Parts;
 use http::{HeaderValue, Request, Response};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use crate::cache::{Generation, Lookup, TokenWait};
+use crate::cache::{CacheRef, Generation, Lookup, TokenCache, TokenWait};
 use crate::error::BoxError;
 use crate::reject::is_token_rejected;
-use crate::replay::ReplayBody;
-use crate::service::CacheHandle;
+use crate::replay::{Kept, ReplayBody};
 
 /// A request waiting for its token, with the service made ready for it.
 pub(crate) struct Pending<S, B> {
     service: S,
     request: Request<B>,
-    replay: Option<(Parts, Bytes)>,
+    replay: Option<Kept>,
 }
 
-/// What a replay needs: a clone of the inner service, the request's head as it came (no
-/// `Authorization` yet), and its body's bytes.
-pub(crate) struct Replay<S> {
+/// What a replay needs: a clone of the inner service, and the request as it came (no
+/// `Authorization` yet).
+pub(crate) struct Resend<S> {
     pub(crate) service: S,
-    pub(crate) parts: Parts,
-    pub(crate) body: Bytes,
+    pub(crate) kept: Kept,
 }
 
 pin_project! {
     /// The response future of [`CognitoAuth`](crate::CognitoAuth).
     ///
     /// With a fresh token it is the inner service's future plus a check of the response; it
-    /// allocates nothing of its own. See the [crate docs](crate) for what it does.
+    /// allocates nothing of its own, and names its cache by a number rather than holding a
+    /// reference count. See the [crate docs](crate) for what it does.
     ///
     /// # Panics
     ///
@@ -62,9 +59,9 @@ pin_project! {
         Called {
             #[pin]
             future: S::Future,
-            cache: CacheHandle,
+            cache: CacheRef,
             generation: Generation,
-            replay: Option<Replay<S>>,
+            replay: Option<Resend<S>>,
         },
         // No usable token yet. `pending.service` is the inner service that was made ready for
         // this request (its reserved capacity is held while waiting, at most the refresh
@@ -72,16 +69,16 @@ pin_project! {
         // a request with a fresh token moves around stays small.
         WaitToken {
             wait: TokenWait,
-            cache: CacheHandle,
+            cache: CacheRef,
             pending: Option<Box<Pending<S, B>>>,
         },
         // The token was rejected: waiting for a new one to replay with. The rejection goes
         // back to the caller if no replay can be made.
         WaitReplayToken {
             wait: TokenWait,
-            cache: CacheHandle,
+            cache: TokenCache,
             rejected: Generation,
-            kept: Option<Box<(S::Response, Replay<S>)>>,
+            kept: Option<Box<(S::Response, Resend<S>)>>,
         },
         // Making the stored service clone ready for the replay (no larger than `Called`).
         Readying {
@@ -107,9 +104,9 @@ where
 {
     pub(crate) fn called(
         future: S::Future,
-        cache: CacheHandle,
+        cache: CacheRef,
         generation: Generation,
-        replay: Option<Replay<S>>,
+        replay: Option<Resend<S>>,
     ) -> Self {
         Self {
             state: State::Called {
@@ -123,10 +120,10 @@ where
 
     pub(crate) fn wait_token(
         wait: TokenWait,
-        cache: CacheHandle,
+        cache: CacheRef,
         service: S,
         request: Request<B>,
-        replay: Option<(Parts, Bytes)>,
+        replay: Option<Kept>,
     ) -> Self {
         Self {
             state: State::WaitToken {
@@ -159,8 +156,8 @@ pub(crate) fn header_and_generation(entry: &crate::cache::Entry) -> (HeaderValue
     (entry.access_token().header_value(), entry.generation())
 }
 
-fn replay_request<B: ReplayBody>(parts: Parts, body: Bytes, header: HeaderValue) -> Request<B> {
-    let mut request = Request::from_parts(parts, B::from_kept(body));
+fn replay_request<B: ReplayBody>(kept: Kept, header: HeaderValue) -> Request<B> {
+    let mut request = kept.into_request();
     request.headers_mut().insert(AUTHORIZATION, header);
     request
 }
@@ -175,129 +172,178 @@ where
 {
     type Output = Result<Response<ResBody>, BoxError>;
 
+    /// The inner future's answer when it keeps the token is handled here, inlined into the
+    /// caller; a rejection, the waits and the replay are out of line.
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
-        loop {
-            match this.state.as_mut().project() {
-                StateProj::Called {
+        let mut state = self.project().state;
+        if let StateProj::Called { future, .. } = state.as_mut().project() {
+            let response = ready!(future.poll(cx)).map_err(Into::into)?;
+            if !is_token_rejected(&response) {
+                return Poll::Ready(Ok(response));
+            }
+            if let Some(response) = rejected(state.as_mut(), response) {
+                return Poll::Ready(Ok(response));
+            }
+        }
+        poll_states(state, cx)
+    }
+}
+
+/// The inner service of a `Called` future rejected its token: drops that token, and moves on
+/// to the replay; or gives the rejection back when no replay can be made.
+#[cold]
+#[inline(never)]
+fn rejected<S, B, ResBody>(
+    mut state: Pin<&mut State<S, B>>,
+    response: Response<ResBody>,
+) -> Option<Response<ResBody>>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    B: ReplayBody,
+{
+    let StateProj::Called {
+        cache,
+        generation,
+        replay,
+        ..
+    } = state.as_mut().project()
+    else {
+        return Some(response);
+    };
+    let rejected = *generation;
+    // A cache that is gone (its last layer and service were dropped while this request was
+    // out) has no token to drop, and none to replay with.
+    let Some(cache) = cache.get() else {
+        return Some(response);
+    };
+    cache.invalidate(rejected);
+    let Some(replay) = replay.take() else {
+        // Not replayable (a large or streaming body, or replay is off): the rejection goes
+        // back, and the next request gets a fresh token.
+        return Some(response);
+    };
+    match cache.lookup(header_and_generation) {
+        Lookup::Ready((header, generation)) if generation != rejected => {
+            cache.count_replay();
+            let request = replay_request::<B>(replay.kept, header);
+            state.set(State::Readying {
+                service: Some(replay.service),
+                request: Some(request),
+            });
+            None
+        }
+        // The same token again (rejections are throttled) or none: a replay cannot do better
+        // than the answer we have.
+        Lookup::Ready(_) | Lookup::Failed(_) => Some(response),
+        Lookup::Wait(wait) => {
+            state.set(State::WaitReplayToken {
+                wait,
+                cache,
+                rejected,
+                kept: Some(Box::new((response, replay))),
+            });
+            None
+        }
+    }
+}
+
+/// Every state, in a loop until one is pending or done.
+#[inline(never)]
+fn poll_states<S, B, ResBody>(
+    mut state: Pin<&mut State<S, B>>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Response<ResBody>, BoxError>>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    S::Error: Into<BoxError>,
+    B: ReplayBody,
+{
+    loop {
+        match state.as_mut().project() {
+            StateProj::Called { future, .. } => {
+                let response = ready!(future.poll(cx)).map_err(Into::into)?;
+                if !is_token_rejected(&response) {
+                    return Poll::Ready(Ok(response));
+                }
+                if let Some(response) = rejected(state.as_mut(), response) {
+                    return Poll::Ready(Ok(response));
+                }
+            }
+            StateProj::WaitToken {
+                wait,
+                cache,
+                pending,
+            } => {
+                let entry = match ready!(wait.as_mut().poll(cx)) {
+                    Ok(entry) => entry,
+                    Err(error) => return Poll::Ready(Err(error.into())),
+                };
+                let Some(pending) = pending.take() else {
+                    panic!("{POLLED_AFTER_DONE}");
+                };
+                let Pending {
+                    mut service,
+                    mut request,
+                    replay,
+                } = *pending;
+                let (header, generation) = header_and_generation(&entry);
+                request.headers_mut().insert(AUTHORIZATION, header);
+                // `service` was made ready by the caller before `call`, and moved here.
+                let future = service.call(request);
+                let replay = replay.map(|kept| Resend { service, kept });
+                let cache = *cache;
+                state.set(State::Called {
                     future,
                     cache,
                     generation,
                     replay,
-                } => {
-                    let response = ready!(future.poll(cx)).map_err(Into::into)?;
-                    if !is_token_rejected(&response) {
-                        return Poll::Ready(Ok(response));
+                });
+            }
+            StateProj::WaitReplayToken {
+                wait,
+                cache,
+                rejected,
+                kept,
+            } => {
+                let outcome = ready!(wait.as_mut().poll(cx));
+                let Some(kept) = kept.take() else {
+                    panic!("{POLLED_AFTER_DONE}");
+                };
+                let (response, replay) = *kept;
+                match outcome {
+                    Ok(entry) if entry.generation() != *rejected => {
+                        cache.count_replay();
+                        let (header, _) = header_and_generation(&entry);
+                        drop(response);
+                        let request = replay_request::<B>(replay.kept, header);
+                        state.set(State::Readying {
+                            service: Some(replay.service),
+                            request: Some(request),
+                        });
                     }
-                    let rejected = *generation;
-                    cache.invalidate(rejected);
-                    let Some(replay) = replay.take() else {
-                        // Not replayable (a large or streaming body, or replay is off): the
-                        // rejection goes back, and the next request gets a fresh token.
-                        return Poll::Ready(Ok(response));
-                    };
-                    match cache.lookup(header_and_generation) {
-                        Lookup::Ready((header, generation)) if generation != rejected => {
-                            cache.count_replay();
-                            let request = replay_request::<B>(replay.parts, replay.body, header);
-                            this.state.set(State::Readying {
-                                service: Some(replay.service),
-                                request: Some(request),
-                            });
-                        }
-                        // The same token again (rejections are throttled) or none: a replay
-                        // cannot do better than the answer we have.
-                        Lookup::Ready(_) | Lookup::Failed(_) => return Poll::Ready(Ok(response)),
-                        Lookup::Wait(wait) => {
-                            let cache = cache.clone();
-                            this.state.set(State::WaitReplayToken {
-                                wait,
-                                cache,
-                                rejected,
-                                kept: Some(Box::new((response, replay))),
-                            });
-                        }
-                    }
+                    _ => return Poll::Ready(Ok(response)),
                 }
-                StateProj::WaitToken {
-                    wait,
-                    cache,
-                    pending,
-                } => {
-                    let entry = match ready!(wait.as_mut().poll(cx)) {
-                        Ok(entry) => entry,
-                        Err(error) => return Poll::Ready(Err(error.into())),
-                    };
-                    let Some(pending) = pending.take() else {
-                        panic!("{POLLED_AFTER_DONE}");
-                    };
-                    let Pending {
-                        mut service,
-                        mut request,
-                        replay,
-                    } = *pending;
-                    let (header, generation) = header_and_generation(&entry);
-                    request.headers_mut().insert(AUTHORIZATION, header);
-                    // `service` was made ready by the caller before `call`, and moved here.
-                    let future = service.call(request);
-                    let replay = replay.map(|(parts, body)| Replay {
-                        service,
-                        parts,
-                        body,
-                    });
-                    let cache = cache.clone();
-                    this.state.set(State::Called {
-                        future,
-                        cache,
-                        generation,
-                        replay,
-                    });
-                }
-                StateProj::WaitReplayToken {
-                    wait,
-                    cache,
-                    rejected,
-                    kept,
-                } => {
-                    let outcome = ready!(wait.as_mut().poll(cx));
-                    let Some(kept) = kept.take() else {
-                        panic!("{POLLED_AFTER_DONE}");
-                    };
-                    let (response, replay) = *kept;
-                    match outcome {
-                        Ok(entry) if entry.generation() != *rejected => {
-                            cache.count_replay();
-                            let (header, _) = header_and_generation(&entry);
-                            drop(response);
-                            let request = replay_request::<B>(replay.parts, replay.body, header);
-                            this.state.set(State::Readying {
-                                service: Some(replay.service),
-                                request: Some(request),
-                            });
-                        }
-                        _ => return Poll::Ready(Ok(response)),
-                    }
-                }
-                StateProj::Readying { service, request } => {
-                    let Some(svc) = service.as_mut() else {
-                        panic!("{POLLED_AFTER_DONE}");
-                    };
-                    ready!(svc.poll_ready(cx)).map_err(Into::into)?;
-                    let (Some(mut svc), Some(request)) = (service.take(), request.take()) else {
-                        panic!("{POLLED_AFTER_DONE}");
-                    };
-                    let future = svc.call(request);
-                    this.state.set(State::Final { future });
-                }
-                StateProj::Final { future } => {
-                    return future.poll(cx).map_err(Into::into);
-                }
-                StateProj::Failed { error } => {
-                    let Some(error) = error.take() else {
-                        panic!("{POLLED_AFTER_DONE}");
-                    };
-                    return Poll::Ready(Err(error));
-                }
+            }
+            StateProj::Readying { service, request } => {
+                let Some(svc) = service.as_mut() else {
+                    panic!("{POLLED_AFTER_DONE}");
+                };
+                ready!(svc.poll_ready(cx)).map_err(Into::into)?;
+                let (Some(mut svc), Some(request)) = (service.take(), request.take()) else {
+                    panic!("{POLLED_AFTER_DONE}");
+                };
+                let future = svc.call(request);
+                state.set(State::Final { future });
+            }
+            StateProj::Final { future } => {
+                return future.poll(cx).map_err(Into::into);
+            }
+            StateProj::Failed { error } => {
+                let Some(error) = error.take() else {
+                    panic!("{POLLED_AFTER_DONE}");
+                };
+                return Poll::Ready(Err(error));
             }
         }
     }

@@ -118,6 +118,7 @@
 
 mod backoff;
 pub mod cache;
+mod clock;
 mod endpoint;
 pub mod error;
 pub mod future;

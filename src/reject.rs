@@ -17,8 +17,10 @@ const GRPC_UNAUTHENTICATED: &[u8] = b"16";
 const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
 /// Whether the response rejects the token the request carried.
+#[inline]
 pub(crate) fn is_token_rejected<B>(response: &Response<B>) -> bool {
-    response.status() == StatusCode::UNAUTHORIZED || is_grpc_unauthenticated(response.headers())
+    response.status() == StatusCode::UNAUTHORIZED
+        || (!response.headers().is_empty() && is_grpc_unauthenticated(response.headers()))
 }
 
 /// Whether headers (a trailers-only response's, or real trailers) carry `grpc-status: 16`.

@@ -8,9 +8,9 @@
 //! [`from_kept`](ReplayBody::from_kept) makes a fresh body from bytes kept aside, and
 //! [`rejoin`](ReplayBody::rejoin) puts frames already taken back in front of the rest.
 //!
-//! When a request is sent, its head (`http::request::Parts`: method, URI, version, headers,
-//! extensions) is cloned *before* `Authorization` is added, and its body is read **only while
-//! frames are ready**, without waiting:
+//! When a request is sent, its head (method, URI, version, headers, extensions) is cloned, field
+//! by field from the request that stays whole, *before* `Authorization` is added, and its body
+//! is read **only while frames are ready**, without waiting:
 //! - a body that is known empty is kept as empty, without a poll;
 //! - a size hint over the limit, or a `Content-Length` over it when the size hint does not
 //!   settle the question (a body of unknown size): the body is forwarded untouched;
@@ -72,7 +72,7 @@ use std::task::{Context, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
 use http::header::CONTENT_LENGTH;
-use http::{HeaderMap, Method};
+use http::{Extensions, HeaderMap, Method, Request, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::{BoxBody, UnsyncBoxBody};
 use http_body_util::{BodyExt as _, Empty, Full};
@@ -324,44 +324,35 @@ impl<B: Body<Data = Bytes>> Body for Rejoin<B> {
     }
 }
 
-/// A body made ready for sending: what to send, and the bytes to replay it from, if it can be.
-pub(crate) struct Prepared<B> {
-    pub(crate) body: B,
-    pub(crate) kept: Option<Bytes>,
-}
-
-/// Reads what is ready of `body`, up to `limit` bytes, without waiting. See the module docs.
+/// Reads what is ready of the request's body, up to `limit` bytes, without waiting, and
+/// returns the bytes to replay it from when it can be replayed. The body is changed in place
+/// only when frames were taken from it. See the module docs.
 ///
 /// A frame error is returned: the request fails before the inner service is called.
-pub(crate) fn prepare<B>(
-    headers: &HeaderMap,
-    mut body: B,
-    limit: usize,
-) -> Result<Prepared<B>, B::Error>
+pub(crate) fn keep<B>(request: &mut Request<B>, limit: usize) -> Result<Option<Bytes>, B::Error>
 where
     B: ReplayBody + Unpin,
 {
-    if body.is_end_stream() {
-        return Ok(Prepared {
-            body,
-            kept: Some(Bytes::new()),
-        });
+    if request.body().is_end_stream() {
+        return Ok(Some(Bytes::new()));
     }
     let limit = limit as u64;
-    let hint = body.size_hint();
+    let hint = request.body().size_hint();
     if hint.lower() > limit {
-        return Ok(Prepared { body, kept: None });
+        return Ok(None);
     }
     // A body whose size is known to fit needs no look at the header.
     if hint.upper().is_none_or(|upper| upper > limit) {
-        let declared = headers
+        let declared = request
+            .headers()
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok());
         if declared.is_some_and(|len| len > limit) {
-            return Ok(Prepared { body, kept: None });
+            return Ok(None);
         }
     }
+    let body = request.body_mut();
     // Polled with a waker that does nothing: a `Pending` body is handed on to the inner
     // service, whose own poll registers its real waker (only the latest waker counts).
     let mut cx = Context::from_waker(Waker::noop());
@@ -369,7 +360,7 @@ where
     let mut len: u64 = 0;
     let mut ended = false;
     for _ in 0..MAX_FRAMES {
-        match Pin::new(&mut body).poll_frame(&mut cx) {
+        match Pin::new(&mut *body).poll_frame(&mut cx) {
             Poll::Ready(None) => {
                 ended = true;
                 break;
@@ -387,10 +378,8 @@ where
                 if taken.is_empty() && len <= limit && body.is_end_stream() {
                     // One frame and the end (a `Full` body, a unary gRPC message): its bytes
                     // are shared by the request and the replay, nothing is copied or collected.
-                    return Ok(Prepared {
-                        body: B::from_kept(data.clone()),
-                        kept: Some(data),
-                    });
+                    *body = B::from_kept(data.clone());
+                    return Ok(Some(data));
                 }
                 taken.push(Frame::data(data));
                 if len > limit {
@@ -407,23 +396,79 @@ where
     }
     if ended {
         let kept = taken.into_data();
-        return Ok(Prepared {
-            body: B::from_kept(kept.clone()),
-            kept: Some(kept),
-        });
+        *body = B::from_kept(kept.clone());
+        return Ok(Some(kept));
     }
-    if taken.is_empty() {
-        return Ok(Prepared { body, kept: None });
+    if !taken.is_empty() {
+        // The frames taken go back in front of the rest (the empty body in between is never
+        // sent).
+        let rest = std::mem::replace(body, B::from_kept(Bytes::new()));
+        *body = B::rejoin(taken.into_vec(), rest);
     }
-    Ok(Prepared {
-        body: B::rejoin(taken.into_vec(), body),
-        kept: None,
-    })
+    Ok(None)
+}
+
+/// A request's head as it came, before `Authorization` went in, and the bytes of its body:
+/// what a replay is rebuilt from. The fields are cloned one by one from the request, which
+/// stays whole (no `into_parts` and back).
+pub(crate) struct Kept {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+    extensions: Extensions,
+    body: Bytes,
+}
+
+impl Kept {
+    /// The head of `request`, and `body`.
+    #[inline]
+    pub(crate) fn new<B>(request: &Request<B>, body: Bytes) -> Self {
+        Self {
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            version: request.version(),
+            headers: request.headers().clone(),
+            extensions: request.extensions().clone(),
+            body,
+        }
+    }
+
+    /// The request again, with a body of the kept bytes and nothing else added.
+    pub(crate) fn into_request<B: ReplayBody>(self) -> Request<B> {
+        let mut request = Request::new(B::from_kept(self.body));
+        *request.method_mut() = self.method;
+        *request.uri_mut() = self.uri;
+        *request.version_mut() = self.version;
+        *request.headers_mut() = self.headers;
+        *request.extensions_mut() = self.extensions;
+        request
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `keep` makes of a body: what to send, and the bytes to replay it from.
+    struct Prepared<B> {
+        body: B,
+        kept: Option<Bytes>,
+    }
+
+    fn prepare<B: ReplayBody + Unpin>(
+        headers: &HeaderMap,
+        body: B,
+        limit: usize,
+    ) -> Result<Prepared<B>, B::Error> {
+        let mut request = Request::new(body);
+        *request.headers_mut() = headers.clone();
+        let kept = keep(&mut request, limit)?;
+        Ok(Prepared {
+            body: request.into_body(),
+            kept,
+        })
+    }
     use proptest::prelude::*;
 
     #[derive(Clone, Debug)]

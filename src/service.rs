@@ -2,7 +2,6 @@
 
 use std::fmt;
 use std::mem;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -12,9 +11,11 @@ use tokio::time::Instant;
 use tower_service::Service;
 
 use crate::cache::{Generation, Lookup, TokenCache};
+use crate::clock;
 use crate::error::BoxError;
-use crate::future::{Replay as Kept, ResponseFuture, header_and_generation};
-use crate::replay::{Replay, ReplayBody, prepare};
+use crate::future::{Resend, ResponseFuture, header_and_generation};
+use crate::replay::Replay;
+use crate::replay::{Kept, ReplayBody, keep};
 
 /// Adds `Authorization: Bearer <token>` to every request, and replays a request once when the
 /// inner service rejects its token.
@@ -31,22 +32,24 @@ use crate::replay::{Replay, ReplayBody, prepare};
 /// # The hot path
 ///
 /// Each service keeps its own copy of the current token's header (copied once per token) and
-/// checks it against the cache's version, one atomic that changes only when the token does.
-/// A request with a fresh token thus writes no memory that services on other cores also
-/// write. Services made by [`Layer::layer`](tower_layer::Layer::layer) are independent; a clone
-/// starts from its parent's copy and shares the handle its response futures keep for a 401.
+/// checks it against the cache's version, one atomic that changes only when the token does,
+/// and its freshness against the kernel's coarse monotonic clock (a read of the vDSO page; on
+/// a paused Tokio clock, in tests, against Tokio's). Its response futures name the cache by a
+/// number, not a reference count. So a request with a fresh token writes no memory that
+/// requests on other cores also write, and takes no lock. Services made by
+/// [`Layer::layer`](tower_layer::Layer::layer) are independent; a clone starts from its
+/// parent's copy.
+///
+/// A response future whose 401 comes back after the last layer and service of its cache were
+/// dropped hands the 401 back: no cache is left to drop the token from, or to replay with.
 #[derive(Clone)]
 pub struct CognitoAuth<S> {
     inner: S,
-    cache: CacheHandle,
+    cache: TokenCache,
     local: Local,
     replay: Replay,
     replay_body_limit: usize,
 }
-
-/// The cache as a service and its response futures hold it: one more reference count per
-/// service, so that the futures of one service do not all count on the cache's own.
-pub(crate) type CacheHandle = Arc<TokenCache>;
 
 /// A service's copy of the current token.
 #[derive(Clone)]
@@ -61,7 +64,17 @@ struct LocalToken {
     /// `Bearer …`, in bytes of this service's own.
     header: HeaderValue,
     generation: Generation,
-    fresh_until: Instant,
+    fresh_until: FreshUntil,
+}
+
+/// Until when a copy is used without asking the cache, on the clock a request reads.
+#[derive(Clone, Copy)]
+enum FreshUntil {
+    /// On the kernel's coarse clock (see `clock`), less that clock's lag: before it, the token
+    /// is surely fresh on Tokio's clock too.
+    Coarse(clock::Ticks),
+    /// On Tokio's clock, when it is paused (a test): `advance` moves it, not the kernel's.
+    Tokio(Instant),
 }
 
 impl Local {
@@ -71,9 +84,19 @@ impl Local {
     };
 
     /// A copy of what the cache holds at `version` (read before the entry, so a change in
-    /// between makes the next request look again).
+    /// between makes the next request look again). A token that is no longer fresh is not
+    /// copied: requests go to the cache until the next version.
     fn load(cache: &TokenCache, version: u64) -> Local {
         let token = cache.current().and_then(|entry| {
+            let now = Instant::now();
+            let remaining = entry.fresh_until().checked_duration_since(now)?;
+            // Two readings in a row are equal when Tokio's clock is paused (and on a clock
+            // too coarse to tell them apart, which is then read as exactly, if slower).
+            let fresh_until = if Instant::now() == now {
+                FreshUntil::Tokio(entry.fresh_until())
+            } else {
+                FreshUntil::Coarse(clock::deadline_in(remaining)?)
+            };
             let shared = entry.access_token().header_value();
             let mut header =
                 HeaderValue::from_maybe_shared(Bytes::copy_from_slice(shared.as_bytes())).ok()?;
@@ -81,7 +104,7 @@ impl Local {
             Some(LocalToken {
                 header,
                 generation: entry.generation(),
-                fresh_until: entry.fresh_until(),
+                fresh_until,
             })
         });
         Local { version, token }
@@ -97,7 +120,7 @@ impl<S> CognitoAuth<S> {
     ) -> Self {
         Self {
             inner,
-            cache: Arc::new(cache),
+            cache,
             local: Local::EMPTY,
             replay,
             replay_body_limit,
@@ -125,28 +148,39 @@ impl<S> CognitoAuth<S> {
     }
 
     /// The token's header and generation from this service's copy, while it is fresh; else
-    /// the request goes to the cache (refresh-ahead window, expiry, a first request), with the
-    /// clock reading if one was made.
-    #[inline]
-    fn fresh_local(&mut self) -> Result<(HeaderValue, Generation), Option<Instant>> {
+    /// `None`, and the request goes to the cache (refresh-ahead window, expiry, a first
+    /// request).
+    #[inline(always)]
+    fn fresh_local(&mut self) -> Option<(HeaderValue, Generation)> {
         self.cache.check_background();
         let version = self.cache.version();
         if version != self.local.version {
-            self.local = Local::load(&self.cache, version);
+            self.reload(version);
         }
-        let Some(token) = self.local.token.as_ref() else {
-            return Err(None);
+        let token = self.local.token.as_ref()?;
+        // The clock is read on every request, on purpose: a timer that marked the copy stale
+        // would fire only when its runtime's driver turns, and a runtime idle for an hour (a
+        // `block_on` in a CLI, a process frozen between Lambda invocations) runs the caller
+        // before its timers. The coarse clock costs a fifth of `Instant::now()`, and its lag
+        // is taken off the deadline.
+        let fresh = match token.fresh_until {
+            FreshUntil::Coarse(until) => clock::now() < until,
+            FreshUntil::Tokio(until) => Instant::now() < until,
         };
-        // Read on every request, on purpose: a timer that marks the copy stale fires only when
-        // its runtime's driver turns, and a runtime idle for an hour (a `block_on` in a CLI,
-        // a process frozen between Lambda invocations) runs the caller before its timers: the
-        // first request would leave with a dead token. See the README's benchmarks.
-        let now = Instant::now();
-        if now < token.fresh_until {
-            Ok((token.header.clone(), token.generation))
+        if fresh {
+            Some((token.header.clone(), token.generation))
         } else {
-            Err(Some(now))
+            None
         }
+    }
+}
+
+impl<S> CognitoAuth<S> {
+    /// A new copy, once per token (and once when it turns stale).
+    #[cold]
+    #[inline(never)]
+    fn reload(&mut self, version: u64) {
+        self.local = Local::load(&self.cache, version);
     }
 }
 
@@ -178,41 +212,39 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        if request.headers().contains_key(AUTHORIZATION) {
+        // (An empty map, a GET's, is told without a lookup.)
+        if !request.headers().is_empty() && request.headers().contains_key(AUTHORIZATION) {
             // The caller chose its own credentials.
             return ResponseFuture::passthrough(self.inner.call(request));
         }
         if !self.replay.allows(request.method()) {
             // Nothing is kept: the request goes on as it came, plus the header.
             return match self.fresh_local() {
-                Ok((header, generation)) => {
+                Some((header, generation)) => {
                     request.headers_mut().insert(AUTHORIZATION, header);
                     let future = self.inner.call(request);
-                    ResponseFuture::called(future, self.cache.clone(), generation, None)
+                    ResponseFuture::called(future, self.cache.by_ref(), generation, None)
                 }
-                Err(now) => self.call_from_cache(request, None, now),
+                None => self.call_from_cache(request, None),
             };
         }
-        let (parts, body) = request.into_parts();
-        let prepared = match prepare(&parts.headers, body, self.replay_body_limit) {
-            Ok(prepared) => prepared,
+        let kept = match keep(&mut request, self.replay_body_limit) {
+            Ok(kept) => kept,
             Err(error) => return ResponseFuture::failed(error.into()),
         };
         // The head is cloned before `Authorization` goes in, so a replay starts clean.
-        let kept = prepared.kept.map(|body| (parts.clone(), body));
-        let mut request = Request::from_parts(parts, prepared.body);
+        let kept = kept.map(|body| Kept::new(&request, body));
         match self.fresh_local() {
-            Ok((header, generation)) => {
+            Some((header, generation)) => {
                 request.headers_mut().insert(AUTHORIZATION, header);
-                let replay = kept.map(|(parts, body)| Kept {
+                let replay = kept.map(|kept| Resend {
                     service: self.inner.clone(),
-                    parts,
-                    body,
+                    kept,
                 });
                 let future = self.inner.call(request);
-                ResponseFuture::called(future, self.cache.clone(), generation, replay)
+                ResponseFuture::called(future, self.cache.by_ref(), generation, replay)
             }
-            Err(now) => self.call_from_cache(request, kept, now),
+            None => self.call_from_cache(request, kept),
         }
     }
 }
@@ -224,26 +256,20 @@ impl<S> CognitoAuth<S> {
     fn call_from_cache<B>(
         &mut self,
         mut request: Request<B>,
-        kept: Option<(http::request::Parts, Bytes)>,
-        now: Option<Instant>,
+        kept: Option<Kept>,
     ) -> ResponseFuture<S, B>
     where
         S: Service<Request<B>> + Clone,
     {
-        let lookup = match now {
-            Some(now) => self.cache.lookup_at(now, header_and_generation),
-            None => self.cache.lookup(header_and_generation),
-        };
-        match lookup {
+        match self.cache.lookup(header_and_generation) {
             Lookup::Ready((header, generation)) => {
                 request.headers_mut().insert(AUTHORIZATION, header);
-                let replay = kept.map(|(parts, body)| Kept {
+                let replay = kept.map(|kept| Resend {
                     service: self.inner.clone(),
-                    parts,
-                    body,
+                    kept,
                 });
                 let future = self.inner.call(request);
-                ResponseFuture::called(future, self.cache.clone(), generation, replay)
+                ResponseFuture::called(future, self.cache.by_ref(), generation, replay)
             }
             Lookup::Wait(wait) => {
                 // The ready service moves into the future, which calls it once the token is
@@ -251,7 +277,7 @@ impl<S> CognitoAuth<S> {
                 // https://docs.rs/tower-service/latest/tower_service/trait.Service.html#be-careful-when-cloning-inner-services
                 let clone = self.inner.clone();
                 let ready = mem::replace(&mut self.inner, clone);
-                ResponseFuture::wait_token(wait, self.cache.clone(), ready, request, kept)
+                ResponseFuture::wait_token(wait, self.cache.by_ref(), ready, request, kept)
             }
             Lookup::Failed(error) => ResponseFuture::failed(error.into()),
         }
@@ -263,8 +289,8 @@ mod tests {
     use super::*;
     use crate::{AccessToken, BoxFuture, CognitoAuthLayer, Error, Token, TokenSource};
     use http_body_util::Full;
-    use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
     use std::time::Duration;
     use tower::{ServiceExt as _, service_fn};
     use tower_layer::Layer as _;
@@ -282,6 +308,17 @@ mod tests {
         }
     }
 
+    /// Sends one request through `service` itself, not a clone: the copy of the token it
+    /// keeps is the one used, and kept for the next request.
+    async fn send<S>(service: &mut S)
+    where
+        S: Service<Request<Full<Bytes>>>,
+        S::Error: std::fmt::Debug,
+    {
+        let ready = service.ready().await.unwrap();
+        ready.call(Request::default()).await.unwrap();
+    }
+
     /// Issue #13: each service keeps its own copy of the token; one that sleeps through a token
     /// change, or past its copy's freshness, never sends a token that is no longer usable.
     #[tokio::test(start_paused = true)]
@@ -290,29 +327,11 @@ mod tests {
             .token_source(Counting(AtomicUsize::new(0)))
             .build()
             .unwrap();
-        let seen = std::sync::Arc::new(Mutex::new(Vec::new()));
-        let inner = {
-            let seen = seen.clone();
-            service_fn(move |request: Request<Full<Bytes>>| {
-                let token = request
-                    .headers()
-                    .get(AUTHORIZATION)
-                    .map(|v| v.to_str().unwrap().to_owned());
-                seen.lock().unwrap().push(token);
-                async { Ok::<_, std::convert::Infallible>(Response::new(Full::<Bytes>::default())) }
-            })
-        };
+        let (seen, inner) = recording();
+        // The token first, so that the services' first requests copy it.
+        layer.cache().token().await.unwrap();
         let mut sleeper = layer.layer(inner.clone());
         let mut busy = layer.layer(inner);
-        let send = |service: &mut CognitoAuth<_>| {
-            let service = service.clone();
-            async move {
-                service
-                    .oneshot(Request::new(Full::<Bytes>::default()))
-                    .await
-                    .unwrap();
-            }
-        };
         let last =
             |seen: &Mutex<Vec<Option<String>>>| seen.lock().unwrap().last().cloned().flatten();
         // Both copy token-1.
@@ -336,5 +355,101 @@ mod tests {
         tokio::time::advance(Duration::from_secs(200)).await;
         send(&mut alone).await;
         assert_eq!(last(&seen).as_deref(), Some("Bearer token-3"));
+    }
+
+    /// The `Authorization` of each request the inner service saw.
+    type Seen = Arc<Mutex<Vec<Option<String>>>>;
+
+    /// An inner service that records what it sees in `Seen`.
+    fn recording() -> (
+        Seen,
+        impl Service<
+            Request<Full<Bytes>>,
+            Response = Response<Full<Bytes>>,
+            Error = std::convert::Infallible,
+            Future = impl Send,
+        > + Clone,
+    ) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let inner = {
+            let seen = seen.clone();
+            service_fn(move |request: Request<Full<Bytes>>| {
+                let token = request
+                    .headers()
+                    .get(AUTHORIZATION)
+                    .map(|v| v.to_str().unwrap().to_owned());
+                seen.lock().unwrap().push(token);
+                async { Ok(Response::new(Full::<Bytes>::default())) }
+            })
+        };
+        (seen, inner)
+    }
+
+    /// A service with a copy of a 100 s token (fresh for at most 50 s), made on the clock the
+    /// test runs on.
+    async fn warm() -> CognitoAuth<impl Service<Request<Full<Bytes>>> + Clone> {
+        let layer = CognitoAuthLayer::builder()
+            .token_source(Counting(AtomicUsize::new(0)))
+            .build()
+            .unwrap();
+        layer.cache().token().await.unwrap();
+        let mut service = layer.layer(recording().1);
+        assert!(service.fresh_local().is_some());
+        service
+    }
+
+    /// On a real clock a copy is judged by the kernel's coarse clock alone, which runs on
+    /// through a process frozen with its runtime (a Lambda between invocations, a `block_on`
+    /// that returned): when it wakes, no timer has had to run for the copy to be refused.
+    #[tokio::test]
+    async fn a_copy_past_its_freshness_on_the_coarse_clock_is_not_used() {
+        let mut service = warm().await;
+        let copy = service.local.token.as_ref().map(|t| t.fresh_until);
+        assert!(matches!(copy, Some(FreshUntil::Coarse(_))));
+        // The freeze: 51 s pass on the kernel's clock, none on this thread's runtime.
+        clock::skip(Duration::from_secs(51));
+        assert!(service.fresh_local().is_none());
+    }
+
+    /// Under Tokio's paused clock a copy is judged by Tokio's clock: `advance` moves it, and
+    /// the copy is refused at once, before any task (a timer of the cache's, say) has run.
+    #[tokio::test(start_paused = true)]
+    async fn a_copy_past_its_freshness_on_a_paused_clock_is_not_used() {
+        let mut service = warm().await;
+        let copy = service.local.token.as_ref().map(|t| t.fresh_until);
+        assert!(matches!(copy, Some(FreshUntil::Tokio(_))));
+        tokio::time::advance(Duration::from_secs(51)).await;
+        assert!(service.fresh_local().is_none());
+    }
+
+    /// A response future carries its cache by number: a 401 that comes back after the last
+    /// layer and service of that cache were dropped is handed back as it is.
+    #[tokio::test(start_paused = true)]
+    async fn a_401_after_the_cache_is_gone_is_handed_back() {
+        let layer = CognitoAuthLayer::builder()
+            .token_source(Counting(AtomicUsize::new(0)))
+            .build()
+            .unwrap();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let inner = {
+            let calls = calls.clone();
+            service_fn(move |_: Request<Full<Bytes>>| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                async {
+                    let mut response = Response::new(Full::<Bytes>::default());
+                    *response.status_mut() = http::StatusCode::UNAUTHORIZED;
+                    Ok::<_, std::convert::Infallible>(response)
+                }
+            })
+        };
+        let mut service = layer.layer(inner);
+        layer.cache().token().await.unwrap();
+        let by_ref = layer.cache().by_ref();
+        let future = service.ready().await.unwrap().call(Request::default());
+        drop((service, layer));
+        assert!(by_ref.get().is_none(), "the cache is gone");
+        let response = future.await.unwrap();
+        assert_eq!(response.status(), http::StatusCode::UNAUTHORIZED);
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "no replay without a cache");
     }
 }

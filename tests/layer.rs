@@ -403,6 +403,26 @@ async fn replay_idempotent_only_skips_post() {
 }
 
 #[tokio::test]
+async fn replay_never_hands_the_401_back_and_drops_the_token() {
+    let env = env_with(TokenEndpoint::start().await.unwrap(), |b| {
+        b.replay(Replay::Never)
+    })
+    .await;
+    let mut client = env.client::<Full<Bytes>>();
+    send(&mut client, env.get("/")).await.unwrap();
+    env.api.revoke_current();
+    let response = send(&mut client, env.get("/")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    // The rejected token was dropped: the next request carries a new one.
+    let response = send(&mut client, env.get("/")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(env.api.request_count(), 3);
+    assert_eq!(env.endpoint.request_count(), 2);
+    assert_eq!(env.layer.stats().replays, 0);
+    assert_eq!(env.layer.stats().invalidations, 1);
+}
+
+#[tokio::test]
 async fn body_over_the_limit_is_not_kept_and_401_goes_back() {
     let env = env_with(TokenEndpoint::start().await.unwrap(), |b| {
         b.replay_body_limit(1024)
