@@ -221,9 +221,10 @@ struct Shared {
     fleet: Option<crate::store::fleet::Fleet>,
     /// The token handed out on the hot path: one atomic load, no lock.
     current: ArcSwapOption<Entry>,
-    /// Changes each time `current` does (after it does), and at no other time: services keep a
-    /// copy of the current token and check this one atomic, whose cache line nobody writes per
-    /// request, to know the copy is still the current token.
+    /// Changes each time `current` does (after it does), and when the background refresher
+    /// stops: services keep a copy of the current token and check this one atomic, whose cache
+    /// line nobody writes per request, to know the copy is still the current token and that
+    /// nothing else needs a look.
     version: AtomicU64,
     /// No refresh-ahead before this moment, in nanoseconds after `epoch`; `u64::MAX` while a
     /// refresh is in flight, `0` when one may start now. Written under the lock, read without
@@ -1139,6 +1140,9 @@ impl Drop for BackgroundAlive {
     fn drop(&mut self) {
         if let Some(shared) = self.0.upgrade() {
             shared.background_alive.store(false, Ordering::Release);
+            // Services look at the cache, and so restart the refresher, when the version
+            // changes: their requests with a fresh token do not check on it.
+            shared.version.fetch_add(1, Ordering::Release);
         }
     }
 }

@@ -10,7 +10,7 @@ use http::{HeaderValue, Request, Response};
 use tokio::time::Instant;
 use tower_service::Service;
 
-use crate::cache::{Generation, Lookup, TokenCache};
+use crate::cache::{CacheRef, Generation, Lookup, TokenCache};
 use crate::clock;
 use crate::error::BoxError;
 use crate::future::{Resend, ResponseFuture, header_and_generation};
@@ -46,6 +46,8 @@ use crate::replay::{Kept, ReplayBody, keep};
 pub struct CognitoAuth<S> {
     inner: S,
     cache: TokenCache,
+    /// `cache`, as the response futures carry it.
+    cache_ref: CacheRef,
     local: Local,
     replay: Replay,
     replay_body_limit: usize,
@@ -120,6 +122,7 @@ impl<S> CognitoAuth<S> {
     ) -> Self {
         Self {
             inner,
+            cache_ref: cache.by_ref(),
             cache,
             local: Local::EMPTY,
             replay,
@@ -152,7 +155,6 @@ impl<S> CognitoAuth<S> {
     /// request).
     #[inline(always)]
     fn fresh_local(&mut self) -> Option<(HeaderValue, Generation)> {
-        self.cache.check_background();
         let version = self.cache.version();
         if version != self.local.version {
             self.reload(version);
@@ -180,6 +182,7 @@ impl<S> CognitoAuth<S> {
     #[cold]
     #[inline(never)]
     fn reload(&mut self, version: u64) {
+        self.cache.check_background();
         self.local = Local::load(&self.cache, version);
     }
 }
@@ -223,7 +226,7 @@ where
                 Some((header, generation)) => {
                     request.headers_mut().insert(AUTHORIZATION, header);
                     let future = self.inner.call(request);
-                    ResponseFuture::called(future, self.cache.by_ref(), generation, None)
+                    ResponseFuture::called(future, self.cache_ref, generation, None)
                 }
                 None => self.call_from_cache(request, None),
             };
@@ -242,7 +245,7 @@ where
                     kept,
                 });
                 let future = self.inner.call(request);
-                ResponseFuture::called(future, self.cache.by_ref(), generation, replay)
+                ResponseFuture::called(future, self.cache_ref, generation, replay)
             }
             None => self.call_from_cache(request, kept),
         }
@@ -269,7 +272,7 @@ impl<S> CognitoAuth<S> {
                     kept,
                 });
                 let future = self.inner.call(request);
-                ResponseFuture::called(future, self.cache.by_ref(), generation, replay)
+                ResponseFuture::called(future, self.cache_ref, generation, replay)
             }
             Lookup::Wait(wait) => {
                 // The ready service moves into the future, which calls it once the token is
@@ -277,7 +280,7 @@ impl<S> CognitoAuth<S> {
                 // https://docs.rs/tower-service/latest/tower_service/trait.Service.html#be-careful-when-cloning-inner-services
                 let clone = self.inner.clone();
                 let ready = mem::replace(&mut self.inner, clone);
-                ResponseFuture::wait_token(wait, self.cache.by_ref(), ready, request, kept)
+                ResponseFuture::wait_token(wait, self.cache_ref, ready, request, kept)
             }
             Lookup::Failed(error) => ResponseFuture::failed(error.into()),
         }
@@ -295,8 +298,9 @@ mod tests {
     use tower::{ServiceExt as _, service_fn};
     use tower_layer::Layer as _;
 
-    /// Tokens `token-1`, `token-2`, … that live 100 s.
-    struct Counting(AtomicUsize);
+    /// Tokens `token-1`, `token-2`, … that live 100 s; the count of fetches is shared.
+    #[derive(Default)]
+    struct Counting(Arc<AtomicUsize>);
 
     impl TokenSource for Counting {
         fn fetch(&self) -> BoxFuture<'_, Result<Token, Error>> {
@@ -324,7 +328,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_service_asleep_through_a_token_change_sends_the_new_token() {
         let layer = CognitoAuthLayer::builder()
-            .token_source(Counting(AtomicUsize::new(0)))
+            .token_source(Counting::default())
             .build()
             .unwrap();
         let (seen, inner) = recording();
@@ -389,7 +393,7 @@ mod tests {
     /// test runs on.
     async fn warm() -> CognitoAuth<impl Service<Request<Full<Bytes>>> + Clone> {
         let layer = CognitoAuthLayer::builder()
-            .token_source(Counting(AtomicUsize::new(0)))
+            .token_source(Counting::default())
             .build()
             .unwrap();
         layer.cache().token().await.unwrap();
@@ -422,12 +426,51 @@ mod tests {
         assert!(service.fresh_local().is_none());
     }
 
+    /// A service whose requests find a fresh copy does not look at the cache, yet the
+    /// background refresher, gone with its runtime, is started again by its next request: the
+    /// refresher's end changes the version.
+    #[test]
+    fn a_service_with_a_fresh_copy_restarts_the_background_refresher() {
+        let paused = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .start_paused(true)
+                .build()
+                .unwrap()
+        };
+        let calls = Arc::new(AtomicUsize::new(0));
+        let layer = CognitoAuthLayer::builder()
+            .token_source(Counting(calls.clone()))
+            .background_refresh(true)
+            .build()
+            .unwrap();
+        let mut service = layer.layer(recording().1);
+        let init = paused();
+        init.block_on(async {
+            layer.cache().token().await.unwrap();
+            send(&mut service).await;
+        });
+        drop(init);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        paused().block_on(async {
+            send(&mut service).await;
+            // No traffic past the token's freshness (100 s tokens: fresh for 40 to 50 s), and
+            // not past the next one's (at least 40 s more).
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            assert_eq!(
+                calls.load(Ordering::SeqCst),
+                2,
+                "renewed in the background with no traffic"
+            );
+        });
+    }
+
     /// A response future carries its cache by number: a 401 that comes back after the last
     /// layer and service of that cache were dropped is handed back as it is.
     #[tokio::test(start_paused = true)]
     async fn a_401_after_the_cache_is_gone_is_handed_back() {
         let layer = CognitoAuthLayer::builder()
-            .token_source(Counting(AtomicUsize::new(0)))
+            .token_source(Counting::default())
             .build()
             .unwrap();
         let calls = Arc::new(AtomicUsize::new(0));
