@@ -75,15 +75,15 @@ use crate::token::{AccessToken, Token};
 pub struct Generation(u64);
 
 /// A cache, as a response future names it: by a number, which costs nothing to carry, where a
-/// reference count would be written by every request. [`get`](CacheRef::get) finds the cache
+/// reference count would be written by every request. [`find`](CacheRef::find) finds the cache
 /// while it lives (a 401 is rare); once the last handle to it is dropped, nothing is left to
-/// refresh a token with, and `get` says so.
+/// refresh a token with, and `find` says so.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct CacheRef(u64);
 
 /// The caches that live, by the number of their `CacheRef`. Taken when a cache is built or
 /// dropped and when a response future looks one up; never held while a cache is dropped (the
-/// handle `get` upgrades is dropped after the lock is released).
+/// handle `find` upgrades is dropped after the lock is released).
 static CACHES: Mutex<BTreeMap<u64, Weak<Shared>>> = Mutex::new(BTreeMap::new());
 static NEXT_CACHE: AtomicU64 = AtomicU64::new(0);
 
@@ -93,7 +93,7 @@ fn caches() -> MutexGuard<'static, BTreeMap<u64, Weak<Shared>>> {
 
 impl CacheRef {
     /// The cache, while any handle to it remains.
-    pub(crate) fn get(self) -> Option<TokenCache> {
+    pub(crate) fn find(self) -> Option<TokenCache> {
         let shared = caches().get(&self.0).and_then(Weak::upgrade)?;
         Some(TokenCache { shared })
     }
@@ -584,7 +584,7 @@ impl TokenCache {
     }
 
     /// Which token is current: changes (after `current` does) each time it is replaced or
-    /// dropped.
+    /// dropped, and when the background refresher stops.
     #[inline]
     pub(crate) fn version(&self) -> u64 {
         self.shared.version.load(Ordering::Acquire)
@@ -1313,12 +1313,12 @@ mod tests {
         let other = source.cache().build().unwrap();
         let by_ref = cache.by_ref();
         assert_ne!(by_ref, other.by_ref());
-        let found = by_ref.get().expect("the cache lives");
+        let found = by_ref.find().expect("the cache lives");
         assert!(Arc::ptr_eq(&found.shared, &cache.shared));
         drop((found, cache));
-        assert!(by_ref.get().is_none());
+        assert!(by_ref.find().is_none());
         assert!(!caches().contains_key(&by_ref.0));
-        assert!(other.by_ref().get().is_some());
+        assert!(other.by_ref().find().is_some());
     }
 
     #[tokio::test(start_paused = true)]

@@ -14,19 +14,23 @@ use crate::cache::{CacheRef, Generation, Lookup, TokenCache, TokenWait};
 use crate::error::BoxError;
 use crate::reject::is_token_rejected;
 use crate::replay::{Kept, ReplayBody};
+use crate::service::CacheHandle;
 
 /// A request waiting for its token, with the service made ready for it.
 pub(crate) struct Pending<S, B> {
     service: S,
     request: Request<B>,
-    replay: Option<Kept>,
+    replay: Option<(Kept, CacheHandle)>,
 }
 
-/// What a replay needs: a clone of the inner service, and the request as it came (no
-/// `Authorization` yet).
+/// What a replay needs: a clone of the inner service, the request as it came (no
+/// `Authorization` yet), and the cache to get the new token from, held (by the service's own
+/// handle: its count is written by this service's requests only) so that a request whose
+/// service was dropped after the call (`oneshot`) is still replayed.
 pub(crate) struct Resend<S> {
     pub(crate) service: S,
     pub(crate) kept: Kept,
+    pub(crate) cache: CacheHandle,
 }
 
 pin_project! {
@@ -123,7 +127,7 @@ where
         cache: CacheRef,
         service: S,
         request: Request<B>,
-        replay: Option<Kept>,
+        replay: Option<(Kept, CacheHandle)>,
     ) -> Self {
         Self {
             state: State::WaitToken {
@@ -212,10 +216,15 @@ where
         return Some(response);
     };
     let rejected = *generation;
-    // A cache that is gone (its last layer and service were dropped while this request was
-    // out) has no token to drop, and none to replay with.
-    let Some(cache) = cache.get() else {
-        return Some(response);
+    // A request kept for a replay holds its cache; one that is not names it, and a cache that
+    // is gone (its last layer and service were dropped while the request was out) has no
+    // token left to drop.
+    let cache = match replay.as_ref() {
+        Some(resend) => TokenCache::clone(&resend.cache),
+        None => match cache.find() {
+            Some(cache) => cache,
+            None => return Some(response),
+        },
     };
     cache.invalidate(rejected);
     let Some(replay) = replay.take() else {
@@ -291,7 +300,11 @@ where
                 request.headers_mut().insert(AUTHORIZATION, header);
                 // `service` was made ready by the caller before `call`, and moved here.
                 let future = service.call(request);
-                let replay = replay.map(|kept| Resend { service, kept });
+                let replay = replay.map(|(kept, cache)| Resend {
+                    service,
+                    kept,
+                    cache,
+                });
                 let cache = *cache;
                 state.set(State::Called {
                     future,
