@@ -350,7 +350,7 @@ mod tests {
             .token_source(Counting::default())
             .build()
             .unwrap();
-        let (seen, inner) = recording();
+        let (seen, inner) = recording(0);
         // The token first, so that the services' first requests copy it.
         layer.cache().token().await.unwrap();
         let mut sleeper = layer.layer(inner.clone());
@@ -383,31 +383,6 @@ mod tests {
     /// The `Authorization` of each request the inner service saw.
     type Seen = Arc<Mutex<Vec<Option<String>>>>;
 
-    /// An inner service that records what it sees in `Seen`.
-    fn recording() -> (
-        Seen,
-        impl Service<
-            Request<Full<Bytes>>,
-            Response = Response<Full<Bytes>>,
-            Error = std::convert::Infallible,
-            Future = impl Send,
-        > + Clone,
-    ) {
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let inner = {
-            let seen = seen.clone();
-            service_fn(move |request: Request<Full<Bytes>>| {
-                let token = request
-                    .headers()
-                    .get(AUTHORIZATION)
-                    .map(|v| v.to_str().unwrap().to_owned());
-                seen.lock().unwrap().push(token);
-                async { Ok(Response::new(Full::<Bytes>::default())) }
-            })
-        };
-        (seen, inner)
-    }
-
     /// A service with a copy of a 100 s token (fresh for at most 50 s), made on the clock the
     /// test runs on.
     async fn warm() -> CognitoAuth<impl Service<Request<Full<Bytes>>> + Clone> {
@@ -416,7 +391,7 @@ mod tests {
             .build()
             .unwrap();
         layer.cache().token().await.unwrap();
-        let mut service = layer.layer(recording().1);
+        let mut service = layer.layer(recording(0).1);
         assert!(service.fresh_local().is_some());
         service
     }
@@ -463,7 +438,7 @@ mod tests {
             .background_refresh(true)
             .build()
             .unwrap();
-        let mut service = layer.layer(recording().1);
+        let mut service = layer.layer(recording(0).1);
         let init = paused();
         init.block_on(async {
             layer.cache().token().await.unwrap();
@@ -484,9 +459,9 @@ mod tests {
         });
     }
 
-    /// An inner service that rejects the first `rejections` requests with a 401, then
-    /// answers 200; it records each request's `Authorization`.
-    fn rejecting(
+    /// An inner service that records each request's `Authorization` in `Seen`, and answers
+    /// the first `rejections` requests with a 401, the others with a 200.
+    fn recording(
         rejections: usize,
     ) -> (
         Seen,
@@ -525,7 +500,7 @@ mod tests {
             .token_source(Counting::default())
             .build()
             .unwrap();
-        let (seen, inner) = rejecting(1);
+        let (seen, inner) = recording(1);
         layer.cache().token().await.unwrap();
         let service = tower::ServiceBuilder::new().layer(layer).service(inner);
         let response = service.oneshot(Request::default()).await.unwrap();
@@ -547,7 +522,7 @@ mod tests {
             .replay(Replay::Never)
             .build()
             .unwrap();
-        let (seen, inner) = rejecting(usize::MAX);
+        let (seen, inner) = recording(usize::MAX);
         layer.cache().token().await.unwrap();
         let by_ref = layer.cache().by_ref();
         let service = tower::ServiceBuilder::new().layer(layer).service(inner);
