@@ -37,8 +37,9 @@ pin_project! {
     /// The response future of [`CognitoAuth`](crate::CognitoAuth).
     ///
     /// With a fresh token it is the inner service's future plus a check of the response; it
-    /// allocates nothing of its own, and names its cache by a number rather than holding a
-    /// reference count. See the [crate docs](crate) for what it does.
+    /// allocates nothing of its own, and unless the request is kept for a replay it names its
+    /// cache by a number rather than holding a reference count. See the [crate docs](crate) for
+    /// what it does.
     ///
     /// # Panics
     ///

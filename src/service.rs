@@ -33,16 +33,17 @@ use crate::replay::{Kept, Replay, ReplayBody, keep};
 ///
 /// Each service keeps its own copy of the current token's header (copied once per token) and
 /// checks it against the cache's version, one atomic that changes when the token does (or the
-/// background refresher stops),
-/// and its freshness against the kernel's coarse monotonic clock (a read of the vDSO page; on
-/// a paused Tokio clock, in tests, against Tokio's). Its response futures name the cache by a
-/// number, not a reference count. So a request with a fresh token writes no memory that
-/// requests on other cores also write, and takes no lock. Services made by
-/// [`Layer::layer`](tower_layer::Layer::layer) are independent; a clone starts from its
-/// parent's copy.
+/// background refresher stops), and its freshness against the kernel's coarse monotonic clock
+/// (a read of the vDSO page; on a paused Tokio clock, in tests, against Tokio's). A response
+/// future names the cache by a number; one whose request is kept for a replay also holds the
+/// service's own handle to the cache, a reference count that no other service's requests
+/// write, so that the replay happens even if the service is dropped after the call
+/// (`oneshot`). So a request with a fresh token writes no memory that requests on other cores
+/// also write, and takes no lock. Services made by [`Layer::layer`](tower_layer::Layer::layer)
+/// are independent; a clone starts from its parent's copy and shares its handle.
 ///
-/// A response future whose 401 comes back after the last layer and service of its cache were
-/// dropped hands the 401 back: no cache is left to drop the token from, or to replay with.
+/// A 401 for a request that is not kept for a replay, coming back after the last layer and
+/// service of its cache were dropped, is handed back as it is: no token is left to drop.
 #[derive(Clone)]
 pub struct CognitoAuth<S> {
     inner: S,
