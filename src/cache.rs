@@ -652,6 +652,9 @@ enum Slow {
     Failed(Error),
 }
 
+/// What the waiters of a flight that never ran (its runtime was shutting down) are told.
+const NOT_RUN: &str = "the token refresh could not run: its Tokio runtime is shutting down";
+
 /// How long a flight past its deadline is still joined rather than replaced: its own timer
 /// fires at the deadline, and this leaves its runtime a moment to publish that.
 const ABANDON_GRACE: Duration = Duration::from_secs(1);
@@ -988,21 +991,33 @@ impl Shared {
     /// Waits for a refresh's outcome. A token that is no longer usable when this waiter wakes
     /// (the clock moved on) is not handed out: the waiter looks again, a bounded number of times.
     async fn wait(self: Arc<Self>, mut waiter: Waiter) -> Outcome {
+        let mut never_ran = None;
         for _ in 0..3 {
-            let entry = waiter.outcome().await?;
-            let now = Instant::now();
-            if now < entry.usable_until {
-                return Ok(entry);
-            }
+            let now = match waiter.outcome().await {
+                Ok(entry) => {
+                    let now = Instant::now();
+                    if now < entry.usable_until {
+                        return Ok(entry);
+                    }
+                    now
+                }
+                // The flight was spawned on a runtime that was shutting down, perhaps not this
+                // waiter's: that says nothing of the token endpoint, so start over here.
+                Err(error) if error.is_internal(NOT_RUN) => {
+                    never_ran = Some(error);
+                    Instant::now()
+                }
+                Err(error) => return Err(error),
+            };
             match self.slow_path(now) {
                 Slow::Ready(entry) => return Ok(entry),
                 Slow::Wait(next) => waiter = next,
                 Slow::Failed(error) => return Err(error),
             }
         }
-        Err(Error::internal(
-            "no token stayed usable long enough to be handed out",
-        ))
+        Err(never_ran.unwrap_or_else(|| {
+            Error::internal("no token stayed usable long enough to be handed out")
+        }))
     }
 
     /// Spawns the background refresher if it is configured and not running: at build time, and
@@ -1115,7 +1130,7 @@ impl Drop for Flight {
         let why = if self.ran {
             "the token refresh ended without a result (the token source panicked)"
         } else {
-            "the token refresh could not run: its Tokio runtime is shutting down"
+            NOT_RUN
         };
         self.shared.complete(
             &self.tx,
@@ -1674,6 +1689,40 @@ mod tests {
             .expect("no hang on another runtime")
             .expect("another runtime sharing the cache gets a token");
         assert_eq!(token.secret(), "token-1");
+    }
+
+    /// A request on a healthy runtime that joined a flight spawned on a runtime then shutting
+    /// down (so the flight never runs) starts over on its own runtime instead of failing.
+    #[test]
+    fn a_waiter_starts_over_when_the_flight_it_joined_never_ran() {
+        let source = TestSource::new(Duration::ZERO, HOUR);
+        let cache = source.cache().build().unwrap();
+        let runtime = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+        };
+        let idle = runtime();
+        {
+            // The flight is queued on `idle`, which nobody drives.
+            let _entered = idle.enter();
+            assert!(matches!(cache.lookup(|_| ()), Lookup::Wait(_)));
+        }
+        let token = runtime().block_on(async {
+            let waiting = tokio::spawn({
+                let cache = cache.clone();
+                async move { cache.token().await }
+            });
+            // It joins the queued flight.
+            tokio::task::yield_now().await;
+            assert_eq!(cache.stats().waited, 2);
+            // `idle` goes away, and its queued flight with it, never having run.
+            std::thread::spawn(move || drop(idle)).join().unwrap();
+            waiting.await.unwrap()
+        });
+        assert_eq!(token.unwrap().secret(), "token-1");
+        assert_eq!(source.calls(), 1);
     }
 
     /// Issue #10, defect 2: waiters bound their wait on their own timer, so a flight stuck on a
