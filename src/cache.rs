@@ -1211,6 +1211,17 @@ async fn background(
     }
 }
 
+/// A current-thread runtime with all its drivers, its clock paused if `paused`: for tests that
+/// move a cache from one runtime to another.
+#[cfg(test)]
+pub(crate) fn test_runtime(paused: bool) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(paused)
+        .build()
+        .unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1697,19 +1708,13 @@ mod tests {
     fn a_waiter_starts_over_when_the_flight_it_joined_never_ran() {
         let source = TestSource::new(Duration::ZERO, HOUR);
         let cache = source.cache().build().unwrap();
-        let runtime = || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-        };
-        let idle = runtime();
+        let idle = test_runtime(false);
         {
             // The flight is queued on `idle`, which nobody drives.
             let _entered = idle.enter();
             assert!(matches!(cache.lookup(|_| ()), Lookup::Wait(_)));
         }
-        let token = runtime().block_on(async {
+        let token = test_runtime(false).block_on(async {
             let waiting = tokio::spawn({
                 let cache = cache.clone();
                 async move { cache.token().await }
@@ -1860,22 +1865,15 @@ mod tests {
     /// the next request's runtime.
     #[test]
     fn background_refresher_restarts_under_a_new_runtime() {
-        let paused = || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .start_paused(true)
-                .build()
-                .unwrap()
-        };
         let source = TestSource::new(Duration::from_secs(1), HOUR);
-        let init = paused();
+        let init = test_runtime(true);
         let cache = init.block_on(async {
             let cache = source.cache().background_refresh(true).build().unwrap();
             cache.token().await.unwrap();
             cache
         });
         drop(init);
-        paused().block_on(async {
+        test_runtime(true).block_on(async {
             cache.token().await.unwrap();
             assert_eq!(source.calls(), 1);
             // No traffic for longer than the token is fresh.

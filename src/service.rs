@@ -310,6 +310,7 @@ impl<S> CognitoAuth<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::test_runtime;
     use crate::{AccessToken, BoxFuture, CognitoAuthLayer, Error, Token, TokenSource};
     use http_body_util::Full;
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -426,13 +427,6 @@ mod tests {
     /// refresher's end changes the version.
     #[test]
     fn a_service_with_a_fresh_copy_restarts_the_background_refresher() {
-        let paused = || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .start_paused(true)
-                .build()
-                .unwrap()
-        };
         let calls = Arc::new(AtomicUsize::new(0));
         let layer = CognitoAuthLayer::builder()
             .token_source(Counting(calls.clone()))
@@ -440,14 +434,14 @@ mod tests {
             .build()
             .unwrap();
         let mut service = layer.layer(recording(0).1);
-        let init = paused();
+        let init = test_runtime(true);
         init.block_on(async {
             layer.cache().token().await.unwrap();
             send(&mut service).await;
         });
         drop(init);
         assert_eq!(calls.load(Ordering::SeqCst), 1);
-        paused().block_on(async {
+        test_runtime(true).block_on(async {
             send(&mut service).await;
             // No traffic past the token's freshness (100 s tokens: fresh for 40 to 50 s), and
             // not past the next one's (at least 40 s more).
