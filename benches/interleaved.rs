@@ -10,7 +10,10 @@
 //! within a round (both overheads against that round's bare service), and the median of the 40
 //! is printed, with the interquartile range: the two sides of a ratio are measured seconds
 //! apart, never minutes. The goals: `Replay::Never`'s overhead over `SetRequestHeader`'s, and
-//! the defaults' over `FollowRedirect`'s on the realistic requests.
+//! the defaults' over `FollowRedirect`'s on the realistic requests. The inner service answers
+//! without headers, as in the criterion benches; the GET is measured once more with an inner
+//! service that answers with headers, as servers do (`get_answer_headers`), for what the
+//! layer's look for `grpc-status` costs.
 //!
 //! A process's memory layout (where the kernel puts its stack and heap, new at each start)
 //! moves these few-nanosecond figures by more than their differences: one process measures a
@@ -22,27 +25,71 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Noop, Source, call_now, get, get_4_headers, grpc_post};
+use bytes::Bytes;
+use common::{Noop, NoopHeaders, Source, call_now, get, get_4_headers, grpc_post};
 use http::header::AUTHORIZATION;
-use http::{HeaderValue, Request};
+use http::{HeaderValue, Request, Response};
 use http_body_util::Full;
+use std::convert::Infallible;
 use tower::{Layer, Service};
-use tower_cognito_auth::{CognitoAuthLayerBuilder, Replay};
+use tower_cognito_auth::{CognitoAuthLayer, CognitoAuthLayerBuilder, Replay};
 use tower_http::follow_redirect::FollowRedirectLayer;
 use tower_http::set_header::SetRequestHeaderLayer;
 
-type MakeRequest = fn() -> Request<Full<bytes::Bytes>>;
+type MakeRequest = fn() -> Request<Full<Bytes>>;
 
 /// One row: a name and a closure that sends one request through its own service.
 type Row = (String, Box<dyn FnMut()>);
 
 fn row<S>(name: String, mut service: S, make: MakeRequest) -> Row
 where
-    S: Service<Request<Full<bytes::Bytes>>> + 'static,
+    S: Service<Request<Full<Bytes>>> + 'static,
     S::Error: std::fmt::Debug,
 {
     (name, Box::new(move || drop(call_now(&mut service, make()))))
 }
+
+/// The layers each kind of request goes through.
+struct Layers {
+    set_header: SetRequestHeaderLayer<HeaderValue>,
+    defaults: CognitoAuthLayer,
+    never: CognitoAuthLayer,
+}
+
+impl Layers {
+    /// The rows of one kind of request: the bare inner service and each layer over it.
+    fn rows<I>(&self, rows: &mut Vec<Row>, kind: &str, inner: I, make: MakeRequest)
+    where
+        I: Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>, Error = Infallible>
+            + Clone
+            + 'static,
+    {
+        rows.push(row(format!("{kind}/bare"), inner.clone(), make));
+        rows.push(row(
+            format!("{kind}/set_header"),
+            self.set_header.layer(inner.clone()),
+            make,
+        ));
+        rows.push(row(
+            format!("{kind}/follow_redirect"),
+            FollowRedirectLayer::new().layer(inner.clone()),
+            make,
+        ));
+        rows.push(row(
+            format!("{kind}/cognito_auth"),
+            self.defaults.layer(inner.clone()),
+            make,
+        ));
+        rows.push(row(
+            format!("{kind}/cognito_auth_replay_never"),
+            self.never.layer(inner),
+            make,
+        ));
+    }
+}
+
+/// The kind of the GET answered with headers.
+const ANSWER_HEADERS: &str = "get_answer_headers";
 
 const ROUNDS: usize = 40;
 const PER_SLICE: u32 = 20_000;
@@ -101,8 +148,12 @@ fn measure() {
     let never = filled(common::builder(&source).replay(Replay::Never));
     let header = HeaderValue::from_str(&format!("Bearer {}", common::token_text(0)))
         .expect("a valid header");
-    let set_header = SetRequestHeaderLayer::overriding(AUTHORIZATION, header);
 
+    let layers = Layers {
+        set_header: SetRequestHeaderLayer::overriding(AUTHORIZATION, header),
+        defaults,
+        never,
+    };
     let kinds: [(&str, MakeRequest); 3] = [
         ("get", get),
         ("get_4_headers", get_4_headers),
@@ -110,28 +161,11 @@ fn measure() {
     ];
     let mut rows: Vec<Row> = Vec::new();
     for (kind, make) in kinds {
-        rows.push(row(format!("{kind}/bare"), Noop, make));
-        rows.push(row(
-            format!("{kind}/set_header"),
-            set_header.layer(Noop),
-            make,
-        ));
-        rows.push(row(
-            format!("{kind}/follow_redirect"),
-            FollowRedirectLayer::new().layer(Noop),
-            make,
-        ));
-        rows.push(row(
-            format!("{kind}/cognito_auth"),
-            defaults.layer(Noop),
-            make,
-        ));
-        rows.push(row(
-            format!("{kind}/cognito_auth_replay_never"),
-            never.layer(Noop),
-            make,
-        ));
+        layers.rows(&mut rows, kind, Noop, make);
     }
+    // The GET again, answered with headers as a server answers: the layer looks for
+    // `grpc-status` in them.
+    layers.rows(&mut rows, ANSWER_HEADERS, NoopHeaders, get);
 
     // ns[round][row]
     let mut ns: Vec<Vec<f64>> = Vec::with_capacity(ROUNDS);
@@ -167,7 +201,7 @@ fn measure() {
             println!("ns {name} {median:.1}");
         }
     }
-    for (kind, _) in kinds {
+    for kind in kinds.iter().map(|(kind, _)| *kind).chain([ANSWER_HEADERS]) {
         let overhead = |variant: &str| {
             let row = at(&format!("{kind}/{variant}"));
             let bare = at(&format!("{kind}/bare"));

@@ -9,7 +9,8 @@
 //!
 //! Arguments: the variant (`bare`, `srh` for tower-http's `SetRequestHeader`, `fr` for
 //! `FollowRedirect`, `defaults`, `never` for `Replay::Never`), the request (`get`, `get4` for
-//! the GET with four headers, `grpc`), and the count (1,000,000 by default). It prints the time
+//! the GET with four headers, `grpc`), the count (1,000,000 by default), and `headers` for an
+//! inner service whose answers carry headers, as a server's do (`NoopHeaders`). It prints the time
 //! per request, which under a profiler is the profiler's. Subtract the counts of two runs with
 //! different N to take the setup out.
 
@@ -17,7 +18,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Noop, Source, call_now, get, get_4_headers, grpc_post};
+use common::{Noop, NoopHeaders, Source, call_now, get, get_4_headers, grpc_post};
 use http::HeaderValue;
 use http::header::AUTHORIZATION;
 use tower::{Layer, Service};
@@ -39,6 +40,46 @@ where
     start.elapsed()
 }
 
+fn variant_run<I>(
+    inner: I,
+    variant: &str,
+    make: MakeRequest,
+    n: usize,
+    source: &std::sync::Arc<Source>,
+    rt: &tokio::runtime::Runtime,
+    header: HeaderValue,
+) -> Duration
+where
+    I: Service<
+            http::Request<http_body_util::Full<bytes::Bytes>>,
+            Response = http::Response<http_body_util::Full<bytes::Bytes>>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + 'static,
+{
+    let layer = |builder: tower_cognito_auth::CognitoAuthLayerBuilder| {
+        let layer = builder.build().expect("a valid layer");
+        rt.block_on(layer.token()).expect("a token");
+        layer
+    };
+    match variant {
+        "bare" => run(inner, make, n),
+        "srh" => run(
+            SetRequestHeaderLayer::overriding(AUTHORIZATION, header).layer(inner),
+            make,
+            n,
+        ),
+        "fr" => run(FollowRedirectLayer::new().layer(inner), make, n),
+        "defaults" => run(layer(common::builder(source)).layer(inner), make, n),
+        "never" => run(
+            layer(common::builder(source).replay(Replay::Never)).layer(inner),
+            make,
+            n,
+        ),
+        other => panic!("unknown variant {other}: bare, srh, fr, defaults or never"),
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -56,28 +97,12 @@ fn main() {
         .map_or(1_000_000, |n| n.parse().expect("the count is a number"));
     let rt = common::current_thread();
     let source = Source::new(Duration::ZERO, Duration::from_secs(3600));
-    let layer = |builder: tower_cognito_auth::CognitoAuthLayerBuilder| {
-        let layer = builder.build().expect("a valid layer");
-        rt.block_on(layer.token()).expect("a token");
-        layer
-    };
     let header = HeaderValue::from_str(&format!("Bearer {}", common::token_text(0)))
         .expect("a valid header");
-    let elapsed = match variant {
-        "bare" => run(Noop, make, n),
-        "srh" => run(
-            SetRequestHeaderLayer::overriding(AUTHORIZATION, header).layer(Noop),
-            make,
-            n,
-        ),
-        "fr" => run(FollowRedirectLayer::new().layer(Noop), make, n),
-        "defaults" => run(layer(common::builder(&source)).layer(Noop), make, n),
-        "never" => run(
-            layer(common::builder(&source).replay(Replay::Never)).layer(Noop),
-            make,
-            n,
-        ),
-        other => panic!("unknown variant {other}: bare, srh, fr, defaults or never"),
+    let elapsed = if args.get(3).map(String::as_str) == Some("headers") {
+        variant_run(NoopHeaders, variant, make, n, &source, &rt, header)
+    } else {
+        variant_run(Noop, variant, make, n, &source, &rt, header)
     };
     println!(
         "{variant}: {:.1} ns per request",
