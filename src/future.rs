@@ -6,13 +6,13 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use http::header::AUTHORIZATION;
-use http::{HeaderValue, Request, Response};
+use http::{HeaderValue, Method, Request, Response};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use crate::cache::{CacheRef, Generation, Lookup, TokenCache, TokenWait};
 use crate::error::BoxError;
-use crate::reject::is_token_rejected;
+use crate::reject::{is_token_rejected, may_reject};
 use crate::replay::{Kept, ReplayBody};
 use crate::service::CacheHandle;
 
@@ -66,6 +66,8 @@ pin_project! {
             future: S::Future,
             cache: CacheRef,
             generation: Generation,
+            // The request was a `POST`: its answer may be a gRPC call's (see `reject`).
+            post: bool,
             replay: Option<Resend<S>>,
         },
         // No usable token yet. `pending.service` is the inner service that was made ready for
@@ -107,10 +109,12 @@ impl<S, B> ResponseFuture<S, B>
 where
     S: Service<Request<B>>,
 {
+    /// `post`: whether the request was a `POST` (see `reject`).
     pub(crate) fn called(
         future: S::Future,
         cache: CacheRef,
         generation: Generation,
+        post: bool,
         replay: Option<Resend<S>>,
     ) -> Self {
         Self {
@@ -118,6 +122,7 @@ where
                 future,
                 cache,
                 generation,
+                post,
                 replay,
             },
         }
@@ -182,16 +187,43 @@ where
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut state = self.project().state;
-        if let StateProj::Called { future, .. } = state.as_mut().project() {
-            let response = ready!(future.poll(cx)).map_err(Into::into)?;
-            if !is_token_rejected(&response) {
-                return Poll::Ready(Ok(response));
+        if let StateProj::Called { future, post, .. } = state.as_mut().project() {
+            let post = *post;
+            let poll = future.poll(cx).map_err(Into::into);
+            // Most answers are told to keep their token from two of their fields, and go back
+            // as they came (see `may_reject`); the others are looked at out of line.
+            if !matches!(&poll, Poll::Ready(Ok(response)) if may_reject(response, post)) {
+                return poll;
             }
-            if let Some(response) = rejected(state.as_mut(), response) {
-                return Poll::Ready(Ok(response));
-            }
+            let Poll::Ready(Ok(response)) = poll else {
+                unreachable!("matched above");
+            };
+            return answered(state, response, post, cx);
         }
         poll_states(state, cx)
+    }
+}
+
+/// The answer of a `Called` future that may reject its token (a 401, or an answer with headers
+/// to a `POST`): handed back, or the rejection is handled and the states polled on.
+#[inline(never)]
+fn answered<S, B, ResBody>(
+    mut state: Pin<&mut State<S, B>>,
+    response: Response<ResBody>,
+    post: bool,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Response<ResBody>, BoxError>>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    S::Error: Into<BoxError>,
+    B: ReplayBody,
+{
+    if !is_token_rejected(&response, post) {
+        return Poll::Ready(Ok(response));
+    }
+    match rejected(state.as_mut(), response) {
+        Some(response) => Poll::Ready(Ok(response)),
+        None => poll_states(state, cx),
     }
 }
 
@@ -271,9 +303,9 @@ where
 {
     loop {
         match state.as_mut().project() {
-            StateProj::Called { future, .. } => {
+            StateProj::Called { future, post, .. } => {
                 let response = ready!(future.poll(cx)).map_err(Into::into)?;
-                if !is_token_rejected(&response) {
+                if !is_token_rejected(&response, *post) {
                     return Poll::Ready(Ok(response));
                 }
                 if let Some(response) = rejected(state.as_mut(), response) {
@@ -299,6 +331,7 @@ where
                 } = *pending;
                 let (header, generation) = header_and_generation(&entry);
                 request.headers_mut().insert(AUTHORIZATION, header);
+                let post = request.method() == Method::POST;
                 // `service` was made ready by the caller before `call`, and moved here.
                 let future = service.call(request);
                 let replay = replay.map(|(kept, cache)| Resend {
@@ -311,6 +344,7 @@ where
                     future,
                     cache,
                     generation,
+                    post,
                     replay,
                 });
             }

@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::header::AUTHORIZATION;
-use http::{HeaderValue, Request, Response};
+use http::{HeaderValue, Method, Request, Response};
 use tokio::time::Instant;
 use tower_service::Service;
 
@@ -238,8 +238,9 @@ where
             return match self.fresh_local() {
                 Some((header, generation)) => {
                     request.headers_mut().insert(AUTHORIZATION, header);
+                    let post = request.method() == Method::POST;
                     let future = self.inner.call(request);
-                    ResponseFuture::called(future, self.cache_ref, generation, None)
+                    ResponseFuture::called(future, self.cache_ref, generation, post, None)
                 }
                 None => self.call_from_cache(request, None),
             };
@@ -253,6 +254,7 @@ where
         match self.fresh_local() {
             Some((header, generation)) => {
                 request.headers_mut().insert(AUTHORIZATION, header);
+                let post = request.method() == Method::POST;
                 let future = self.inner.call(request);
                 // (Made after the call, as tower's `Retry` clones its service: the future is
                 // then built where it goes, not moved there.)
@@ -261,7 +263,7 @@ where
                     kept,
                     cache: Arc::clone(&self.handle),
                 });
-                ResponseFuture::called(future, self.cache_ref, generation, replay)
+                ResponseFuture::called(future, self.cache_ref, generation, post, replay)
             }
             None => self.call_from_cache(request, kept),
         }
@@ -283,6 +285,7 @@ impl<S> CognitoAuth<S> {
         match self.cache.lookup(header_and_generation) {
             Lookup::Ready((header, generation)) => {
                 request.headers_mut().insert(AUTHORIZATION, header);
+                let post = request.method() == Method::POST;
                 let future = self.inner.call(request);
                 // (Made after the call, as tower's `Retry` clones its service: the future is
                 // then built where it goes, not moved there.)
@@ -291,7 +294,7 @@ impl<S> CognitoAuth<S> {
                     kept,
                     cache: Arc::clone(&self.handle),
                 });
-                ResponseFuture::called(future, self.cache_ref, generation, replay)
+                ResponseFuture::called(future, self.cache_ref, generation, post, replay)
             }
             Lookup::Wait(wait) => {
                 // The ready service moves into the future, which calls it once the token is

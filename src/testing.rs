@@ -1148,7 +1148,9 @@ pub enum Rejection {
     /// HTTP `401 Unauthorized` with `www-authenticate: Bearer error="invalid_token"`.
     Unauthorized,
     /// A gRPC trailers-only answer: HTTP `200`, `content-type: application/grpc`,
-    /// `grpc-status: 16` (`UNAUTHENTICATED`) and `grpc-message: invalid token`.
+    /// `grpc-status: 16` (`UNAUTHENTICATED`) and `grpc-message: invalid token`. It is given to
+    /// any request; [`CognitoAuth`](crate::CognitoAuth) takes it for a rejection of the token in
+    /// the answer to a `POST` only, as every gRPC call is one.
     GrpcUnauthenticated,
 }
 

@@ -345,6 +345,41 @@ async fn forbidden_is_not_a_token_problem() {
     assert_eq!(env.layer.stats().invalidations, 0);
 }
 
+/// gRPC calls are POSTs: `grpc-status` in the answer to another method is not gRPC's, and is
+/// not looked for (which spares every GET answered with headers a lookup).
+#[tokio::test]
+async fn grpc_status_counts_in_the_answer_to_a_post_only() {
+    let env = env().await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let inner = {
+        let calls = calls.clone();
+        service_fn(move |_request: Request<Full<Bytes>>| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async {
+                let mut r = Response::new(Full::new(Bytes::new()));
+                r.headers_mut()
+                    .insert("content-type", "application/grpc".parse().unwrap());
+                r.headers_mut().insert("grpc-status", "16".parse().unwrap());
+                Ok::<_, Infallible>(r)
+            }
+        })
+    };
+    let mut service = ServiceBuilder::new()
+        .layer(env.layer.clone())
+        .service(inner);
+    let get = Request::get("/").body(Full::default()).unwrap();
+    let response = service.ready().await.unwrap().call(get).await.unwrap();
+    assert_eq!(response.headers()["grpc-status"], "16");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(env.layer.stats().invalidations, 0);
+    // The same answer to a POST rejects the token: dropped, and the call replayed once.
+    let post = Request::post("/").body(Full::default()).unwrap();
+    let response = service.ready().await.unwrap().call(post).await.unwrap();
+    assert_eq!(response.headers()["grpc-status"], "16");
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    assert!(env.layer.stats().invalidations >= 1);
+}
+
 #[tokio::test]
 async fn grpc_trailers_only_unauthenticated_is_replayed() {
     let env = env().await;
