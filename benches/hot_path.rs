@@ -44,15 +44,17 @@ fn hot_path(c: &mut Criterion) {
     });
 
     let source = Source::new(Duration::ZERO, Duration::from_secs(3600));
+    // `Replay::Never` right after `SetRequestHeader`, which it is compared with: the VM's speed
+    // drifts over the seconds between two rows.
     for (name, builder) in [
+        (
+            "cognito_auth_replay_never",
+            common::builder(&source).replay(Replay::Never),
+        ),
         ("cognito_auth", common::builder(&source)),
         (
             "cognito_auth_replay_body_limit_0",
             common::builder(&source).replay_body_limit(0),
-        ),
-        (
-            "cognito_auth_replay_never",
-            common::builder(&source).replay(Replay::Never),
         ),
     ] {
         let layer = builder.build().expect("a valid layer");
