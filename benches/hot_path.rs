@@ -10,6 +10,9 @@
 //! `SetRequestHeader::overriding` with a static `Bearer` value (the floor: one header insert);
 //! the layer with its defaults (the request head and the inner service are cloned for a
 //! possible replay); with `replay_body_limit(0)`; with `Replay::Never`; and a 1 KiB POST.
+//! The `_harness_inlined` rows measure the bare service, `SetRequestHeader` and `Replay::Never`
+//! again with the harness function always inline into criterion's loop: the compiler inlines it
+//! on its own for `SetRequestHeader` only (see `common::call_now`).
 //!
 //! Note: the benches see `tokio` with the `test-util` feature (a dev-dependency), which makes
 //! `tokio::time::Instant::now()` look for a paused clock first. A request with a fresh token
@@ -18,7 +21,7 @@
 
 mod common;
 
-use common::{Noop, Source, call_now, get, get_4_headers, grpc_post, post_1k};
+use common::{Noop, Source, call_inlined, call_now, get, get_4_headers, grpc_post, post_1k};
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::HeaderValue;
 use http::header::AUTHORIZATION;
@@ -62,6 +65,24 @@ fn hot_path(c: &mut Criterion) {
         let mut service = layer.layer(Noop);
         group.bench_function(name, |b| b.iter(|| call_now(&mut service, get())));
     }
+
+    // The same three, with the harness inline into the loop for each (see `common::call_now`):
+    // what the rows above measure beyond their layers' work is whether the compiler inlined it.
+    group.bench_function("bare_harness_inlined", |b| {
+        b.iter(|| call_inlined(&mut bare, get()))
+    });
+    group.bench_function("set_header_harness_inlined", |b| {
+        b.iter(|| call_inlined(&mut set_header, get()))
+    });
+    let never = common::builder(&source)
+        .replay(Replay::Never)
+        .build()
+        .expect("a valid layer");
+    rt.block_on(never.token()).expect("a token");
+    let mut never = never.layer(Noop);
+    group.bench_function("cognito_auth_replay_never_harness_inlined", |b| {
+        b.iter(|| call_inlined(&mut never, get()))
+    });
 
     // `TokenCache::token()` on a fresh token, polled in place: the lookup alone.
     let cache = layer_for_cache(&rt, &source);
