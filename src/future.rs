@@ -182,16 +182,18 @@ where
 {
     type Output = Result<Response<ResBody>, BoxError>;
 
-    /// The inner future's answer when it keeps the token is handled here, inlined into the
-    /// caller; a rejection, the waits and the replay are out of line.
+    /// The inner future's answer is handed back from here, inlined into the caller, when two
+    /// of its fields tell that it keeps its token (see `reject::may_reject`): not a 401, and not
+    /// the answer with headers to a `POST`. Those (every real gRPC answer among them) are
+    /// checked out of line, as are a rejection, the waits and the replay.
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut state = self.project().state;
         if let StateProj::Called { future, post, .. } = state.as_mut().project() {
             let post = *post;
             let poll = future.poll(cx).map_err(Into::into);
-            // Most answers are told to keep their token from two of their fields, and go back
-            // as they came (see `may_reject`); the others are looked at out of line.
+            // An answer told to keep its token from two of its fields goes back as it came,
+            // with no copy of it made here; the others are looked at out of line.
             if !matches!(&poll, Poll::Ready(Ok(response)) if may_reject(response, post)) {
                 return poll;
             }

@@ -81,9 +81,9 @@
 //!   fails they all get its error, and further attempts are spaced by backoff, not by the
 //!   request rate. See [`cache`].
 //! - **A rejected token is replaced, once.** A `401`, or a gRPC trailers-only
-//!   `UNAUTHENTICATED` (in the answer to a `POST`, as every gRPC call is), drops that token (only that one), gets a new one and replays the request
-//!   once, transparently. Bodies up to `replay_body_limit` (64 KiB) are kept for it; streams are
-//!   forwarded untouched. See [`replay`]. A stream rejected in its trailers, after it started,
+//!   `UNAUTHENTICATED` (in the answer to a `POST`, as every gRPC call is), drops that token
+//!   (only that one), gets a new one and replays the request once, transparently. Bodies up to
+//!   `replay_body_limit` (64 KiB) are kept for it; streams are forwarded untouched. See [`replay`]. A stream rejected in its trailers, after it started,
 //!   cannot be replayed; [`trailers`] (opt-in) still drops its token.
 //! - **Secrets stay secret.** The client secret and tokens never appear in `Debug` output,
 //!   logs or errors; the `Authorization` header is marked sensitive; the token endpoint must be

@@ -90,5 +90,13 @@ mod tests {
         }
         assert!(!may_reject(&response(200, None), true));
         assert!(!may_reject(&response(200, Some("16")), false));
+        // Headers without `grpc-status`: looked at, and kept.
+        let mut json = Response::new(());
+        json.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        assert!(may_reject(&json, true));
+        assert!(!is_token_rejected(&json, true));
     }
 }

@@ -1229,7 +1229,9 @@ struct ApiHandle {
 /// same port. The bearer token of the `Authorization` header (scheme matched
 /// case-insensitively) is accepted when [`TokenEndpoint::is_valid`] holds for it and
 /// [`reject_all`](ProtectedApi::reject_all) is off. Requests whose `content-type` starts with
-/// `application/grpc` are gRPC requests.
+/// `application/grpc` are gRPC requests, whatever their method (a real gRPC call is a `POST`,
+/// and [`CognitoAuth`](crate::CognitoAuth) looks for `grpc-status` in the answers to `POST`s
+/// only).
 ///
 /// - Accepted: `200`, echoing the request body. Plain requests get the request's
 ///   `content-type` back; gRPC requests get `content-type: application/grpc` and the trailer

@@ -13,8 +13,10 @@
 //! token each request carries and wraps the response body; when the trailers say
 //! `UNAUTHENTICATED`, it drops that token from the cache, only if it is still the current one
 //! (so N streams rejected on one token cause one refresh, and a token that was already replaced
-//! is left alone). The body's frames pass through untouched. It costs a reference count per
-//! request and a check of each trailers frame, and is off unless you add it.
+//! is left alone). The body's frames pass through untouched. It watches the answers to
+//! `POST`s only, as every gRPC call is one (and as [`CognitoAuth`] looks for `grpc-status` in
+//! those only). It costs a reference count per `POST` and a check of each trailers frame, and
+//! is off unless you add it.
 //!
 //! ```
 //! use bytes::Bytes;
@@ -47,7 +49,8 @@
 //!     .layer(auth.watch_trailers()) // under the auth layer, next to the transport
 //!     .service(server);
 //!
-//! let response = client.oneshot(Request::new(Full::new(Bytes::new()))).await?;
+//! let call = Request::post("/echo.Echo/Stream").body(Full::new(Bytes::new()))?;
+//! let response = client.oneshot(call).await?;
 //! response.into_body().collect().await?; // the application reads the stream to its end
 //! assert_eq!(auth.stats().invalidations, 1); // the next call gets a new token
 //! # Ok(())
@@ -63,7 +66,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use http::header::AUTHORIZATION;
-use http::{HeaderValue, Request, Response};
+use http::{HeaderValue, Method, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
@@ -148,7 +151,12 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let token = request.headers().get(AUTHORIZATION).cloned();
+        // gRPC calls are `POST`s; the answer to any other method is not watched.
+        let token = if request.method() == Method::POST {
+            request.headers().get(AUTHORIZATION).cloned()
+        } else {
+            None
+        };
         WatchTrailersFuture {
             future: self.inner.call(request),
             watch: token.map(|token| Watch {
@@ -294,7 +302,7 @@ mod tests {
         let call = |status: &'static str| {
             let client = client.clone();
             async move {
-                let request = Request::builder()
+                let request = Request::post("/")
                     .header("x-status", status)
                     .body(Full::new(Bytes::new()))
                     .unwrap();
@@ -314,7 +322,7 @@ mod tests {
         // Two streams that started on token-2 and end rejected after token-3 replaced it:
         // the first drops token-2, the second finds token-3 and leaves it alone.
         let rejected_stream = || {
-            let request = Request::builder()
+            let request = Request::post("/")
                 .header("x-status", "16")
                 .body(Full::new(Bytes::new()))
                 .unwrap();
@@ -328,5 +336,14 @@ mod tests {
         assert_eq!(auth.token().await.unwrap().secret(), "token-3");
         assert_eq!(auth.stats().invalidations, 2);
         assert_eq!(fetched.load(Ordering::SeqCst), 3);
+        // The answer to a GET is no gRPC call's: its trailers are not looked at.
+        let get = Request::get("/")
+            .header("x-status", "16")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = client.clone().oneshot(get).await.unwrap();
+        let collected = response.into_body().collect().await.unwrap();
+        assert_eq!(collected.trailers(), Some(&trailers("16")));
+        assert_eq!(auth.stats().invalidations, 2);
     }
 }

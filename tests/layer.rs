@@ -377,7 +377,50 @@ async fn grpc_status_counts_in_the_answer_to_a_post_only() {
     let response = service.ready().await.unwrap().call(post).await.unwrap();
     assert_eq!(response.headers()["grpc-status"], "16");
     assert_eq!(calls.load(Ordering::SeqCst), 3);
-    assert!(env.layer.stats().invalidations >= 1);
+    assert_eq!(env.layer.stats().invalidations, 1);
+}
+
+/// The first POST of a layer waits for its token, then is answered: a trailers-only
+/// `UNAUTHENTICATED` to it is a rejection too, and an answer with headers but no `grpc-status`
+/// comes back as it was.
+#[tokio::test]
+async fn a_post_that_waited_for_its_token_is_checked_for_grpc_status() {
+    let env = env().await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let inner = {
+        let calls = calls.clone();
+        service_fn(move |_request: Request<Full<Bytes>>| {
+            // The first answer rejects, the next ones do not.
+            let first = calls.fetch_add(1, Ordering::SeqCst) == 0;
+            async move {
+                let mut r = Response::new(Full::new(Bytes::from_static(b"answer")));
+                r.headers_mut()
+                    .insert("content-type", "application/grpc".parse().unwrap());
+                if first {
+                    r.headers_mut().insert("grpc-status", "16".parse().unwrap());
+                }
+                Ok::<_, Infallible>(r)
+            }
+        })
+    };
+    // A new layer: its cache is empty, so the first request waits for the token.
+    let layer = env.layer.clone();
+    let mut service = ServiceBuilder::new().layer(layer.clone()).service(inner);
+    let post = || Request::post("/").body(Full::default()).unwrap();
+    let response = service.ready().await.unwrap().call(post()).await.unwrap();
+    assert_eq!(response.headers().get("grpc-status"), None);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(layer.stats().invalidations, 1);
+    assert_eq!(layer.stats().replays, 1);
+    // With a token at hand, an answer with headers and no `grpc-status` comes back whole.
+    let response = service.ready().await.unwrap().call(post()).await.unwrap();
+    assert_eq!(response.headers()["content-type"], "application/grpc");
+    assert_eq!(
+        response.into_body().collect().await.unwrap().to_bytes(),
+        "answer"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    assert_eq!(layer.stats().invalidations, 1);
 }
 
 #[tokio::test]
