@@ -220,13 +220,28 @@ where
     S::Error: Into<BoxError>,
     B: ReplayBody,
 {
-    if !is_token_rejected(&response, post) {
-        return Poll::Ready(Ok(response));
-    }
-    match rejected(state.as_mut(), response) {
+    match checked(state.as_mut(), response, post) {
         Some(response) => Poll::Ready(Ok(response)),
         None => poll_states(state, cx),
     }
+}
+
+/// The answer of a `Called` future, checked: `Some` to hand back (it keeps its token, or no
+/// replay can do better), `None` when the state moved on to a replay.
+#[inline]
+fn checked<S, B, ResBody>(
+    state: Pin<&mut State<S, B>>,
+    response: Response<ResBody>,
+    post: bool,
+) -> Option<Response<ResBody>>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    B: ReplayBody,
+{
+    if !is_token_rejected(&response, post) {
+        return Some(response);
+    }
+    rejected(state, response)
 }
 
 /// The inner service of a `Called` future rejected its token: drops that token, and moves on
@@ -306,11 +321,9 @@ where
     loop {
         match state.as_mut().project() {
             StateProj::Called { future, post, .. } => {
+                let post = *post;
                 let response = ready!(future.poll(cx)).map_err(Into::into)?;
-                if !is_token_rejected(&response, *post) {
-                    return Poll::Ready(Ok(response));
-                }
-                if let Some(response) = rejected(state.as_mut(), response) {
+                if let Some(response) = checked(state.as_mut(), response, post) {
                     return Poll::Ready(Ok(response));
                 }
             }

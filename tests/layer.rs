@@ -345,25 +345,35 @@ async fn forbidden_is_not_a_token_problem() {
     assert_eq!(env.layer.stats().invalidations, 0);
 }
 
+/// An inner service that answers each call `content-type: application/grpc` and a body, with
+/// `grpc-status: 16` (trailers-only `UNAUTHENTICATED`) when `rejects(n)` holds for the call's
+/// number `n` (from 0); `calls` counts them.
+fn grpc_answers(
+    calls: Arc<AtomicUsize>,
+    rejects: fn(usize) -> bool,
+) -> impl Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>, Error = Infallible> + Clone
+{
+    service_fn(move |_request: Request<Full<Bytes>>| {
+        let reject = rejects(calls.fetch_add(1, Ordering::SeqCst));
+        async move {
+            let mut r = Response::new(Full::new(Bytes::from_static(b"answer")));
+            r.headers_mut()
+                .insert("content-type", "application/grpc".parse().unwrap());
+            if reject {
+                r.headers_mut().insert("grpc-status", "16".parse().unwrap());
+            }
+            Ok::<_, Infallible>(r)
+        }
+    })
+}
+
 /// gRPC calls are POSTs: `grpc-status` in the answer to another method is not gRPC's, and is
 /// not looked for (which spares every GET answered with headers a lookup).
 #[tokio::test]
 async fn grpc_status_counts_in_the_answer_to_a_post_only() {
     let env = env().await;
     let calls = Arc::new(AtomicUsize::new(0));
-    let inner = {
-        let calls = calls.clone();
-        service_fn(move |_request: Request<Full<Bytes>>| {
-            calls.fetch_add(1, Ordering::SeqCst);
-            async {
-                let mut r = Response::new(Full::new(Bytes::new()));
-                r.headers_mut()
-                    .insert("content-type", "application/grpc".parse().unwrap());
-                r.headers_mut().insert("grpc-status", "16".parse().unwrap());
-                Ok::<_, Infallible>(r)
-            }
-        })
-    };
+    let inner = grpc_answers(calls.clone(), |_| true);
     let mut service = ServiceBuilder::new()
         .layer(env.layer.clone())
         .service(inner);
@@ -387,22 +397,8 @@ async fn grpc_status_counts_in_the_answer_to_a_post_only() {
 async fn a_post_that_waited_for_its_token_is_checked_for_grpc_status() {
     let env = env().await;
     let calls = Arc::new(AtomicUsize::new(0));
-    let inner = {
-        let calls = calls.clone();
-        service_fn(move |_request: Request<Full<Bytes>>| {
-            // The first answer rejects, the next ones do not.
-            let first = calls.fetch_add(1, Ordering::SeqCst) == 0;
-            async move {
-                let mut r = Response::new(Full::new(Bytes::from_static(b"answer")));
-                r.headers_mut()
-                    .insert("content-type", "application/grpc".parse().unwrap());
-                if first {
-                    r.headers_mut().insert("grpc-status", "16".parse().unwrap());
-                }
-                Ok::<_, Infallible>(r)
-            }
-        })
-    };
+    // The first answer rejects, the next ones do not.
+    let inner = grpc_answers(calls.clone(), |n| n == 0);
     // A new layer: its cache is empty, so the first request waits for the token.
     let layer = env.layer.clone();
     let mut service = ServiceBuilder::new().layer(layer.clone()).service(inner);
