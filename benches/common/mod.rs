@@ -206,6 +206,24 @@ pub fn post_1k() -> Request<Full<Bytes>> {
     request
 }
 
+/// The body of [`call_now`] and [`call_inlined`]: a macro, not a function, so that each of them
+/// is what the compiler inlines or not (a shared function would be inlined into both, and make
+/// `call_now` a call of nothing but it, which the compiler then inlines everywhere).
+macro_rules! ready_call_poll {
+    ($service:expr, $request:expr) => {{
+        let mut cx = Context::from_waker(Waker::noop());
+        match $service.poll_ready(&mut cx) {
+            Poll::Ready(Ok(())) => {}
+            _ => panic!("the inner service is always ready"),
+        }
+        match pin!($service.call($request)).poll(&mut cx) {
+            Poll::Ready(Ok(response)) => response,
+            Poll::Ready(Err(e)) => panic!("call failed: {e:?}"),
+            Poll::Pending => panic!("the hot path waited"),
+        }
+    }};
+}
+
 /// Readies `service` and calls it, polling everything in place with a waker that does nothing:
 /// the hot path with a fresh token never waits. The compiler decides whether this goes inline
 /// into the measuring loop: it does for `SetRequestHeader` (whose future is the inner one's and
@@ -216,7 +234,7 @@ where
     S: Service<R>,
     S::Error: std::fmt::Debug,
 {
-    call_inlined(service, request)
+    ready_call_poll!(service, request)
 }
 
 /// [`call_now`], always inline into the measuring loop, whichever the service.
@@ -226,16 +244,7 @@ where
     S: Service<R>,
     S::Error: std::fmt::Debug,
 {
-    let mut cx = Context::from_waker(Waker::noop());
-    match service.poll_ready(&mut cx) {
-        Poll::Ready(Ok(())) => {}
-        _ => panic!("the inner service is always ready"),
-    }
-    match pin!(service.call(request)).poll(&mut cx) {
-        Poll::Ready(Ok(response)) => response,
-        Poll::Ready(Err(e)) => panic!("call failed: {e:?}"),
-        Poll::Pending => panic!("the hot path waited"),
-    }
+    ready_call_poll!(service, request)
 }
 
 pub fn current_thread() -> tokio::runtime::Runtime {
