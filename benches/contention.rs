@@ -16,7 +16,7 @@ use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use common::{Noop, Source, call_now, get};
-use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, criterion_group};
 use http::HeaderValue;
 use http::header::AUTHORIZATION;
 use tower::{Layer, Service};
@@ -91,4 +91,24 @@ criterion_group! {
     config = common::config(20, Duration::from_secs(2));
     targets = contention
 }
-criterion_main!(benches);
+/// `criterion_main!`, then the goal's ratio from the medians of this run.
+fn main() {
+    let medians = common::Medians::start();
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    println!(
+        "\nIssue #13's goal, from criterion's medians in this run (ns per request per thread):"
+    );
+    for (name, goal) in [
+        ("cognito_auth", "goal: at least 1.8"),
+        ("set_header", "how far this machine scales"),
+    ] {
+        let at = |threads: usize| medians.ns(&format!("contention/{name}/{threads}"));
+        if let (Some(one), Some(two)) = (at(1), at(2)) {
+            println!(
+                "{name}: throughput of 2 threads / of 1: 2 x {one:.1} / {two:.1} = {:.2} ({goal})",
+                2.0 * one / two
+            );
+        }
+    }
+}

@@ -206,29 +206,50 @@ pub fn post_1k() -> Request<Full<Bytes>> {
     request
 }
 
-/// The body of [`call_now`] and [`call_inlined`]: a macro, not a function, so that each of them
-/// is what the compiler inlines or not (a shared function would be inlined into both, and make
-/// `call_now` a call of nothing but it, which the compiler then inlines everywhere).
+/// The body of [`call_now`] and [`call_as_compiled`]: a macro, not a function, so that each of
+/// them is what the compiler inlines or not (a shared function would be inlined into both, and
+/// make `call_as_compiled` a call of nothing but it, which the compiler then inlines everywhere).
 macro_rules! ready_call_poll {
     ($service:expr, $request:expr) => {{
         let mut cx = Context::from_waker(Waker::noop());
         match $service.poll_ready(&mut cx) {
             Poll::Ready(Ok(())) => {}
-            _ => panic!("the inner service is always ready"),
+            _ => not_ready(),
         }
         match pin!($service.call($request)).poll(&mut cx) {
             Poll::Ready(Ok(response)) => response,
-            Poll::Ready(Err(e)) => panic!("call failed: {e:?}"),
-            Poll::Pending => panic!("the hot path waited"),
+            Poll::Ready(Err(e)) => failed(e),
+            Poll::Pending => waited(),
         }
     }};
 }
 
+// The harness's failures, out of line: a panic's formatting inline in the harness would make it
+// larger for services with an error to print than for those whose error is `Infallible`.
+#[cold]
+#[inline(never)]
+fn not_ready() -> ! {
+    panic!("the inner service is always ready")
+}
+
+#[cold]
+#[inline(never)]
+fn failed<E: std::fmt::Debug>(error: E) -> ! {
+    panic!("call failed: {error:?}")
+}
+
+#[cold]
+#[inline(never)]
+fn waited() -> ! {
+    panic!("the hot path waited")
+}
+
 /// Readies `service` and calls it, polling everything in place with a waker that does nothing:
-/// the hot path with a fresh token never waits. The compiler decides whether this goes inline
-/// into the measuring loop: it does for `SetRequestHeader` (whose future is the inner one's and
-/// whose error is `Infallible`), not for this layer or `FollowRedirect`, and the call between
-/// costs two more moves of the request and the response. [`call_inlined`] takes that out.
+/// the hot path with a fresh token never waits. Always inline into the measuring loop, so that
+/// every row has the same harness around its layer: left to the compiler ([`call_as_compiled`]),
+/// it goes inline for some services and not for others, and the call between moves the request
+/// and the response once more, which is the harness's cost, not the layer's.
+#[inline(always)]
 pub fn call_now<S, R>(service: &mut S, request: R) -> S::Response
 where
     S: Service<R>,
@@ -237,9 +258,10 @@ where
     ready_call_poll!(service, request)
 }
 
-/// [`call_now`], always inline into the measuring loop, whichever the service.
-#[inline(always)]
-pub fn call_inlined<S, R>(service: &mut S, request: R) -> S::Response
+/// [`call_now`], inline into the measuring loop or not as the compiler decides: it decides yes for
+/// `SetRequestHeader` (whose future is the inner service's) and no for `CognitoAuth`. For the
+/// `hot_path` rows that show what that choice alone moves.
+pub fn call_as_compiled<S, R>(service: &mut S, request: R) -> S::Response
 where
     S: Service<R>,
     S::Error: std::fmt::Debug,
@@ -260,4 +282,62 @@ pub fn config(sample_size: usize, measurement: Duration) -> criterion::Criterion
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(measurement)
         .sample_size(sample_size)
+}
+
+/// Criterion's median estimates of the benches that ran in this process, read back from the
+/// files criterion writes (`<target>/criterion/<group>/<bench>/new/estimates.json`), so that a
+/// bench can print the ratios issue #13 sets goals on, computed from one run.
+pub struct Medians {
+    dir: std::path::PathBuf,
+    since: std::time::SystemTime,
+}
+
+impl Medians {
+    /// Call before the benches run: estimates written earlier (an earlier run, or a bench
+    /// filtered out of this one) are not read.
+    pub fn start() -> Self {
+        // Where criterion writes: `CRITERION_HOME`, else `<target>/criterion`, the target
+        // directory being `CARGO_TARGET_DIR` or the one this bench was built in
+        // (`<target>/release/deps/<bench>`).
+        let dir = std::env::var_os("CRITERION_HOME")
+            .map(std::path::PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("CARGO_TARGET_DIR")
+                    .map(|target| std::path::PathBuf::from(target).join("criterion"))
+            })
+            .or_else(|| {
+                let exe = std::env::current_exe().ok()?;
+                Some(exe.parent()?.parent()?.parent()?.join("criterion"))
+            })
+            .unwrap_or_else(|| std::path::PathBuf::from("target/criterion"));
+        Self {
+            dir,
+            since: std::time::SystemTime::now(),
+        }
+    }
+
+    /// The median, in ns, of bench `id` (`group/bench`, as criterion names its directory), if
+    /// it ran in this process.
+    pub fn ns(&self, id: &str) -> Option<f64> {
+        let path = self.dir.join(id).join("new").join("estimates.json");
+        let written = std::fs::metadata(&path).ok()?.modified().ok()?;
+        if written < self.since {
+            return None;
+        }
+        let estimates: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).ok()?).ok()?;
+        estimates["median"]["point_estimate"].as_f64()
+    }
+
+    /// Prints `(a − bare) / (b − bare)`, the overhead of `a` over that of `b`, from the medians
+    /// of this run, if all three ran.
+    pub fn print_overhead_ratio(&self, what: &str, bare: &str, a: &str, b: &str, goal: &str) {
+        let (Some(bare), Some(a), Some(b)) = (self.ns(bare), self.ns(a), self.ns(b)) else {
+            return;
+        };
+        println!(
+            "{what}: ({a:.1} - {bare:.1}) / ({b:.1} - {bare:.1}) = {:.2} ({goal})",
+            (a - bare) / (b - bare)
+        );
+    }
 }
