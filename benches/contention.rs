@@ -93,22 +93,22 @@ criterion_group! {
 }
 /// `criterion_main!`, then the goal's ratio from the medians of this run.
 fn main() {
-    let medians = common::Medians::start();
+    let mut medians = common::Medians::start();
     benches();
     Criterion::default().configure_from_args().final_summary();
-    println!(
-        "\nIssue #13's goal, from criterion's medians in this run (ns per request per thread):"
-    );
     for (name, goal) in [
         ("cognito_auth", "goal: at least 1.8"),
         ("set_header", "how far this machine scales"),
     ] {
         let at = |threads: usize| medians.ns(&format!("contention/{name}/{threads}"));
         if let (Some(one), Some(two)) = (at(1), at(2)) {
-            println!(
+            medians.line(format!(
                 "{name}: throughput of 2 threads / of 1: 2 x {one:.1} / {two:.1} = {:.2} ({goal})",
                 2.0 * one / two
-            );
+            ));
         }
     }
+    medians.print(
+        "Issue #13's goal, from criterion's medians in this run (ns per request per thread):",
+    );
 }

@@ -164,18 +164,17 @@ criterion_group! {
 
 /// `criterion_main!`, then the goals' ratios from the medians of this run.
 fn main() {
-    let medians = common::Medians::start();
+    let mut medians = common::Medians::start();
     benches();
     Criterion::default().configure_from_args().final_summary();
-    println!("\nIssue #13's goals, from criterion's medians in this run (ns):");
-    medians.print_overhead_ratio(
+    medians.overhead_ratio(
         "GET: Replay::Never's overhead / SetRequestHeader's",
         "hot_path/bare",
         "hot_path/cognito_auth_replay_never",
         "hot_path/set_header",
         "goal: at most 1.5",
     );
-    medians.print_overhead_ratio(
+    medians.overhead_ratio(
         "the same, the harness as compiled",
         "hot_path/bare_as_compiled",
         "hot_path/cognito_auth_replay_never_as_compiled",
@@ -187,14 +186,14 @@ fn main() {
         ("grpc_post", "tonic-shaped POST"),
     ] {
         let id = |variant: &str| format!("realistic/{kind}_{variant}");
-        medians.print_overhead_ratio(
+        medians.overhead_ratio(
             &format!("{what}: defaults' overhead / FollowRedirect's"),
             &id("bare"),
             &id("cognito_auth"),
             &id("follow_redirect"),
             "goal: at most 1",
         );
-        medians.print_overhead_ratio(
+        medians.overhead_ratio(
             &format!("{what}: Replay::Never's overhead / SetRequestHeader's"),
             &id("bare"),
             &id("cognito_auth_replay_never"),
@@ -202,4 +201,5 @@ fn main() {
             "not a goal",
         );
     }
+    medians.print("Issue #13's goals, from criterion's medians in this run (ns):");
 }

@@ -285,34 +285,22 @@ pub fn config(sample_size: usize, measurement: Duration) -> criterion::Criterion
 }
 
 /// Criterion's median estimates of the benches that ran in this process, read back from the
-/// files criterion writes (`<target>/criterion/<group>/<bench>/new/estimates.json`), so that a
-/// bench can print the ratios issue #13 sets goals on, computed from one run.
+/// files criterion writes (`<dir>/<group>/<bench>/new/estimates.json`), so that a bench can
+/// print the ratios issue #13 sets goals on, computed from one run.
 pub struct Medians {
     dir: std::path::PathBuf,
     since: std::time::SystemTime,
+    lines: Vec<String>,
 }
 
 impl Medians {
     /// Call before the benches run: estimates written earlier (an earlier run, or a bench
     /// filtered out of this one) are not read.
     pub fn start() -> Self {
-        // Where criterion writes: `CRITERION_HOME`, else `<target>/criterion`, the target
-        // directory being `CARGO_TARGET_DIR` or the one this bench was built in
-        // (`<target>/release/deps/<bench>`).
-        let dir = std::env::var_os("CRITERION_HOME")
-            .map(std::path::PathBuf::from)
-            .or_else(|| {
-                std::env::var_os("CARGO_TARGET_DIR")
-                    .map(|target| std::path::PathBuf::from(target).join("criterion"))
-            })
-            .or_else(|| {
-                let exe = std::env::current_exe().ok()?;
-                Some(exe.parent()?.parent()?.parent()?.join("criterion"))
-            })
-            .unwrap_or_else(|| std::path::PathBuf::from("target/criterion"));
         Self {
-            dir,
+            dir: criterion_dir(),
             since: std::time::SystemTime::now(),
+            lines: Vec::new(),
         }
     }
 
@@ -329,15 +317,63 @@ impl Medians {
         estimates["median"]["point_estimate"].as_f64()
     }
 
-    /// Prints `(a − bare) / (b − bare)`, the overhead of `a` over that of `b`, from the medians
-    /// of this run, if all three ran.
-    pub fn print_overhead_ratio(&self, what: &str, bare: &str, a: &str, b: &str, goal: &str) {
+    /// Adds a line to print.
+    pub fn line(&mut self, line: String) {
+        self.lines.push(line);
+    }
+
+    /// Adds `(a − bare) / (b − bare)`, the overhead of `a` over that of `b`, from the medians of
+    /// this run, if all three ran.
+    pub fn overhead_ratio(&mut self, what: &str, bare: &str, a: &str, b: &str, goal: &str) {
         let (Some(bare), Some(a), Some(b)) = (self.ns(bare), self.ns(a), self.ns(b)) else {
             return;
         };
-        println!(
-            "{what}: ({a:.1} - {bare:.1}) / ({b:.1} - {bare:.1}) = {:.2} ({goal})",
-            (a - bare) / (b - bare)
-        );
+        let ratio = if b > bare {
+            format!("{:.2}", (a - bare) / (b - bare))
+        } else {
+            "n/a, the second measured at or below the bare service".to_owned()
+        };
+        self.line(format!(
+            "{what}: ({a:.1} - {bare:.1}) / ({b:.1} - {bare:.1}) = {ratio} ({goal})"
+        ));
     }
+
+    /// Prints the lines under `heading`, or says why there are none.
+    pub fn print(&self, heading: &str) {
+        if self.lines.is_empty() {
+            // (`--test`, `--list` and `--profile-time` write no estimates.)
+            eprintln!(
+                "no ratios: no estimates of this run under {}",
+                self.dir.display()
+            );
+            return;
+        }
+        println!("\n{heading}");
+        for line in &self.lines {
+            println!("{line}");
+        }
+    }
+}
+
+/// Where criterion writes, found as criterion finds it: `CRITERION_HOME`, else `criterion` in
+/// `CARGO_TARGET_DIR`, else in the target directory `cargo metadata` names, else
+/// `target/criterion`.
+fn criterion_dir() -> std::path::PathBuf {
+    use std::path::PathBuf;
+    if let Some(home) = std::env::var_os("CRITERION_HOME") {
+        return PathBuf::from(home);
+    }
+    if let Some(target) = std::env::var_os("CARGO_TARGET_DIR") {
+        return PathBuf::from(target).join("criterion");
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let target = std::process::Command::new(cargo)
+        .args(["metadata", "--format-version", "1", "--no-deps"])
+        .output()
+        .ok()
+        .and_then(|out| serde_json::from_slice::<serde_json::Value>(&out.stdout).ok())
+        .and_then(|metadata| metadata["target_directory"].as_str().map(PathBuf::from));
+    target
+        .unwrap_or_else(|| PathBuf::from("target"))
+        .join("criterion")
 }
