@@ -70,38 +70,62 @@ pin_project! {
             post: bool,
             replay: Option<Resend<S>>,
         },
-        // No usable token yet. `pending.service` is the inner service that was made ready for
-        // this request (its reserved capacity is held while waiting, at most the refresh
-        // deadline). The states off the hot path keep their payload boxed, so that the future
-        // a request with a fresh token moves around stays small.
-        WaitToken {
-            wait: TokenWait,
-            cache: CacheRef,
-            pending: Option<Box<Pending<S, B>>>,
-        },
-        // The token was rejected: waiting for a new one to replay with. The rejection goes
-        // back to the caller if no replay can be made.
-        WaitReplayToken {
-            wait: TokenWait,
-            cache: TokenCache,
-            rejected: Generation,
-            kept: Option<Box<(S::Response, Resend<S>)>>,
-        },
-        // Making the stored service clone ready for the replay (no larger than `Called`).
-        Readying {
-            service: Option<S>,
-            request: Option<Request<B>>,
-        },
         // The inner future whose answer goes back as it is: a request that carried its own
         // `Authorization`, or the replay.
         Final {
             #[pin]
             future: S::Future,
         },
-        // No token could be had, or the body failed before the inner service was called.
-        Failed {
-            error: Option<BoxError>,
+        // Every state off the hot path, in one box (one allocation, made only where a request
+        // waits for a token, is rejected, or fails): the poll and the drop of a future on the
+        // hot path then tell three variants apart, not six.
+        Aside {
+            aside: Box<Aside<S, B>>,
         },
+    }
+}
+
+/// The states of a [`ResponseFuture`] off the hot path.
+// Always in a box of its own: boxing the large variants again would make a wait two
+// allocations.
+#[allow(clippy::large_enum_variant)]
+enum Aside<S, B>
+where
+    S: Service<Request<B>>,
+{
+    /// No usable token yet. `pending.service` is the inner service that was made ready for
+    /// this request (its reserved capacity is held while waiting, at most the refresh
+    /// deadline).
+    WaitToken {
+        wait: TokenWait,
+        cache: CacheRef,
+        pending: Option<Pending<S, B>>,
+    },
+    /// The token was rejected: waiting for a new one to replay with. The rejection goes back
+    /// to the caller if no replay can be made.
+    WaitReplayToken {
+        wait: TokenWait,
+        cache: TokenCache,
+        rejected: Generation,
+        kept: Option<(S::Response, Resend<S>)>,
+    },
+    /// Making the stored service clone ready for the replay.
+    Readying {
+        service: Option<S>,
+        request: Option<Request<B>>,
+    },
+    /// No token could be had, or the body failed before the inner service was called.
+    Failed { error: Option<BoxError> },
+}
+
+impl<S, B> State<S, B>
+where
+    S: Service<Request<B>>,
+{
+    fn aside(aside: Aside<S, B>) -> Self {
+        State::Aside {
+            aside: Box::new(aside),
+        }
     }
 }
 
@@ -136,15 +160,15 @@ where
         replay: Option<(Kept, CacheHandle)>,
     ) -> Self {
         Self {
-            state: State::WaitToken {
+            state: State::aside(Aside::WaitToken {
                 wait,
                 cache,
-                pending: Some(Box::new(Pending {
+                pending: Some(Pending {
                     service,
                     request,
                     replay,
-                })),
-            },
+                }),
+            }),
         }
     }
 
@@ -156,7 +180,7 @@ where
 
     pub(crate) fn failed(error: BoxError) -> Self {
         Self {
-            state: State::Failed { error: Some(error) },
+            state: State::aside(Aside::Failed { error: Some(error) }),
         }
     }
 }
@@ -286,22 +310,22 @@ where
         Lookup::Ready((header, generation)) if generation != rejected => {
             cache.count_replay();
             let request = replay_request::<B>(replay.kept, header);
-            state.set(State::Readying {
+            state.set(State::aside(Aside::Readying {
                 service: Some(replay.service),
                 request: Some(request),
-            });
+            }));
             None
         }
         // The same token again (rejections are throttled) or none: a replay cannot do better
         // than the answer we have.
         Lookup::Ready(_) | Lookup::Failed(_) => Some(response),
         Lookup::Wait(wait) => {
-            state.set(State::WaitReplayToken {
+            state.set(State::aside(Aside::WaitReplayToken {
                 wait,
                 cache,
                 rejected,
-                kept: Some(Box::new((response, replay))),
-            });
+                kept: Some((response, replay)),
+            }));
             None
         }
     }
@@ -327,87 +351,89 @@ where
                     return Poll::Ready(Ok(response));
                 }
             }
-            StateProj::WaitToken {
-                wait,
-                cache,
-                pending,
-            } => {
-                let entry = match ready!(wait.as_mut().poll(cx)) {
-                    Ok(entry) => entry,
-                    Err(error) => return Poll::Ready(Err(error.into())),
-                };
-                let Some(pending) = pending.take() else {
-                    panic!("{POLLED_AFTER_DONE}");
-                };
-                let Pending {
-                    mut service,
-                    mut request,
-                    replay,
-                } = *pending;
-                let (header, generation) = header_and_generation(&entry);
-                request.headers_mut().insert(AUTHORIZATION, header);
-                let post = request.method() == Method::POST;
-                // `service` was made ready by the caller before `call`, and moved here.
-                let future = service.call(request);
-                let replay = replay.map(|(kept, cache)| Resend {
-                    service,
-                    kept,
-                    cache,
-                });
-                let cache = *cache;
-                state.set(State::Called {
-                    future,
-                    cache,
-                    generation,
-                    post,
-                    replay,
-                });
-            }
-            StateProj::WaitReplayToken {
-                wait,
-                cache,
-                rejected,
-                kept,
-            } => {
-                let outcome = ready!(wait.as_mut().poll(cx));
-                let Some(kept) = kept.take() else {
-                    panic!("{POLLED_AFTER_DONE}");
-                };
-                let (response, replay) = *kept;
-                match outcome {
-                    Ok(entry) if entry.generation() != *rejected => {
-                        cache.count_replay();
-                        let (header, _) = header_and_generation(&entry);
-                        drop(response);
-                        let request = replay_request::<B>(replay.kept, header);
-                        state.set(State::Readying {
-                            service: Some(replay.service),
-                            request: Some(request),
-                        });
-                    }
-                    _ => return Poll::Ready(Ok(response)),
-                }
-            }
-            StateProj::Readying { service, request } => {
-                let Some(svc) = service.as_mut() else {
-                    panic!("{POLLED_AFTER_DONE}");
-                };
-                ready!(svc.poll_ready(cx)).map_err(Into::into)?;
-                let (Some(mut svc), Some(request)) = (service.take(), request.take()) else {
-                    panic!("{POLLED_AFTER_DONE}");
-                };
-                let future = svc.call(request);
-                state.set(State::Final { future });
-            }
             StateProj::Final { future } => {
                 return future.poll(cx).map_err(Into::into);
             }
-            StateProj::Failed { error } => {
-                let Some(error) = error.take() else {
-                    panic!("{POLLED_AFTER_DONE}");
-                };
-                return Poll::Ready(Err(error));
-            }
+            StateProj::Aside { aside } => match &mut **aside {
+                Aside::WaitToken {
+                    wait,
+                    cache,
+                    pending,
+                } => {
+                    let entry = match ready!(wait.as_mut().poll(cx)) {
+                        Ok(entry) => entry,
+                        Err(error) => return Poll::Ready(Err(error.into())),
+                    };
+                    let Some(Pending {
+                        mut service,
+                        mut request,
+                        replay,
+                    }) = pending.take()
+                    else {
+                        panic!("{POLLED_AFTER_DONE}");
+                    };
+                    let (header, generation) = header_and_generation(&entry);
+                    request.headers_mut().insert(AUTHORIZATION, header);
+                    let post = request.method() == Method::POST;
+                    // `service` was made ready by the caller before `call`, and moved here.
+                    let future = service.call(request);
+                    let replay = replay.map(|(kept, cache)| Resend {
+                        service,
+                        kept,
+                        cache,
+                    });
+                    let cache = *cache;
+                    state.set(State::Called {
+                        future,
+                        cache,
+                        generation,
+                        post,
+                        replay,
+                    });
+                }
+                Aside::WaitReplayToken {
+                    wait,
+                    cache,
+                    rejected,
+                    kept,
+                } => {
+                    let outcome = ready!(wait.as_mut().poll(cx));
+                    let Some((response, replay)) = kept.take() else {
+                        panic!("{POLLED_AFTER_DONE}");
+                    };
+                    match outcome {
+                        Ok(entry) if entry.generation() != *rejected => {
+                            cache.count_replay();
+                            let (header, _) = header_and_generation(&entry);
+                            drop(response);
+                            let request = replay_request::<B>(replay.kept, header);
+                            // (The box is used again.)
+                            **aside = Aside::Readying {
+                                service: Some(replay.service),
+                                request: Some(request),
+                            };
+                        }
+                        _ => return Poll::Ready(Ok(response)),
+                    }
+                }
+                Aside::Readying { service, request } => {
+                    let Some(svc) = service.as_mut() else {
+                        panic!("{POLLED_AFTER_DONE}");
+                    };
+                    ready!(svc.poll_ready(cx)).map_err(Into::into)?;
+                    let (Some(mut svc), Some(request)) = (service.take(), request.take()) else {
+                        panic!("{POLLED_AFTER_DONE}");
+                    };
+                    let future = svc.call(request);
+                    state.set(State::Final { future });
+                }
+                Aside::Failed { error } => {
+                    let Some(error) = error.take() else {
+                        panic!("{POLLED_AFTER_DONE}");
+                    };
+                    return Poll::Ready(Err(error));
+                }
+            },
         }
     }
 }
