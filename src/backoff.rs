@@ -49,12 +49,17 @@ impl Backoff {
 
     /// The delay before retry number `n` (0 for the first retry).
     pub(crate) fn delay(&self, n: u32) -> Duration {
+        self.delay_with(n, &mut fastrand::Rng::new())
+    }
+
+    /// [`delay`](Self::delay), drawing its jitter from `rng`.
+    pub(crate) fn delay_with(&self, n: u32, rng: &mut fastrand::Rng) -> Duration {
         let ceiling = self.ceiling(n);
         if !self.jitter {
             return ceiling;
         }
         let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
-        Duration::from_nanos(fastrand::u64(0..=nanos))
+        Duration::from_nanos(rng.u64(0..=nanos))
     }
 }
 

@@ -192,11 +192,6 @@ impl Error {
         Self::new(Repr::Internal(why))
     }
 
-    /// Whether this is the internal failure `internal(why)` made.
-    pub(crate) fn is_internal(&self, why: &'static str) -> bool {
-        matches!(&*self.0, Repr::Internal(w) if *w == why)
-    }
-
     /// What kind of failure this is.
     pub fn kind(&self) -> ErrorKind {
         match &*self.0 {

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use http::header::AUTHORIZATION;
@@ -10,36 +11,38 @@ use http::{HeaderValue, Method, Request, Response};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use crate::cache::{CacheRef, Generation, Lookup, TokenCache, TokenWait};
+use crate::cache::{Entry, Generation, Lookup, TokenCache, TokenWait};
 use crate::error::BoxError;
 use crate::reject::{is_token_rejected, may_reject};
 use crate::replay::{Kept, ReplayBody};
-use crate::service::CacheHandle;
+
+/// The cache as a service and its response futures hold it: a reference count of the
+/// service's own (made by [`Layer::layer`](tower_layer::Layer::layer), shared by the service's
+/// clones), so that the requests of services on other cores do not write one count. A
+/// response future holds it so that a rejection can drop its token, and a request whose
+/// service was dropped after the call (`oneshot`) is still replayed.
+pub(crate) type CacheHandle = Arc<TokenCache>;
 
 /// A request waiting for its token, with the service made ready for it.
 pub(crate) struct Pending<S, B> {
     service: S,
     request: Request<B>,
-    replay: Option<(Kept, CacheHandle)>,
+    replay: Option<Kept>,
 }
 
-/// What a replay needs: a clone of the inner service, the request as it came (no
-/// `Authorization` yet), and the cache to get the new token from, held (by the service's own
-/// handle: its count is written by this service's requests only) so that a request whose
-/// service was dropped after the call (`oneshot`) is still replayed.
+/// What a replay needs: a clone of the inner service, and the request as it came (no
+/// `Authorization` yet).
 pub(crate) struct Resend<S> {
     pub(crate) service: S,
     pub(crate) kept: Kept,
-    pub(crate) cache: CacheHandle,
 }
 
 pin_project! {
     /// The response future of [`CognitoAuth`](crate::CognitoAuth).
     ///
-    /// With a fresh token it is the inner service's future plus a check of the response; it
-    /// allocates nothing of its own, and unless the request is kept for a replay it names its
-    /// cache by a number rather than holding a reference count. See the [crate docs](crate) for
-    /// what it does.
+    /// With a fresh token it is the inner service's future plus a check of the response, and
+    /// the service's handle to the cache; it allocates nothing of its own. See the
+    /// [crate docs](crate) for what it does.
     ///
     /// # Panics
     ///
@@ -64,7 +67,7 @@ pin_project! {
         Called {
             #[pin]
             future: S::Future,
-            cache: CacheRef,
+            cache: CacheHandle,
             generation: Generation,
             // The request was a `POST`: its answer may be a gRPC call's (see `reject`).
             post: bool,
@@ -98,14 +101,14 @@ where
     /// deadline).
     WaitToken {
         wait: TokenWait,
-        cache: CacheRef,
+        cache: Option<CacheHandle>,
         pending: Option<Pending<S, B>>,
     },
     /// The token was rejected: waiting for a new one to replay with. The rejection goes back
     /// to the caller if no replay can be made.
     WaitReplayToken {
         wait: TokenWait,
-        cache: TokenCache,
+        cache: CacheHandle,
         rejected: Generation,
         kept: Option<(S::Response, Resend<S>)>,
     },
@@ -136,7 +139,7 @@ where
     /// `post`: whether the request was a `POST` (see `reject`).
     pub(crate) fn called(
         future: S::Future,
-        cache: CacheRef,
+        cache: CacheHandle,
         generation: Generation,
         post: bool,
         replay: Option<Resend<S>>,
@@ -154,15 +157,15 @@ where
 
     pub(crate) fn wait_token(
         wait: TokenWait,
-        cache: CacheRef,
+        cache: CacheHandle,
         service: S,
         request: Request<B>,
-        replay: Option<(Kept, CacheHandle)>,
+        replay: Option<Kept>,
     ) -> Self {
         Self {
             state: State::aside(Aside::WaitToken {
                 wait,
-                cache,
+                cache: Some(cache),
                 pending: Some(Pending {
                     service,
                     request,
@@ -186,8 +189,8 @@ where
 }
 
 /// The token's header value and generation, as the service needs them.
-pub(crate) fn header_and_generation(entry: &crate::cache::Entry) -> (HeaderValue, Generation) {
-    (entry.access_token().header_value(), entry.generation())
+pub(crate) fn header_and_generation(entry: &Entry) -> (HeaderValue, Generation) {
+    (entry.header.clone(), entry.generation())
 }
 
 fn replay_request<B: ReplayBody>(kept: Kept, header: HeaderValue) -> Request<B> {
@@ -290,16 +293,6 @@ where
         return Some(response);
     };
     let rejected = *generation;
-    // A request kept for a replay holds its cache; one that is not names it, and a cache that
-    // is gone (its last layer and service were dropped while the request was out) has no
-    // token left to drop.
-    let cache = match replay.as_ref() {
-        Some(resend) => TokenCache::clone(&resend.cache),
-        None => match cache.find() {
-            Some(cache) => cache,
-            None => return Some(response),
-        },
-    };
     cache.invalidate(rejected);
     let Some(replay) = replay.take() else {
         // Not replayable (a large or streaming body, or replay is off): the rejection goes
@@ -320,6 +313,7 @@ where
         // than the answer we have.
         Lookup::Ready(_) | Lookup::Failed(_) => Some(response),
         Lookup::Wait(wait) => {
+            let cache = Arc::clone(cache);
             state.set(State::aside(Aside::WaitReplayToken {
                 wait,
                 cache,
@@ -377,12 +371,10 @@ where
                     let post = request.method() == Method::POST;
                     // `service` was made ready by the caller before `call`, and moved here.
                     let future = service.call(request);
-                    let replay = replay.map(|(kept, cache)| Resend {
-                        service,
-                        kept,
-                        cache,
-                    });
-                    let cache = *cache;
+                    let replay = replay.map(|kept| Resend { service, kept });
+                    let Some(cache) = cache.take() else {
+                        panic!("{POLLED_AFTER_DONE}");
+                    };
                     state.set(State::Called {
                         future,
                         cache,

@@ -12,9 +12,10 @@ use tower_service::Service;
 
 use crate::cache::{Stats, TokenCache, TokenCacheBuilder};
 use crate::error::{BoxError, Error};
+use crate::grant::{ClientAuth, ClientCredentialsBuilder};
 use crate::replay::Replay;
 use crate::service::CognitoAuth;
-use crate::source::{ClientAuth, ClientCredentialsBuilder, TokenSource};
+use crate::source::TokenSource;
 use crate::token::AccessToken;
 use crate::trailers::WatchTrailersLayer;
 
@@ -66,6 +67,65 @@ impl CognitoAuthLayer {
     }
 }
 
+impl CognitoAuthLayer {
+    /// A layer over a cache you built yourself (with [`TokenCache::builder`]), whose token
+    /// its services then share with every other user of that cache: a CLI that also needs the
+    /// raw token, a test that drives the cache. Replay is [`Replay::Always`] with the default
+    /// body limit; change them with [`replay`](Self::replay) and
+    /// [`replay_body_limit`](Self::replay_body_limit). `From<TokenCache>` does the same.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_cognito_auth::{AccessToken, BoxFuture, CognitoAuthLayer, Error, Replay};
+    /// use tower_cognito_auth::{Token, TokenCache, TokenSource};
+    ///
+    /// struct Fixed;
+    ///
+    /// impl TokenSource for Fixed {
+    ///     fn fetch(&self) -> BoxFuture<'_, Result<Token, Error>> {
+    ///         Box::pin(async {
+    ///             let expires_at = tokio::time::Instant::now() + Duration::from_secs(3600);
+    ///             Ok(Token::new(AccessToken::new("t0k3n")?, expires_at))
+    ///         })
+    ///     }
+    /// }
+    ///
+    /// # fn main() -> Result<(), Error> {
+    /// let cache = TokenCache::builder(Fixed).build()?;
+    /// let layer = CognitoAuthLayer::from_cache(cache.clone()).replay(Replay::IdempotentOnly);
+    /// assert_eq!(layer.stats(), cache.stats());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn from_cache(cache: TokenCache) -> Self {
+        Self {
+            cache,
+            replay: Replay::default(),
+            replay_body_limit: DEFAULT_REPLAY_BODY_LIMIT,
+        }
+    }
+
+    /// Which requests this layer's services replay once after a rejection. See
+    /// [`CognitoAuthLayerBuilder::replay`].
+    pub fn replay(mut self, replay: Replay) -> Self {
+        self.replay = replay;
+        self
+    }
+
+    /// The largest body this layer's services keep for a replay. See
+    /// [`CognitoAuthLayerBuilder::replay_body_limit`].
+    pub fn replay_body_limit(mut self, limit: usize) -> Self {
+        self.replay_body_limit = limit;
+        self
+    }
+}
+
+impl From<TokenCache> for CognitoAuthLayer {
+    fn from(cache: TokenCache) -> Self {
+        Self::from_cache(cache)
+    }
+}
+
 impl<S> Layer<S> for CognitoAuthLayer {
     type Service = CognitoAuth<S>;
 
@@ -97,6 +157,8 @@ impl fmt::Debug for CognitoAuthLayer {
 #[derive(Default)]
 pub struct CognitoAuthLayerBuilder {
     credentials: ClientCredentialsBuilder,
+    /// The credential setters called, so that `build` can refuse them beside a token source.
+    credential_settings: Vec<&'static str>,
     source: Option<Box<dyn TokenSource>>,
     refresh_ahead: Option<Duration>,
     min_validity: Option<Duration>,
@@ -124,6 +186,7 @@ impl CognitoAuthLayerBuilder {
     /// See [`ClientCredentialsBuilder::token_url`].
     pub fn token_url(mut self, url: impl AsRef<str>) -> Self {
         self.credentials = self.credentials.token_url(url);
+        self.credential_settings.push("token_url");
         self
     }
 
@@ -131,12 +194,14 @@ impl CognitoAuthLayerBuilder {
     /// `https://{domain}.auth.{region}.amazoncognito.com/oauth2/token`.
     pub fn cognito_domain(mut self, domain: impl Into<String>, region: impl Into<String>) -> Self {
         self.credentials = self.credentials.cognito_domain(domain, region);
+        self.credential_settings.push("cognito_domain");
         self
     }
 
     /// The app client's id. Required, unless [`token_source`](Self::token_source) is used.
     pub fn client_id(mut self, client_id: impl Into<String>) -> Self {
         self.credentials = self.credentials.client_id(client_id);
+        self.credential_settings.push("client_id");
         self
     }
 
@@ -144,18 +209,21 @@ impl CognitoAuthLayerBuilder {
     /// It never appears in `Debug` output, logs or errors.
     pub fn client_secret(mut self, client_secret: impl Into<String>) -> Self {
         self.credentials = self.credentials.client_secret(client_secret);
+        self.credential_settings.push("client_secret");
         self
     }
 
     /// Adds a scope to request; repeatable. Default is none (the client's default scopes).
     pub fn scope(mut self, scope: impl Into<String>) -> Self {
         self.credentials = self.credentials.scope(scope);
+        self.credential_settings.push("scope");
         self
     }
 
     /// HTTP Basic (the default) or the client id and secret in the form body.
     pub fn client_auth(mut self, client_auth: ClientAuth) -> Self {
         self.credentials = self.credentials.client_auth(client_auth);
+        self.credential_settings.push("client_auth");
         self
     }
 
@@ -174,17 +242,38 @@ impl CognitoAuthLayerBuilder {
         ResBody::Error: Into<BoxError>,
     {
         self.credentials = self.credentials.http_client(client);
+        self.credential_settings.push("http_client");
         self
     }
 
     /// How long one token request may take. Default is 10 seconds.
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.credentials = self.credentials.request_timeout(timeout);
+        self.credential_settings.push("request_timeout");
         self
     }
 
-    /// Fetch tokens from this source instead of the client_credentials grant; the credential
-    /// setters above are then not used.
+    /// How many times one token request may be sent, the first included, when the endpoint
+    /// answers `429` or `5xx` or cannot be reached. Default is 4. See
+    /// [`ClientCredentialsBuilder::max_attempts`].
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.credentials = self.credentials.max_attempts(attempts);
+        self.credential_settings.push("max_attempts");
+        self
+    }
+
+    /// The overall time one fetch may take, retries and their waits included. Default is 20
+    /// seconds. See [`ClientCredentialsBuilder::fetch_deadline`].
+    pub fn fetch_deadline(mut self, deadline: Duration) -> Self {
+        self.credentials = self.credentials.fetch_deadline(deadline);
+        self.credential_settings.push("fetch_deadline");
+        self
+    }
+
+    /// Fetch tokens from this source (a [`RefreshTokenGrant`](crate::RefreshTokenGrant), your
+    /// own [`TokenSource`]) instead of the client_credentials grant. The credential setters
+    /// above (`token_url`, `client_id`, … `fetch_deadline`) configure that grant, so
+    /// [`build`](Self::build) refuses them beside a token source: configure the source itself.
     pub fn token_source(mut self, source: impl TokenSource) -> Self {
         self.source = Some(Box::new(source));
         self
@@ -261,9 +350,17 @@ impl CognitoAuthLayerBuilder {
     /// An [`Error`] of kind [`InvalidConfig`](crate::ErrorKind::InvalidConfig) for anything
     /// [`ClientCredentialsBuilder::build`] rejects (no token URL, `http://` for a host that is
     /// not loopback, a malformed Cognito domain or region, a missing client id or secret, an
-    /// invalid scope, a zero timeout), and for a zero `refresh_deadline`.
+    /// invalid scope, a zero timeout), for a zero `refresh_deadline`, and for credential
+    /// setters called beside [`token_source`](Self::token_source).
     pub fn build(self) -> Result<CognitoAuthLayer, Error> {
         let source: Box<dyn TokenSource> = match self.source {
+            Some(_) if !self.credential_settings.is_empty() => {
+                return Err(Error::invalid_config(format!(
+                    "`token_source` is set, so the client_credentials settings {} would not be \
+                     used: set them on the token source instead",
+                    self.credential_settings.join(", ")
+                )));
+            }
             Some(source) => source,
             None => Box::new(self.credentials.build()?),
         };

@@ -118,17 +118,13 @@
 
 mod backoff;
 pub mod cache;
-mod clock;
-mod endpoint;
 pub mod error;
 pub mod future;
-#[cfg(feature = "rustls")]
-mod https;
+pub mod grant;
 mod layer;
 mod reject;
 pub mod replay;
 mod service;
-pub mod session;
 pub mod source;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
@@ -141,13 +137,15 @@ pub mod trailers;
 
 pub use cache::{CachedToken, Generation, Stats, TokenCache, TokenCacheBuilder};
 pub use error::{Error, ErrorKind};
+pub use grant::refresh_token as session;
+pub use grant::{
+    ClientAuth, ClientCredentials, ClientCredentialsBuilder, RefreshTokenGrant,
+    RefreshTokenGrantBuilder,
+};
 pub use layer::{CognitoAuthLayer, CognitoAuthLayerBuilder, DEFAULT_REPLAY_BODY_LIMIT};
 pub use replay::Replay;
 pub use service::CognitoAuth;
-pub use session::{RefreshTokenGrant, RefreshTokenGrantBuilder};
-pub use source::{
-    BoxFuture, ClientAuth, ClientCredentials, ClientCredentialsBuilder, SharedIdentity, TokenSource,
-};
+pub use source::{BoxFuture, SharedIdentity, TokenSource};
 pub use token::{AccessToken, Token};
 
 /// Compiles the README's Rust code as doctests.

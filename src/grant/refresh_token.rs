@@ -114,13 +114,13 @@ use tokio::sync::OwnedMutexGuard;
 use tokio::time::Instant;
 use tower_service::Service;
 
-use crate::backoff::Backoff;
-use crate::endpoint::{
-    Endpoint, HttpClient, RetryPolicy, Secret, TokenUrl, client_authentication, client_or_default,
-    erase_client, join_scopes, never_sent, require_client_id,
+use super::endpoint::{
+    ClientAuth, Endpoint, HttpClient, RetryPolicy, Secret, TokenUrl, client_authentication,
+    client_or_default, erase_client, join_scopes, never_sent, require_client_id,
 };
+use crate::backoff::Backoff;
 use crate::error::{BoxError, Error};
-use crate::source::{BoxFuture, ClientAuth, TokenSource};
+use crate::source::{BoxFuture, TokenSource};
 use crate::token::{AccessToken, Token, parse_refresh_token, parse_token_response};
 
 /// What [`on_rotation`](RefreshTokenGrantBuilder::on_rotation) stores.
@@ -132,7 +132,7 @@ type RotationHook = Arc<dyn Fn(&str) + Send + Sync>;
 /// `scope` when set) to the token URL. A public app client (no secret) sends `client_id` in the
 /// form and no `Authorization` header; a confidential one authenticates like
 /// [`ClientCredentials`](crate::ClientCredentials), by [`ClientAuth::Basic`] or
-/// [`ClientAuth::Post`]. See the [module docs](crate::session) for rotation, restoring a session
+/// [`ClientAuth::Post`]. See the [module docs](crate::grant::refresh_token) for rotation, restoring a session
 /// and the end of a session.
 ///
 /// Plug it into the layer with
@@ -415,7 +415,7 @@ impl RefreshTokenGrantBuilder {
     /// The first fetch hands it out without a request if it expires later than now; the
     /// cache's margins then apply as to any token, so it is renewed ahead of its expiry. Every
     /// later fetch refreshes. See [Restoring a session at
-    /// startup](crate::session#restoring-a-session-at-startup).
+    /// startup](crate::grant::refresh_token#restoring-a-session-at-startup).
     pub fn access_token(mut self, access_token: impl Into<String>, expires_at: Instant) -> Self {
         self.access_token = Some((Secret(access_token.into()), expires_at));
         self

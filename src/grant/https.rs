@@ -9,10 +9,14 @@ use std::time::Duration;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::endpoint::{HttpClient, erase_client};
 use crate::error::Error;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
 
-pub(crate) fn client() -> Result<HttpClient, Error> {
+/// The built-in client; the endpoint erases its type.
+pub(crate) fn client() -> Result<Client<HttpsConnector<HttpConnector>, Full<Bytes>>, Error> {
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
         .map_err(|_| Error::invalid_config("the TLS provider cannot be set up"))?
@@ -23,5 +27,5 @@ pub(crate) fn client() -> Result<HttpClient, Error> {
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(60))
         .build(connector);
-    Ok(erase_client(client))
+    Ok(client)
 }

@@ -25,11 +25,23 @@ use tower_service::Service;
 
 use crate::backoff::{Backoff, parse_retry_after};
 use crate::error::{BoxError, Error};
-use crate::source::ClientAuth;
 
 /// The type-erased HTTP client the token requests go through.
 pub(crate) type HttpClient =
     BoxCloneSyncService<Request<Full<Bytes>>, Response<UnsyncBoxBody<Bytes, BoxError>>, BoxError>;
+
+/// How the client authenticates to the token endpoint.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClientAuth {
+    /// HTTP Basic: `Authorization: Basic base64(urlencode(id) ":" urlencode(secret))`
+    /// (RFC 6749 §2.3.1). Cognito accepts it; the default.
+    #[default]
+    Basic,
+    /// `client_id` and `client_secret` as form fields in the request body, as the A55 guide
+    /// and many curl examples do.
+    Post,
+}
 
 /// The most of a token endpoint's answer that is read.
 pub(crate) const MAX_RESPONSE_BODY: usize = 64 * 1024;
@@ -436,7 +448,7 @@ pub(crate) fn client_or_default(http: Option<HttpClient>) -> Result<HttpClient, 
 
 #[cfg(feature = "rustls")]
 fn default_client() -> Result<HttpClient, Error> {
-    crate::https::client()
+    super::https::client().map(erase_client)
 }
 
 #[cfg(not(feature = "rustls"))]

@@ -1,0 +1,173 @@
+//! A refresh in flight, and the requests that wait for it.
+//!
+//! A refresh runs in a task of its own ([`Launch::spawn`]), so that a waiter that is dropped
+//! (its request timed out, say) does not cancel it for the others. It reports its end to the
+//! policy and then to its waiters, whatever happens to it:
+//! - it finished, with a token or an error (its deadline included): `Finished`;
+//! - the token source panicked: `Finished` with an error, which the policy paces like any
+//!   failure;
+//! - its runtime dropped it (shutting down, before or after it started): `Abandoned`, which
+//!   says nothing of the token endpoint, so nobody is paced and whoever waited looks again.
+//!
+//! A waiter bounds its wait on its own timer: a refresh whose runtime is parked (alive but no
+//! longer driven) cannot hang the requests of other runtimes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::runtime::Handle;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::Shared;
+use super::policy::{Event, Outcome, Start};
+use crate::error::Error;
+
+/// A refresh that is ready to start on the runtime of the request that started it.
+pub(super) struct Launch {
+    runtime: Handle,
+    task: Flight,
+}
+
+impl Launch {
+    pub(super) fn new(
+        runtime: Handle,
+        shared: Arc<Shared>,
+        tx: watch::Sender<Option<Outcome>>,
+        start: Start,
+    ) -> Self {
+        Self {
+            runtime,
+            task: Flight {
+                shared,
+                tx,
+                start,
+                done: false,
+            },
+        }
+    }
+
+    /// Spawns the refresh. Call it with the cache's lock released.
+    pub(super) fn spawn(self) {
+        self.runtime.spawn(self.task.run());
+    }
+}
+
+/// The refresh task. Its drop reports an end that `run` did not reach.
+struct Flight {
+    shared: Arc<Shared>,
+    tx: watch::Sender<Option<Outcome>>,
+    start: Start,
+    done: bool,
+}
+
+impl Flight {
+    async fn run(mut self) {
+        let shared = Arc::clone(&self.shared);
+        let limit = shared.config.refresh_deadline;
+        let fetch = shared.fetch(self.start.rejected.take());
+        let result = match self.start.deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, fetch)
+                .await
+                .unwrap_or_else(|_| Err(Error::timeout("the token refresh", limit))),
+            None => fetch.await,
+        };
+        self.done = true;
+        let flight = self.start.flight;
+        self.shared
+            .settle(&self.tx, Event::Finished { flight, result });
+    }
+}
+
+impl Drop for Flight {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let flight = self.start.flight;
+        // Dropped while unwinding: the token source panicked inside the task. Otherwise the
+        // runtime dropped the task (shutting down), before or after it first ran.
+        let event = if std::thread::panicking() {
+            Event::Finished {
+                flight,
+                result: Err(Error::internal("the token source panicked")),
+            }
+        } else {
+            Event::Abandoned { flight }
+        };
+        self.shared.settle(&self.tx, event);
+    }
+}
+
+/// A request's place in the queue for a refresh's outcome, with its own deadline.
+pub(super) struct Waiter {
+    rx: watch::Receiver<Option<Outcome>>,
+    until: Option<Instant>,
+    /// The refresh deadline, for the timeout's message.
+    limit: Duration,
+}
+
+impl Waiter {
+    pub(super) fn new(
+        rx: watch::Receiver<Option<Outcome>>,
+        until: Option<Instant>,
+        limit: Duration,
+    ) -> Self {
+        Self { rx, until, limit }
+    }
+
+    /// The refresh's outcome, or a timeout at this waiter's deadline, on its own timer.
+    pub(super) async fn outcome(&mut self) -> Outcome {
+        let deadline = match self.until {
+            // A runtime without timers waits for the refresh's own deadline.
+            Some(until) if timers_enabled() => until,
+            _ => return published(&mut self.rx).await,
+        };
+        tokio::select! {
+            biased;
+            outcome = published(&mut self.rx) => outcome,
+            () = tokio::time::sleep_until(deadline) => {
+                Outcome::Failed(Error::timeout("waiting for the token refresh", self.limit))
+            }
+        }
+    }
+}
+
+/// The outcome, once published. A sender gone without one (which `Flight`'s drop prevents)
+/// reads as abandoned: the waiter looks again.
+async fn published(rx: &mut watch::Receiver<Option<Outcome>>) -> Outcome {
+    match rx.wait_for(Option::is_some).await {
+        Ok(outcome) => outcome.clone().unwrap_or(Outcome::Abandoned),
+        Err(_) => Outcome::Abandoned,
+    }
+}
+
+/// The current runtime, if it can run a refresh: a refresh needs timers for its deadline.
+pub(super) fn runtime_with_timers() -> Result<Handle, Error> {
+    let runtime = Handle::try_current()
+        .map_err(|_| Error::internal("no Tokio runtime to refresh the token on"))?;
+    if !timers_enabled() {
+        return Err(Error::invalid_config(
+            "the Tokio runtime has no time driver, which the token cache needs for its \
+             deadlines: build the runtime with `enable_time()` (or `enable_all()`)",
+        ));
+    }
+    Ok(runtime)
+}
+
+/// Whether this thread's runtime has a time driver.
+///
+/// Tokio has no way to ask (tokio-rs/tokio#8361): creating a timer without one panics. The
+/// panic is caught here, off the hot path (only when a refresh starts or a request waits),
+/// and only on a runtime built without `enable_time`. Where panics abort, it cannot be caught:
+/// timers are assumed, and such a runtime fails as Tokio makes it fail.
+fn timers_enabled() -> bool {
+    #[cfg(panic = "unwind")]
+    {
+        std::panic::catch_unwind(|| drop(tokio::time::sleep(Duration::ZERO))).is_ok()
+    }
+    #[cfg(not(panic = "unwind"))]
+    {
+        true
+    }
+}

@@ -1,0 +1,616 @@
+//! The token cache: single-flight, refresh-ahead, generation-checked.
+//!
+//! This is the fix for the race that breaks AWS Amplify JS at token expiry: a request sent at
+//! the instant a token dies goes out with the dead token and gets `401 Unauthorized`. Here a
+//! token is handed out only while it is *usable* (at least `min_validity` left), it is renewed
+//! ahead of time while still in use, and however many requests arrive at once they all wait on
+//! one refresh.
+//!
+//! # States of the cached token
+//!
+//! With `refresh_ahead` = 300 s and `min_validity` = 30 s (the defaults), a token that expires
+//! in 3600 s is:
+//! - *fresh* for its first 3300 s (less up to 10% of its lifetime, a jitter that keeps a fleet
+//!   of processes from refreshing in the same second): handed out at once, by one atomic load;
+//! - *usable* until 3570 s: handed out at once, while one background refresh runs;
+//! - *expired* after that: requests wait for the one refresh in flight, starting it if needed.
+//!
+//! Both margins shrink for short-lived tokens, so that a token is used for at least half its
+//! life: `refresh_ahead` to at most half the lifetime, `min_validity` to at most a tenth.
+//!
+//! # Refreshes
+//!
+//! One refresh at a time, in a task of its own: a waiter that is dropped (its request timed out,
+//! say) does not cancel it for the others, and every waiter gets its outcome, success or error.
+//! When a refresh fails and no usable token is left, the waiters get the error, and so does
+//! every request until the next attempt is due: attempts are spaced by exponential backoff
+//! (1 s doubling to 60 s, full jitter, at least what `Retry-After` asked), not by the request
+//! rate; a permanent error (`invalid_client` and the like) is retried at the slowest rate only.
+//! When a refresh fails while the current token is still usable, callers do not notice: they
+//! keep the current token and the refresh is retried on the same schedule.
+//!
+//! ```
+//!
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::error::Error;
+use crate::source::{BoxFuture, TokenSource};
+use crate::token::{AccessToken, Token};
+
+mod background;
+mod flight;
+pub(crate) mod policy;
+mod stats;
+#[cfg(test)]
+mod tests;
+
+use flight::{Launch, Waiter};
+pub(crate) use policy::Entry;
+use policy::{Config, Decision, Event, FlightId, Outcome, Policy, Start, Wait};
+pub use stats::Stats;
+use stats::{Counters, bump};
+
+/// Which token a request carried, so that a rejection drops that token and no newer one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Generation(pub(crate) u64);
+
+/// A token as the cache holds it: the secret, its generation and its expiry.
+#[derive(Clone, Debug)]
+pub struct CachedToken {
+    pub(crate) access_token: AccessToken,
+    pub(crate) generation: Generation,
+    pub(crate) expires_at: Instant,
+}
+
+impl CachedToken {
+    /// The secret.
+    pub fn access_token(&self) -> &AccessToken {
+        &self.access_token
+    }
+
+    /// Which fetch this token came from; pass it to [`TokenCache::invalidate`].
+    pub fn generation(&self) -> Generation {
+        self.generation
+    }
+
+    /// When the token expires, on Tokio's clock.
+    pub fn expires_at(&self) -> Instant {
+        self.expires_at
+    }
+}
+
+/// Waits for a token; boxed, as it sits beside a network round trip.
+pub(crate) type TokenWait = BoxFuture<'static, Result<Arc<Entry>, Error>>;
+
+/// What a request does about its token.
+pub(crate) enum Lookup<T> {
+    /// A usable token, projected by the caller.
+    Ready(T),
+    /// Wait for the refresh in flight.
+    Wait(TokenWait),
+    /// No token, and the next refresh is not due yet.
+    Failed(Error),
+}
+
+/// The token cache. Cloning is cheap; clones share one cache.
+///
+/// See the [module docs](crate::cache) for how it behaves, and an example.
+#[derive(Clone)]
+pub struct TokenCache {
+    shared: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
+    /// The token handed out on the hot path: one atomic load, no lock. A copy of the policy's
+    /// current token, replaced under the lock after each decision that changes it.
+    current: ArcSwapOption<Entry>,
+    /// The policy's [`quiet_until`](Policy::quiet_until), in nanoseconds after `epoch` (`0`:
+    /// a refresh may start now): requests in the refresh-ahead window read it, and take the
+    /// lock only when a refresh may start.
+    quiet: AtomicU64,
+    epoch: Instant,
+    core: Mutex<Core>,
+    /// The policy's settings, for the shared store and the background refresher.
+    config: Config,
+    source: Box<dyn TokenSource>,
+    /// The fleet's shared store, consulted by each refresh (never by a request).
+    #[cfg(feature = "redis")]
+    fleet: Option<crate::store::fleet::Fleet>,
+    background: background::Control,
+    stats: Counters,
+    /// How often the lock was taken (tests check the hot path takes none).
+    #[cfg(test)]
+    locks: AtomicU64,
+}
+
+/// What the lock guards: the policy, and the channel its live refresh answers on.
+struct Core {
+    policy: Policy,
+    channel: Option<(FlightId, watch::Receiver<Option<Outcome>>)>,
+}
+
+/// Builds a [`TokenCache`]. Every setter takes and returns `Self` and states its default.
+pub struct TokenCacheBuilder {
+    source: Box<dyn TokenSource>,
+    config: Config,
+    background_refresh: bool,
+    #[cfg(feature = "redis")]
+    store: Option<Arc<dyn crate::store::TokenStore>>,
+}
+
+impl fmt::Debug for TokenCacheBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenCacheBuilder")
+            .field("config", &self.config)
+            .field("background_refresh", &self.background_refresh)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenCacheBuilder {
+    /// How long before expiry a token stops being *fresh* and a refresh starts while it is
+    /// still served. With a one-hour token and 300 s, the refresh starts after about 55 min.
+    /// Cut to half the lifetime for short-lived tokens. Default is 300 seconds.
+    pub fn refresh_ahead(mut self, refresh_ahead: Duration) -> Self {
+        self.config.refresh_ahead = refresh_ahead;
+        self
+    }
+
+    /// How much life a token must have left to be handed out: a request never leaves with a
+    /// token that dies within this margin, so the clock skew and transit time to the API do not
+    /// turn it into a 401. Cut to a tenth of the lifetime for short-lived tokens. Default is 30
+    /// seconds.
+    pub fn min_validity(mut self, min_validity: Duration) -> Self {
+        self.config.min_validity = min_validity;
+        self
+    }
+
+    /// Keeps the token fresh from a background task even with no traffic, so the first request
+    /// after an idle hour does not wait. The task is spawned on the Tokio runtime that
+    /// [`build`](Self::build) runs in (or, outside one, on the first request's) and ends when
+    /// the last handle to the cache is dropped. Default is off.
+    pub fn background_refresh(mut self, enabled: bool) -> Self {
+        self.background_refresh = enabled;
+        self
+    }
+
+    /// The most one refresh may take, all its retries included; after it, the waiters get a
+    /// timeout error. It also bounds a token source that hangs. Default is 30 seconds.
+    pub fn refresh_deadline(mut self, deadline: Duration) -> Self {
+        self.config.refresh_deadline = deadline;
+        self
+    }
+
+    /// The least time between two invalidations that drop a token (see
+    /// [`TokenCache::invalidate`]): an API that rejects every token (a wrong audience, say)
+    /// then costs one token request per period, not one per request. Default is 10 seconds.
+    pub fn invalidation_throttle(mut self, period: Duration) -> Self {
+        self.config.invalidation_throttle = period;
+        self
+    }
+
+    /// Shares the token with every process of the fleet through `store` (feature `redis`):
+    /// each refresh first looks there and adopts a token another process fetched, and only
+    /// one process of the fleet fetches when none is there. Requests never touch the store,
+    /// and trouble with it never fails one: the process then fetches for itself. See
+    /// [`store`](crate::store). Default is none (each process fetches its own).
+    ///
+    /// The token source must say what it shares
+    /// ([`TokenSource::shared_identity`]); [`build`](Self::build) refuses one that does not.
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn shared_store(mut self, store: impl crate::store::TokenStore) -> Self {
+        self.store = Some(Arc::new(store));
+        self
+    }
+
+    #[cfg(feature = "redis")]
+    pub(crate) fn shared_store_arc(mut self, store: Arc<dyn crate::store::TokenStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    #[cfg(test)]
+    pub(crate) fn deterministic(mut self) -> Self {
+        self.config.backoff = self.config.backoff.without_jitter();
+        self.config.refresh_jitter = false;
+        self
+    }
+
+    /// Builds the cache. No token is fetched until one is asked for, unless
+    /// [`background_refresh`](Self::background_refresh) is on and a runtime is running.
+    ///
+    /// # Errors
+    ///
+    /// An [`Error`] of kind [`InvalidConfig`](crate::ErrorKind::InvalidConfig) when
+    /// `refresh_deadline` is zero, or a shared store is set and the token source has no
+    /// [shared identity](TokenSource::shared_identity).
+    pub fn build(self) -> Result<TokenCache, Error> {
+        if self.config.refresh_deadline.is_zero() {
+            return Err(Error::invalid_config("refresh_deadline must not be zero"));
+        }
+        #[cfg(feature = "redis")]
+        let fleet = match self.store {
+            None => None,
+            Some(store) => {
+                let identity = self.source.shared_identity().ok_or_else(|| {
+                    Error::invalid_config(
+                        "shared_store: this token source cannot be shared (its \
+                         `TokenSource::shared_identity` is None)",
+                    )
+                })?;
+                Some(crate::store::fleet::Fleet::new(
+                    store,
+                    &identity,
+                    crate::store::fleet::FleetConfig::default(),
+                )?)
+            }
+        };
+        let shared = Arc::new(Shared {
+            current: ArcSwapOption::empty(),
+            quiet: AtomicU64::new(0),
+            epoch: Instant::now(),
+            core: Mutex::new(Core {
+                policy: Policy::new(self.config, fastrand::Rng::new()),
+                channel: None,
+            }),
+            config: self.config,
+            source: self.source,
+            #[cfg(feature = "redis")]
+            fleet,
+            background: background::Control::new(self.background_refresh),
+            stats: Counters::default(),
+            #[cfg(test)]
+            locks: AtomicU64::new(0),
+        });
+        background::ensure(&shared);
+        Ok(TokenCache { shared })
+    }
+}
+
+impl TokenCache {
+    /// A builder over a token source, such as [`ClientCredentials`](crate::ClientCredentials).
+    pub fn builder(source: impl TokenSource) -> TokenCacheBuilder {
+        Self::builder_boxed(Box::new(source))
+    }
+
+    pub(crate) fn builder_boxed(source: Box<dyn TokenSource>) -> TokenCacheBuilder {
+        TokenCacheBuilder {
+            source,
+            config: Config::default(),
+            background_refresh: false,
+            #[cfg(feature = "redis")]
+            store: None,
+        }
+    }
+
+    /// A usable token: the cached one, or one from the refresh this call waits for.
+    ///
+    /// # Errors
+    ///
+    /// The refresh's error, when no usable token could be had.
+    pub async fn token(&self) -> Result<AccessToken, Error> {
+        self.get().await.map(|t| t.access_token)
+    }
+
+    /// Like [`token`](Self::token), with the token's generation and expiry.
+    ///
+    /// # Errors
+    ///
+    /// The refresh's error, when no usable token could be had.
+    pub async fn get(&self) -> Result<CachedToken, Error> {
+        match self.lookup(|entry| entry.token.clone()) {
+            Lookup::Ready(token) => Ok(token),
+            Lookup::Failed(error) => Err(error),
+            Lookup::Wait(wait) => wait.await.map(|entry| entry.token.clone()),
+        }
+    }
+
+    /// Drops the cached token if it is still the one of `generation`, which the caller saw
+    /// rejected (a 401). Returns whether it dropped it.
+    ///
+    /// A stale generation (the token was already replaced) changes nothing, so N concurrent
+    /// rejections of one token cause one refresh. At most one token is dropped per
+    /// [`invalidation_throttle`](TokenCacheBuilder::invalidation_throttle) period.
+    pub fn invalidate(&self, generation: Generation) -> bool {
+        let now = Instant::now();
+        let dropped = {
+            let mut core = self.shared.lock();
+            matches!(
+                self.shared
+                    .decide(&mut core, now, Event::Rejected { generation }),
+                Decision::Dropped(true)
+            )
+        };
+        if dropped {
+            bump(&self.shared.stats.invalidations);
+            tracing::debug!("token rejected by the service: dropped");
+        } else {
+            tracing::debug!("token rejection ignored: an older token, or within the throttle");
+        }
+        dropped
+    }
+
+    /// Drops the cached token if it is the one whose `Authorization` header value this is:
+    /// [`invalidate`](Self::invalidate) for callers that kept the header rather than the
+    /// generation.
+    pub(crate) fn invalidate_token(&self, header: &http::HeaderValue) -> bool {
+        let generation = match self.shared.current.load().as_deref() {
+            Some(entry) if entry.header.as_bytes() == header.as_bytes() => entry.generation(),
+            _ => return false,
+        };
+        self.invalidate(generation)
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> Stats {
+        #[allow(unused_mut)]
+        let mut stats = self.shared.stats.snapshot();
+        #[cfg(feature = "redis")]
+        if let Some(fleet) = &self.shared.fleet {
+            let f = fleet.stats();
+            stats.adopted = f.adopted;
+            stats.lease_fetches = f.lease_fetches;
+            stats.store_fallbacks = f.fallbacks;
+        }
+        stats
+    }
+
+    pub(crate) fn count_replay(&self) {
+        bump(&self.shared.stats.replays);
+    }
+
+    /// What a request does about its token. A fresh token costs a clock read and one atomic
+    /// load, and so does a usable one while a refresh runs or a backoff holds: the policy's
+    /// first rows, read from what it published. Anything else asks the policy, under the
+    /// lock.
+    #[inline]
+    pub(crate) fn lookup<T>(&self, project: impl FnOnce(&Entry) -> T) -> Lookup<T> {
+        let now = Instant::now();
+        {
+            let current = self.shared.current.load();
+            if let Some(entry) = current.as_deref()
+                && (now < entry.fresh_until
+                    || (now < entry.usable_until
+                        && self.shared.nanos(now) < self.shared.quiet.load(Ordering::Acquire)))
+            {
+                self.shared.background.check(&self.shared);
+                return Lookup::Ready(project(entry));
+            }
+        }
+        self.shared.want(now, project)
+    }
+}
+
+impl fmt::Debug for TokenCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenCache")
+            .field("has_token", &self.shared.current.load().is_some())
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Core> {
+        #[cfg(test)]
+        self.locks.fetch_add(1, Ordering::Relaxed);
+        // No code panics while holding the lock, but a poisoned lock must not become a panic
+        // on every request.
+        self.core.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `now` as `quiet` counts it.
+    fn nanos(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Asks the policy, and publishes what changed for the hot path: the current token (before
+    /// the quiet mark, so that no request sees the mark without the token it covers) and the
+    /// quiet mark. Called with the lock held.
+    fn decide(&self, core: &mut Core, now: Instant, event: Event) -> Decision {
+        let decision = core.policy.decide(now, event);
+        let current = core.policy.current();
+        let published = self.current.load();
+        let same = match (published.as_ref(), current) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        if !same {
+            self.current.store(current.cloned());
+        }
+        let quiet = core
+            .policy
+            .quiet_until(now)
+            .map_or(0, |at| self.nanos(at).max(1));
+        self.quiet.store(quiet, Ordering::Release);
+        decision
+    }
+
+    /// A request with no token it can use at once: the policy decides.
+    #[cold]
+    #[inline(never)]
+    fn want<T>(self: &Arc<Self>, now: Instant, project: impl FnOnce(&Entry) -> T) -> Lookup<T> {
+        match self.want_step(now) {
+            Step::Ready(entry) => Lookup::Ready(project(&entry)),
+            Step::Wait(waiter) => {
+                bump(&self.stats.waited);
+                Lookup::Wait(Box::pin(Arc::clone(self).wait(waiter)))
+            }
+            Step::Failed(error) => Lookup::Failed(error),
+        }
+    }
+
+    /// The policy's answer to a request, carried out: a refresh it starts is spawned once the
+    /// lock is released (a runtime that is shutting down drops the task on the spot, and its
+    /// drop takes the lock to report that).
+    fn want_step(self: &Arc<Self>, now: Instant) -> Step {
+        self.background.check(self);
+        let mut core = self.lock();
+        let (step, launch) = match self.decide(&mut core, now, Event::Want) {
+            Decision::Serve(entry) => (Step::Ready(entry), None),
+            Decision::ServeAndStart(entry, start) => {
+                // Nobody waits on it; a refresh that cannot launch is abandoned.
+                (Step::Ready(entry), self.launch(&mut core, now, start).ok())
+            }
+            Decision::Wait(wait) => (core.waiter(wait), None),
+            Decision::StartAndWait(start, wait) => match self.launch(&mut core, now, start) {
+                Ok(launch) => (core.waiter(wait), Some(launch)),
+                Err(error) => (Step::Failed(error), None),
+            },
+            Decision::Fail(error) => (Step::Failed(error), None),
+            other => (Step::Failed(unexpected(&other)), None),
+        };
+        drop(core);
+        if let Some(launch) = launch {
+            launch.spawn();
+        }
+        step
+    }
+
+    /// Readies the refresh a decision started, on the caller's runtime; spawned by the caller
+    /// once the lock is released. A runtime that cannot run it (none, or one without a time
+    /// driver) is that caller's problem, not the endpoint's: the policy hears the refresh was
+    /// abandoned, which paces nobody.
+    fn launch(
+        self: &Arc<Self>,
+        core: &mut Core,
+        now: Instant,
+        start: Start,
+    ) -> Result<Launch, Error> {
+        let flight = start.flight;
+        let runtime = match flight::runtime_with_timers() {
+            Ok(runtime) => runtime,
+            Err(error) => {
+                self.decide(core, now, Event::Abandoned { flight });
+                return Err(error);
+            }
+        };
+        let (tx, rx) = watch::channel(None);
+        core.channel = Some((flight, rx));
+        bump(&self.stats.token_requests);
+        if start.ahead {
+            bump(&self.stats.refresh_ahead);
+        }
+        Ok(Launch::new(runtime, Arc::clone(self), tx, start))
+    }
+
+    /// Carries a refresh's end to the policy, then to those who waited for it.
+    fn settle(&self, tx: &watch::Sender<Option<Outcome>>, event: Event) {
+        let now = Instant::now();
+        let decision = {
+            let mut core = self.lock();
+            self.decide(&mut core, now, event)
+        };
+        let outcome = match decision {
+            Decision::Settled { outcome, .. } => outcome,
+            other => Outcome::Failed(unexpected(&other)),
+        };
+        match &outcome {
+            Outcome::Token(entry) => tracing::debug!(
+                generation = entry.generation().0,
+                lifetime_secs = entry
+                    .token
+                    .expires_at
+                    .saturating_duration_since(now)
+                    .as_secs(),
+                "token refreshed"
+            ),
+            Outcome::Failed(error) => {
+                bump(&self.stats.token_failures);
+                tracing::warn!(%error, "token refresh failed");
+            }
+            Outcome::Abandoned => {
+                tracing::debug!("token refresh abandoned: its runtime went away");
+            }
+        }
+        tx.send_replace(Some(outcome));
+    }
+
+    /// One refresh's token: from the fleet's shared store when there is one, else from the
+    /// source.
+    fn fetch(&self, rejected: Option<AccessToken>) -> BoxFuture<'_, Result<Token, Error>> {
+        #[cfg(feature = "redis")]
+        if let Some(fleet) = &self.fleet {
+            let config = &self.config;
+            let margins = crate::store::fleet::Margins {
+                refresh_ahead: config.refresh_ahead,
+                min_validity: config.min_validity,
+            };
+            return Box::pin(async move {
+                fleet.fetch(&*self.source, margins, rejected.as_ref()).await
+            });
+        }
+        drop(rejected);
+        self.source.fetch()
+    }
+
+    /// Waits for a refresh's outcome. A token that is no longer usable when this waiter wakes
+    /// (the clock moved on), or a refresh its runtime abandoned, sends the waiter back to the
+    /// policy, a bounded number of times.
+    async fn wait(self: Arc<Self>, mut waiter: Waiter) -> Result<Arc<Entry>, Error> {
+        for _ in 0..3 {
+            match waiter.outcome().await {
+                Outcome::Token(entry) if Instant::now() < entry.usable_until => return Ok(entry),
+                Outcome::Failed(error) => return Err(error),
+                Outcome::Token(_) | Outcome::Abandoned => {}
+            }
+            match self.want_step(Instant::now()) {
+                Step::Ready(entry) => return Ok(entry),
+                Step::Wait(next) => waiter = next,
+                Step::Failed(error) => return Err(error),
+            }
+        }
+        Err(Error::internal(
+            "no token stayed usable long enough to be handed out",
+        ))
+    }
+}
+
+/// What a request does, as the cache carries it out.
+enum Step {
+    Ready(Arc<Entry>),
+    Wait(Waiter),
+    Failed(Error),
+}
+
+impl Core {
+    /// A place in the queue for the live refresh's outcome.
+    fn waiter(&self, wait: Wait) -> Step {
+        match &self.channel {
+            Some((flight, rx)) if *flight == wait.flight => {
+                let limit = self.policy.config().refresh_deadline;
+                Step::Wait(Waiter::new(rx.clone(), wait.until, limit))
+            }
+            _ => Step::Failed(Error::internal("the token refresh to wait for is gone")),
+        }
+    }
+}
+
+/// A current-thread runtime with all its drivers, its clock paused if `paused`: for tests that
+/// move a cache from one runtime to another.
+#[cfg(test)]
+pub(crate) fn test_runtime(paused: bool) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(paused)
+        .build()
+        .expect("a test runtime")
+}
+
+/// A decision the policy does not make for that event: an internal error, never a panic.
+fn unexpected(decision: &Decision) -> Error {
+    tracing::error!(
+        ?decision,
+        "the token cache's policy made an unexpected decision"
+    );
+    Error::internal("the token cache's policy made an unexpected decision")
+}

@@ -1,0 +1,484 @@
+//! The cache's decisions, in one pure function: [`Policy::decide`].
+//!
+//! From the cache's state, the time and an [`Event`] (a request wants a token, the background
+//! timer fired, a refresh finished or was abandoned, a token was rejected) to a [`Decision`]
+//! (serve this token, serve it and start a refresh, wait for the refresh in flight, start one
+//! and wait, fail now, sleep until). No I/O and no clock inside: the time comes in as an
+//! argument and the randomness (jitter) from a generator the state owns, so a test can replay
+//! any sequence of events exactly. The rest of the cache (`mod.rs`, `flight.rs`,
+//! `background.rs`) only carries decisions out: it spawns the refresh a decision starts,
+//! hands its waiters the outcome, publishes the current token for the hot path, and sleeps
+//! as long as it is told.
+//!
+//! # The decision table
+//!
+//! A token is *fresh* while `now < fresh_until`, *usable* while `now < usable_until`. A
+//! refresh in flight is *live* until its deadline plus [`ABANDON_GRACE`]; after that it is
+//! forgotten (its runtime is parked or gone) and a new one may start. *Paced* means a failure's
+//! backoff has not run out (`now < retry_at`).
+//!
+//! | event | state | decision |
+//! |---|---|---|
+//! | `Want` | fresh | `Serve` |
+//! | `Want` | usable, refresh live or paced | `Serve` |
+//! | `Want` | usable, otherwise | `ServeAndStart` (refresh-ahead) |
+//! | `Want` | not usable, refresh live | `Wait` until the refresh's deadline |
+//! | `Want` | not usable, paced, an error on record | `Fail` with that error |
+//! | `Want` | not usable, otherwise | `StartAndWait` |
+//! | `Background` | refresh live | `Wait` until it is abandoned |
+//! | `Background` | fresh | `Sleep` until it is not |
+//! | `Background` | paced | `Sleep` until the backoff ends |
+//! | `Background` | otherwise | `StartAndWait` |
+//! | `Finished(Ok)` | | the new token replaces the current one (unless a late refresh brings an older one); backoff reset; `Settled` |
+//! | `Finished(Err)` | | backoff (the slowest for a permanent error, at least `Retry-After`); `Settled` |
+//! | `Abandoned` | | the refresh is forgotten, no backoff: its runtime went away, which says nothing of the endpoint; `Settled` |
+//! | `Rejected(g)` | `g` current, not throttled | the token is dropped and remembered as rejected until a refresh succeeds; backoff cleared; `Dropped(true)` |
+//! | `Rejected(g)` | otherwise | `Dropped(false)` |
+//!
+//! `Finished` and `Abandoned` of a refresh that is no longer the live one (it was abandoned
+//! at its deadline and finished late) change no backoff; a late token is still taken if it
+//! expires later than the current one.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderValue;
+use tokio::time::Instant;
+
+use crate::backoff::Backoff;
+use crate::error::Error;
+use crate::token::{AccessToken, Token};
+
+use super::{CachedToken, Generation};
+
+/// How long a refresh past its deadline is still taken for live: its own timer fires at the
+/// deadline, and this leaves its runtime a moment to report that.
+pub(crate) const ABANDON_GRACE: Duration = Duration::from_secs(1);
+
+/// Which refresh an event is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct FlightId(pub(crate) u64);
+
+/// The cache's settings, as the policy reads them.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Config {
+    pub(crate) refresh_ahead: Duration,
+    pub(crate) min_validity: Duration,
+    pub(crate) refresh_deadline: Duration,
+    pub(crate) invalidation_throttle: Duration,
+    pub(crate) backoff: Backoff,
+    /// Whether the refresh moment is jittered (off in tests that count refreshes exactly).
+    pub(crate) refresh_jitter: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            refresh_ahead: Duration::from_secs(300),
+            min_validity: Duration::from_secs(30),
+            refresh_deadline: Duration::from_secs(30),
+            invalidation_throttle: Duration::from_secs(10),
+            backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(60)),
+            refresh_jitter: true,
+        }
+    }
+}
+
+/// A token as the cache holds it: the token, its header, and the moments that decide what to
+/// do with it.
+#[derive(Debug)]
+pub(crate) struct Entry {
+    pub(crate) token: CachedToken,
+    /// `Bearer …`, marked sensitive, made once per token.
+    pub(crate) header: HeaderValue,
+    pub(crate) fresh_until: Instant,
+    pub(crate) usable_until: Instant,
+}
+
+impl Entry {
+    pub(crate) fn generation(&self) -> Generation {
+        self.token.generation
+    }
+
+    pub(crate) fn access_token(&self) -> &AccessToken {
+        &self.token.access_token
+    }
+}
+
+/// What happened.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// A request needs a token.
+    Want,
+    /// The background refresher woke up.
+    Background,
+    /// A refresh ended with a token or an error.
+    Finished {
+        flight: FlightId,
+        result: Result<Token, Error>,
+    },
+    /// A refresh ended without a result because its runtime dropped it (shutting down), or it
+    /// could not be started there (no time driver).
+    Abandoned { flight: FlightId },
+    /// A service rejected the token of this generation (a 401).
+    Rejected { generation: Generation },
+}
+
+/// A refresh to start.
+#[derive(Debug)]
+pub(crate) struct Start {
+    pub(crate) flight: FlightId,
+    /// When it gives up (`None`: a deadline too long for an `Instant`).
+    pub(crate) deadline: Option<Instant>,
+    /// The token a rejection dropped, for a shared store to drop too; kept by the policy until
+    /// a refresh succeeds, so a refresh that never ran cannot lose it.
+    pub(crate) rejected: Option<AccessToken>,
+    /// Started while the current token was still usable.
+    pub(crate) ahead: bool,
+}
+
+/// A wait for the refresh in flight, bounded by `until` (`None`: no bound fits an `Instant`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Wait {
+    pub(crate) flight: FlightId,
+    pub(crate) until: Option<Instant>,
+}
+
+/// What the outcome of a refresh is, for those who waited for it.
+#[derive(Clone, Debug)]
+pub(crate) enum Outcome {
+    Token(Arc<Entry>),
+    Failed(Error),
+    /// The refresh's runtime dropped it: those who waited look again (and start another).
+    Abandoned,
+}
+
+/// What to do.
+#[derive(Debug)]
+pub(crate) enum Decision {
+    Serve(Arc<Entry>),
+    ServeAndStart(Arc<Entry>, Start),
+    Wait(Wait),
+    StartAndWait(Start, Wait),
+    Fail(Error),
+    Sleep(Instant),
+    /// A refresh ended: its waiters get `outcome`.
+    Settled {
+        outcome: Outcome,
+    },
+    /// A rejection: whether the token was dropped.
+    Dropped(bool),
+}
+
+#[derive(Debug)]
+struct InFlight {
+    id: FlightId,
+    started: Instant,
+}
+
+/// The cache's state and the rules over it.
+#[derive(Debug)]
+pub(crate) struct Policy {
+    config: Config,
+    rng: fastrand::Rng,
+    current: Option<Arc<Entry>>,
+    flight: Option<InFlight>,
+    next_flight: u64,
+    next_generation: u64,
+    /// Failed refreshes in a row.
+    failures: u32,
+    last_error: Option<Error>,
+    /// No refresh starts before this (a failure's backoff).
+    retry_at: Option<Instant>,
+    /// The last rejection that dropped a token (throttles them).
+    last_rejection: Option<Instant>,
+    /// The token the last rejection dropped, until a refresh succeeds.
+    rejected: Option<AccessToken>,
+}
+
+impl Policy {
+    pub(crate) fn new(config: Config, rng: fastrand::Rng) -> Self {
+        Self {
+            config,
+            rng,
+            current: None,
+            flight: None,
+            next_flight: 0,
+            next_generation: 0,
+            failures: 0,
+            last_error: None,
+            retry_at: None,
+            last_rejection: None,
+            rejected: None,
+        }
+    }
+
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The current token, whatever its state.
+    pub(crate) fn current(&self) -> Option<&Arc<Entry>> {
+        self.current.as_ref()
+    }
+
+    /// Until when a request with a usable, stale token is served without a decision: a live
+    /// refresh or a backoff means nothing new can start before then. `None` when a refresh
+    /// may start now. The hot path reads this (published in an atomic) so that requests in
+    /// the refresh-ahead window take no lock while a refresh runs or the endpoint is down.
+    pub(crate) fn quiet_until(&self, now: Instant) -> Option<Instant> {
+        let live = self.live_flight(now).map(|f| self.abandon_at(f));
+        let paced = self.retry_at.filter(|at| now < *at);
+        match (live, paced) {
+            (Some(Some(a)), Some(b)) => Some(a.max(b)),
+            // A refresh that is never abandoned (a deadline too long for an `Instant`).
+            (Some(None), _) => Some(far_future(now)),
+            (Some(Some(a)), None) => Some(a),
+            (None, b) => b,
+        }
+    }
+
+    /// The decision for `event` at `now`. Every path of the cache comes through here.
+    pub(crate) fn decide(&mut self, now: Instant, event: Event) -> Decision {
+        match event {
+            Event::Want => self.want(now),
+            Event::Background => self.background(now),
+            Event::Finished { flight, result } => self.finished(now, flight, result),
+            Event::Abandoned { flight } => {
+                if self.is_own(flight) {
+                    self.flight = None;
+                }
+                Decision::Settled {
+                    outcome: Outcome::Abandoned,
+                }
+            }
+            Event::Rejected { generation } => Decision::Dropped(self.rejected(now, generation)),
+        }
+    }
+
+    fn want(&mut self, now: Instant) -> Decision {
+        if let Some(entry) = self.current.as_ref().filter(|e| now < e.usable_until) {
+            let entry = Arc::clone(entry);
+            if now < entry.fresh_until || self.quiet_until(now).is_some() {
+                return Decision::Serve(entry);
+            }
+            let start = self.start(now, true);
+            return Decision::ServeAndStart(entry, start);
+        }
+        if let Some(flight) = self.live_flight(now) {
+            return Decision::Wait(Wait {
+                flight: flight.id,
+                until: flight.started.checked_add(self.config.refresh_deadline),
+            });
+        }
+        if let (Some(error), Some(_)) = (&self.last_error, self.retry_at.filter(|at| now < *at)) {
+            return Decision::Fail(error.clone());
+        }
+        let start = self.start(now, false);
+        let wait = Wait {
+            flight: start.flight,
+            until: start.deadline,
+        };
+        Decision::StartAndWait(start, wait)
+    }
+
+    fn background(&mut self, now: Instant) -> Decision {
+        if let Some(flight) = self.live_flight(now) {
+            return Decision::Wait(Wait {
+                flight: flight.id,
+                until: self.abandon_at(flight),
+            });
+        }
+        if let Some(entry) = self.current.as_ref().filter(|e| now < e.fresh_until) {
+            return Decision::Sleep(entry.fresh_until);
+        }
+        if let Some(at) = self.retry_at.filter(|at| now < *at) {
+            return Decision::Sleep(at);
+        }
+        let ahead = self.current.as_ref().is_some_and(|e| now < e.usable_until);
+        let start = self.start(now, ahead);
+        let until = start
+            .deadline
+            .and_then(|deadline| deadline.checked_add(ABANDON_GRACE));
+        let wait = Wait {
+            flight: start.flight,
+            until,
+        };
+        Decision::StartAndWait(start, wait)
+    }
+
+    fn finished(&mut self, now: Instant, id: FlightId, result: Result<Token, Error>) -> Decision {
+        let own = self.is_own(id);
+        if own {
+            self.flight = None;
+        }
+        let result = result.and_then(|token| self.entry_for(token, now));
+        match result {
+            Ok(entry) => {
+                let previous = self.current.as_ref();
+                let newer = previous.is_none_or(|p| entry.token.expires_at > p.token.expires_at);
+                let replace = own || newer || previous.is_some_and(|p| now >= p.usable_until);
+                if replace {
+                    self.current = Some(Arc::clone(&entry));
+                    self.rejected = None;
+                }
+                if own {
+                    self.last_error = None;
+                    if newer {
+                        self.failures = 0;
+                        self.retry_at = None;
+                    } else {
+                        // The endpoint handed back a token that expires no later than the one
+                        // we had (a cache in front of it, say): asking again at once would get
+                        // the same, so further refreshes are paced like failures.
+                        self.pace_after_failure(now, None);
+                    }
+                }
+                Decision::Settled {
+                    outcome: Outcome::Token(entry),
+                }
+            }
+            Err(error) => {
+                if own {
+                    self.pace_after_failure(now, Some(&error));
+                    self.last_error = Some(error.clone());
+                }
+                Decision::Settled {
+                    outcome: Outcome::Failed(error),
+                }
+            }
+        }
+    }
+
+    /// Backoff after a failed refresh (or one that brought nothing newer): the next delay of
+    /// the schedule; for a permanent error the slowest; never less than what `Retry-After`
+    /// asked, clamped to the cap so that one header cannot stop every refresh for a day.
+    fn pace_after_failure(&mut self, now: Instant, error: Option<&Error>) {
+        let backoff = self.config.backoff;
+        let mut delay = match error {
+            Some(error) if error.is_permanent() => backoff.cap(),
+            _ => backoff.delay_with(self.failures, &mut self.rng),
+        };
+        if let Some(asked) = error.and_then(Error::retry_after) {
+            delay = delay.max(asked.min(backoff.cap()));
+        }
+        self.failures = self.failures.saturating_add(1);
+        self.retry_at = now.checked_add(delay);
+    }
+
+    fn rejected(&mut self, now: Instant, generation: Generation) -> bool {
+        if self.current.as_ref().map(|e| e.generation()) != Some(generation) {
+            return false;
+        }
+        if let Some(last) = self.last_rejection {
+            // A throttle too long to add to an `Instant` never runs out.
+            let within = last
+                .checked_add(self.config.invalidation_throttle)
+                .is_none_or(|until| now < until);
+            if within {
+                return false;
+            }
+        }
+        self.last_rejection = Some(now);
+        // A rejection is news the backoff did not know of: let the next request refresh.
+        self.retry_at = None;
+        self.rejected = self.current.take().map(|e| e.access_token().clone());
+        true
+    }
+
+    /// Starts a refresh: it becomes the live one.
+    fn start(&mut self, now: Instant, ahead: bool) -> Start {
+        let id = FlightId(self.next_flight);
+        self.next_flight = self.next_flight.wrapping_add(1);
+        self.flight = Some(InFlight { id, started: now });
+        Start {
+            flight: id,
+            deadline: now.checked_add(self.config.refresh_deadline),
+            rejected: self.rejected.clone(),
+            ahead,
+        }
+    }
+
+    fn is_own(&self, id: FlightId) -> bool {
+        self.flight.as_ref().is_some_and(|f| f.id == id)
+    }
+
+    /// The refresh in flight, unless it is past its deadline and grace: forgotten then (its
+    /// runtime has not run it to its end), so that another may start.
+    fn live_flight(&self, now: Instant) -> Option<&InFlight> {
+        self.flight
+            .as_ref()
+            .filter(|f| self.abandon_at(f).is_none_or(|at| now < at))
+    }
+
+    fn abandon_at(&self, flight: &InFlight) -> Option<Instant> {
+        flight
+            .started
+            .checked_add(self.config.refresh_deadline)?
+            .checked_add(ABANDON_GRACE)
+    }
+
+    /// The entry for a new token, with its moments. The margins scale with the token's
+    /// lifetime (from when the refresh ended, or the original lifetime a shared store kept);
+    /// a token that expires no later than the current one (an endpoint that hands the same
+    /// cached token out again) keeps the current one's margin, so refetching it never makes
+    /// it usable for longer.
+    fn entry_for(&mut self, token: Token, now: Instant) -> Result<Arc<Entry>, Error> {
+        let expires_at = token.expires_at();
+        let lifetime = token
+            .lifetime()
+            .unwrap_or_else(|| expires_at.saturating_duration_since(now));
+        let refresh_ahead = self.config.refresh_ahead.min(lifetime / 2);
+        let min_validity = self.config.min_validity.min(lifetime / 10);
+        let jitter = if self.config.refresh_jitter {
+            let max = u64::try_from((lifetime / 10).as_nanos()).unwrap_or(u64::MAX);
+            Duration::from_nanos(self.rng.u64(0..=max))
+        } else {
+            Duration::ZERO
+        };
+        let mut usable_until = expires_at.checked_sub(min_validity).unwrap_or(now);
+        if let Some(previous) = &self.current
+            && expires_at <= previous.token.expires_at
+        {
+            usable_until = usable_until.min(previous.usable_until);
+        }
+        let fresh_until = expires_at
+            .checked_sub(refresh_ahead.saturating_add(jitter))
+            .unwrap_or(now)
+            .min(usable_until);
+        if now >= usable_until {
+            return Err(Error::invalid_response(
+                "the token endpoint issued a token that expires before it could be used",
+            ));
+        }
+        let generation = Generation(self.next_generation);
+        self.next_generation += 1;
+        let access_token = token.into_access_token();
+        Ok(Arc::new(Entry {
+            header: access_token.header_value(),
+            token: CachedToken {
+                access_token,
+                generation,
+                expires_at,
+            },
+            fresh_until,
+            usable_until,
+        }))
+    }
+}
+
+/// `now + by`, or the farthest moment that fits an `Instant` near that.
+pub(crate) fn later(now: Instant, by: Duration) -> Instant {
+    now.checked_add(by).unwrap_or_else(|| far_future(now))
+}
+
+/// A moment far enough away to stand for "never", that still fits an `Instant`.
+fn far_future(now: Instant) -> Instant {
+    let mut step = Duration::from_secs(100 * 365 * 24 * 3600);
+    loop {
+        if let Some(at) = now.checked_add(step) {
+            return at;
+        }
+        step /= 2;
+    }
+}

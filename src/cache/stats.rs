@@ -1,0 +1,65 @@
+//! [`Stats`]: the cache's counters.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counters, for tests, dashboards and the demo. Read them with
+/// [`TokenCache::stats`](super::TokenCache::stats) or `CognitoAuthLayer::stats`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Refreshes started: calls to [`TokenSource::fetch`](crate::TokenSource::fetch). (Retries
+    /// inside one fetch of [`ClientCredentials`](crate::ClientCredentials) are not counted
+    /// separately.)
+    pub token_requests: u64,
+    /// Refreshes that failed.
+    pub token_failures: u64,
+    /// Refreshes started ahead of expiry, while the current token was still usable (by a
+    /// request in the refresh-ahead window or by the background task).
+    pub refresh_ahead: u64,
+    /// Requests that found no usable token and had to wait for a refresh.
+    pub waited: u64,
+    /// Tokens dropped after the downstream service rejected them.
+    pub invalidations: u64,
+    /// Requests the layer sent again with a new token after a rejection.
+    pub replays: u64,
+    /// Refreshes that adopted a token another process had stored in the shared store: no
+    /// token request. Zero without a [shared store](super::TokenCacheBuilder::shared_store).
+    pub adopted: u64,
+    /// Token requests this process made as the holder of the shared store's lease, for the
+    /// whole fleet (counted in `token_requests` too).
+    pub lease_fetches: u64,
+    /// Refreshes that fetched for this process alone because the shared store failed, was too
+    /// slow, or another process took too long.
+    pub store_fallbacks: u64,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Counters {
+    pub(super) token_requests: AtomicU64,
+    pub(super) token_failures: AtomicU64,
+    pub(super) refresh_ahead: AtomicU64,
+    pub(super) waited: AtomicU64,
+    pub(super) invalidations: AtomicU64,
+    pub(super) replays: AtomicU64,
+}
+
+impl Counters {
+    pub(super) fn snapshot(&self) -> Stats {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Stats {
+            token_requests: load(&self.token_requests),
+            token_failures: load(&self.token_failures),
+            refresh_ahead: load(&self.refresh_ahead),
+            waited: load(&self.waited),
+            invalidations: load(&self.invalidations),
+            replays: load(&self.replays),
+            adopted: 0,
+            lease_fetches: 0,
+            store_fallbacks: 0,
+        }
+    }
+}
+
+pub(super) fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}

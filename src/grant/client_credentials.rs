@@ -1,0 +1,385 @@
+//! [`ClientCredentials`], the OAuth 2.0 client_credentials grant against Cognito's (or any)
+//! token endpoint: how a service gets its own token.
+//!
+//! [`ClientCredentials`] sends its requests through any tower HTTP service, so the HTTP client
+//! is pluggable: by default the built-in HTTPS client (feature `rustls`), in tests a plain
+//! hyper-util client talking to a [loopback endpoint](crate::testing).
+//!
+//! ```no_run
+//! use tower_cognito_auth::{ClientAuth, ClientCredentials, TokenSource};
+//!
+//! # async fn example() -> Result<(), tower_cognito_auth::Error> {
+//! let source = ClientCredentials::builder()
+//!     .cognito_domain("smart-capital", "us-east-1")
+//!     .client_id("my-client-id")
+//!     .client_secret("my-client-secret")
+//!     .client_auth(ClientAuth::Post)
+//!     .scope("wallets/read")
+//!     .build()?;
+//! let token = source.fetch().await?;
+//! println!("token expires at {:?}", token.expires_at());
+//! # Ok(())
+//! # }
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body;
+use http_body_util::Full;
+use tower_service::Service;
+
+use super::endpoint::{
+    ClientAuth, Endpoint, HttpClient, RetryPolicy, Secret, TokenUrl, client_authentication,
+    client_or_default, erase_client, join_scopes, require_client_id,
+};
+use crate::backoff::Backoff;
+use crate::error::{BoxError, Error};
+use crate::source::{BoxFuture, SharedIdentity, TokenSource};
+use crate::token::{Token, parse_token_response};
+
+/// The OAuth 2.0 client_credentials grant (RFC 6749 §4.4).
+///
+/// Each [`fetch`](TokenSource::fetch) POSTs `grant_type=client_credentials` (and `scope`,
+/// when set) to the token URL. `429`, `5xx`, connection failures and timeouts are retried
+/// with exponential backoff and full jitter (100 ms doubling to 3 s, at most 4 attempts),
+/// honouring `Retry-After`, within an overall deadline; a `4xx` answer such as
+/// `invalid_client` is returned at once. Each attempt has its own timeout.
+///
+/// Cloning is cheap and shares the configuration. `Debug` shows the token URL, the client id
+/// and the scope, never the secret. See the [module docs](crate::grant::client_credentials) for an example.
+#[derive(Clone)]
+pub struct ClientCredentials {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    endpoint: Endpoint,
+    client_id: String,
+    scope: Option<String>,
+    client_auth: ClientAuth,
+    /// Kept for [`SharedIdentity`]; never printed.
+    secret: Secret,
+    /// The form body, with the secret in it under [`ClientAuth::Post`].
+    body: Bytes,
+    retry: RetryPolicy,
+}
+
+impl ClientCredentials {
+    /// A builder; see [`ClientCredentialsBuilder`].
+    pub fn builder() -> ClientCredentialsBuilder {
+        ClientCredentialsBuilder::default()
+    }
+
+    async fn fetch_with_retries(inner: Arc<Inner>) -> Result<Token, Error> {
+        let endpoint = &inner.endpoint;
+        let body = &inner.body;
+        endpoint
+            .with_retries(&inner.retry, |sent_at| async move {
+                let answer = endpoint.post(body.clone(), sent_at).await?;
+                let (token, _lifetime) =
+                    parse_token_response(&answer.body, answer.sent_at, answer.sent_at_wall)?;
+                Ok(token)
+            })
+            .await
+    }
+}
+
+impl TokenSource for ClientCredentials {
+    fn fetch(&self) -> BoxFuture<'_, Result<Token, Error>> {
+        Box::pin(Self::fetch_with_retries(Arc::clone(&self.inner)))
+    }
+
+    /// The token URL, the client id and the scopes, keyed by the client secret.
+    fn shared_identity(&self) -> Option<SharedIdentity> {
+        let inner = &self.inner;
+        let scopes = inner.scope.as_deref().unwrap_or_default().split(' ');
+        Some(SharedIdentity::client_credentials(
+            &inner.endpoint.token_url.to_string(),
+            &inner.client_id,
+            scopes.filter(|s| !s.is_empty()),
+            &inner.secret.0,
+        ))
+    }
+}
+
+impl fmt::Debug for ClientCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientCredentials")
+            .field("token_url", &self.inner.endpoint.token_url)
+            .field("client_id", &self.inner.client_id)
+            .field("client_secret", &"[redacted]")
+            .field("scope", &self.inner.scope)
+            .field("client_auth", &self.inner.client_auth)
+            .field("request_timeout", &self.inner.endpoint.request_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`ClientCredentials`]. Every setter takes and returns `Self`.
+///
+/// `CognitoAuthLayer::builder()` has the same setters and forwards them here.
+#[derive(Clone, Default)]
+pub struct ClientCredentialsBuilder {
+    token_url: Option<TokenUrl>,
+    client_id: Option<String>,
+    client_secret: Option<Secret>,
+    scopes: Vec<String>,
+    client_auth: ClientAuth,
+    http: Option<HttpClient>,
+    request_timeout: Option<Duration>,
+    max_attempts: Option<u32>,
+    deadline: Option<Duration>,
+}
+
+impl fmt::Debug for ClientCredentialsBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientCredentialsBuilder")
+            .field("token_url", &self.token_url)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &self.client_secret)
+            .field("scopes", &self.scopes)
+            .field("client_auth", &self.client_auth)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientCredentialsBuilder {
+    /// The token endpoint's URL, e.g. `https://auth.example.com/oauth2/token`.
+    ///
+    /// `https://` is accepted for any host; `http://` only for loopback hosts (`127.0.0.0/8`,
+    /// `[::1]`, `localhost`), so that tests and demos can run on 127.0.0.1 while no secret
+    /// ever crosses a network in clear text. Checked by [`build`](Self::build).
+    pub fn token_url(mut self, url: impl AsRef<str>) -> Self {
+        self.token_url = Some(TokenUrl::Url(url.as_ref().to_owned()));
+        self
+    }
+
+    /// The token endpoint of a Cognito user pool domain:
+    /// `https://{domain}.auth.{region}.amazoncognito.com/oauth2/token`. For a custom domain,
+    /// use [`token_url`](Self::token_url). Both parts are checked by [`build`](Self::build).
+    pub fn cognito_domain(mut self, domain: impl Into<String>, region: impl Into<String>) -> Self {
+        self.token_url = Some(TokenUrl::Cognito {
+            domain: domain.into(),
+            region: region.into(),
+        });
+        self
+    }
+
+    /// The app client's id. Required.
+    pub fn client_id(mut self, client_id: impl Into<String>) -> Self {
+        self.client_id = Some(client_id.into());
+        self
+    }
+
+    /// The app client's secret. Required. It never appears in `Debug` output, logs or errors.
+    pub fn client_secret(mut self, client_secret: impl Into<String>) -> Self {
+        self.client_secret = Some(Secret(client_secret.into()));
+        self
+    }
+
+    /// Adds a scope to request, e.g. `wallets/read`; repeatable. Scopes are sent
+    /// space-separated. By default none is sent and the endpoint grants the client's
+    /// default scopes.
+    pub fn scope(mut self, scope: impl Into<String>) -> Self {
+        self.scopes.push(scope.into());
+        self
+    }
+
+    /// How the client authenticates. Default is [`ClientAuth::Basic`].
+    pub fn client_auth(mut self, client_auth: ClientAuth) -> Self {
+        self.client_auth = client_auth;
+        self
+    }
+
+    /// The HTTP client token requests go through: any tower service from
+    /// `Request<Full<Bytes>>` to `Response<impl Body<Data = Bytes>>`, such as a hyper-util
+    /// legacy `Client`.
+    ///
+    /// Default is the built-in HTTPS client (hyper-util and rustls with the webpki roots),
+    /// under the default feature `rustls`; without that feature this setter is required.
+    pub fn http_client<S, ResBody>(mut self, client: S) -> Self
+    where
+        S: Service<Request<Full<Bytes>>, Response = Response<ResBody>>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        ResBody: Body<Data = Bytes> + Send + 'static,
+        ResBody::Error: Into<BoxError>,
+    {
+        self.http = Some(erase_client(client));
+        self
+    }
+
+    /// How long one token request may take, from sending to the end of the answer.
+    /// Default is 10 seconds.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = Some(timeout);
+        self
+    }
+
+    /// How many attempts one fetch makes at most when the endpoint fails in a way a retry can
+    /// fix (429, 5xx, connection failure, timeout). Default is 4; 1 disables retries.
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = Some(attempts);
+        self
+    }
+
+    /// The overall time one fetch may take, retries and their waits included. A retry that
+    /// could not start before it is not made. Default is 20 seconds.
+    pub fn fetch_deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// Checks the configuration and builds the source.
+    ///
+    /// # Errors
+    ///
+    /// An [`Error`] of kind [`InvalidConfig`](crate::ErrorKind::InvalidConfig), saying why, when:
+    /// - no token URL was set, or it does not parse, has no host, carries credentials
+    ///   (`user:pass@`), or is `http://` for a host that is not loopback, or neither http nor https;
+    /// - a Cognito domain prefix is not 1 to 63 of `a-z`, `0-9`, `-` (not at either end), or the
+    ///   region does not look like `us-east-1`;
+    /// - the client id is missing or empty, or the client secret is missing or empty;
+    /// - a scope is empty or has characters RFC 6749 §3.3 does not allow (space, `"`, `\`);
+    /// - `request_timeout`, `fetch_deadline` or `max_attempts` is zero;
+    /// - no HTTP client was given and the feature `rustls` is off.
+    pub fn build(self) -> Result<ClientCredentials, Error> {
+        let token_url = TokenUrl::resolve(self.token_url)?;
+        let client_id = require_client_id(self.client_id)?;
+        let secret = match self.client_secret {
+            Some(Secret(s)) if !s.is_empty() => s,
+            Some(_) => return Err(Error::invalid_config("the client secret is empty")),
+            None => {
+                return Err(Error::invalid_config(
+                    "no client secret: call `client_secret`",
+                ));
+            }
+        };
+        let scope = join_scopes(&self.scopes)?;
+        let request_timeout = self.request_timeout.unwrap_or(Duration::from_secs(10));
+        let deadline = self.deadline.unwrap_or(Duration::from_secs(20));
+        let max_attempts = self.max_attempts.unwrap_or(4);
+        if request_timeout.is_zero() || deadline.is_zero() || max_attempts == 0 {
+            return Err(Error::invalid_config(
+                "request_timeout, fetch_deadline and max_attempts must not be zero",
+            ));
+        }
+        let http = client_or_default(self.http)?;
+
+        let mut form = form_urlencoded::Serializer::new(String::new());
+        form.append_pair("grant_type", "client_credentials");
+        if let Some(scope) = &scope {
+            form.append_pair("scope", scope);
+        }
+        let authorization =
+            client_authentication(&mut form, self.client_auth, &client_id, Some(&secret))?;
+        Ok(ClientCredentials {
+            inner: Arc::new(Inner {
+                endpoint: Endpoint {
+                    token_url,
+                    authorization,
+                    http,
+                    request_timeout,
+                },
+                client_id,
+                scope,
+                client_auth: self.client_auth,
+                secret: Secret(secret),
+                body: Bytes::from(form.finish()),
+                retry: RetryPolicy {
+                    max_attempts,
+                    deadline,
+                    backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(3)),
+                    retry_if: Error::is_retryable,
+                },
+            }),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::service_fn;
+
+    #[test]
+    fn builder_rejects_missing_parts() {
+        let base = || {
+            ClientCredentials::builder()
+                .token_url("http://127.0.0.1:1/oauth2/token")
+                .http_client(service_fn(|_req: Request<Full<Bytes>>| async {
+                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::new())))
+                }))
+        };
+        assert!(base().client_id("id").client_secret("s").build().is_ok());
+        let e = base().client_secret("s").build().unwrap_err();
+        assert!(e.to_string().contains("client id"));
+        let e = base().client_id("id").build().unwrap_err();
+        assert!(e.to_string().contains("client secret"));
+        let e = base()
+            .client_id("id")
+            .client_secret("s")
+            .scope("a b")
+            .build()
+            .unwrap_err();
+        assert!(e.to_string().contains("scope"));
+        let e = base()
+            .client_id("id")
+            .client_secret("hunter2-secret")
+            .request_timeout(Duration::ZERO)
+            .build()
+            .unwrap_err();
+        assert!(!e.to_string().contains("hunter2"));
+    }
+
+    /// Issue #10: the builder's `Debug` does not print credentials from a token URL, which
+    /// `build` would reject.
+    #[test]
+    fn builder_debug_hides_url_credentials() {
+        let b = ClientCredentials::builder().token_url("https://user:hunter2@auth.example.com/t");
+        let shown = format!("{b:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(!shown.contains("user:"), "{shown}");
+        assert!(shown.contains("auth.example.com"), "{shown}");
+    }
+
+    /// Issue #10, defect 6: the longest durations saturate instead of overflowing `Instant`.
+    #[tokio::test]
+    async fn longest_durations_do_not_overflow() {
+        let source = ClientCredentials::builder()
+            .token_url("http://127.0.0.1:1/t")
+            .client_id("id")
+            .client_secret("s")
+            .request_timeout(Duration::MAX)
+            .fetch_deadline(Duration::MAX)
+            .http_client(service_fn(|_req: Request<Full<Bytes>>| async {
+                let body = r#"{"access_token":"t","expires_in":60,"token_type":"Bearer"}"#;
+                Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(body))))
+            }))
+            .build()
+            .unwrap();
+        assert_eq!(source.fetch().await.unwrap().access_token().secret(), "t");
+    }
+
+    #[test]
+    fn debug_hides_secret() {
+        let b = ClientCredentials::builder()
+            .token_url("http://127.0.0.1:1/t")
+            .client_id("id")
+            .client_secret("hunter2-secret")
+            .http_client(service_fn(|_req: Request<Full<Bytes>>| async {
+                Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::new())))
+            }));
+        assert!(!format!("{b:?}").contains("hunter2"));
+        let cc = b.build().unwrap();
+        assert!(!format!("{cc:?}").contains("hunter2"));
+    }
+}

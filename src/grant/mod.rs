@@ -1,0 +1,21 @@
+//! The grants: how a [`TokenSource`](crate::TokenSource) gets its tokens from an OAuth 2.0
+//! token endpoint (Cognito's `/oauth2/token`, or any other).
+//!
+//! - [`ClientCredentials`]: a service's own token (the client_credentials grant).
+//! - [`RefreshTokenGrant`]: a signed-in user's session (the refresh_token grant, with
+//!   refresh-token rotation).
+//!
+//! Both send their requests through any tower HTTP service: by default the built-in HTTPS
+//! client (feature `rustls`, in `https.rs`), in tests a plain hyper-util client talking to a
+//! [loopback endpoint](crate::testing). What they share (the URL rules, client
+//! authentication, the retries, reading the answer) is in `endpoint.rs`.
+
+pub mod client_credentials;
+pub(crate) mod endpoint;
+#[cfg(feature = "rustls")]
+mod https;
+pub mod refresh_token;
+
+pub use client_credentials::{ClientCredentials, ClientCredentialsBuilder};
+pub use endpoint::ClientAuth;
+pub use refresh_token::{RefreshTokenGrant, RefreshTokenGrantBuilder};
