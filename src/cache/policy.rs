@@ -482,3 +482,7 @@ fn far_future(now: Instant) -> Instant {
         step /= 2;
     }
 }
+
+#[cfg(test)]
+#[path = "policy_tests.rs"]
+mod tests;
