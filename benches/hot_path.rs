@@ -110,6 +110,35 @@ fn hot_path(c: &mut Criterion) {
 
     // Realistic requests (issue #13): the layer's defaults against tower-http's FollowRedirect,
     // which also keeps each request to resend it.
+    // The way most users call a tower client: a clone of a template service per request
+    // (`client.clone().oneshot(request)`), the template never serving itself. A GET with four
+    // headers.
+    let mut group = c.benchmark_group("clone_per_request");
+    let header = HeaderValue::from_str(&format!("Bearer {}", common::token_text(0)))
+        .expect("a valid header");
+    let set_header = SetRequestHeaderLayer::overriding(AUTHORIZATION, header).layer(Noop);
+    group.bench_function("bare", |b| {
+        b.iter(|| call_now(&mut Noop.clone(), get_4_headers()))
+    });
+    group.bench_function("set_header", |b| {
+        b.iter(|| call_now(&mut set_header.clone(), get_4_headers()))
+    });
+    for (name, builder) in [
+        ("cognito_auth", common::builder(&source)),
+        (
+            "cognito_auth_replay_never",
+            common::builder(&source).replay(Replay::Never),
+        ),
+    ] {
+        let layer = builder.build().expect("a valid layer");
+        rt.block_on(layer.token()).expect("a token");
+        let template = layer.layer(Noop);
+        group.bench_function(name, |b| {
+            b.iter(|| call_now(&mut template.clone(), get_4_headers()))
+        });
+    }
+    group.finish();
+
     let mut group = c.benchmark_group("realistic");
     type MakeRequest = fn() -> http::Request<http_body_util::Full<bytes::Bytes>>;
     let requests: [(&str, MakeRequest); 2] =
@@ -199,6 +228,15 @@ fn main() {
             &id("cognito_auth_replay_never"),
             &id("set_header"),
             "not a goal",
+        );
+    }
+    for variant in ["cognito_auth", "cognito_auth_replay_never"] {
+        medians.overhead_ratio(
+            &format!("GET with 4 headers, {variant}: cloned per request / reused (overheads)"),
+            "clone_per_request/bare",
+            &format!("clone_per_request/{variant}"),
+            &format!("realistic/get_4_headers_{variant}"),
+            "goal: at most 1.2 (the reused row's overhead is over its own bare row)",
         );
     }
     medians.print("Issue #13's goals, from criterion's medians in this run (ns):");

@@ -2,7 +2,7 @@
 //! [`SharedIdentity`] a source gives to share its token through a fleet's store.
 //!
 //! The grants this crate implements are in [`grant`](crate::grant):
-//! [`ClientCredentials`](crate::ClientCredentials) and
+//! [`ClientCredentials`] and
 //! [`RefreshTokenGrant`](crate::RefreshTokenGrant). Their old paths here still work.
 
 use std::fmt;

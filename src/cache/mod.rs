@@ -30,7 +30,31 @@
 //! keep the current token and the refresh is retried on the same schedule.
 //!
 //! ```
+//! use std::time::Duration;
+//! use tower_cognito_auth::{AccessToken, BoxFuture, Error, Token, TokenCache, TokenSource};
 //!
+//! struct OneHour;
+//!
+//! impl TokenSource for OneHour {
+//!     fn fetch(&self) -> BoxFuture<'_, Result<Token, Error>> {
+//!         Box::pin(async {
+//!             let expires_at = tokio::time::Instant::now() + Duration::from_secs(3600);
+//!             Ok(Token::new(AccessToken::new("t0k3n")?, expires_at))
+//!         })
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Error> {
+//! let cache = TokenCache::builder(OneHour).build()?;
+//! let token = cache.token().await?;
+//! assert_eq!(token.secret(), "t0k3n");
+//! cache.token().await?; // cached: no second fetch
+//! assert_eq!(cache.stats().token_requests, 1);
+//! # Ok(())
+//! # }
+//! ```
+
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};

@@ -484,5 +484,4 @@ fn far_future(now: Instant) -> Instant {
 }
 
 #[cfg(test)]
-#[path = "policy_tests.rs"]
 mod tests;
