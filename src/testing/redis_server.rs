@@ -1,0 +1,283 @@
+//! A throwaway `redis-server` on `127.0.0.1`: [`RedisServer`].
+
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+/// How to install `redis-server`, in the error [`RedisServer::start`] returns without it.
+const REDIS_NOT_FOUND: &str =
+    "redis-server not found: install it with `apt-get install -y redis-server`";
+/// How long `redis-server` gets to accept connections.
+const REDIS_READY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How many free ports are tried when another process takes the one picked.
+const REDIS_PORT_ATTEMPTS: usize = 5;
+
+/// A throwaway `redis-server` on `127.0.0.1`, for tests of a shared token store.
+///
+/// [`start`](RedisServer::start) runs `redis-server` from `PATH` (Debian package
+/// `redis-server`) on a free port of `127.0.0.1`, with protected mode on, no persistence
+/// (`--save "" --appendonly no`) and a temporary working directory, and waits until it answers
+/// `PING`. The process is killed, and the directory removed, when the handle is dropped; a test
+/// that panics leaves no server behind. [`stop`](RedisServer::stop) and
+/// [`restart`](RedisServer::restart) (same port, empty data) simulate an outage.
+///
+/// Without `redis-server` on `PATH`, `start` fails with an error that says how to install it,
+/// so that a test needing Redis fails loudly instead of skipping.
+///
+/// [`start_tls`](RedisServer::start_tls) also listens for TLS on a second port, with the
+/// certificate you give it (from a throwaway authority of the test's own), for `rediss://`.
+///
+/// ```no_run
+/// use tower_cognito_auth::testing::RedisServer;
+///
+/// # fn main() -> std::io::Result<()> {
+/// let mut redis = RedisServer::start()?;
+/// assert!(redis.url().starts_with("redis://127.0.0.1:"));
+/// redis.stop(); // Redis is down: connections are refused
+/// redis.restart()?; // and back, on the same port, empty
+/// # Ok(())
+/// # }
+/// ```
+pub struct RedisServer {
+    child: Option<std::process::Child>,
+    addr: SocketAddr,
+    dir: std::path::PathBuf,
+    /// The TLS port, when started with TLS (its certificate and key are in `dir`).
+    tls_port: Option<u16>,
+}
+
+impl fmt::Debug for RedisServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisServer")
+            .field("addr", &self.addr)
+            .field("tls_port", &self.tls_port)
+            .field("running", &self.child.is_some())
+            .finish()
+    }
+}
+
+/// A port the system says is free on `127.0.0.1`, with the listener that holds it until the
+/// caller lets go (someone may take it after that, before Redis binds it).
+fn free_port() -> std::io::Result<(u16, std::net::TcpListener)> {
+    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+    Ok((listener.local_addr()?.port(), listener))
+}
+
+impl RedisServer {
+    /// Starts `redis-server` on a free port of `127.0.0.1` and waits (at most 5 seconds) until
+    /// it answers `PING`. It blocks the calling thread meanwhile (usually a few milliseconds),
+    /// needs no runtime, and works under Tokio's paused clock.
+    ///
+    /// # Errors
+    ///
+    /// An [`std::io::Error`] of kind `NotFound` saying "redis-server not found: install it with
+    /// `apt-get install -y redis-server`" when `redis-server` is not on `PATH`; another error
+    /// when no temporary directory can be made, or the server exits or does not answer in time
+    /// (its log is quoted).
+    pub fn start() -> std::io::Result<RedisServer> {
+        Self::start_with(None)
+    }
+
+    /// As [`start`](Self::start), and also listens for TLS on a second free port of
+    /// `127.0.0.1` ([`tls_url`](Self::tls_url)), presenting `cert_chain_pem` (the server's
+    /// certificate first, for `127.0.0.1`) with `key_pem`. Clients are not asked for a
+    /// certificate. The plain port stays open, for `PING` and for tests that want both.
+    ///
+    /// # Errors
+    ///
+    /// As [`start`](Self::start); also when the files cannot be written, or `redis-server` was
+    /// built without TLS or rejects the certificate (its log is quoted).
+    pub fn start_tls(cert_chain_pem: &str, key_pem: &str) -> std::io::Result<RedisServer> {
+        Self::start_with(Some((cert_chain_pem, key_pem)))
+    }
+
+    fn start_with(tls: Option<(&str, &str)>) -> std::io::Result<RedisServer> {
+        let dir = std::env::temp_dir().join(format!(
+            "tower-cognito-auth-redis-{}-{:016x}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&dir)?;
+        let mut server = RedisServer {
+            child: None,
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            dir,
+            tls_port: None,
+        };
+        if let Some((cert, key)) = tls {
+            std::fs::write(server.dir.join("tls.crt"), cert)?;
+            std::fs::write(server.dir.join("tls.key"), key)?;
+        }
+        let mut last_error = None;
+        for _ in 0..REDIS_PORT_ATTEMPTS {
+            // Redis refuses `--port 0`: take a port the system says is free, and try again if
+            // someone else takes it before Redis binds it.
+            // Both ports are held until both are picked, so that they differ.
+            let (port, plain) = free_port()?;
+            let tls_port = tls.map(|_| free_port()).transpose()?;
+            server.addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+            server.tls_port = tls_port.map(|(port, held)| {
+                drop(held);
+                port
+            });
+            drop(plain);
+            match server.launch() {
+                Ok(()) => return Ok(server),
+                // Not there, or not built for TLS: another port will not help.
+                Err(error)
+                    if matches!(
+                        error.kind(),
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::Unsupported
+                    ) =>
+                {
+                    return Err(error);
+                }
+                Err(error) => last_error = Some(error),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| std::io::Error::other("redis-server did not start")))
+    }
+
+    /// `rediss://127.0.0.1:TLS_PORT` for a server started by [`start_tls`](Self::start_tls).
+    pub fn tls_url(&self) -> Option<String> {
+        self.tls_port
+            .map(|port| format!("rediss://127.0.0.1:{port}"))
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://{}", self.addr)
+    }
+
+    /// The address the server listens on (also while it is stopped).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The server's working directory, where `SAVE` writes `dump.rdb`.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// Kills the server (`SIGKILL`) and waits for it to exit; connections to it are refused
+    /// from then on. Does nothing when it is stopped already.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops the server if it runs and starts it again on the same port (ports, with TLS),
+    /// empty, waiting until it answers `PING`.
+    ///
+    /// # Errors
+    ///
+    /// As [`start`](Self::start); also when another process took the port meanwhile.
+    pub fn restart(&mut self) -> std::io::Result<()> {
+        self.stop();
+        self.launch()
+    }
+
+    /// Runs `redis-server` on `self.addr` and waits for `PONG`.
+    fn launch(&mut self) -> std::io::Result<()> {
+        let log = self.dir.join("redis.log");
+        let mut command = std::process::Command::new("redis-server");
+        if let Some(port) = self.tls_port {
+            command
+                .args(["--tls-port", &port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(self.dir.join("tls.crt"))
+                .arg("--tls-key-file")
+                .arg(self.dir.join("tls.key"))
+                .args(["--tls-auth-clients", "no"]);
+        }
+        let spawned = command
+            .args(["--port", &self.addr.port().to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(["--protected-mode", "yes"])
+            .args(["--save", ""])
+            .args(["--appendonly", "no"])
+            .args(["--daemonize", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .arg("--logfile")
+            .arg(&log)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            // Arguments are checked before the log file is open: their errors go here.
+            .stderr(std::fs::File::create(self.dir.join("redis.stderr"))?)
+            .spawn();
+        let child = match spawned {
+            Ok(child) => child,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    REDIS_NOT_FOUND,
+                ));
+            }
+            Err(error) => return Err(error),
+        };
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + REDIS_READY_TIMEOUT;
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                self.child = None;
+                let log = std::fs::read_to_string(&log).unwrap_or_default()
+                    + &std::fs::read_to_string(self.dir.join("redis.stderr")).unwrap_or_default();
+                let kind = if self.tls_port.is_some() && log.contains("Bad directive") {
+                    // A redis-server built without TLS does not know `tls-port`.
+                    std::io::ErrorKind::Unsupported
+                } else {
+                    std::io::ErrorKind::Other
+                };
+                return Err(std::io::Error::new(
+                    kind,
+                    format!(
+                        "redis-server exited ({status}) before accepting connections: {}",
+                        log.trim()
+                    ),
+                ));
+            }
+            if ping(self.addr) {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                self.stop();
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "redis-server did not answer PING on {} within {REDIS_READY_TIMEOUT:?}",
+                        self.addr
+                    ),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// Whether a Redis server at `addr` answers `PING` with `+PONG`.
+fn ping(addr: SocketAddr) -> bool {
+    use std::io::{Read as _, Write as _};
+    let attempt = || -> std::io::Result<bool> {
+        let timeout = Duration::from_millis(500);
+        let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        stream.write_all(b"PING\r\n")?;
+        let mut reply = [0u8; 7];
+        stream.read_exact(&mut reply)?;
+        Ok(&reply == b"+PONG\r\n")
+    };
+    matches!(attempt(), Ok(true))
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
