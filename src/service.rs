@@ -30,11 +30,12 @@ use crate::replay::{Kept, Replay, ReplayBody, keep};
 ///
 /// # The hot path
 ///
-/// A request with a fresh token reads Tokio's clock and the cache's current token (one atomic
-/// load, no lock), clones the token's header (a reference count), and holds the service's
-/// own handle to the cache (a reference count shared by this service and its clones only,
-/// not by the services [`Layer::layer`](tower_layer::Layer::layer) made for other
-/// connections). Nothing else: the decisions are the cache's (see [`cache`](crate::cache)).
+/// A request with a fresh token reads Tokio's clock and the cache's version (one atomic load,
+/// no lock), clones its thread's copy of the token's header (a reference count no other
+/// thread writes), and holds the service's own handle to the cache (a reference count shared
+/// by this service and its clones only, not by the services
+/// [`Layer::layer`](tower_layer::Layer::layer) made for other connections). Nothing else: the
+/// decisions are the cache's (see [`cache`](crate::cache)).
 #[derive(Clone)]
 pub struct CognitoAuth<S> {
     inner: S,
@@ -122,7 +123,11 @@ where
             // Nothing is kept: the request goes on as it came, plus the header.
             None
         };
-        match self.cache.lookup(header_and_generation) {
+        let token = match self.cache.fresh_header() {
+            Some(fresh) => Lookup::Ready(fresh),
+            None => self.cache.lookup(header_and_generation),
+        };
+        match token {
             Lookup::Ready((header, generation)) => {
                 request.headers_mut().insert(AUTHORIZATION, header);
                 let post = request.method() == Method::POST;

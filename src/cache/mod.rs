@@ -70,6 +70,7 @@ use crate::token::{AccessToken, Token};
 
 mod background;
 mod flight;
+mod local;
 pub(crate) mod policy;
 mod stats;
 #[cfg(test)]
@@ -132,9 +133,14 @@ pub struct TokenCache {
 }
 
 pub(crate) struct Shared {
+    /// This cache's number, for the threads' copies of its header (see `local`): never reused.
+    id: u64,
     /// The token handed out on the hot path: one atomic load, no lock. A copy of the policy's
     /// current token, replaced under the lock after each decision that changes it.
     current: ArcSwapOption<Entry>,
+    /// Changes each time `current` does (after it does): the threads' copies of the header
+    /// are taken anew when it moves.
+    version: AtomicU64,
     /// The policy's [`quiet_until`](Policy::quiet_until), in nanoseconds after `epoch` (`0`:
     /// a refresh may start now): requests in the refresh-ahead window read it, and take the
     /// lock only when a refresh may start.
@@ -277,8 +283,11 @@ impl TokenCacheBuilder {
                 )?)
             }
         };
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         let shared = Arc::new(Shared {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             current: ArcSwapOption::empty(),
+            version: AtomicU64::new(0),
             quiet: AtomicU64::new(0),
             epoch: Instant::now(),
             core: Mutex::new(Core {
@@ -391,6 +400,17 @@ impl TokenCache {
         bump(&self.shared.stats.replays);
     }
 
+    /// The fresh token's header and generation, from this thread's copy: what a request puts
+    /// on when it can, before it asks [`lookup`](Self::lookup). See `local`.
+    #[inline]
+    pub(crate) fn fresh_header(&self) -> Option<(http::HeaderValue, Generation)> {
+        let header = local::fresh_header(&self.shared);
+        if header.is_some() {
+            self.shared.background.check(&self.shared);
+        }
+        header
+    }
+
     /// What a request does about its token. A fresh token costs a clock read and one atomic
     /// load, and so does a usable one while a refresh runs or a backoff holds: the policy's
     /// first rows, read from what it published. Anything else asks the policy, under the
@@ -431,6 +451,12 @@ impl Shared {
         self.core.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Which token is current: read before the token itself (see `local`).
+    #[inline]
+    fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+
     /// `now` as `quiet` counts it.
     fn nanos(&self, now: Instant) -> u64 {
         u64::try_from(now.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
@@ -450,6 +476,7 @@ impl Shared {
         };
         if !same {
             self.current.store(current.cloned());
+            self.version.fetch_add(1, Ordering::Release);
         }
         let quiet = core
             .policy

@@ -753,3 +753,25 @@ fn randomised_interleavings() {
         });
     }
 }
+
+/// The threads' copies of the header (`local`) follow the cache's version: a copy taken while
+/// a token was fresh is not used once that token is dropped (a rejection), and the next token
+/// is copied in its place.
+#[tokio::test(start_paused = true)]
+async fn a_thread_copy_is_not_used_after_its_token_was_dropped() {
+    let source = TestSource::new(Duration::ZERO, HOUR);
+    let cache = source.cache().build().unwrap();
+    let first = cache.get().await.unwrap();
+    let (header, generation) = cache.fresh_header().expect("a copy of the fresh token");
+    assert_eq!(generation, first.generation());
+    assert!(header.is_sensitive());
+    assert!(cache.invalidate(generation));
+    assert!(
+        cache.fresh_header().is_none(),
+        "the dropped token's copy was used"
+    );
+    let second = cache.get().await.unwrap();
+    let (next, next_generation) = cache.fresh_header().expect("a copy of the new token");
+    assert_eq!(next_generation, second.generation());
+    assert_eq!(next.to_str().unwrap(), "Bearer token-2");
+}
