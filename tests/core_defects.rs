@@ -9,11 +9,8 @@
 mod common;
 
 use std::convert::Infallible;
-use std::future::Future;
-use std::pin::pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -298,6 +295,10 @@ fn a_runtime_without_timers_backs_off_no_other_runtime() {
 #[cfg(feature = "redis")]
 #[test]
 fn a_rejection_outlives_a_refresh_that_never_ran() {
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::{Context, Waker};
+
     use tower_cognito_auth::store::RedisStore;
     use tower_cognito_auth::testing::{RedisServer, TokenEndpoint};
 
