@@ -120,6 +120,21 @@ impl CognitoAuthLayer {
     }
 }
 
+#[cfg(feature = "reqwest")]
+#[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
+impl CognitoAuthLayer {
+    /// A [reqwest-middleware](https://docs.rs/reqwest-middleware) middleware over this layer's
+    /// cache: tower services and reqwest clients built from one layer share one token. See
+    /// [`reqwest_auth`](crate::reqwest_auth).
+    pub fn reqwest_middleware(&self) -> crate::reqwest_auth::CognitoAuthMiddleware {
+        crate::reqwest_auth::CognitoAuthMiddleware::new(
+            self.cache.clone(),
+            self.replay,
+            self.replay_body_limit,
+        )
+    }
+}
+
 impl From<TokenCache> for CognitoAuthLayer {
     fn from(cache: TokenCache) -> Self {
         Self::from_cache(cache)

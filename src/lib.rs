@@ -109,6 +109,8 @@
 //! - `redis`: `store`, a token shared by a whole fleet of processes through Redis (`redis://`,
 //!   or `rediss://` over rustls with the ring provider): one token request per token lifetime
 //!   for the fleet instead of one per process.
+//! - `reqwest`: [`CognitoAuthLayer::reqwest_middleware`], the same tokens for a reqwest
+//!   client through reqwest-middleware (see [`reqwest_auth`]).
 //! - `test-util`: [`testing`], a Cognito-compatible token endpoint and a protected API on
 //!   127.0.0.1 and a `redis-server` runner, for your own tests.
 #![forbid(unsafe_code)]
@@ -124,6 +126,9 @@ pub mod grant;
 mod layer;
 mod reject;
 pub mod replay;
+#[cfg(feature = "reqwest")]
+#[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
+pub mod reqwest_auth;
 mod service;
 pub mod source;
 #[cfg(feature = "redis")]

@@ -1,0 +1,172 @@
+//! The same tokens for a [reqwest](https://docs.rs/reqwest) client (feature `reqwest`), through
+//! [reqwest-middleware](https://docs.rs/reqwest-middleware).
+//!
+//! reqwest takes no tower layer for its requests, so [`CognitoAuthLayer::reqwest_middleware`]
+//! gives a [`CognitoAuthMiddleware`] over the layer's own cache: tower services and reqwest
+//! clients built from one layer share one token, one single-flight refresh and one set of
+//! counters. The rules are the layer's:
+//! - a request that already has an `Authorization` header is left alone;
+//! - the header is marked sensitive;
+//! - a `401` drops that token (only that generation, at most once per
+//!   [`invalidation_throttle`](crate::CognitoAuthLayerBuilder::invalidation_throttle)), and the
+//!   request is sent once more with the next token when the [`Replay`] policy
+//!   allows its method, its body fits
+//!   [`replay_body_limit`](crate::CognitoAuthLayerBuilder::replay_body_limit) and reqwest can
+//!   clone it (`Request::try_clone`: a streaming body cannot be, and is sent once; its `401`
+//!   goes back to the caller);
+//! - no token, no call: a failure to get one is
+//!   [`reqwest_middleware::Error::Middleware`] holding this crate's [`Error`], which
+//!   `downcast_ref` finds.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use tower_cognito_auth::CognitoAuthLayer;
+//!
+//! let auth = CognitoAuthLayer::builder()
+//!     .cognito_domain("my-pool", "us-east-1")
+//!     .client_id(std::env::var("COGNITO_CLIENT_ID")?)
+//!     .client_secret(std::env::var("COGNITO_CLIENT_SECRET")?)
+//!     .build()?;
+//! let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+//!     .with(auth.reqwest_middleware())
+//!     .build();
+//! let response = client.get("https://api.example.com/wallets").send().await;
+//! match response {
+//!     Ok(response) => println!("{}", response.status()),
+//!     Err(reqwest_middleware::Error::Middleware(e)) => {
+//!         if let Some(e) = e.downcast_ref::<tower_cognito_auth::Error>() {
+//!             eprintln!("no token: {e}");
+//!         }
+//!     }
+//!     Err(e) => eprintln!("{e}"),
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! [`CognitoAuthLayer::reqwest_middleware`]: crate::CognitoAuthLayer::reqwest_middleware
+
+use std::fmt;
+
+use http::header::AUTHORIZATION;
+use http::{Extensions, HeaderValue, Method, StatusCode};
+use reqwest::{Request, Response};
+use reqwest_middleware::{Middleware, Next};
+
+use crate::cache::{Generation, Lookup, TokenCache};
+use crate::error::Error;
+use crate::reject::is_grpc_unauthenticated;
+use crate::replay::Replay;
+
+/// A [`reqwest_middleware::Middleware`] that puts the layer's token on every request and
+/// replays a request once when its token is rejected. Made by
+/// [`CognitoAuthLayer::reqwest_middleware`](crate::CognitoAuthLayer::reqwest_middleware); see
+/// the [module docs](crate::reqwest_auth).
+#[derive(Clone)]
+pub struct CognitoAuthMiddleware {
+    cache: TokenCache,
+    replay: Replay,
+    replay_body_limit: usize,
+}
+
+impl CognitoAuthMiddleware {
+    pub(crate) fn new(cache: TokenCache, replay: Replay, replay_body_limit: usize) -> Self {
+        Self {
+            cache,
+            replay,
+            replay_body_limit,
+        }
+    }
+
+    /// The token's header and generation: the cached one, or the refresh's.
+    async fn token(&self) -> Result<(HeaderValue, Generation), Error> {
+        if let Some(fresh) = self.cache.fresh_header() {
+            return Ok(fresh);
+        }
+        let header = |entry: &crate::cache::Entry| (entry.header.clone(), entry.generation());
+        match self.cache.lookup(header) {
+            Lookup::Ready(token) => Ok(token),
+            Lookup::Wait(wait) => wait.await.map(|entry| header(&entry)),
+            Lookup::Failed(error) => Err(error),
+        }
+    }
+
+    /// A copy of the request to send again after a rejection, when the policy, the body's size
+    /// and reqwest allow one (made before the header goes in).
+    fn keep(&self, request: &Request) -> Option<Request> {
+        if !self.replay.allows(request.method()) {
+            return None;
+        }
+        let fits = match request.body() {
+            None => true,
+            // A stream has no bytes to look at, and is never replayed.
+            Some(body) => body
+                .as_bytes()
+                .is_some_and(|bytes| bytes.len() <= self.replay_body_limit),
+        };
+        if !fits {
+            return None;
+        }
+        request.try_clone()
+    }
+}
+
+impl fmt::Debug for CognitoAuthMiddleware {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CognitoAuthMiddleware")
+            .field("replay", &self.replay)
+            .field("replay_body_limit", &self.replay_body_limit)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether the answer rejects the token it was sent with (as [`reject`](crate::reject) rules
+/// for the tower layer: `401`, or a gRPC `UNAUTHENTICATED` in the headers of the answer to a
+/// `POST`).
+fn rejected(response: &Response, post: bool) -> bool {
+    response.status() == StatusCode::UNAUTHORIZED
+        || (post && is_grpc_unauthenticated(response.headers()))
+}
+
+#[async_trait::async_trait]
+impl Middleware for CognitoAuthMiddleware {
+    async fn handle(
+        &self,
+        mut request: Request,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<Response> {
+        if request.headers().contains_key(AUTHORIZATION) {
+            // The caller chose its own credentials.
+            return next.run(request, extensions).await;
+        }
+        let kept = self.keep(&request);
+        let (header, generation) = self
+            .token()
+            .await
+            .map_err(reqwest_middleware::Error::middleware)?;
+        request.headers_mut().insert(AUTHORIZATION, header);
+        let post = request.method() == Method::POST;
+        let response = next.clone().run(request, extensions).await?;
+        if !rejected(&response, post) {
+            return Ok(response);
+        }
+        self.cache.invalidate(generation);
+        let Some(mut again) = kept else {
+            // Not replayable (a stream, a body over the limit, or the policy): the rejection
+            // goes back, and the next request gets a new token.
+            return Ok(response);
+        };
+        match self.token().await {
+            // The same token again (rejections are throttled) or none: a replay cannot do
+            // better than the answer we have.
+            Ok((header, next_generation)) if next_generation != generation => {
+                self.cache.count_replay();
+                drop(response);
+                again.headers_mut().insert(AUTHORIZATION, header);
+                next.run(again, extensions).await
+            }
+            _ => Ok(response),
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! The reqwest middleware (feature `reqwest`), with a real reqwest client against the loopback
+//! token endpoint and protected API.
+#![cfg(all(feature = "reqwest", feature = "test-util"))]
+
+mod common;
+
+use http::{Request, StatusCode};
+use tower::{ServiceBuilder, ServiceExt as _};
+use tower_cognito_auth::testing::{ProtectedApi, Rejection, TokenEndpoint};
+use tower_cognito_auth::{CognitoAuthLayer, CognitoAuthLayerBuilder};
+
+fn layer(endpoint: &TokenEndpoint) -> CognitoAuthLayerBuilder {
+    CognitoAuthLayer::builder()
+        .token_url(endpoint.token_url())
+        .client_id(endpoint.client_id())
+        .client_secret(endpoint.client_secret())
+        .http_client(common::http())
+}
+
+fn client(auth: &CognitoAuthLayer) -> reqwest_middleware::ClientWithMiddleware {
+    reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(auth.reqwest_middleware())
+        .build()
+}
+
+/// Concurrent first requests wait on one refresh: one token request for all of them.
+#[tokio::test]
+async fn concurrent_first_requests_make_one_token_request() {
+    let endpoint = TokenEndpoint::start().await.unwrap();
+    let api = ProtectedApi::start(&endpoint).await.unwrap();
+    endpoint.set_delay(std::time::Duration::from_millis(50));
+    let auth = layer(&endpoint).build().unwrap();
+    let client = client(&auth);
+    let requests: Vec<_> = (0..20)
+        .map(|_| {
+            let client = client.clone();
+            let url = format!("{}/wallets", api.url());
+            tokio::spawn(async move { client.get(url).send().await })
+        })
+        .collect();
+    for request in requests {
+        let response = request.await.unwrap().unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    assert_eq!(endpoint.request_count(), 1);
+    assert_eq!(auth.stats().token_requests, 1);
+    assert_eq!(api.request_count(), 20);
+}
+
+/// A tower service and the middleware made from one layer share its cache: one token.
+#[tokio::test]
+async fn a_tower_service_and_the_middleware_share_one_cache() {
+    let endpoint = TokenEndpoint::start().await.unwrap();
+    let api = ProtectedApi::start(&endpoint).await.unwrap();
+    let auth = layer(&endpoint).build().unwrap();
+    let service = ServiceBuilder::new()
+        .layer(auth.clone())
+        .service(common::http());
+    let request = Request::get(format!("{}/wallets", api.url()))
+        .body(http_body_util::Full::default())
+        .unwrap();
+    assert_eq!(service.oneshot(request).await.unwrap().status(), 200);
+    let response = client(&auth)
+        .get(format!("{}/wallets", api.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(endpoint.request_count(), 1);
+    let tokens: Vec<_> = api.requests().into_iter().map(|r| r.token).collect();
+    assert_eq!(tokens.len(), 2);
+    assert_eq!(tokens[0], tokens[1], "both sent the one token");
+    assert!(
+        api.requests()[1]
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .is_some()
+    );
+}
+
+/// A POST whose token is rejected is sent again with its body and the next token.
+#[tokio::test]
+async fn a_post_is_replayed_with_its_body_after_a_401() {
+    let endpoint = TokenEndpoint::start().await.unwrap();
+    let api = ProtectedApi::start(&endpoint).await.unwrap();
+    let auth = layer(&endpoint).build().unwrap();
+    let client = client(&auth);
+    auth.token().await.unwrap();
+    api.revoke_current();
+    let response = client
+        .post(format!("{}/payments", api.url()))
+        .body("{\"amount\": 1250}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.text().await.unwrap(), "{\"amount\": 1250}");
+    let seen = api.requests();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0].status, StatusCode::UNAUTHORIZED);
+    assert_eq!(seen[1].status, StatusCode::OK);
+    assert_eq!(seen[1].body, "{\"amount\": 1250}");
+    assert_ne!(seen[0].token, seen[1].token);
+    assert_eq!(auth.stats().replays, 1);
+    assert_eq!(endpoint.request_count(), 2);
+}
+
+/// An API that rejects every token: at most two attempts per request, and the refreshes it
+/// causes are throttled (one per `invalidation_throttle`), not one per request.
+#[tokio::test]
+async fn an_api_that_rejects_everything_costs_two_attempts_and_throttled_refreshes() {
+    let endpoint = TokenEndpoint::start().await.unwrap();
+    let api = ProtectedApi::start(&endpoint).await.unwrap();
+    api.reject_all(Some(Rejection::Unauthorized));
+    let auth = layer(&endpoint).build().unwrap();
+    let client = client(&auth);
+    for _ in 0..5 {
+        let response = client
+            .get(format!("{}/wallets", api.url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    }
+    // The first request: the token, a 401, a new token, the replay, a 401. The next four
+    // find the rejection throttled: the same token, no replay.
+    assert_eq!(api.request_count(), 6);
+    assert_eq!(endpoint.request_count(), 2);
+    assert_eq!(auth.stats().replays, 1);
+}
+
+/// A failure to get a token is reqwest-middleware's `Middleware` error holding this crate's
+/// error; the API is not called, and the secret appears nowhere.
+#[tokio::test]
+async fn invalid_client_is_our_error_and_the_api_is_not_called() {
+    let endpoint = TokenEndpoint::start().await.unwrap();
+    let api = ProtectedApi::start(&endpoint).await.unwrap();
+    let secret = "a-wrong-secret-that-must-not-leak";
+    let auth = CognitoAuthLayer::builder()
+        .token_url(endpoint.token_url())
+        .client_id(endpoint.client_id())
+        .client_secret(secret)
+        .http_client(common::http())
+        .build()
+        .unwrap();
+    let error = client(&auth)
+        .get(format!("{}/wallets", api.url()))
+        .send()
+        .await
+        .unwrap_err();
+    let reqwest_middleware::Error::Middleware(inner) = &error else {
+        panic!("expected the middleware's error, got {error:?}");
+    };
+    let ours = inner
+        .downcast_ref::<tower_cognito_auth::Error>()
+        .expect("this crate's error");
+    assert!(ours.is_invalid_client(), "{ours}");
+    assert_eq!(api.request_count(), 0);
+    for text in [
+        format!("{error}"),
+        format!("{error:?}"),
+        format!("{inner:#}"),
+    ] {
+        assert!(!text.contains(secret), "the secret leaked: {text}");
+    }
+}
+
+/// A request that carries its own `Authorization` is left alone.
+#[tokio::test]
+async fn a_request_with_its_own_authorization_is_left_alone() {
+    let endpoint = TokenEndpoint::start().await.unwrap();
+    let api = ProtectedApi::start(&endpoint).await.unwrap();
+    let auth = layer(&endpoint).build().unwrap();
+    let response = client(&auth)
+        .get(format!("{}/wallets", api.url()))
+        .header(http::header::AUTHORIZATION, "Bearer mine")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(endpoint.request_count(), 0);
+    assert_eq!(api.requests()[0].token.as_deref(), Some("mine"));
+}
