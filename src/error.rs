@@ -79,8 +79,12 @@ enum Repr {
         status: StatusCode,
         retry_after: Option<Duration>,
     },
-    #[error("could not reach the token endpoint")]
-    Connect(#[source] BoxError),
+    #[error("could not reach the token endpoint at {host}: {}", Cause(.source.as_ref()))]
+    Connect {
+        host: Box<str>,
+        #[source]
+        source: BoxError,
+    },
     #[error("the token endpoint's answer broke off before its end")]
     BrokenResponse(#[source] BoxError),
     #[error("{what} timed out after {after:?}")]
@@ -110,6 +114,24 @@ impl fmt::Display for OAuthSuffix<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// The innermost cause of an error ("Connection refused (os error 111)"), which says more than
+/// the wrappers around it ("client error (Connect)").
+struct Cause<'a>(&'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for Cause<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut cause = self.0;
+        // Bounded: a cycle of sources cannot make this loop for ever.
+        for _ in 0..16 {
+            match cause.source() {
+                Some(next) => cause = next,
+                None => break,
+            }
+        }
+        write!(f, "{cause}")
     }
 }
 
@@ -168,8 +190,12 @@ impl Error {
         })
     }
 
-    pub(crate) fn connect(source: BoxError) -> Self {
-        Self::new(Repr::Connect(source))
+    /// The token endpoint at `host` could not be reached; `source` says why.
+    pub(crate) fn connect(host: &str, source: BoxError) -> Self {
+        Self::new(Repr::Connect {
+            host: sanitize(host),
+            source,
+        })
     }
 
     pub(crate) fn broken_response(source: BoxError) -> Self {
@@ -197,7 +223,7 @@ impl Error {
         match &*self.0 {
             Repr::Rejected { .. } => ErrorKind::Rejected,
             Repr::RateLimited { .. } => ErrorKind::RateLimited,
-            Repr::ServerError { .. } | Repr::Connect(_) | Repr::BrokenResponse(_) => {
+            Repr::ServerError { .. } | Repr::Connect { .. } | Repr::BrokenResponse(_) => {
                 ErrorKind::Unavailable
             }
             Repr::Timeout { .. } => ErrorKind::Timeout,
@@ -290,7 +316,7 @@ impl fmt::Debug for Error {
         let mut d = f.debug_struct("Error");
         d.field("kind", &self.kind());
         d.field("message", &format_args!("{self}"));
-        if let Repr::Connect(source) | Repr::BrokenResponse(source) = &*self.0 {
+        if let Repr::Connect { source, .. } | Repr::BrokenResponse(source) = &*self.0 {
             d.field("source", source);
         }
         d.finish()
@@ -319,6 +345,21 @@ mod tests {
         assert!(text(None).ends_with("(HTTP 429)"));
     }
 
+    /// An unreachable endpoint is named by its host, with the innermost cause: what an
+    /// operator reads first, not only in `source()`.
+    #[test]
+    fn an_unreachable_endpoint_says_where_and_why() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let wrapped: BoxError = Box::new(std::io::Error::other(refused));
+        let e = Error::connect("auth.example.com", wrapped);
+        let text = e.to_string();
+        assert!(
+            text.starts_with("could not reach the token endpoint at auth.example.com: "),
+            "{text}"
+        );
+        assert!(text.contains("refused"), "{text}");
+    }
+
     #[test]
     fn kinds_and_predicates() {
         let e = Error::rejected(StatusCode::BAD_REQUEST, Some("invalid_client"), None);
@@ -337,7 +378,10 @@ mod tests {
         assert_eq!(e.retry_after(), Some(Duration::from_secs(2)));
         assert_eq!(e.status(), Some(StatusCode::TOO_MANY_REQUESTS));
 
-        let e = Error::connect(Box::new(std::io::Error::other("refused")));
+        let e = Error::connect(
+            "auth.example.com",
+            Box::new(std::io::Error::other("refused")),
+        );
         assert_eq!(e.kind(), ErrorKind::Unavailable);
         assert!(std::error::Error::source(&e).is_some());
     }

@@ -314,3 +314,32 @@ fn plain_http_to_a_remote_host_is_refused() {
     assert_eq!(err.kind(), ErrorKind::InvalidConfig);
     assert!(err.to_string().contains("https"));
 }
+
+/// An endpoint nobody listens on: the error names its host and the cause in its message, not
+/// only in `source()`.
+#[tokio::test]
+async fn an_unreachable_endpoint_is_named_with_its_cause() {
+    // Bind, read the port, close: nothing listens there now.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let source = tower_cognito_auth::ClientCredentials::builder()
+        .token_url(format!("http://127.0.0.1:{port}/oauth2/token"))
+        .client_id("id")
+        .client_secret("secret")
+        .http_client(common::http())
+        .max_attempts(1)
+        .build()
+        .unwrap();
+    let error = tower_cognito_auth::TokenSource::fetch(&source)
+        .await
+        .unwrap_err();
+    let text = error.to_string();
+    assert!(
+        text.starts_with("could not reach the token endpoint at 127.0.0.1: "),
+        "{text}"
+    );
+    assert!(text.to_lowercase().contains("refused"), "{text}");
+}

@@ -278,7 +278,7 @@ impl Endpoint {
             .clone()
             .oneshot(request)
             .await
-            .map_err(Error::connect)?;
+            .map_err(|e| Error::connect(self.token_url.host().unwrap_or_default(), e.into()))?;
         let status = response.status();
         tracing::trace!(status = status.as_u16(), "token endpoint answered");
         if status.is_success() {
@@ -566,13 +566,15 @@ mod tests {
 
     #[test]
     fn never_sent_looks_for_a_refused_connection() {
-        let refused = Error::connect(Box::new(std::io::Error::from(
-            std::io::ErrorKind::ConnectionRefused,
-        )));
+        let refused = Error::connect(
+            "auth.example.com",
+            Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)),
+        );
         assert!(never_sent(&refused));
-        let reset = Error::connect(Box::new(std::io::Error::from(
-            std::io::ErrorKind::ConnectionReset,
-        )));
+        let reset = Error::connect(
+            "auth.example.com",
+            Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionReset)),
+        );
         assert!(!never_sent(&reset));
         assert!(!never_sent(&Error::timeout("x", Duration::from_secs(1))));
     }
