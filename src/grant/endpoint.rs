@@ -278,7 +278,7 @@ impl Endpoint {
             .clone()
             .oneshot(request)
             .await
-            .map_err(|e| Error::connect(self.token_url.host().unwrap_or_default(), e.into()))?;
+            .map_err(|e| Error::connect(self.token_url.host().unwrap_or_default(), e))?;
         let status = response.status();
         tracing::trace!(status = status.as_u16(), "token endpoint answered");
         if status.is_success() {
