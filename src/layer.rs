@@ -182,6 +182,7 @@ pub struct CognitoAuthLayerBuilder {
     invalidation_throttle: Option<Duration>,
     replay: Replay,
     replay_body_limit: Option<usize>,
+    metrics_client: Option<String>,
     #[cfg(feature = "redis")]
     store: Option<std::sync::Arc<dyn crate::store::TokenStore>>,
 }
@@ -357,6 +358,16 @@ impl CognitoAuthLayerBuilder {
         self
     }
 
+    /// The `client` label of the crate's [metrics](crate::metrics) (feature `metrics`), for a
+    /// process with several caches of one client. Default is the client id (of the token
+    /// source's, with [`token_source`](Self::token_source)).
+    pub fn metrics_client(mut self, label: impl Into<String>) -> Self {
+        let label = label.into();
+        self.credentials = self.credentials.metrics_client(label.clone());
+        self.metrics_client = Some(label);
+        self
+    }
+
     /// Checks the configuration and builds the layer. No token is fetched yet (unless
     /// `background_refresh` is on inside a Tokio runtime).
     ///
@@ -381,6 +392,9 @@ impl CognitoAuthLayerBuilder {
         };
         let mut cache: TokenCacheBuilder =
             TokenCache::builder_boxed(source).background_refresh(self.background_refresh);
+        if let Some(label) = self.metrics_client {
+            cache = cache.metrics_client(label);
+        }
         if let Some(d) = self.refresh_ahead {
             cache = cache.refresh_ahead(d);
         }

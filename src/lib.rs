@@ -111,6 +111,8 @@
 //!   for the fleet instead of one per process.
 //! - `reqwest`: [`CognitoAuthLayer::reqwest_middleware`], the same tokens for a reqwest
 //!   client through reqwest-middleware (see [`reqwest_auth`]).
+//! - `metrics`: counters, a histogram and a gauge through the `metrics` facade, for your own
+//!   exporter (see [`metrics`] for the names).
 //! - `test-util`: [`testing`], a Cognito-compatible token endpoint and a protected API on
 //!   127.0.0.1 and a `redis-server` runner, for your own tests.
 #![forbid(unsafe_code)]
@@ -124,6 +126,7 @@ pub mod error;
 pub mod future;
 pub mod grant;
 mod layer;
+pub mod metrics;
 mod reject;
 pub mod replay;
 #[cfg(feature = "reqwest")]

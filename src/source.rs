@@ -55,6 +55,12 @@ pub trait TokenSource: Send + Sync + 'static {
     fn shared_identity(&self) -> Option<SharedIdentity> {
         None
     }
+
+    /// The OAuth client id this source fetches tokens for, if it has one: the default `client`
+    /// label of the crate's [metrics](crate::metrics). Default is `None` (label `unknown`).
+    fn client_id(&self) -> Option<&str> {
+        None
+    }
 }
 
 impl<T: TokenSource + ?Sized> TokenSource for Arc<T> {
@@ -64,6 +70,10 @@ impl<T: TokenSource + ?Sized> TokenSource for Arc<T> {
 
     fn shared_identity(&self) -> Option<SharedIdentity> {
         (**self).shared_identity()
+    }
+
+    fn client_id(&self) -> Option<&str> {
+        (**self).client_id()
     }
 }
 

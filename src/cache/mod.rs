@@ -155,6 +155,8 @@ pub(crate) struct Shared {
     fleet: Option<crate::store::fleet::Fleet>,
     background: background::Control,
     stats: Counters,
+    /// Waits, replays and the token's expiry (feature `metrics`).
+    metrics: crate::metrics::Metrics,
     /// How often the lock was taken (tests check the hot path takes none).
     #[cfg(test)]
     locks: AtomicU64,
@@ -171,6 +173,7 @@ pub struct TokenCacheBuilder {
     source: Box<dyn TokenSource>,
     config: Config,
     background_refresh: bool,
+    metrics_client: Option<String>,
     #[cfg(feature = "redis")]
     store: Option<Arc<dyn crate::store::TokenStore>>,
 }
@@ -247,6 +250,14 @@ impl TokenCacheBuilder {
         self
     }
 
+    /// The `client` label of the crate's [metrics](crate::metrics) (feature `metrics`), for a
+    /// process with several caches of one client. Default is the source's
+    /// [client id](TokenSource::client_id), or `unknown`.
+    pub fn metrics_client(mut self, label: impl Into<String>) -> Self {
+        self.metrics_client = Some(label.into());
+        self
+    }
+
     #[cfg(test)]
     pub(crate) fn deterministic(mut self) -> Self {
         self.config.backoff = self.config.backoff.without_jitter();
@@ -283,6 +294,12 @@ impl TokenCacheBuilder {
                 )?)
             }
         };
+        let metrics = crate::metrics::Metrics::new(
+            self.metrics_client
+                .as_deref()
+                .or_else(|| self.source.client_id())
+                .unwrap_or("unknown"),
+        );
         static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         let shared = Arc::new(Shared {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -300,6 +317,7 @@ impl TokenCacheBuilder {
             fleet,
             background: background::Control::new(self.background_refresh),
             stats: Counters::default(),
+            metrics,
             #[cfg(test)]
             locks: AtomicU64::new(0),
         });
@@ -319,6 +337,7 @@ impl TokenCache {
             source,
             config: Config::default(),
             background_refresh: false,
+            metrics_client: None,
             #[cfg(feature = "redis")]
             store: None,
         }
@@ -398,6 +417,7 @@ impl TokenCache {
 
     pub(crate) fn count_replay(&self) {
         bump(&self.shared.stats.replays);
+        self.shared.metrics.replay();
     }
 
     /// The fresh token's header and generation, from this thread's copy: what a request puts
@@ -477,6 +497,10 @@ impl Shared {
         if !same {
             self.current.store(current.cloned());
             self.version.fetch_add(1, Ordering::Release);
+            if let Some(entry) = current {
+                self.metrics
+                    .expiry(entry.token.expires_at.saturating_duration_since(now));
+            }
         }
         let quiet = core
             .policy
@@ -494,6 +518,7 @@ impl Shared {
             Step::Ready(entry) => Lookup::Ready(project(&entry)),
             Step::Wait(waiter) => {
                 bump(&self.stats.waited);
+                self.metrics.wait();
                 Lookup::Wait(Box::pin(Arc::clone(self).wait(waiter)))
             }
             Step::Failed(error) => Lookup::Failed(error),

@@ -93,6 +93,10 @@ impl TokenSource for ClientCredentials {
         Box::pin(Self::fetch_with_retries(Arc::clone(&self.inner)))
     }
 
+    fn client_id(&self) -> Option<&str> {
+        Some(&self.inner.client_id)
+    }
+
     /// The token URL, the client id and the scopes, keyed by the client secret.
     fn shared_identity(&self) -> Option<SharedIdentity> {
         let inner = &self.inner;
@@ -133,6 +137,7 @@ pub struct ClientCredentialsBuilder {
     request_timeout: Option<Duration>,
     max_attempts: Option<u32>,
     deadline: Option<Duration>,
+    metrics_client: Option<String>,
 }
 
 impl fmt::Debug for ClientCredentialsBuilder {
@@ -238,6 +243,13 @@ impl ClientCredentialsBuilder {
         self
     }
 
+    /// The `client` label of the crate's [metrics](crate::metrics) (feature `metrics`), for a
+    /// process with several caches of one client. Default is the client id.
+    pub fn metrics_client(mut self, label: impl Into<String>) -> Self {
+        self.metrics_client = Some(label.into());
+        self
+    }
+
     /// Checks the configuration and builds the source.
     ///
     /// # Errors
@@ -288,6 +300,9 @@ impl ClientCredentialsBuilder {
                     authorization,
                     http,
                     request_timeout,
+                    metrics: crate::metrics::Metrics::new(
+                        self.metrics_client.as_deref().unwrap_or(&client_id),
+                    ),
                 },
                 client_id,
                 scope,

@@ -194,6 +194,8 @@ pub(crate) struct Endpoint {
     pub(crate) authorization: Option<HeaderValue>,
     pub(crate) http: HttpClient,
     pub(crate) request_timeout: Duration,
+    /// Where each token request is counted (feature `metrics`).
+    pub(crate) metrics: crate::metrics::Metrics,
 }
 
 impl Endpoint {
@@ -225,7 +227,10 @@ impl Endpoint {
                 Ok(result) => result,
                 Err(_) => Err(Error::timeout("the token request", per_attempt)),
             };
-            let elapsed_ms = sent_at.elapsed().as_millis() as u64;
+            let took = sent_at.elapsed();
+            self.metrics
+                .token_request(crate::metrics::outcome(&result), took);
+            let elapsed_ms = took.as_millis() as u64;
             let error = match result {
                 Ok(value) => {
                     tracing::debug!(

@@ -252,6 +252,7 @@ impl RefreshTokenGrant {
         let rotated = match parse_refresh_token(&answer.body) {
             Some(new) if new != session.refresh_token.0 => {
                 session.refresh_token = Secret(new);
+                inner.endpoint.metrics.rotation();
                 if let Some(hook) = &inner.on_rotation {
                     let new = session.refresh_token.0.as_str();
                     if catch_unwind(AssertUnwindSafe(|| hook(new))).is_err() {
@@ -300,6 +301,10 @@ impl Inner {
 impl TokenSource for RefreshTokenGrant {
     fn fetch(&self) -> BoxFuture<'_, Result<Token, Error>> {
         Box::pin(Self::fetch_token(Arc::clone(&self.inner)))
+    }
+
+    fn client_id(&self) -> Option<&str> {
+        Some(&self.inner.client_id)
     }
 }
 
@@ -534,6 +539,7 @@ impl RefreshTokenGrantBuilder {
                     authorization,
                     http,
                     request_timeout,
+                    metrics: crate::metrics::Metrics::new(&client_id),
                 },
                 client_id,
                 confidential: secret.is_some(),
