@@ -129,11 +129,12 @@ mod layer;
 pub mod metrics;
 mod reject;
 pub mod replay;
+#[doc(no_inline)]
+pub use grant as source;
 #[cfg(feature = "reqwest")]
 #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
 pub mod reqwest_auth;
 mod service;
-pub mod source;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod store;
@@ -146,6 +147,7 @@ pub mod trailers;
 pub use cache::{CachedToken, Generation, Stats, TokenCache, TokenCacheBuilder};
 pub use error::{Error, ErrorKind};
 pub use grant::refresh_token as session;
+pub use grant::{BoxFuture, SharedIdentity, TokenSource};
 pub use grant::{
     ClientAuth, ClientCredentials, ClientCredentialsBuilder, RefreshTokenGrant,
     RefreshTokenGrantBuilder,
@@ -153,7 +155,6 @@ pub use grant::{
 pub use layer::{CognitoAuthLayer, CognitoAuthLayerBuilder, DEFAULT_REPLAY_BODY_LIMIT};
 pub use replay::Replay;
 pub use service::CognitoAuth;
-pub use source::{BoxFuture, SharedIdentity, TokenSource};
 pub use token::{AccessToken, Token};
 
 /// Compiles the README's Rust code as doctests.

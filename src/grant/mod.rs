@@ -1,5 +1,6 @@
-//! The grants: how a [`TokenSource`](crate::TokenSource) gets its tokens from an OAuth 2.0
-//! token endpoint (Cognito's `/oauth2/token`, or any other).
+//! Where tokens come from: the [`TokenSource`] trait the cache calls, and the grants that
+//! implement it against an OAuth 2.0 token endpoint (Cognito's `/oauth2/token`, or any other).
+//! (The module is also reachable as `tower_cognito_auth::source`, its earlier name.)
 //!
 //! - [`ClientCredentials`]: a service's own token (the client_credentials grant).
 //! - [`RefreshTokenGrant`]: a signed-in user's session (the refresh_token grant, with
@@ -15,7 +16,9 @@ pub(crate) mod endpoint;
 #[cfg(feature = "rustls")]
 mod https;
 pub mod refresh_token;
+mod source;
 
 pub use client_credentials::{ClientCredentials, ClientCredentialsBuilder};
 pub use endpoint::ClientAuth;
 pub use refresh_token::{RefreshTokenGrant, RefreshTokenGrantBuilder};
+pub use source::{BoxFuture, SharedIdentity, TokenSource};

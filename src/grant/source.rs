@@ -1,9 +1,5 @@
-//! Where tokens come from: the [`TokenSource`] trait the cache calls, and the
-//! [`SharedIdentity`] a source gives to share its token through a fleet's store.
-//!
-//! The grants this crate implements are in [`grant`](crate::grant):
-//! [`ClientCredentials`] and
-//! [`RefreshTokenGrant`](crate::RefreshTokenGrant). Their old paths here still work.
+//! The [`TokenSource`] trait the cache calls, and the [`SharedIdentity`] a source gives to
+//! share its token through a fleet's store.
 
 use std::fmt;
 use std::future::Future;
@@ -12,9 +8,6 @@ use std::sync::Arc;
 
 use crate::error::Error;
 use crate::token::Token;
-
-#[doc(no_inline)]
-pub use crate::grant::{ClientAuth, ClientCredentials, ClientCredentialsBuilder};
 
 /// A boxed, `Send` future, as [`TokenSource::fetch`] returns.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -48,7 +41,7 @@ pub trait TokenSource: Send + Sync + 'static {
     /// processes can share one token through a shared store (feature `redis`).
     ///
     /// `None`, the default, means the token is not shared: each process fetches its own.
-    /// [`ClientCredentials`] returns its token URL, client id, scopes and client secret. A
+    /// [`ClientCredentials`](crate::ClientCredentials) returns its token URL, client id, scopes and client secret. A
     /// source that returns an identity must deliver the same kind of token to every process
     /// that returns an equal identity: two processes with equal identities adopt each other's
     /// tokens. See [`SharedIdentity`].
@@ -122,7 +115,7 @@ impl SharedIdentity {
     /// An identity from a namespace (any bytes that tell this source's tokens apart) and secret
     /// key material (at least 32 random bytes, or a client secret).
     ///
-    /// A namespace given here never equals the identity [`ClientCredentials`] builds, whatever
+    /// A namespace given here never equals the identity [`ClientCredentials`](crate::ClientCredentials) builds, whatever
     /// its bytes. An empty key is accepted here but refused when a shared store is set up.
     pub fn new(namespace: impl AsRef<[u8]>, key: impl AsRef<[u8]>) -> Self {
         let mut canonical = Vec::new();
