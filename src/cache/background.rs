@@ -109,19 +109,18 @@ async fn run(shared: Weak<Shared>, mut stopped: oneshot::Receiver<()>, _alive: A
 /// The policy's `Background` decision, carried out.
 fn step(shared: &Arc<Shared>) -> Next {
     let now = Instant::now();
+    // The task was spawned on a runtime with timers, and runs on it.
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return Next::Sleep(super::policy::later(now, shared.config.refresh_deadline));
+    };
     let mut core = shared.lock();
     let (next, launch) = match shared.decide(&mut core, now, Event::Background) {
         Decision::Sleep(until) => (Next::Sleep(until), None),
         Decision::Wait(wait) => (waiting(core.waiter(wait), now, shared), None),
-        Decision::StartAndWait(start, wait) => match shared.launch(&mut core, now, start) {
-            Ok(launch) => (waiting(core.waiter(wait), now, shared), Some(launch)),
-            // This runtime cannot run a refresh (it had timers when the task started, so this
-            // is not expected): look again after a refresh deadline, never in a loop.
-            Err(_) => (
-                Next::Sleep(super::policy::later(now, shared.config.refresh_deadline)),
-                None,
-            ),
-        },
+        Decision::StartAndWait(start, wait) => {
+            let launch = shared.launch(&mut core, start, runtime);
+            (waiting(core.waiter(wait), now, shared), Some(launch))
+        }
         _ => (
             Next::Sleep(super::policy::later(now, shared.config.refresh_deadline)),
             None,

@@ -4,15 +4,20 @@
 //! (its request timed out, say) does not cancel it for the others. It reports its end to the
 //! policy and then to its waiters, whatever happens to it:
 //! - it finished, with a token or an error (its deadline included): `Finished`;
-//! - the token source panicked: `Finished` with an error, which the policy paces like any
-//!   failure;
-//! - its runtime dropped it (shutting down, before or after it started): `Abandoned`, which
-//!   says nothing of the token endpoint, so nobody is paced and whoever waited looks again.
+//! - the token source panicked: the panic is caught around each poll of the fetch, and it is
+//!   `Finished` with an error, which the policy paces like any failure;
+//! - its runtime dropped it (shutting down, before or after it started, even while its thread
+//!   unwinds from another panic): `Abandoned`, which says nothing of the token endpoint, so
+//!   nobody is paced and whoever waited looks again.
 //!
 //! A waiter bounds its wait on its own timer: a refresh whose runtime is parked (alive but no
 //! longer driven) cannot hang the requests of other runtimes.
 
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::runtime::Handle;
@@ -22,6 +27,8 @@ use tokio::time::Instant;
 use super::Shared;
 use super::policy::{Event, Outcome, Start};
 use crate::error::Error;
+use crate::source::BoxFuture;
+use crate::token::Token;
 
 /// A refresh that is ready to start on the runtime of the request that started it.
 pub(super) struct Launch {
@@ -65,7 +72,7 @@ impl Flight {
     async fn run(mut self) {
         let shared = Arc::clone(&self.shared);
         let limit = shared.config.refresh_deadline;
-        let fetch = shared.fetch(self.start.rejected.take());
+        let fetch = CatchPanic(shared.fetch(self.start.rejected.take()));
         let result = match self.start.deadline {
             Some(deadline) => tokio::time::timeout_at(deadline, fetch)
                 .await
@@ -84,18 +91,27 @@ impl Drop for Flight {
         if self.done {
             return;
         }
+        // The runtime dropped the task (shutting down), before or after it first ran: a panic
+        // of the token source never gets here, `CatchPanic` turns it into an error.
         let flight = self.start.flight;
-        // Dropped while unwinding: the token source panicked inside the task. Otherwise the
-        // runtime dropped the task (shutting down), before or after it first ran.
-        let event = if std::thread::panicking() {
-            Event::Finished {
-                flight,
-                result: Err(Error::internal("the token source panicked")),
-            }
-        } else {
-            Event::Abandoned { flight }
-        };
-        self.shared.settle(&self.tx, event);
+        self.shared.settle(&self.tx, Event::Abandoned { flight });
+    }
+}
+
+/// The fetch, with a panic inside its `poll` caught and turned into an error, so that the
+/// refresh reports it as a failure of the source. (Where panics abort, there is nothing to
+/// catch.)
+struct CatchPanic<'a>(BoxFuture<'a, Result<Token, Error>>);
+
+impl Future for CatchPanic<'_> {
+    type Output = Result<Token, Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let fetch = &mut self.0;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| fetch.as_mut().poll(cx))) {
+            Ok(poll) => poll,
+            Err(_) => Poll::Ready(Err(Error::internal("the token source panicked"))),
+        }
     }
 }
 
@@ -116,12 +132,11 @@ impl Waiter {
         Self { rx, until, limit }
     }
 
-    /// The refresh's outcome, or a timeout at this waiter's deadline, on its own timer.
+    /// The refresh's outcome, or a timeout at this waiter's deadline, on its own timer (a
+    /// waiter's runtime has timers: the policy makes none wait on a runtime without).
     pub(super) async fn outcome(&mut self) -> Outcome {
-        let deadline = match self.until {
-            // A runtime without timers waits for the refresh's own deadline.
-            Some(until) if timers_enabled() => until,
-            _ => return published(&mut self.rx).await,
+        let Some(deadline) = self.until else {
+            return published(&mut self.rx).await;
         };
         tokio::select! {
             biased;

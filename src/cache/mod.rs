@@ -61,6 +61,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
+use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -530,20 +531,28 @@ impl Shared {
     /// drop takes the lock to report that).
     fn want_step(self: &Arc<Self>, now: Instant) -> Step {
         self.background.check(self);
+        // Whether this caller's runtime can run a refresh and time a wait, found out before
+        // the lock is taken: a runtime that cannot is that caller's problem, not the
+        // endpoint's, and the policy paces nobody for it.
+        let runtime = flight::runtime_with_timers();
+        let unable = runtime.as_ref().err().cloned();
         let mut core = self.lock();
-        let (step, launch) = match self.decide(&mut core, now, Event::Want) {
-            Decision::Serve(entry) => (Step::Ready(entry), None),
-            Decision::ServeAndStart(entry, start) => {
-                // Nobody waits on it; a refresh that cannot launch is abandoned.
-                (Step::Ready(entry), self.launch(&mut core, now, start).ok())
+        let (step, launch) = match (self.decide(&mut core, now, Event::Want { unable }), runtime) {
+            (Decision::Serve(entry), _) => (Step::Ready(entry), None),
+            (Decision::ServeAndStart(entry, start), Ok(runtime)) => {
+                // Nobody waits on it.
+                (
+                    Step::Ready(entry),
+                    Some(self.launch(&mut core, start, runtime)),
+                )
             }
-            Decision::Wait(wait) => (core.waiter(wait), None),
-            Decision::StartAndWait(start, wait) => match self.launch(&mut core, now, start) {
-                Ok(launch) => (core.waiter(wait), Some(launch)),
-                Err(error) => (Step::Failed(error), None),
-            },
-            Decision::Fail(error) => (Step::Failed(error), None),
-            other => (Step::Failed(unexpected(&other)), None),
+            (Decision::Wait(wait), _) => (core.waiter(wait), None),
+            (Decision::StartAndWait(start, wait), Ok(runtime)) => {
+                let launch = self.launch(&mut core, start, runtime);
+                (core.waiter(wait), Some(launch))
+            }
+            (Decision::Fail(error), _) => (Step::Failed(error), None),
+            (other, _) => (Step::Failed(unexpected(&other)), None),
         };
         drop(core);
         if let Some(launch) = launch {
@@ -552,31 +561,17 @@ impl Shared {
         step
     }
 
-    /// Readies the refresh a decision started, on the caller's runtime; spawned by the caller
-    /// once the lock is released. A runtime that cannot run it (none, or one without a time
-    /// driver) is that caller's problem, not the endpoint's: the policy hears the refresh was
-    /// abandoned, which paces nobody.
-    fn launch(
-        self: &Arc<Self>,
-        core: &mut Core,
-        now: Instant,
-        start: Start,
-    ) -> Result<Launch, Error> {
-        let flight = start.flight;
-        let runtime = match flight::runtime_with_timers() {
-            Ok(runtime) => runtime,
-            Err(error) => {
-                self.decide(core, now, Event::Abandoned { flight });
-                return Err(error);
-            }
-        };
+    /// Readies the refresh a decision started, on the caller's runtime (which has timers: the
+    /// policy starts none for a caller that said it cannot run one); spawned by the caller once
+    /// the lock is released.
+    fn launch(self: &Arc<Self>, core: &mut Core, start: Start, runtime: Handle) -> Launch {
         let (tx, rx) = watch::channel(None);
-        core.channel = Some((flight, rx));
+        core.channel = Some((start.flight, rx));
         bump(&self.stats.token_requests);
         if start.ahead {
             bump(&self.stats.refresh_ahead);
         }
-        Ok(Launch::new(runtime, Arc::clone(self), tx, start))
+        Launch::new(runtime, Arc::clone(self), tx, start)
     }
 
     /// Carries a refresh's end to the policy, then to those who waited for it.
@@ -636,7 +631,13 @@ impl Shared {
         for _ in 0..3 {
             match waiter.outcome().await {
                 Outcome::Token(entry) if Instant::now() < entry.usable_until => return Ok(entry),
-                Outcome::Failed(error) => return Err(error),
+                Outcome::Failed(error) => {
+                    // A usable token may have come meanwhile (a late refresh's): it serves.
+                    return match self.current.load_full() {
+                        Some(entry) if Instant::now() < entry.usable_until => Ok(entry),
+                        _ => Err(error),
+                    };
+                }
                 Outcome::Token(_) | Outcome::Abandoned => {}
             }
             match self.want_step(Instant::now()) {

@@ -20,16 +20,17 @@
 //! | event | state | decision |
 //! |---|---|---|
 //! | `Want` | fresh | `Serve` |
-//! | `Want` | usable, refresh live or paced | `Serve` |
+//! | `Want` | usable, a refresh live or paced, or the caller cannot run one | `Serve` |
 //! | `Want` | usable, otherwise | `ServeAndStart` (refresh-ahead) |
-//! | `Want` | not usable, refresh live | `Wait` until the refresh's deadline |
+//! | `Want` | not usable, the caller cannot run a refresh | `Fail` with the caller's error |
+//! | `Want` | not usable, refresh live | `Wait` until it would be abandoned |
 //! | `Want` | not usable, paced, an error on record | `Fail` with that error |
 //! | `Want` | not usable, otherwise | `StartAndWait` |
 //! | `Background` | refresh live | `Wait` until it is abandoned |
 //! | `Background` | fresh | `Sleep` until it is not |
 //! | `Background` | paced | `Sleep` until the backoff ends |
 //! | `Background` | otherwise | `StartAndWait` |
-//! | `Finished(Ok)` | | the new token replaces the current one (unless a late refresh brings an older one); backoff reset; `Settled` |
+//! | `Finished(Ok)` | | the live refresh's token replaces the current one; a late refresh's only if it is newer (or the current one is unusable) and no rejection is pending; backoff reset; `Settled` |
 //! | `Finished(Err)` | | backoff (the slowest for a permanent error, at least `Retry-After`); `Settled` |
 //! | `Abandoned` | | the refresh is forgotten, no backoff: its runtime went away, which says nothing of the endpoint; `Settled` |
 //! | `Rejected(g)` | `g` current, not throttled | the token is dropped and remembered as rejected until a refresh succeeds; backoff cleared; `Dropped(true)` |
@@ -108,8 +109,10 @@ impl Entry {
 /// What happened.
 #[derive(Debug)]
 pub(crate) enum Event {
-    /// A request needs a token.
-    Want,
+    /// A request needs a token. `unable` says why its runtime could not run a refresh or
+    /// time a wait (no time driver, no runtime), if it cannot: such a request is served a
+    /// usable token and nothing more, and gets this error where it would start or wait.
+    Want { unable: Option<Error> },
     /// The background refresher woke up.
     Background,
     /// A refresh ended with a token or an error.
@@ -174,6 +177,8 @@ pub(crate) enum Decision {
 struct InFlight {
     id: FlightId,
     started: Instant,
+    /// Its `Start` carried the pending rejection (to drop from a shared store).
+    carries_rejection: bool,
 }
 
 /// The cache's state and the rules over it.
@@ -241,7 +246,7 @@ impl Policy {
     /// The decision for `event` at `now`. Every path of the cache comes through here.
     pub(crate) fn decide(&mut self, now: Instant, event: Event) -> Decision {
         match event {
-            Event::Want => self.want(now),
+            Event::Want { unable } => self.want(now, unable),
             Event::Background => self.background(now),
             Event::Finished { flight, result } => self.finished(now, flight, result),
             Event::Abandoned { flight } => {
@@ -256,19 +261,22 @@ impl Policy {
         }
     }
 
-    fn want(&mut self, now: Instant) -> Decision {
+    fn want(&mut self, now: Instant, unable: Option<Error>) -> Decision {
         if let Some(entry) = self.current.as_ref().filter(|e| now < e.usable_until) {
             let entry = Arc::clone(entry);
-            if now < entry.fresh_until || self.quiet_until(now).is_some() {
+            if now < entry.fresh_until || self.quiet_until(now).is_some() || unable.is_some() {
                 return Decision::Serve(entry);
             }
             let start = self.start(now, true);
             return Decision::ServeAndStart(entry, start);
         }
+        if let Some(error) = unable {
+            return Decision::Fail(error);
+        }
         if let Some(flight) = self.live_flight(now) {
             return Decision::Wait(Wait {
                 flight: flight.id,
-                until: flight.started.checked_add(self.config.refresh_deadline),
+                until: self.abandon_at(flight),
             });
         }
         if let (Some(error), Some(_)) = (&self.last_error, self.retry_at.filter(|at| now < *at)) {
@@ -277,7 +285,9 @@ impl Policy {
         let start = self.start(now, false);
         let wait = Wait {
             flight: start.flight,
-            until: start.deadline,
+            until: start
+                .deadline
+                .and_then(|deadline| deadline.checked_add(ABANDON_GRACE)),
         };
         Decision::StartAndWait(start, wait)
     }
@@ -309,17 +319,38 @@ impl Policy {
 
     fn finished(&mut self, now: Instant, id: FlightId, result: Result<Token, Error>) -> Decision {
         let own = self.is_own(id);
+        let carried = own && self.flight.as_ref().is_some_and(|f| f.carries_rejection);
         if own {
             self.flight = None;
         }
-        let result = result.and_then(|token| self.entry_for(token, now));
+        let result = result.and_then(|token| {
+            // A rejected token is never served again, whoever brings it back (a shared store,
+            // an endpoint that hands out a cached token).
+            if self
+                .rejected
+                .as_ref()
+                .is_some_and(|r| r.secret() == token.access_token().secret())
+            {
+                return Err(Error::invalid_response(
+                    "the refresh brought back the token that was just rejected",
+                ));
+            }
+            self.entry_for(token, now)
+        });
         match result {
             Ok(entry) => {
                 let previous = self.current.as_ref();
                 let newer = previous.is_none_or(|p| entry.token.expires_at > p.token.expires_at);
-                let replace = own || newer || previous.is_some_and(|p| now >= p.usable_until);
-                if replace {
+                // A late refresh (no longer the live one) is taken only if its token is newer, or
+                // the current one is no longer usable; never while a rejection is pending: its
+                // token may have been fetched before that rejection.
+                let late_ok = self.rejected.is_none()
+                    && (newer || previous.is_some_and(|p| now >= p.usable_until));
+                if own || late_ok {
                     self.current = Some(Arc::clone(&entry));
+                }
+                if carried {
+                    // This refresh carried the rejection (its `Start`): it is settled.
                     self.rejected = None;
                 }
                 if own {
@@ -390,7 +421,11 @@ impl Policy {
     fn start(&mut self, now: Instant, ahead: bool) -> Start {
         let id = FlightId(self.next_flight);
         self.next_flight = self.next_flight.wrapping_add(1);
-        self.flight = Some(InFlight { id, started: now });
+        self.flight = Some(InFlight {
+            id,
+            started: now,
+            carries_rejection: self.rejected.is_some(),
+        });
         Start {
             flight: id,
             deadline: now.checked_add(self.config.refresh_deadline),

@@ -520,9 +520,9 @@ fn waiters_have_their_own_deadline_when_the_refreshing_runtime_is_parked() {
         let start = Instant::now();
         let waited = tokio::time::timeout(HOUR, cache.token())
             .await
-            .expect("the waiter gave up on its own at the refresh deadline");
+            .expect("the waiter gave up on its own at the refresh deadline and its grace");
         assert!(waited.unwrap_err().is_timeout());
-        assert!(Instant::now() - start <= Duration::from_secs(30));
+        assert!(Instant::now() - start <= Duration::from_secs(31));
         // The stuck flight is abandoned: a later request refreshes on this runtime.
         advance(Duration::from_secs(5)).await;
         let token = tokio::time::timeout(HOUR, cache.token())
@@ -774,4 +774,38 @@ async fn a_thread_copy_is_not_used_after_its_token_was_dropped() {
     let (next, next_generation) = cache.fresh_header().expect("a copy of the new token");
     assert_eq!(next_generation, second.generation());
     assert_eq!(next.to_str().unwrap(), "Bearer token-2");
+}
+
+/// A refresh dropped with its runtime while that runtime's thread unwinds from a panic of its
+/// own (a failed assertion in a test, a worker thread that panics) is abandoned, not reported
+/// as a panic of the token source: other runtimes sharing the cache are not paced for it.
+#[test]
+fn a_refresh_dropped_while_its_thread_unwinds_is_abandoned() {
+    let source = TestSource::new(Duration::ZERO, HOUR);
+    source.set(Mode::Hang);
+    let cache = source.cache().build().unwrap();
+    let on_dying = cache.clone();
+    let unwound = std::thread::spawn(move || {
+        let runtime = test_runtime(false);
+        runtime.block_on(async {
+            let waiting = tokio::spawn(async move { on_dying.token().await });
+            // The refresh starts and hangs in the source.
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
+            drop(waiting);
+        });
+        // The runtime (and the refresh task in it) is dropped while this thread unwinds.
+        let _runtime = runtime;
+        panic!("the application's own panic");
+    })
+    .join();
+    assert!(unwound.is_err(), "the thread panicked");
+    assert_eq!(source.calls(), 1, "the refresh had started");
+    source.set(Mode::Ok);
+    let token = test_runtime(true).block_on(cache.token());
+    assert_eq!(
+        token.expect("no backoff for an abandoned refresh").secret(),
+        "token-2"
+    );
 }

@@ -16,6 +16,8 @@ enum Op {
     Advance(u64),
     /// A request wants a token.
     Want,
+    /// A request from a runtime that cannot run a refresh (no time driver).
+    WantUnable,
     /// The background refresher wakes up.
     Background,
     /// A started refresh (picked by index) ends with a token that lives this many seconds.
@@ -34,6 +36,7 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => prop_oneof![0..2_000u64, 0..120_000u64, 0..4_000_000u64].prop_map(Op::Advance),
         4 => Just(Op::Want),
+        1 => Just(Op::WantUnable),
         2 => Just(Op::Background),
         3 => (0..3usize, prop_oneof![1..20u64, 20..4_000u64]).prop_map(|(i, l)| Op::FinishOk(i, l)),
         2 => (0..3usize, 0..3u8, proptest::option::of(0..200u64))
@@ -145,6 +148,29 @@ impl World {
         match op {
             Op::Advance(ms) => self.now += Duration::from_millis(ms),
             Op::Want => self.want(),
+            Op::WantUnable => {
+                let usable = self.usable();
+                let live = self.live().map(|(id, _)| id);
+                let unable = Error::invalid_config("no time driver");
+                match self.policy.decide(
+                    self.now,
+                    Event::Want {
+                        unable: Some(unable),
+                    },
+                ) {
+                    Decision::Serve(entry) => {
+                        assert!(usable.is_some_and(|u| Arc::ptr_eq(&u, &entry)));
+                        self.check_served(&entry);
+                    }
+                    Decision::Fail(error) => {
+                        assert!(usable.is_none(), "a usable token was refused");
+                        assert_eq!(error.to_string(), "invalid configuration: no time driver");
+                    }
+                    other => panic!("a caller that cannot run a refresh got {other:?}"),
+                }
+                // Nothing was started for it.
+                assert_eq!(self.live().map(|(id, _)| id), live);
+            }
             Op::Background => self.background(),
             Op::FinishOk(i, lifetime) => {
                 let Some((id, _)) = self.pick(i) else { return };
@@ -152,8 +178,9 @@ impl World {
                 let lifetime = Duration::from_secs(lifetime);
                 let access = AccessToken::new(format!("token-{}", self.token_count)).unwrap();
                 let token = Token::new(access, self.now + lifetime);
-                let own = self.live.is_some_and(|(live, _)| live == id);
+                let own = self.is_last_started(id);
                 let before = self.policy.current().cloned();
+                let rejection_pending = self.policy.rejected.is_some();
                 let decision = self.policy.decide(
                     self.now,
                     Event::Finished {
@@ -170,18 +197,18 @@ impl World {
                     let newer = before
                         .as_ref()
                         .is_none_or(|b| entry.token.expires_at > b.token.expires_at);
-                    if own || newer {
+                    if own || (newer && !rejection_pending) {
                         assert!(
                             self.policy.current().is_some_and(|c| Arc::ptr_eq(c, entry)),
                             "the live refresh's token (or a newer one) became current"
                         );
                     }
-                    if !own && !newer && before.as_ref().is_some_and(|b| self.now < b.usable_until)
-                    {
+                    let kept = !newer && before.as_ref().is_some_and(|b| self.now < b.usable_until);
+                    if !own && (kept || rejection_pending) {
                         assert!(
                             self.policy.current().map(|c| c.generation())
                                 == before.as_ref().map(|b| b.generation()),
-                            "a late refresh replaced a newer usable token"
+                            "a late refresh replaced a newer usable token, or came during a rejection"
                         );
                     }
                 }
@@ -203,7 +230,7 @@ impl World {
                 };
                 let permanent = error.is_permanent();
                 let usable_before = self.usable();
-                let own = self.live.is_some_and(|(live, _)| live == id);
+                let own = self.is_last_started(id);
                 let decision = self.policy.decide(
                     self.now,
                     Event::Finished {
@@ -229,7 +256,7 @@ impl World {
                 // A failure behind a usable token is invisible: the same token is served (and
                 // a refresh starts again if the backoff drew no pause).
                 if let Some(entry) = usable_before {
-                    match self.policy.decide(self.now, Event::Want) {
+                    match self.policy.decide(self.now, Event::Want { unable: None }) {
                         Decision::Serve(served) => assert!(Arc::ptr_eq(&served, &entry)),
                         Decision::ServeAndStart(served, start) => {
                             assert!(Arc::ptr_eq(&served, &entry));
@@ -241,7 +268,7 @@ impl World {
             }
             Op::Abandon(i) => {
                 let Some((id, _)) = self.pick(i) else { return };
-                let own = self.live.is_some_and(|(live, _)| live == id);
+                let own = self.is_last_started(id);
                 // What paced refreshes before the abandon (an earlier failure's backoff).
                 let paced = self.policy.retry_at.is_some_and(|at| self.now < at);
                 let decision = self
@@ -258,7 +285,7 @@ impl World {
                     // Replaced without a backoff: unless an earlier failure still paces, a
                     // request with no usable token starts another at once.
                     if self.usable().is_none() && !paced {
-                        match self.policy.decide(self.now, Event::Want) {
+                        match self.policy.decide(self.now, Event::Want { unable: None }) {
                             Decision::StartAndWait(start, _) => self.check_start(&start),
                             other => panic!("an abandoned refresh was not replaced: {other:?}"),
                         }
@@ -305,6 +332,12 @@ impl World {
         }
     }
 
+    /// Whether `id` is the refresh the policy started last and has not seen end: its end is
+    /// the policy's own news (pacing, the rejection it carried), even past its deadline.
+    fn is_last_started(&self, id: FlightId) -> bool {
+        self.policy.flight.as_ref().is_some_and(|f| f.id == id)
+    }
+
     /// A started refresh, removed from the list (it ends now).
     fn pick(&mut self, i: usize) -> Option<(FlightId, Instant)> {
         if self.started.is_empty() {
@@ -321,7 +354,7 @@ impl World {
             .filter(|e| self.now < e.fresh_until)
             .cloned();
         let usable = self.usable();
-        let decision = self.policy.decide(self.now, Event::Want);
+        let decision = self.policy.decide(self.now, Event::Want { unable: None });
         if let Some(fresh) = &fresh {
             // A fresh token never makes a request wait, nor starts anything.
             match &decision {
@@ -343,11 +376,8 @@ impl World {
                 );
                 let (id, started) = self.live().expect("a wait is for the live refresh");
                 assert_eq!(wait.flight, id);
-                // Every waiter is answered by its own deadline: the refresh's.
-                assert_eq!(
-                    wait.until,
-                    started.checked_add(self.config.refresh_deadline)
-                );
+                // Every waiter is answered by its own deadline: the refresh's, and its grace.
+                assert_eq!(wait.until, self.abandon_at(started));
             }
             Decision::StartAndWait(start, wait) => {
                 assert!(
@@ -357,7 +387,10 @@ impl World {
                 assert!(!start.ahead);
                 self.check_start(&start);
                 assert_eq!(wait.flight, start.flight);
-                assert_eq!(wait.until, start.deadline);
+                assert_eq!(
+                    wait.until,
+                    start.deadline.and_then(|d| d.checked_add(ABANDON_GRACE))
+                );
             }
             Decision::Fail(_) => {
                 assert!(
@@ -451,13 +484,107 @@ fn a_refresh_past_its_deadline_and_grace_is_replaced() {
     world.step(Op::Want);
     let first = world.live.expect("a refresh started").0;
     world.step(Op::Advance(30_999));
-    match world.policy.decide(world.now, Event::Want) {
+    match world.policy.decide(world.now, Event::Want { unable: None }) {
         Decision::Wait(wait) => assert_eq!(wait.flight, first),
         other => panic!("joined the live refresh: {other:?}"),
     }
     world.step(Op::Advance(1));
-    match world.policy.decide(world.now, Event::Want) {
+    match world.policy.decide(world.now, Event::Want { unable: None }) {
         Decision::StartAndWait(start, _) => assert_ne!(start.flight, first),
         other => panic!("replaced the abandoned refresh: {other:?}"),
     }
+}
+
+/// A rejected token is never served again, and a late refresh cannot bring back a token while
+/// a rejection is pending (it may have been fetched before the rejection).
+#[test]
+fn a_rejected_token_stays_rejected() {
+    let mut world = World::new(Config::default(), 7);
+    let token = |name: &str, now: Instant| {
+        Token::new(
+            AccessToken::new(name).unwrap(),
+            now + Duration::from_secs(3600),
+        )
+    };
+    // F1 starts and stalls; it is abandoned at its deadline and grace, and F2 replaces it.
+    let Decision::StartAndWait(f1, _) =
+        world.policy.decide(world.now, Event::Want { unable: None })
+    else {
+        panic!("a first refresh");
+    };
+    world.now += Duration::from_secs(31);
+    let Decision::StartAndWait(f2, _) =
+        world.policy.decide(world.now, Event::Want { unable: None })
+    else {
+        panic!("a second refresh");
+    };
+    let b = token("token-b", world.now);
+    world.policy.decide(
+        world.now,
+        Event::Finished {
+            flight: f2.flight,
+            result: Ok(b),
+        },
+    );
+    let current = world.policy.current().cloned().expect("token-b");
+    // A service rejects token-b; the next refresh carries the rejection.
+    assert!(matches!(
+        world.policy.decide(
+            world.now,
+            Event::Rejected {
+                generation: current.generation()
+            }
+        ),
+        Decision::Dropped(true)
+    ));
+    let Decision::StartAndWait(f3, _) =
+        world.policy.decide(world.now, Event::Want { unable: None })
+    else {
+        panic!("a refresh after the rejection");
+    };
+    assert_eq!(
+        f3.rejected.as_ref().map(AccessToken::secret),
+        Some("token-b")
+    );
+    // F1 finishes late, with a token fetched before the rejection: not taken.
+    world.now += Duration::from_secs(1);
+    let late = token("token-late", world.now);
+    world.policy.decide(
+        world.now,
+        Event::Finished {
+            flight: f1.flight,
+            result: Ok(late),
+        },
+    );
+    assert!(world.policy.current().is_none(), "a late token came back");
+    // F3 brings back token-b itself (a shared store still held it): refused.
+    let again = token("token-b", world.now);
+    let decision = world.policy.decide(
+        world.now,
+        Event::Finished {
+            flight: f3.flight,
+            result: Ok(again),
+        },
+    );
+    assert!(
+        matches!(
+            decision,
+            Decision::Settled {
+                outcome: Outcome::Failed(_)
+            }
+        ),
+        "{decision:?}"
+    );
+    assert!(world.policy.current().is_none());
+    // The rejection is still pending: the next refresh carries it again.
+    world.now += Duration::from_secs(120);
+    let Decision::StartAndWait(f4, _) =
+        world.policy.decide(world.now, Event::Want { unable: None })
+    else {
+        panic!("a refresh after the backoff");
+    };
+    assert_eq!(
+        f4.rejected.as_ref().map(AccessToken::secret),
+        Some("token-b")
+    );
 }
