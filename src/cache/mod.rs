@@ -151,7 +151,7 @@ pub(crate) struct Shared {
     config: Config,
     source: Box<dyn TokenSource>,
     /// The fleet's shared store, consulted by each refresh (never by a request).
-    #[cfg(feature = "redis")]
+    #[cfg(feature = "store")]
     fleet: Option<crate::store::fleet::Fleet>,
     background: background::Control,
     stats: Counters,
@@ -171,7 +171,7 @@ pub struct TokenCacheBuilder {
     source: Box<dyn TokenSource>,
     config: Config,
     background_refresh: bool,
-    #[cfg(feature = "redis")]
+    #[cfg(feature = "store")]
     store: Option<Arc<dyn crate::store::TokenStore>>,
 }
 
@@ -226,7 +226,7 @@ impl TokenCacheBuilder {
         self
     }
 
-    /// Shares the token with every process of the fleet through `store` (feature `redis`):
+    /// Shares the token with every process of the fleet through `store` (feature `store`):
     /// each refresh first looks there and adopts a token another process fetched, and only
     /// one process of the fleet fetches when none is there. Requests never touch the store,
     /// and trouble with it never fails one: the process then fetches for itself. See
@@ -234,14 +234,14 @@ impl TokenCacheBuilder {
     ///
     /// The token source must say what it shares
     /// ([`TokenSource::shared_identity`]); [`build`](Self::build) refuses one that does not.
-    #[cfg(feature = "redis")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    #[cfg(feature = "store")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "store")))]
     pub fn shared_store(mut self, store: impl crate::store::TokenStore) -> Self {
         self.store = Some(Arc::new(store));
         self
     }
 
-    #[cfg(feature = "redis")]
+    #[cfg(feature = "store")]
     pub(crate) fn shared_store_arc(mut self, store: Arc<dyn crate::store::TokenStore>) -> Self {
         self.store = Some(store);
         self
@@ -266,7 +266,7 @@ impl TokenCacheBuilder {
         if self.config.refresh_deadline.is_zero() {
             return Err(Error::invalid_config("refresh_deadline must not be zero"));
         }
-        #[cfg(feature = "redis")]
+        #[cfg(feature = "store")]
         let fleet = match self.store {
             None => None,
             Some(store) => {
@@ -296,7 +296,7 @@ impl TokenCacheBuilder {
             }),
             config: self.config,
             source: self.source,
-            #[cfg(feature = "redis")]
+            #[cfg(feature = "store")]
             fleet,
             background: background::Control::new(self.background_refresh),
             stats: Counters::default(),
@@ -319,7 +319,7 @@ impl TokenCache {
             source,
             config: Config::default(),
             background_refresh: false,
-            #[cfg(feature = "redis")]
+            #[cfg(feature = "store")]
             store: None,
         }
     }
@@ -386,7 +386,7 @@ impl TokenCache {
     pub fn stats(&self) -> Stats {
         #[allow(unused_mut)]
         let mut stats = self.shared.stats.snapshot();
-        #[cfg(feature = "redis")]
+        #[cfg(feature = "store")]
         if let Some(fleet) = &self.shared.fleet {
             let f = fleet.stats();
             stats.adopted = f.adopted;
@@ -589,7 +589,7 @@ impl Shared {
     /// One refresh's token: from the fleet's shared store when there is one, else from the
     /// source.
     fn fetch(&self, rejected: Option<AccessToken>) -> BoxFuture<'_, Result<Token, Error>> {
-        #[cfg(feature = "redis")]
+        #[cfg(feature = "store")]
         if let Some(fleet) = &self.fleet {
             let config = &self.config;
             let margins = crate::store::fleet::Margins {

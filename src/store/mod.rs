@@ -1,5 +1,5 @@
 //! One token per fleet: a shared store through which many processes share one access token
-//! (feature `redis`).
+//! (feature `store`; [`RedisStore`] with feature `redis`).
 //!
 //! Cognito bills every token request and limits them per account and region. A fleet of
 //! processes that each keep their own token sends one token request per process per token
@@ -9,9 +9,10 @@
 //! own cache, and the store is touched only by the process's one refresh.
 //!
 //! ```no_run
+//! # #[cfg(feature = "redis")]
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use tower_cognito_auth::{CognitoAuthLayer, store::RedisStore};
 //!
-//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! // Connects lazily: Redis being down now, or later, never fails a request.
 //! let store = RedisStore::new("rediss://:password@cache.internal:6379/0")?;
 //! let auth = CognitoAuthLayer::builder()
@@ -23,6 +24,8 @@
 //! # let _ = auth;
 //! # Ok(())
 //! # }
+//! # #[cfg(not(feature = "redis"))]
+//! # fn main() {}
 //! ```
 //!
 //! # What is stored
@@ -62,6 +65,7 @@
 //! must be atomic as its documentation says.
 
 pub(crate) mod fleet;
+#[cfg(feature = "redis")]
 mod redis;
 pub(crate) mod seal;
 
@@ -75,6 +79,8 @@ use crate::source::BoxFuture;
 
 #[doc(no_inline)]
 pub use crate::source::SharedIdentity;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use redis::RedisStore;
 
 /// What a shared store offers: five atomic operations on opaque names and values.
