@@ -261,7 +261,9 @@ impl TokenCacheBuilder {
     ///
     /// An [`Error`] of kind [`InvalidConfig`](crate::ErrorKind::InvalidConfig) when
     /// `refresh_deadline` is zero, or a shared store is set and the token source has no
-    /// [shared identity](TokenSource::shared_identity).
+    /// [shared identity](TokenSource::shared_identity), or a shared store is set and
+    /// `refresh_deadline` is under one second (a third of it is the fleet's lease, and a
+    /// process waits for another's fetch for at most half of it).
     pub fn build(self) -> Result<TokenCache, Error> {
         if self.config.refresh_deadline.is_zero() {
             return Err(Error::invalid_config("refresh_deadline must not be zero"));
@@ -279,7 +281,9 @@ impl TokenCacheBuilder {
                 Some(crate::store::fleet::Fleet::new(
                     store,
                     &identity,
-                    crate::store::fleet::FleetConfig::default(),
+                    crate::store::fleet::FleetConfig::for_refresh_deadline(
+                        self.config.refresh_deadline,
+                    )?,
                 )?)
             }
         };

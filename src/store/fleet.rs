@@ -15,8 +15,9 @@
 //!    stored one, and releases the lease. A fetch error releases the lease and is returned.
 //! 4. The others poll after 10 ms, the pause doubling to 50 ms (jittered): they adopt the token once it is stored, and
 //!    try the lease on each poll, so they take over as soon as the holder released it after a
-//!    failure or its lease expired (it died). Waiting is bounded: after `max_wait` the process
-//!    fetches for itself.
+//!    failure or its lease expired (it died). Waiting is bounded: reading, waiting and trying
+//!    the lease take at most `max_wait` (half the cache's refresh deadline), after which the
+//!    process fetches for itself with the other half.
 //!
 //! The store never makes the refresh fail: any store error or timeout falls back to fetching for
 //! this process, warning once per outage.
@@ -35,35 +36,57 @@ use crate::error::Error;
 use crate::source::{BoxFuture, SharedIdentity, TokenSource};
 use crate::token::{AccessToken, Token};
 
-/// How the fleet coordinates; the defaults suit production.
+/// How the fleet coordinates: derived from the cache's refresh deadline by
+/// [`for_refresh_deadline`](FleetConfig::for_refresh_deadline).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct FleetConfig {
-    /// How long a lease lasts: a dead holder is replaced after it. Well under the cache's
-    /// refresh deadline. Default 10 s.
+    /// How long a lease lasts: a dead holder is replaced after it. A third of the refresh
+    /// deadline (10 s of 30 s).
     pub(crate) lease_ttl: Duration,
     /// The first pause of a waiting process before it polls: the pauses double from it, with
     /// jitter, so that a token fetched in tens of milliseconds is seen soon after it is stored,
-    /// and a long wait (a holder that died) costs few reads. Default 10 ms.
+    /// and a long wait (a holder that died) costs few reads. 10 ms.
     pub(crate) poll_min: Duration,
-    /// The longest pause between two polls. Default 50 ms: a waiting process sees the token
-    /// at most about that long after it is stored.
+    /// The longest pause between two polls. 50 ms: a waiting process sees the token at most
+    /// about that long after it is stored.
     pub(crate) poll_max: Duration,
-    /// The most one store operation may take, whatever the store's own timeout. Default 250 ms.
+    /// The most one store operation may take, whatever the store's own timeout (which should
+    /// be shorter): a tenth of the refresh deadline (3 s of 30 s).
     pub(crate) store_timeout: Duration,
-    /// The most a process waits for others before fetching for itself. Default 20 s (two
-    /// leases: a holder that died, then a slow one).
+    /// The most a process spends reading the store, waiting for others and trying the lease
+    /// before it fetches for itself: half the refresh deadline (15 s of 30 s), so that its own
+    /// fetch has the other half. At least the lease's time to live, so that a dead holder is
+    /// taken over rather than given up on.
     pub(crate) max_wait: Duration,
 }
 
-impl Default for FleetConfig {
-    fn default() -> Self {
-        Self {
-            lease_ttl: Duration::from_secs(10),
+/// The shortest refresh deadline a shared store works with: a third of it is the lease.
+pub(crate) const MIN_REFRESH_DEADLINE: Duration = Duration::from_secs(1);
+
+impl FleetConfig {
+    /// The coordination for a cache whose refreshes must end within `refresh_deadline`: the
+    /// wait for others takes at most half of it, the lease a third, so that a process whose
+    /// holder died takes the lease over (or gives up) with half the deadline left for its own
+    /// fetch.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidConfig`](crate::ErrorKind::InvalidConfig) when `refresh_deadline` is under
+    /// one second.
+    pub(crate) fn for_refresh_deadline(refresh_deadline: Duration) -> Result<Self, Error> {
+        if refresh_deadline < MIN_REFRESH_DEADLINE {
+            return Err(Error::invalid_config(
+                "with a shared store, refresh_deadline must be at least 1 second (a third of it \
+                 is the fleet's lease, half of it the most a process waits for another's fetch)",
+            ));
+        }
+        Ok(Self {
+            lease_ttl: refresh_deadline / 3,
             poll_min: Duration::from_millis(10),
             poll_max: Duration::from_millis(50),
-            store_timeout: Duration::from_millis(250),
-            max_wait: Duration::from_secs(20),
-        }
+            store_timeout: refresh_deadline / 10,
+            max_wait: refresh_deadline / 2,
+        })
     }
 }
 
@@ -103,6 +126,14 @@ impl From<BoxError> for Trouble {
     fn from(error: BoxError) -> Self {
         Trouble::Store(error)
     }
+}
+
+/// How a process's wait for the fleet ended.
+enum Elected {
+    /// A stored token it may adopt.
+    Adopted(Token),
+    /// It holds the lease: it fetches for the fleet.
+    Holder,
 }
 
 /// One process's side of the shared store.
@@ -199,6 +230,20 @@ impl Fleet {
         margins: Margins,
         rejected: Option<&str>,
     ) -> Result<Result<Token, Error>, Trouble> {
+        // Reading, waiting and trying the lease together take at most `max_wait`, so that a
+        // process that gives up has the rest of the refresh deadline to fetch for itself.
+        let elected = tokio::time::timeout(self.config.max_wait, self.elect(margins, rejected))
+            .await
+            .map_err(|_| Trouble::WaitedTooLong)??;
+        match elected {
+            Elected::Adopted(token) => Ok(Ok(self.adopted(token))),
+            Elected::Holder => self.hold(source, margins, rejected).await,
+        }
+    }
+
+    /// Adopts the stored token, or takes the lease, waiting for another process's fetch
+    /// meanwhile.
+    async fn elect(&self, margins: Margins, rejected: Option<&str>) -> Result<Elected, Trouble> {
         let name = self.sealer.key_name();
         if let Some(rejected) = rejected {
             let prefix = self.sealer.tag_prefix(rejected);
@@ -209,9 +254,8 @@ impl Fleet {
                 tracing::debug!("dropped the rejected token from the shared store");
             }
         }
-        let deadline = Instant::now() + self.config.max_wait;
         if let Some(token) = self.look(margins, rejected).await? {
-            return Ok(Ok(self.adopted(token)));
+            return Ok(Elected::Adopted(token));
         }
         let mut polls: u32 = 0;
         loop {
@@ -223,15 +267,12 @@ impl Fleet {
                 )
                 .await?;
             if taken {
-                return self.hold(source, margins, rejected).await;
-            }
-            if Instant::now() >= deadline {
-                return Err(Trouble::WaitedTooLong);
+                return Ok(Elected::Holder);
             }
             tokio::time::sleep(self.poll_pause(polls)).await;
             polls = polls.saturating_add(1);
             if let Some(token) = self.look(margins, rejected).await? {
-                return Ok(Ok(self.adopted(token)));
+                return Ok(Elected::Adopted(token));
             }
         }
     }
