@@ -260,12 +260,22 @@ impl Fleet {
         let mut polls: u32 = 0;
         loop {
             let lease = self.sealer.lease_name();
-            let taken = self
+            let taken = match self
                 .call(
                     self.store
                         .try_lease(lease, &self.holder, self.config.lease_ttl),
                 )
-                .await?;
+                .await
+            {
+                Ok(taken) => taken,
+                Err(error) => {
+                    // The `SET NX` may have run and only its reply been lost: this process may
+                    // hold the lease while it fetches alone. Release it (compare-and-delete on
+                    // our id, so no one else's lease), without making this refresh wait.
+                    self.release_detached();
+                    return Err(error.into());
+                }
+            };
             if taken {
                 return Ok(Elected::Holder);
             }
@@ -394,6 +404,18 @@ impl Fleet {
         let _ = self
             .call(self.store.release_lease(lease, &self.holder))
             .await;
+    }
+
+    /// Releases our lease from a task of its own, bounded by the store's cap: for a lease this
+    /// process may hold without knowing it.
+    fn release_detached(&self) {
+        let store = Arc::clone(&self.store);
+        let lease = self.sealer.lease_name().to_owned();
+        let holder = self.holder.clone();
+        let cap = self.config.store_timeout;
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(cap, store.release_lease(&lease, &holder)).await;
+        });
     }
 
     /// One store operation under the fleet's cap; notes outages and recoveries.
@@ -917,6 +939,75 @@ mod tests {
         assert_eq!(garbage_prefix(b"junk"), Some(&b"junk"[..]));
         let long = [VERSION; TAG_PREFIX_LEN];
         assert_eq!(garbage_prefix(&long), Some(&long[..]));
+    }
+
+    /// A real `RedisStore` whose `try_lease` reply is lost: the `SET NX` runs on the server,
+    /// and the caller sees an error, as when the reply arrives after the timeout.
+    struct LeaseReplyLost(RedisStore);
+
+    impl TokenStore for LeaseReplyLost {
+        fn load(&self, key: &str) -> BoxFuture<'_, Result<Option<Stored>, BoxError>> {
+            self.0.load(key)
+        }
+        fn save_if_longer(
+            &self,
+            key: &str,
+            value: bytes::Bytes,
+            ttl: Duration,
+        ) -> BoxFuture<'_, Result<bool, BoxError>> {
+            self.0.save_if_longer(key, value, ttl)
+        }
+        fn remove_if_prefix(
+            &self,
+            key: &str,
+            prefix: &[u8],
+        ) -> BoxFuture<'_, Result<bool, BoxError>> {
+            self.0.remove_if_prefix(key, prefix)
+        }
+        fn try_lease(
+            &self,
+            key: &str,
+            holder: &str,
+            ttl: Duration,
+        ) -> BoxFuture<'_, Result<bool, BoxError>> {
+            let set = self.0.try_lease(key, holder, ttl);
+            Box::pin(async move {
+                set.await?;
+                Err("the reply to SET NX was lost".into())
+            })
+        }
+        fn release_lease(&self, key: &str, holder: &str) -> BoxFuture<'_, Result<(), BoxError>> {
+            self.0.release_lease(key, holder)
+        }
+    }
+
+    /// Defect 2 of issue 21: a process whose lease reply was lost falls back, and releases the
+    /// lease it may hold: the others do not wait for it to lapse.
+    #[tokio::test]
+    async fn a_lost_lease_reply_does_not_stall_the_others() {
+        let redis = server();
+        let config = FleetConfig {
+            lease_ttl: Duration::from_secs(6),
+            max_wait: Duration::from_secs(8),
+            ..test_config()
+        };
+        let store = RedisStore::new(redis.url()).unwrap();
+        let lost = Fleet::new(
+            Arc::new(LeaseReplyLost(store.clone())),
+            &identity("secret"),
+            config,
+        )
+        .unwrap();
+        let other = Fleet::new(Arc::new(store), &identity("secret"), config).unwrap();
+        let source = Source::new(Duration::from_secs(3600), Duration::ZERO);
+        lost.fetch(&source, MARGINS, None).await.unwrap();
+        assert_eq!(lost.stats().fallbacks, 1);
+        let start = Instant::now();
+        other.fetch(&source, MARGINS, None).await.unwrap();
+        let waited = start.elapsed();
+        assert_eq!(other.stats().lease_fetches, 1);
+        // Well before the lease would lapse.
+        assert!(waited < config.lease_ttl / 2, "waited {waited:?}");
     }
 
     /// A store whose every operation fails, to check the fallback without Redis.
