@@ -132,16 +132,14 @@ impl From<BoxError> for Trouble {
 enum Elected {
     /// A stored token it may adopt.
     Adopted(Token),
-    /// It holds the lease: it fetches for the fleet.
-    Holder,
+    /// It holds the lease under this id: it fetches for the fleet.
+    Holder(String),
 }
 
 /// One process's side of the shared store.
 pub(crate) struct Fleet {
     store: Arc<dyn TokenStore>,
     sealer: Sealer,
-    /// This process's random id, in the lease it holds.
-    holder: String,
     config: FleetConfig,
     /// Set while the store fails, so that an outage is logged once.
     outage: AtomicBool,
@@ -152,7 +150,6 @@ impl std::fmt::Debug for Fleet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Fleet")
             .field("key", &self.sealer.key_name())
-            .field("holder", &self.holder)
             .field("config", &self.config)
             .field("stats", &self.stats())
             .finish_non_exhaustive()
@@ -174,7 +171,6 @@ impl Fleet {
         Ok(Self {
             store,
             sealer: Sealer::new(identity)?,
-            holder: holder_id(),
             config,
             outage: AtomicBool::new(false),
             stats: FleetCounters::default(),
@@ -237,7 +233,7 @@ impl Fleet {
             .map_err(|_| Trouble::WaitedTooLong)??;
         match elected {
             Elected::Adopted(token) => Ok(Ok(self.adopted(token))),
-            Elected::Holder => self.hold(source, margins, rejected).await,
+            Elected::Holder(id) => self.hold(source, margins, rejected, &id).await,
         }
     }
 
@@ -257,14 +253,14 @@ impl Fleet {
         if let Some(token) = self.look(margins, rejected).await? {
             return Ok(Elected::Adopted(token));
         }
+        // One id per lease, never per process: a late refresh of this process, whose lease
+        // lapsed and was taken by a newer refresh of the same process, must not release it.
+        let id = holder_id();
         let mut polls: u32 = 0;
         loop {
             let lease = self.sealer.lease_name();
             let taken = match self
-                .call(
-                    self.store
-                        .try_lease(lease, &self.holder, self.config.lease_ttl),
-                )
+                .call(self.store.try_lease(lease, &id, self.config.lease_ttl))
                 .await
             {
                 Ok(taken) => taken,
@@ -272,12 +268,12 @@ impl Fleet {
                     // The `SET NX` may have run and only its reply been lost: this process may
                     // hold the lease while it fetches alone. Release it (compare-and-delete on
                     // our id, so no one else's lease), without making this refresh wait.
-                    self.release_detached();
+                    self.release_detached(id);
                     return Err(error.into());
                 }
             };
             if taken {
-                return Ok(Elected::Holder);
+                return Ok(Elected::Holder(id));
             }
             tokio::time::sleep(self.poll_pause(polls)).await;
             polls = polls.saturating_add(1);
@@ -293,15 +289,16 @@ impl Fleet {
         source: &dyn TokenSource,
         margins: Margins,
         rejected: Option<&str>,
+        id: &str,
     ) -> Result<Result<Token, Error>, Trouble> {
         match self.look(margins, rejected).await {
             Ok(Some(token)) => {
-                self.release().await;
+                self.release(id).await;
                 return Ok(Ok(self.adopted(token)));
             }
             Ok(None) => {}
             Err(error) => {
-                self.release().await;
+                self.release(id).await;
                 return Err(error);
             }
         }
@@ -311,7 +308,7 @@ impl Fleet {
         if let Ok(token) = &result {
             self.publish(token, started).await;
         }
-        self.release().await;
+        self.release(id).await;
         Ok(result)
     }
 
@@ -399,22 +396,19 @@ impl Fleet {
     }
 
     /// Releases our lease; an error only costs the others the lease's time to live.
-    async fn release(&self) {
+    async fn release(&self, id: &str) {
         let lease = self.sealer.lease_name();
-        let _ = self
-            .call(self.store.release_lease(lease, &self.holder))
-            .await;
+        let _ = self.call(self.store.release_lease(lease, id)).await;
     }
 
     /// Releases our lease from a task of its own, bounded by the store's cap: for a lease this
     /// process may hold without knowing it.
-    fn release_detached(&self) {
+    fn release_detached(&self, id: String) {
         let store = Arc::clone(&self.store);
         let lease = self.sealer.lease_name().to_owned();
-        let holder = self.holder.clone();
         let cap = self.config.store_timeout;
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(cap, store.release_lease(&lease, &holder)).await;
+            let _ = tokio::time::timeout(cap, store.release_lease(&lease, &id)).await;
         });
     }
 
@@ -489,7 +483,7 @@ fn garbage_prefix(value: &[u8]) -> Option<&[u8]> {
     }
 }
 
-/// A random id for the leases this process takes.
+/// A random id for one lease.
 fn holder_id() -> String {
     let mut bytes = [0u8; 16];
     if SystemRandom::new().fill(&mut bytes).is_err() {
@@ -939,6 +933,46 @@ mod tests {
         assert_eq!(garbage_prefix(b"junk"), Some(&b"junk"[..]));
         let long = [VERSION; TAG_PREFIX_LEN];
         assert_eq!(garbage_prefix(&long), Some(&long[..]));
+    }
+
+    /// Defect 10 of issue 21: a late refresh of this process, whose lease lapsed and was taken
+    /// by a newer refresh of the same process, does not release the newer one's lease.
+    #[tokio::test]
+    async fn a_late_refresh_does_not_release_a_newer_refreshs_lease() {
+        let redis = server();
+        let store = RedisStore::new(redis.url()).unwrap();
+        let f = Arc::new(fleet(&redis.url(), "secret"));
+        let lease = f.sealer.lease_name().to_owned();
+        // Slower than the lease (600 ms): it lapses while this refresh fetches.
+        let slow = Source::new(Duration::from_secs(3600), Duration::from_millis(1200));
+        let late = {
+            let (f, slow) = (Arc::clone(&f), slow.clone());
+            tokio::spawn(async move { f.fetch(&slow, MARGINS, None).await })
+        };
+        while slow.calls() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(test_config().lease_ttl + Duration::from_millis(100)).await;
+        let hanging = Source::new(Duration::from_secs(3600), Duration::ZERO);
+        hanging.set(Mode::Hang);
+        let newer = {
+            let (f, hanging) = (Arc::clone(&f), hanging.clone());
+            tokio::spawn(async move { f.fetch(&hanging, MARGINS, None).await })
+        };
+        while hanging.calls() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        late.await.unwrap().unwrap();
+        // The newer refresh still holds the lease.
+        let taken = store
+            .try_lease(&lease, "another-process", Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert!(
+            !taken,
+            "the late refresh released the newer refresh's lease"
+        );
+        newer.abort();
     }
 
     /// A real `RedisStore` whose `try_lease` reply is lost: the `SET NX` runs on the server,
