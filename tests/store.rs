@@ -175,6 +175,25 @@ async fn remove_if_prefix_compares_bytes() {
 }
 
 #[tokio::test]
+async fn remove_if_equal_compares_the_whole_value() {
+    let redis = server();
+    let store = RedisStore::new(redis.url()).unwrap();
+    let key = "tower-cognito-auth:test:remove-equal";
+    let value = Bytes::from_static(b"\x01\x00\xffwhole");
+    store
+        .save_if_longer(key, value.clone(), Duration::from_secs(60))
+        .await
+        .unwrap();
+    for other in [&b"\x01\x00\xff"[..], b"\x01\x00\xffwhole!", b"\x01", b""] {
+        assert!(!store.remove_if_equal(key, other).await.unwrap());
+    }
+    assert!(store.load(key).await.unwrap().is_some());
+    assert!(store.remove_if_equal(key, &value).await.unwrap());
+    assert_eq!(store.load(key).await.unwrap(), None);
+    assert!(!store.remove_if_equal(key, &value).await.unwrap());
+}
+
+#[tokio::test]
 async fn leases_are_exclusive_and_released_only_by_their_holder() {
     let redis = server();
     let store = RedisStore::new(redis.url()).unwrap();

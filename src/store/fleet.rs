@@ -8,8 +8,9 @@
 //!    still the one stored (compared by its tag).
 //! 2. The stored token is read. One that opens and has enough life left, judged by margins
 //!    computed from its original lifetime, is adopted. One that does not open (garbage, another
-//!    format, a rotated secret) is a miss, and is deleted by a compare that cannot touch a valid
-//!    token written since (see [`garbage_prefix`]), so that a fetched token can take its place.
+//!    format, a rotated secret) is a miss, and is deleted if it is still exactly that value
+//!    (so a valid token written since is left alone), so that a fetched token can take its
+//!    place.
 //! 3. Otherwise the lease is tried. Its holder reads once more (the token may have been stored
 //!    between the read and the lease), fetches, stores the token if it expires later than the
 //!    stored one, and releases the lease. A fetch error releases the lease and is returned.
@@ -31,7 +32,7 @@ use tokio::time::Instant;
 use tower::BoxError;
 
 use super::TokenStore;
-use super::seal::{Sealer, TAG_PREFIX_LEN, VERSION};
+use super::seal::Sealer;
 use crate::error::Error;
 use crate::source::{BoxFuture, SharedIdentity, TokenSource};
 use crate::token::{AccessToken, Token};
@@ -326,9 +327,9 @@ impl Fleet {
         };
         let Some((text, lifetime)) = self.sealer.open(stored.value()) else {
             tracing::debug!("the shared store holds an entry that does not open: a miss");
-            if let Some(prefix) = garbage_prefix(stored.value()) {
-                self.call(self.store.remove_if_prefix(name, prefix)).await?;
-            }
+            // Exactly this value: a valid entry written since is left alone.
+            self.call(self.store.remove_if_equal(name, stored.value()))
+                .await?;
             return Ok(None);
         };
         if rejected == Some(text.as_str()) {
@@ -468,21 +469,6 @@ pub(crate) fn adoptable(ttl: Duration, lifetime: Duration, margins: Margins) -> 
     ttl > stale && ttl > unusable
 }
 
-/// What to compare before deleting an entry that does not open, so that the delete cannot hit
-/// a valid entry written since: the entry's own bytes, when no valid entry of another token can
-/// start with them. A valid entry starts with `VERSION ‖ tag(token)`; an entry that does not
-/// start with `VERSION` is a prefix of no valid entry, and one of at least [`TAG_PREFIX_LEN`]
-/// bytes that does is a prefix only of entries of the same token. Empty or short
-/// version-prefixed garbage is left to expire (`None`).
-fn garbage_prefix(value: &[u8]) -> Option<&[u8]> {
-    match value.first() {
-        None => None,
-        Some(&first) if first != VERSION => Some(value),
-        Some(_) if value.len() >= TAG_PREFIX_LEN => Some(value),
-        Some(_) => None,
-    }
-}
-
 /// A random id for one lease.
 fn holder_id() -> String {
     let mut bytes = [0u8; 16];
@@ -495,6 +481,7 @@ fn holder_id() -> String {
 #[cfg(all(test, feature = "redis"))]
 mod tests {
     use super::*;
+    use crate::store::seal::VERSION;
     use crate::store::{RedisStore, Stored};
     use crate::testing::RedisServer;
     use std::sync::Mutex;
@@ -849,6 +836,38 @@ mod tests {
         assert_eq!(f.stats().fallbacks, 0);
     }
 
+    /// Defect 11 of issue 21: short garbage that starts with the version byte, stored with a
+    /// long time to live, reads as a miss and is replaced (it used to stay, and make every
+    /// write refuse).
+    #[tokio::test]
+    async fn short_garbage_with_the_version_byte_is_replaced() {
+        let redis = server();
+        let store = RedisStore::new(redis.url()).unwrap();
+        let f = fleet(&redis.url(), "secret");
+        let name = f.sealer.key_name().to_owned();
+        let source = Source::new(Duration::from_secs(3600), Duration::ZERO);
+        for (n, garbage) in [vec![VERSION], vec![VERSION, 0xAB, 0xCD]]
+            .into_iter()
+            .enumerate()
+        {
+            store.remove_if_prefix(&name, b"").await.unwrap();
+            assert!(
+                store
+                    .save_if_longer(&name, garbage.into(), Duration::from_secs(86_400))
+                    .await
+                    .unwrap()
+            );
+            let token = f.fetch(&source, MARGINS, None).await.unwrap();
+            assert_eq!(token.access_token().secret(), format!("token-{}", n + 1));
+            let stored = store.load(&name).await.unwrap().unwrap();
+            assert_eq!(
+                f.sealer.open(stored.value()).map(|(t, _)| t),
+                Some(format!("token-{}", n + 1)),
+                "the garbage stayed"
+            );
+        }
+    }
+
     #[tokio::test]
     async fn two_identities_use_two_keys() {
         let redis = server();
@@ -926,15 +945,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn garbage_prefixes_cannot_match_another_token() {
-        assert_eq!(garbage_prefix(b""), None);
-        assert_eq!(garbage_prefix(&[VERSION, 1, 2]), None);
-        assert_eq!(garbage_prefix(b"junk"), Some(&b"junk"[..]));
-        let long = [VERSION; TAG_PREFIX_LEN];
-        assert_eq!(garbage_prefix(&long), Some(&long[..]));
-    }
-
     /// Defect 10 of issue 21: a late refresh of this process, whose lease lapsed and was taken
     /// by a newer refresh of the same process, does not release the newer one's lease.
     #[tokio::test]
@@ -998,6 +1008,13 @@ mod tests {
         ) -> BoxFuture<'_, Result<bool, BoxError>> {
             self.0.remove_if_prefix(key, prefix)
         }
+        fn remove_if_equal(
+            &self,
+            key: &str,
+            value: &[u8],
+        ) -> BoxFuture<'_, Result<bool, BoxError>> {
+            self.0.remove_if_equal(key, value)
+        }
         fn try_lease(
             &self,
             key: &str,
@@ -1060,6 +1077,9 @@ mod tests {
             Box::pin(async { Err("broken".into()) })
         }
         fn remove_if_prefix(&self, _: &str, _: &[u8]) -> BoxFuture<'_, Result<bool, BoxError>> {
+            Box::pin(async { Err("broken".into()) })
+        }
+        fn remove_if_equal(&self, _: &str, _: &[u8]) -> BoxFuture<'_, Result<bool, BoxError>> {
             Box::pin(async { Err("broken".into()) })
         }
         fn try_lease(

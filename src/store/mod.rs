@@ -83,7 +83,7 @@ pub use crate::source::SharedIdentity;
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use redis::RedisStore;
 
-/// What a shared store offers: five atomic operations on opaque names and values.
+/// What a shared store offers: six atomic operations on opaque names and values.
 ///
 /// Values are sealed bytes (binary, any length up to a few KiB); keys are printable ASCII names.
 /// Every operation must be atomic with respect to the others on the same key, and may fail: an
@@ -116,6 +116,11 @@ pub trait TokenStore: Send + Sync + 'static {
     /// prefix matches any value). Compare and delete are one atomic step. Returns whether it
     /// deleted.
     fn remove_if_prefix(&self, key: &str, prefix: &[u8]) -> BoxFuture<'_, Result<bool, BoxError>>;
+
+    /// Deletes `key` only if its value is exactly `value` (binary-safe). Compare and delete are
+    /// one atomic step. Returns whether it deleted. Used to clear an entry that does not open
+    /// (garbage), without touching a valid one written since.
+    fn remove_if_equal(&self, key: &str, value: &[u8]) -> BoxFuture<'_, Result<bool, BoxError>>;
 
     /// Takes the lease `key` for `holder`, to expire after `ttl`, only if nobody holds it (Redis:
     /// `SET key holder NX PX ttl`). Returns whether it was taken.

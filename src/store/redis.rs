@@ -48,6 +48,14 @@ end
 return 0
 ";
 
+/// `DEL` only if the value is exactly this one.
+const REMOVE_IF_EQUAL: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
 /// `DEL` only if the lease still names this holder.
 const RELEASE_LEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -136,6 +144,7 @@ struct Scripts {
     load: Script,
     save_if_longer: Script,
     remove_if_prefix: Script,
+    remove_if_equal: Script,
     release_lease: Script,
 }
 
@@ -145,6 +154,7 @@ impl Scripts {
             load: Script::new(LOAD),
             save_if_longer: Script::new(SAVE_IF_LONGER),
             remove_if_prefix: Script::new(REMOVE_IF_PREFIX),
+            remove_if_equal: Script::new(REMOVE_IF_EQUAL),
             release_lease: Script::new(RELEASE_LEASE),
         }
     }
@@ -468,6 +478,25 @@ impl TokenStore for RedisStore {
                         .remove_if_prefix
                         .key(&key)
                         .arg(prefix.as_slice())
+                        .invoke_async(&mut conn)
+                        .await
+                })
+                .await?;
+            Ok(removed == 1)
+        })
+    }
+
+    fn remove_if_equal(&self, key: &str, value: &[u8]) -> BoxFuture<'_, Result<bool, BoxError>> {
+        let key = key.to_owned();
+        let value = value.to_vec();
+        Box::pin(async move {
+            let removed: i64 = self
+                .run("remove_if_equal", |mut conn| async move {
+                    self.shared
+                        .scripts
+                        .remove_if_equal
+                        .key(&key)
+                        .arg(value.as_slice())
                         .invoke_async(&mut conn)
                         .await
                 })
