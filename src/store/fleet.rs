@@ -325,25 +325,29 @@ impl Fleet {
         let Some(stored) = self.call(self.store.load(name)).await? else {
             return Ok(None);
         };
-        let Some((text, lifetime)) = self.sealer.open(stored.value()) else {
+        let Some(opened) = self.sealer.open(stored.value()) else {
             tracing::debug!("the shared store holds an entry that does not open: a miss");
             // Exactly this value: a valid entry written since is left alone.
             self.call(self.store.remove_if_equal(name, stored.value()))
                 .await?;
             return Ok(None);
         };
-        if rejected == Some(text.as_str()) {
+        if rejected == Some(opened.token.as_str()) {
             // Stored again by a process that fetched it before the rejection.
-            let prefix = self.sealer.tag_prefix(&text);
+            let prefix = self.sealer.tag_prefix(&opened.token);
             self.call(self.store.remove_if_prefix(name, &prefix))
                 .await?;
             return Ok(None);
         }
-        let ttl = stored.ttl();
+        // The store's time to live, capped by the sealed expiry: whoever can write the store
+        // cannot extend a token's life by storing its value again with a longer one, and a
+        // replica promoted with a skewed clock is bounded the same way.
+        let ttl = stored.ttl().min(opened.sealed_remaining());
+        let lifetime = opened.lifetime;
         if !adoptable(ttl, lifetime.max(ttl), margins) {
             return Ok(None);
         }
-        let Ok(access_token) = AccessToken::new(text) else {
+        let Ok(access_token) = AccessToken::new(opened.token) else {
             return Ok(None);
         };
         let Some(expires_at) = asked_at.checked_add(ttl) else {
@@ -377,7 +381,10 @@ impl Fleet {
             .lifetime()
             .unwrap_or_else(|| token.expires_at().saturating_duration_since(started))
             .max(remaining);
-        let sealed = match self.sealer.seal(token.access_token().secret(), lifetime) {
+        let sealed = match self
+            .sealer
+            .seal(token.access_token().secret(), lifetime, remaining)
+        {
             Ok(sealed) => sealed,
             Err(error) => {
                 tracing::warn!(%error, "could not seal the token for the shared store");
@@ -625,7 +632,11 @@ mod tests {
         // Issued for an hour, 6 minutes left: inside refresh_ahead (300 s) + jitter (360 s).
         let sealed = f
             .sealer
-            .seal("old-token", Duration::from_secs(3600))
+            .seal(
+                "old-token",
+                Duration::from_secs(3600),
+                Duration::from_secs(3600),
+            )
             .unwrap();
         assert!(
             store
@@ -646,7 +657,11 @@ mod tests {
         // Just over 11 minutes left of an hour: adopted, its remaining life from the store.
         let sealed = f
             .sealer
-            .seal("other-token", Duration::from_secs(3600))
+            .seal(
+                "other-token",
+                Duration::from_secs(3600),
+                Duration::from_secs(3600),
+            )
             .unwrap();
         store.remove_if_prefix(&name, b"").await.unwrap();
         store
@@ -701,7 +716,7 @@ mod tests {
         assert_eq!(source.calls(), 2);
         let stored = store.load(&name).await.unwrap().unwrap();
         assert_eq!(
-            f.sealer.open(stored.value()).map(|(t, _)| t).as_deref(),
+            f.sealer.open(stored.value()).map(|o| o.token).as_deref(),
             Some("token-2")
         );
     }
@@ -811,7 +826,7 @@ mod tests {
             assert_eq!(token.access_token().secret(), format!("token-{}", n + 1));
             let stored = store.load(&name).await.unwrap().unwrap();
             assert_eq!(
-                f.sealer.open(stored.value()).map(|(t, _)| t),
+                f.sealer.open(stored.value()).map(|o| o.token),
                 Some(format!("token-{}", n + 1))
             );
         }
@@ -824,7 +839,11 @@ mod tests {
         .unwrap();
         let foreign = rotated
             .sealer
-            .seal("foreign", Duration::from_secs(3600))
+            .seal(
+                "foreign",
+                Duration::from_secs(3600),
+                Duration::from_secs(3600),
+            )
             .unwrap();
         store.remove_if_prefix(&name, b"").await.unwrap();
         store
@@ -861,11 +880,43 @@ mod tests {
             assert_eq!(token.access_token().secret(), format!("token-{}", n + 1));
             let stored = store.load(&name).await.unwrap().unwrap();
             assert_eq!(
-                f.sealer.open(stored.value()).map(|(t, _)| t),
+                f.sealer.open(stored.value()).map(|o| o.token),
                 Some(format!("token-{}", n + 1)),
                 "the garbage stayed"
             );
         }
+    }
+
+    /// Defect 7 of issue 21: whoever can write the store can re-`SET` an old sealed value
+    /// with a long time to live; its remaining life is capped by its sealed issue time and
+    /// lifetime, so the fleet never adopts it once expired.
+    #[tokio::test]
+    async fn a_replayed_value_with_a_long_ttl_is_not_adopted() {
+        let redis = server();
+        let store = RedisStore::new(redis.url()).unwrap();
+        let f = fleet(&redis.url(), "secret");
+        let name = f.sealer.key_name().to_owned();
+        let lifetime = Duration::from_millis(800);
+        let source = Source::new(lifetime, Duration::ZERO);
+        f.fetch(&source, MARGINS, None).await.unwrap();
+        let old = store.load(&name).await.unwrap().unwrap().into_value();
+        tokio::time::sleep(lifetime + Duration::from_millis(200)).await;
+        assert_eq!(store.load(&name).await.unwrap(), None, "it expired");
+        // Replayed, with an hour to live.
+        assert!(
+            store
+                .save_if_longer(&name, old, Duration::from_secs(3600))
+                .await
+                .unwrap()
+        );
+        let g = fleet(&redis.url(), "secret");
+        let token = g.fetch(&source, MARGINS, None).await.unwrap();
+        assert_eq!(
+            token.access_token().secret(),
+            "token-2",
+            "the replayed token was adopted"
+        );
+        assert_eq!(g.stats().adopted, 0);
     }
 
     #[tokio::test]

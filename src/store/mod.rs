@@ -33,9 +33,10 @@
 //! Under a key that is a keyed hash of the token URL, the client id and the sorted scopes
 //! (`tower-cognito-auth:v1:<hex>`), so two configurations never share a token and the store never
 //! shows them: the token, encrypted and authenticated with AES-256-GCM under a key derived
-//! (HKDF-SHA256) from the client secret, with the lifetime it was issued with and a keyed tag
-//! (HMAC-SHA256) of the token. Whoever can read the store but lacks the secret learns nothing and
-//! cannot plant a token; a rotated secret makes old entries unreadable, which is a miss. The
+//! (HKDF-SHA256) from the client secret, with the lifetime it was issued with, its expiry and a
+//! keyed tag (HMAC-SHA256) of the token. Whoever can read the store but lacks the secret learns
+//! nothing and cannot plant a token: not even an old sealed value stored again with a longer
+//! time to live, since an adopted token's remaining life is capped by its sealed expiry; a rotated secret makes old entries unreadable, which is a miss. The
 //! entry expires with the token. Beside it, while one process fetches, a short lease
 //! (`<key>:lease`) holding that process's random id.
 //!
