@@ -451,3 +451,41 @@ fn root_certificates_need_rediss_and_a_certificate() {
         );
     }
 }
+
+/// Defect 3 of issue 21: a connection attempt whose runtime is dropped mid-attempt does not
+/// leave the store unable to connect for good (the cache itself may move between runtimes).
+#[test]
+fn a_connection_attempt_dropped_with_its_runtime_does_not_poison_the_store() {
+    let redis = server();
+    let store = RedisStore::new(redis.url())
+        .unwrap()
+        .connect_timeout(Duration::from_secs(5));
+    // The kernel accepts the connection; the server answers nothing: the attempt hangs.
+    redis.freeze().unwrap();
+    let first = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    first.block_on(async {
+        assert!(store.load("k").await.is_err(), "a frozen server times out");
+    });
+    // The attempt's task dies with its runtime.
+    drop(first);
+    redis.thaw().unwrap();
+    let second = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    second.block_on(async {
+        let mut last = None;
+        // The next attempt is allowed a second after the last one: a few seconds at most.
+        for _ in 0..50 {
+            match store.load("k").await {
+                Ok(_) => return,
+                Err(error) => last = Some(error.to_string()),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the store never connected again: {last:?}");
+    });
+}

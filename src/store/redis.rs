@@ -315,8 +315,10 @@ impl RedisStore {
                 return Ok(manager.clone());
             }
             match &state.connecting {
-                Some(rx) => rx.clone(),
-                None => {
+                // An attempt whose task is gone (dropped with its runtime) never answers: it
+                // is replaced, never waited on.
+                Some(rx) if rx.has_changed().is_ok() => rx.clone(),
+                _ => {
                     let now = Instant::now();
                     if state
                         .last_attempt

@@ -163,8 +163,46 @@ impl RedisServer {
     /// from then on. Does nothing when it is stopped already.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
+            // SIGKILL ends a frozen server too.
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// Freezes the server (`SIGSTOP`): it keeps its port and the kernel keeps accepting
+    /// connections, but nothing is answered and nothing is closed, as with a host that went
+    /// silent (a partition, a dead VM). [`thaw`](Self::thaw) resumes it, data intact.
+    ///
+    /// # Errors
+    ///
+    /// When the server is stopped, or `kill` cannot be run.
+    pub fn freeze(&self) -> std::io::Result<()> {
+        self.signal("-STOP")
+    }
+
+    /// Resumes a server [`freeze`](Self::freeze) froze (`SIGCONT`).
+    ///
+    /// # Errors
+    ///
+    /// When the server is stopped, or `kill` cannot be run.
+    pub fn thaw(&self) -> std::io::Result<()> {
+        self.signal("-CONT")
+    }
+
+    fn signal(&self, signal: &str) -> std::io::Result<()> {
+        let Some(child) = &self.child else {
+            return Err(std::io::Error::other("the server is stopped"));
+        };
+        let status = std::process::Command::new("kill")
+            .arg(signal)
+            .arg(child.id().to_string())
+            .status()?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(std::io::Error::other(format!(
+                "kill {signal} failed: {status}"
+            )))
         }
     }
 
