@@ -84,6 +84,11 @@ async fn cold_start_of_twenty_processes_makes_one_token_request() {
     let adopted: u64 = fleet.iter().map(|l| l.stats().adopted).sum();
     assert_eq!(lease_fetches, 1);
     assert_eq!(adopted, 19);
+    // Defect 9 of issue 21: the stats tell refreshes from token requests sent, so that a
+    // dashboard shows what the store saved.
+    let sent: u64 = fleet.iter().map(|l| l.stats().token_requests).sum();
+    let refreshes: u64 = fleet.iter().map(|l| l.stats().refreshes).sum();
+    assert_eq!((sent, refreshes), (1, 20), "token requests sent, refreshes");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -396,6 +396,7 @@ impl TokenCache {
             stats.adopted = f.adopted;
             stats.lease_fetches = f.lease_fetches;
             stats.store_fallbacks = f.fallbacks;
+            stats.token_requests = f.lease_fetches + f.fallbacks;
         }
         stats
     }
@@ -551,7 +552,7 @@ impl Shared {
         };
         let (tx, rx) = watch::channel(None);
         core.channel = Some((flight, rx));
-        bump(&self.stats.token_requests);
+        bump(&self.stats.refreshes);
         if start.ahead {
             bump(&self.stats.refresh_ahead);
         }

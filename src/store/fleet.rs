@@ -304,8 +304,8 @@ impl Fleet {
             }
         }
         let started = Instant::now();
-        let result = source.fetch().await;
         self.stats.lease_fetches.fetch_add(1, Ordering::Relaxed);
+        let result = source.fetch().await;
         if let Ok(token) = &result {
             self.publish(token, started).await;
         }
