@@ -738,8 +738,16 @@ mod tests {
         }
         source.set(Mode::Ok);
         let other = fleet(&redis.url(), "secret");
+        let start = Instant::now();
         let token = other.fetch(&source, MARGINS, None).await.unwrap();
+        let waited = start.elapsed();
         assert_eq!(token.access_token().secret(), "token-2");
+        // Taken over when the lease lapsed: not before, and not long after.
+        let lease = test_config().lease_ttl;
+        assert!(
+            waited >= lease / 2 && waited < lease * 3,
+            "taken over after {waited:?} (lease {lease:?})"
+        );
         // It took the lease over (no fallback, no second lease while the first was held).
         assert_eq!(other.stats().lease_fetches, 1);
         assert_eq!(other.stats().fallbacks, 0);
@@ -752,14 +760,28 @@ mod tests {
         let redis = server();
         let source = Source::new(Duration::from_secs(3600), Duration::ZERO);
         source.set(Mode::Fail);
-        let f = fleet(&redis.url(), "secret");
+        // A lease far longer than the wait below: only a release lets the next one in.
+        let config = FleetConfig {
+            lease_ttl: Duration::from_secs(6),
+            max_wait: Duration::from_secs(8),
+            ..test_config()
+        };
+        let f = Fleet::new(
+            Arc::new(RedisStore::new(redis.url()).unwrap()),
+            &identity("secret"),
+            config,
+        )
+        .unwrap();
         let err = f.fetch(&source, MARGINS, None).await.unwrap_err();
         assert_eq!(err.kind(), crate::ErrorKind::Unavailable);
         // The lease was released: the next refresh fetches at once.
         source.set(Mode::Ok);
+        let start = Instant::now();
         let token = f.fetch(&source, MARGINS, None).await.unwrap();
+        let waited = start.elapsed();
         assert_eq!(token.access_token().secret(), "token-2");
         assert_eq!(f.stats().lease_fetches, 2);
+        assert!(waited < config.lease_ttl / 2, "waited {waited:?}");
     }
 
     #[tokio::test]
