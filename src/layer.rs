@@ -183,7 +183,7 @@ pub struct CognitoAuthLayerBuilder {
     replay: Replay,
     replay_body_limit: Option<usize>,
     metrics_client: Option<String>,
-    #[cfg(feature = "redis")]
+    #[cfg(feature = "store")]
     store: Option<std::sync::Arc<dyn crate::store::TokenStore>>,
 }
 
@@ -331,12 +331,12 @@ impl CognitoAuthLayerBuilder {
     }
 
     /// Shares one token with the whole fleet through `store`, e.g.
-    /// [`RedisStore`](crate::store::RedisStore) (feature `redis`): one token request per token
+    /// `RedisStore` (feature `redis`): one token request per token
     /// lifetime for all processes, instead of one per process. Requests never touch the store,
     /// and trouble with it never fails one. See [`TokenCacheBuilder::shared_store`] and
     /// [`store`](crate::store). Default is none.
-    #[cfg(feature = "redis")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    #[cfg(feature = "store")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "store")))]
     pub fn shared_store(mut self, store: impl crate::store::TokenStore) -> Self {
         self.store = Some(std::sync::Arc::new(store));
         self
@@ -407,7 +407,7 @@ impl CognitoAuthLayerBuilder {
         if let Some(d) = self.invalidation_throttle {
             cache = cache.invalidation_throttle(d);
         }
-        #[cfg(feature = "redis")]
+        #[cfg(feature = "store")]
         if let Some(store) = self.store {
             cache = cache.shared_store_arc(store);
         }

@@ -106,9 +106,11 @@
 //! - `tonic`: [`ReplayBody`](replay::ReplayBody) for `tonic::body::Body`, so a tonic
 //!   `Channel` can sit under the layer.
 //! - `axum`: [`ReplayBody`](replay::ReplayBody) for axum's body type.
-//! - `redis`: `store`, a token shared by a whole fleet of processes through Redis (`redis://`,
-//!   or `rediss://` over rustls with the ring provider): one token request per token lifetime
-//!   for the fleet instead of one per process.
+//! - `store`: [`store`], a token shared by a whole fleet of processes through a
+//!   [`TokenStore`](store::TokenStore) (the trait and the fleet's coordination, no store
+//!   client): one token request per token lifetime for the fleet instead of one per process.
+//! - `redis`: `store` and [`RedisStore`](store::RedisStore), a store on Redis or Valkey
+//!   (`redis://`, or `rediss://` over rustls with the ring provider).
 //! - `reqwest`: [`CognitoAuthLayer::reqwest_middleware`], the same tokens for a reqwest
 //!   client through reqwest-middleware (see [`reqwest_auth`]).
 //! - `metrics`: counters, a histogram and a gauge through the `metrics` facade, for your own
@@ -135,8 +137,8 @@ pub use grant as source;
 #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
 pub mod reqwest_auth;
 mod service;
-#[cfg(feature = "redis")]
-#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+#[cfg(feature = "store")]
+#[cfg_attr(docsrs, doc(cfg(feature = "store")))]
 pub mod store;
 #[cfg(feature = "test-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]

@@ -81,13 +81,13 @@ impl Metrics {
             .set(at);
     }
 
-    #[allow(dead_code)] // called by the fleet once its counting moves here
+    #[cfg_attr(not(feature = "store"), allow(dead_code))]
     pub(crate) fn adoption(&self) {
         ::metrics::counter!("cognito_auth_store_adoptions_total", "client" => self.client.clone())
             .increment(1);
     }
 
-    #[allow(dead_code)] // called by the fleet once its counting moves here
+    #[cfg_attr(not(feature = "store"), allow(dead_code))]
     pub(crate) fn fallback(&self) {
         ::metrics::counter!("cognito_auth_store_fallbacks_total", "client" => self.client.clone())
             .increment(1);

@@ -122,14 +122,14 @@ impl Token {
     }
 
     /// Records the lifetime the token was issued with.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    #[cfg_attr(not(feature = "store"), allow(dead_code))]
     pub(crate) fn with_lifetime(mut self, lifetime: Duration) -> Self {
         self.lifetime = Some(lifetime);
         self
     }
 
     /// The lifetime the token was issued with, when known.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    #[cfg_attr(not(feature = "store"), allow(dead_code))]
     pub(crate) fn lifetime(&self) -> Option<Duration> {
         self.lifetime
     }

@@ -84,6 +84,11 @@ async fn cold_start_of_twenty_processes_makes_one_token_request() {
     let adopted: u64 = fleet.iter().map(|l| l.stats().adopted).sum();
     assert_eq!(lease_fetches, 1);
     assert_eq!(adopted, 19);
+    // Defect 9 of issue 21: the stats tell refreshes from token requests sent, so that a
+    // dashboard shows what the store saved.
+    let sent: u64 = fleet.iter().map(|l| l.stats().token_requests).sum();
+    let refreshes: u64 = fleet.iter().map(|l| l.stats().refreshes).sum();
+    assert_eq!((sent, refreshes), (1, 20), "token requests sent, refreshes");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -275,4 +280,60 @@ fn a_source_that_cannot_be_shared_is_refused() {
         .unwrap_err();
     assert_eq!(error.kind(), ErrorKind::InvalidConfig);
     assert!(error.to_string().contains("shared_identity"), "{error}");
+}
+
+/// Defect 1 of issue 21: the lease and the wait come from the cache's `refresh_deadline`. A
+/// holder that hangs mid-fetch (as one killed would) holds the lease; another process with a
+/// 3 s refresh deadline still gets its token on its first refresh, inside that deadline (with a
+/// fixed 10 s lease it waited until its refresh timed out, and the request failed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_refresh_deadline_leaves_a_waiter_time_to_fetch() {
+    let redis = redis();
+    let endpoint = TokenEndpoint::builder()
+        .delay(Duration::from_secs(3600))
+        .start()
+        .await
+        .unwrap();
+    let deadline = Duration::from_secs(3);
+    let member = || {
+        builder(&endpoint)
+            .refresh_deadline(deadline)
+            .shared_store(RedisStore::new(redis.url()).unwrap())
+            .build()
+            .unwrap()
+    };
+    let holder = member();
+    let hanging = tokio::spawn(async move { holder.token().await });
+    for _ in 0..500 {
+        if endpoint.request_count() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(endpoint.request_count(), 1, "the holder's request hangs");
+    endpoint.set_delay(Duration::ZERO);
+    let other = member();
+    let start = std::time::Instant::now();
+    let token = other.token().await;
+    let took = start.elapsed();
+    assert!(token.is_ok(), "{token:?} after {took:?}");
+    assert!(took < deadline, "{took:?}");
+    hanging.abort();
+}
+
+/// `build()` refuses a refresh deadline too short to share a token through a store.
+#[test]
+fn a_refresh_deadline_too_short_for_a_store_is_refused() {
+    let endpoint_url = "http://127.0.0.1:1/oauth2/token";
+    let error = CognitoAuthLayer::builder()
+        .token_url(endpoint_url)
+        .client_id("id")
+        .client_secret("secret")
+        .http_client(common::http())
+        .refresh_deadline(Duration::from_millis(500))
+        .shared_store(RedisStore::new("redis://127.0.0.1:1").unwrap())
+        .build()
+        .unwrap_err();
+    assert_eq!(error.kind(), tower_cognito_auth::ErrorKind::InvalidConfig);
+    assert!(error.to_string().contains("refresh_deadline"), "{error}");
 }

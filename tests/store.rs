@@ -175,6 +175,25 @@ async fn remove_if_prefix_compares_bytes() {
 }
 
 #[tokio::test]
+async fn remove_if_equal_compares_the_whole_value() {
+    let redis = server();
+    let store = RedisStore::new(redis.url()).unwrap();
+    let key = "tower-cognito-auth:test:remove-equal";
+    let value = Bytes::from_static(b"\x01\x00\xffwhole");
+    store
+        .save_if_longer(key, value.clone(), Duration::from_secs(60))
+        .await
+        .unwrap();
+    for other in [&b"\x01\x00\xff"[..], b"\x01\x00\xffwhole!", b"\x01", b""] {
+        assert!(!store.remove_if_equal(key, other).await.unwrap());
+    }
+    assert!(store.load(key).await.unwrap().is_some());
+    assert!(store.remove_if_equal(key, &value).await.unwrap());
+    assert_eq!(store.load(key).await.unwrap(), None);
+    assert!(!store.remove_if_equal(key, &value).await.unwrap());
+}
+
+#[tokio::test]
 async fn leases_are_exclusive_and_released_only_by_their_holder() {
     let redis = server();
     let store = RedisStore::new(redis.url()).unwrap();
@@ -431,4 +450,42 @@ fn root_certificates_need_rediss_and_a_certificate() {
             "{bad}"
         );
     }
+}
+
+/// Defect 3 of issue 21: a connection attempt whose runtime is dropped mid-attempt does not
+/// leave the store unable to connect for good (the cache itself may move between runtimes).
+#[test]
+fn a_connection_attempt_dropped_with_its_runtime_does_not_poison_the_store() {
+    let redis = server();
+    let store = RedisStore::new(redis.url())
+        .unwrap()
+        .connect_timeout(Duration::from_secs(5));
+    // The kernel accepts the connection; the server answers nothing: the attempt hangs.
+    redis.freeze().unwrap();
+    let first = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    first.block_on(async {
+        assert!(store.load("k").await.is_err(), "a frozen server times out");
+    });
+    // The attempt's task dies with its runtime.
+    drop(first);
+    redis.thaw().unwrap();
+    let second = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    second.block_on(async {
+        let mut last = None;
+        // The next attempt is allowed a second after the last one: a few seconds at most.
+        for _ in 0..50 {
+            match store.load("k").await {
+                Ok(_) => return,
+                Err(error) => last = Some(error.to_string()),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the store never connected again: {last:?}");
+    });
 }

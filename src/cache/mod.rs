@@ -152,7 +152,7 @@ pub(crate) struct Shared {
     config: Config,
     source: Box<dyn TokenSource>,
     /// The fleet's shared store, consulted by each refresh (never by a request).
-    #[cfg(feature = "redis")]
+    #[cfg(feature = "store")]
     fleet: Option<crate::store::fleet::Fleet>,
     background: background::Control,
     stats: Counters,
@@ -175,7 +175,7 @@ pub struct TokenCacheBuilder {
     config: Config,
     background_refresh: bool,
     metrics_client: Option<String>,
-    #[cfg(feature = "redis")]
+    #[cfg(feature = "store")]
     store: Option<Arc<dyn crate::store::TokenStore>>,
 }
 
@@ -230,7 +230,7 @@ impl TokenCacheBuilder {
         self
     }
 
-    /// Shares the token with every process of the fleet through `store` (feature `redis`):
+    /// Shares the token with every process of the fleet through `store` (feature `store`):
     /// each refresh first looks there and adopts a token another process fetched, and only
     /// one process of the fleet fetches when none is there. Requests never touch the store,
     /// and trouble with it never fails one: the process then fetches for itself. See
@@ -238,14 +238,14 @@ impl TokenCacheBuilder {
     ///
     /// The token source must say what it shares
     /// ([`TokenSource::shared_identity`]); [`build`](Self::build) refuses one that does not.
-    #[cfg(feature = "redis")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    #[cfg(feature = "store")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "store")))]
     pub fn shared_store(mut self, store: impl crate::store::TokenStore) -> Self {
         self.store = Some(Arc::new(store));
         self
     }
 
-    #[cfg(feature = "redis")]
+    #[cfg(feature = "store")]
     pub(crate) fn shared_store_arc(mut self, store: Arc<dyn crate::store::TokenStore>) -> Self {
         self.store = Some(store);
         self
@@ -273,12 +273,20 @@ impl TokenCacheBuilder {
     ///
     /// An [`Error`] of kind [`InvalidConfig`](crate::ErrorKind::InvalidConfig) when
     /// `refresh_deadline` is zero, or a shared store is set and the token source has no
-    /// [shared identity](TokenSource::shared_identity).
+    /// [shared identity](TokenSource::shared_identity), or a shared store is set and
+    /// `refresh_deadline` is under one second (a third of it is the fleet's lease, and a
+    /// process waits for another's fetch for at most half of it).
     pub fn build(self) -> Result<TokenCache, Error> {
         if self.config.refresh_deadline.is_zero() {
             return Err(Error::invalid_config("refresh_deadline must not be zero"));
         }
-        #[cfg(feature = "redis")]
+        let metrics = crate::metrics::Metrics::new(
+            self.metrics_client
+                .as_deref()
+                .or_else(|| self.source.client_id())
+                .unwrap_or("unknown"),
+        );
+        #[cfg(feature = "store")]
         let fleet = match self.store {
             None => None,
             Some(store) => {
@@ -288,19 +296,18 @@ impl TokenCacheBuilder {
                          `TokenSource::shared_identity` is None)",
                     )
                 })?;
-                Some(crate::store::fleet::Fleet::new(
-                    store,
-                    &identity,
-                    crate::store::fleet::FleetConfig::default(),
-                )?)
+                Some(
+                    crate::store::fleet::Fleet::new(
+                        store,
+                        &identity,
+                        crate::store::fleet::FleetConfig::for_refresh_deadline(
+                            self.config.refresh_deadline,
+                        )?,
+                    )?
+                    .with_metrics(metrics.clone()),
+                )
             }
         };
-        let metrics = crate::metrics::Metrics::new(
-            self.metrics_client
-                .as_deref()
-                .or_else(|| self.source.client_id())
-                .unwrap_or("unknown"),
-        );
         static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         let shared = Arc::new(Shared {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -314,7 +321,7 @@ impl TokenCacheBuilder {
             }),
             config: self.config,
             source: self.source,
-            #[cfg(feature = "redis")]
+            #[cfg(feature = "store")]
             fleet,
             background: background::Control::new(self.background_refresh),
             stats: Counters::default(),
@@ -339,7 +346,7 @@ impl TokenCache {
             config: Config::default(),
             background_refresh: false,
             metrics_client: None,
-            #[cfg(feature = "redis")]
+            #[cfg(feature = "store")]
             store: None,
         }
     }
@@ -406,12 +413,13 @@ impl TokenCache {
     pub fn stats(&self) -> Stats {
         #[allow(unused_mut)]
         let mut stats = self.shared.stats.snapshot();
-        #[cfg(feature = "redis")]
+        #[cfg(feature = "store")]
         if let Some(fleet) = &self.shared.fleet {
             let f = fleet.stats();
             stats.adopted = f.adopted;
             stats.lease_fetches = f.lease_fetches;
             stats.store_fallbacks = f.fallbacks;
+            stats.token_requests = f.lease_fetches + f.fallbacks;
         }
         stats
     }
@@ -567,7 +575,7 @@ impl Shared {
     fn launch(self: &Arc<Self>, core: &mut Core, start: Start, runtime: Handle) -> Launch {
         let (tx, rx) = watch::channel(None);
         core.channel = Some((start.flight, rx));
-        bump(&self.stats.token_requests);
+        bump(&self.stats.refreshes);
         if start.ahead {
             bump(&self.stats.refresh_ahead);
         }
@@ -609,7 +617,7 @@ impl Shared {
     /// One refresh's token: from the fleet's shared store when there is one, else from the
     /// source.
     fn fetch(&self, rejected: Option<AccessToken>) -> BoxFuture<'_, Result<Token, Error>> {
-        #[cfg(feature = "redis")]
+        #[cfg(feature = "store")]
         if let Some(fleet) = &self.fleet {
             let config = &self.config;
             let margins = crate::store::fleet::Margins {

@@ -7,10 +7,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
-    /// Refreshes started: calls to [`TokenSource::fetch`](crate::TokenSource::fetch). (Retries
+    /// Token requests sent: calls to [`TokenSource::fetch`](crate::TokenSource::fetch). (Retries
     /// inside one fetch of [`ClientCredentials`](crate::ClientCredentials) are not counted
-    /// separately.)
+    /// separately.) Without a shared store, one per refresh; with one, only the refreshes that
+    /// fetched (`lease_fetches + store_fallbacks`), not those that adopted a stored token.
     pub token_requests: u64,
+    /// Refreshes started, whether they fetched a token or adopted one from the shared store.
+    pub refreshes: u64,
     /// Refreshes that failed.
     pub token_failures: u64,
     /// Refreshes started ahead of expiry, while the current token was still usable (by a
@@ -35,7 +38,7 @@ pub struct Stats {
 
 #[derive(Debug, Default)]
 pub(super) struct Counters {
-    pub(super) token_requests: AtomicU64,
+    pub(super) refreshes: AtomicU64,
     pub(super) token_failures: AtomicU64,
     pub(super) refresh_ahead: AtomicU64,
     pub(super) waited: AtomicU64,
@@ -47,7 +50,8 @@ impl Counters {
     pub(super) fn snapshot(&self) -> Stats {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         Stats {
-            token_requests: load(&self.token_requests),
+            token_requests: load(&self.refreshes),
+            refreshes: load(&self.refreshes),
             token_failures: load(&self.token_failures),
             refresh_ahead: load(&self.refresh_ahead),
             waited: load(&self.waited),

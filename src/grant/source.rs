@@ -38,7 +38,7 @@ pub trait TokenSource: Send + Sync + 'static {
     fn fetch(&self) -> BoxFuture<'_, Result<Token, Error>>;
 
     /// Which token this source delivers, and the secret that seals it, so that a fleet of
-    /// processes can share one token through a shared store (feature `redis`).
+    /// processes can share one token through a shared store (feature `store`).
     ///
     /// `None`, the default, means the token is not shared: each process fetches its own.
     /// [`ClientCredentials`](crate::ClientCredentials) returns its token URL, client id, scopes and client secret. A
@@ -153,13 +153,13 @@ impl SharedIdentity {
     }
 
     /// The canonical encoding of the namespace: no two namespaces share one.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    #[cfg_attr(not(feature = "store"), allow(dead_code))]
     pub(crate) fn canonical(&self) -> &[u8] {
         &self.namespace
     }
 
     /// The secret key material.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    #[cfg_attr(not(feature = "store"), allow(dead_code))]
     pub(crate) fn key_material(&self) -> &[u8] {
         &self.key
     }

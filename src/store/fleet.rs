@@ -8,15 +8,17 @@
 //!    still the one stored (compared by its tag).
 //! 2. The stored token is read. One that opens and has enough life left, judged by margins
 //!    computed from its original lifetime, is adopted. One that does not open (garbage, another
-//!    format, a rotated secret) is a miss, and is deleted by a compare that cannot touch a valid
-//!    token written since (see [`garbage_prefix`]), so that a fetched token can take its place.
+//!    format, a rotated secret) is a miss, and is deleted if it is still exactly that value
+//!    (so a valid token written since is left alone), so that a fetched token can take its
+//!    place.
 //! 3. Otherwise the lease is tried. Its holder reads once more (the token may have been stored
 //!    between the read and the lease), fetches, stores the token if it expires later than the
 //!    stored one, and releases the lease. A fetch error releases the lease and is returned.
 //! 4. The others poll after 10 ms, the pause doubling to 50 ms (jittered): they adopt the token once it is stored, and
 //!    try the lease on each poll, so they take over as soon as the holder released it after a
-//!    failure or its lease expired (it died). Waiting is bounded: after `max_wait` the process
-//!    fetches for itself.
+//!    failure or its lease expired (it died). Waiting is bounded: reading, waiting and trying
+//!    the lease take at most `max_wait` (half the cache's refresh deadline), after which the
+//!    process fetches for itself with the other half.
 //!
 //! The store never makes the refresh fail: any store error or timeout falls back to fetching for
 //! this process, warning once per outage.
@@ -30,40 +32,62 @@ use tokio::time::Instant;
 use tower::BoxError;
 
 use super::TokenStore;
-use super::seal::{Sealer, TAG_PREFIX_LEN, VERSION};
+use super::seal::Sealer;
 use crate::error::Error;
 use crate::source::{BoxFuture, SharedIdentity, TokenSource};
 use crate::token::{AccessToken, Token};
 
-/// How the fleet coordinates; the defaults suit production.
+/// How the fleet coordinates: derived from the cache's refresh deadline by
+/// [`for_refresh_deadline`](FleetConfig::for_refresh_deadline).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct FleetConfig {
-    /// How long a lease lasts: a dead holder is replaced after it. Well under the cache's
-    /// refresh deadline. Default 10 s.
+    /// How long a lease lasts: a dead holder is replaced after it. A third of the refresh
+    /// deadline (10 s of 30 s).
     pub(crate) lease_ttl: Duration,
     /// The first pause of a waiting process before it polls: the pauses double from it, with
     /// jitter, so that a token fetched in tens of milliseconds is seen soon after it is stored,
-    /// and a long wait (a holder that died) costs few reads. Default 10 ms.
+    /// and a long wait (a holder that died) costs few reads. 10 ms.
     pub(crate) poll_min: Duration,
-    /// The longest pause between two polls. Default 50 ms: a waiting process sees the token
-    /// at most about that long after it is stored.
+    /// The longest pause between two polls. 50 ms: a waiting process sees the token at most
+    /// about that long after it is stored.
     pub(crate) poll_max: Duration,
-    /// The most one store operation may take, whatever the store's own timeout. Default 250 ms.
+    /// The most one store operation may take, whatever the store's own timeout (which should
+    /// be shorter): a tenth of the refresh deadline (3 s of 30 s).
     pub(crate) store_timeout: Duration,
-    /// The most a process waits for others before fetching for itself. Default 20 s (two
-    /// leases: a holder that died, then a slow one).
+    /// The most a process spends reading the store, waiting for others and trying the lease
+    /// before it fetches for itself: half the refresh deadline (15 s of 30 s), so that its own
+    /// fetch has the other half. At least the lease's time to live, so that a dead holder is
+    /// taken over rather than given up on.
     pub(crate) max_wait: Duration,
 }
 
-impl Default for FleetConfig {
-    fn default() -> Self {
-        Self {
-            lease_ttl: Duration::from_secs(10),
+/// The shortest refresh deadline a shared store works with: a third of it is the lease.
+pub(crate) const MIN_REFRESH_DEADLINE: Duration = Duration::from_secs(1);
+
+impl FleetConfig {
+    /// The coordination for a cache whose refreshes must end within `refresh_deadline`: the
+    /// wait for others takes at most half of it, the lease a third, so that a process whose
+    /// holder died takes the lease over (or gives up) with half the deadline left for its own
+    /// fetch.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidConfig`](crate::ErrorKind::InvalidConfig) when `refresh_deadline` is under
+    /// one second.
+    pub(crate) fn for_refresh_deadline(refresh_deadline: Duration) -> Result<Self, Error> {
+        if refresh_deadline < MIN_REFRESH_DEADLINE {
+            return Err(Error::invalid_config(
+                "with a shared store, refresh_deadline must be at least 1 second (a third of it \
+                 is the fleet's lease, half of it the most a process waits for another's fetch)",
+            ));
+        }
+        Ok(Self {
+            lease_ttl: refresh_deadline / 3,
             poll_min: Duration::from_millis(10),
             poll_max: Duration::from_millis(50),
-            store_timeout: Duration::from_millis(250),
-            max_wait: Duration::from_secs(20),
-        }
+            store_timeout: refresh_deadline / 10,
+            max_wait: refresh_deadline / 2,
+        })
     }
 }
 
@@ -105,23 +129,29 @@ impl From<BoxError> for Trouble {
     }
 }
 
+/// How a process's wait for the fleet ended.
+enum Elected {
+    /// A stored token it may adopt.
+    Adopted(Token),
+    /// It holds the lease under this id: it fetches for the fleet.
+    Holder(String),
+}
+
 /// One process's side of the shared store.
 pub(crate) struct Fleet {
     store: Arc<dyn TokenStore>,
     sealer: Sealer,
-    /// This process's random id, in the lease it holds.
-    holder: String,
     config: FleetConfig,
     /// Set while the store fails, so that an outage is logged once.
     outage: AtomicBool,
     stats: FleetCounters,
+    metrics: crate::metrics::Metrics,
 }
 
 impl std::fmt::Debug for Fleet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Fleet")
             .field("key", &self.sealer.key_name())
-            .field("holder", &self.holder)
             .field("config", &self.config)
             .field("stats", &self.stats())
             .finish_non_exhaustive()
@@ -143,11 +173,17 @@ impl Fleet {
         Ok(Self {
             store,
             sealer: Sealer::new(identity)?,
-            holder: holder_id(),
             config,
             outage: AtomicBool::new(false),
             stats: FleetCounters::default(),
+            metrics: crate::metrics::Metrics::default(),
         })
+    }
+
+    /// Records adoptions and fallbacks through `metrics` too (feature `metrics`).
+    pub(crate) fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The counters so far.
@@ -187,6 +223,7 @@ impl Fleet {
                     ),
                 }
                 self.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
+                self.metrics.fallback();
                 source.fetch().await
             }
         }
@@ -199,6 +236,20 @@ impl Fleet {
         margins: Margins,
         rejected: Option<&str>,
     ) -> Result<Result<Token, Error>, Trouble> {
+        // Reading, waiting and trying the lease together take at most `max_wait`, so that a
+        // process that gives up has the rest of the refresh deadline to fetch for itself.
+        let elected = tokio::time::timeout(self.config.max_wait, self.elect(margins, rejected))
+            .await
+            .map_err(|_| Trouble::WaitedTooLong)??;
+        match elected {
+            Elected::Adopted(token) => Ok(Ok(self.adopted(token))),
+            Elected::Holder(id) => self.hold(source, margins, rejected, &id).await,
+        }
+    }
+
+    /// Adopts the stored token, or takes the lease, waiting for another process's fetch
+    /// meanwhile.
+    async fn elect(&self, margins: Margins, rejected: Option<&str>) -> Result<Elected, Trouble> {
         let name = self.sealer.key_name();
         if let Some(rejected) = rejected {
             let prefix = self.sealer.tag_prefix(rejected);
@@ -209,29 +260,35 @@ impl Fleet {
                 tracing::debug!("dropped the rejected token from the shared store");
             }
         }
-        let deadline = Instant::now() + self.config.max_wait;
         if let Some(token) = self.look(margins, rejected).await? {
-            return Ok(Ok(self.adopted(token)));
+            return Ok(Elected::Adopted(token));
         }
+        // One id per lease, never per process: a late refresh of this process, whose lease
+        // lapsed and was taken by a newer refresh of the same process, must not release it.
+        let id = holder_id();
         let mut polls: u32 = 0;
         loop {
             let lease = self.sealer.lease_name();
-            let taken = self
-                .call(
-                    self.store
-                        .try_lease(lease, &self.holder, self.config.lease_ttl),
-                )
-                .await?;
+            let taken = match self
+                .call(self.store.try_lease(lease, &id, self.config.lease_ttl))
+                .await
+            {
+                Ok(taken) => taken,
+                Err(error) => {
+                    // The `SET NX` may have run and only its reply been lost: this process may
+                    // hold the lease while it fetches alone. Release it (compare-and-delete on
+                    // our id, so no one else's lease), without making this refresh wait.
+                    self.release_detached(id);
+                    return Err(error.into());
+                }
+            };
             if taken {
-                return self.hold(source, margins, rejected).await;
-            }
-            if Instant::now() >= deadline {
-                return Err(Trouble::WaitedTooLong);
+                return Ok(Elected::Holder(id));
             }
             tokio::time::sleep(self.poll_pause(polls)).await;
             polls = polls.saturating_add(1);
             if let Some(token) = self.look(margins, rejected).await? {
-                return Ok(Ok(self.adopted(token)));
+                return Ok(Elected::Adopted(token));
             }
         }
     }
@@ -242,25 +299,26 @@ impl Fleet {
         source: &dyn TokenSource,
         margins: Margins,
         rejected: Option<&str>,
+        id: &str,
     ) -> Result<Result<Token, Error>, Trouble> {
         match self.look(margins, rejected).await {
             Ok(Some(token)) => {
-                self.release().await;
+                self.release(id).await;
                 return Ok(Ok(self.adopted(token)));
             }
             Ok(None) => {}
             Err(error) => {
-                self.release().await;
+                self.release(id).await;
                 return Err(error);
             }
         }
         let started = Instant::now();
-        let result = source.fetch().await;
         self.stats.lease_fetches.fetch_add(1, Ordering::Relaxed);
+        let result = source.fetch().await;
         if let Ok(token) = &result {
             self.publish(token, started).await;
         }
-        self.release().await;
+        self.release(id).await;
         Ok(result)
     }
 
@@ -276,25 +334,29 @@ impl Fleet {
         let Some(stored) = self.call(self.store.load(name)).await? else {
             return Ok(None);
         };
-        let Some((text, lifetime)) = self.sealer.open(stored.value()) else {
+        let Some(opened) = self.sealer.open(stored.value()) else {
             tracing::debug!("the shared store holds an entry that does not open: a miss");
-            if let Some(prefix) = garbage_prefix(stored.value()) {
-                self.call(self.store.remove_if_prefix(name, prefix)).await?;
-            }
+            // Exactly this value: a valid entry written since is left alone.
+            self.call(self.store.remove_if_equal(name, stored.value()))
+                .await?;
             return Ok(None);
         };
-        if rejected == Some(text.as_str()) {
+        if rejected == Some(opened.token.as_str()) {
             // Stored again by a process that fetched it before the rejection.
-            let prefix = self.sealer.tag_prefix(&text);
+            let prefix = self.sealer.tag_prefix(&opened.token);
             self.call(self.store.remove_if_prefix(name, &prefix))
                 .await?;
             return Ok(None);
         }
-        let ttl = stored.ttl();
+        // The store's time to live, capped by the sealed expiry: whoever can write the store
+        // cannot extend a token's life by storing its value again with a longer one, and a
+        // replica promoted with a skewed clock is bounded the same way.
+        let ttl = stored.ttl().min(opened.sealed_remaining());
+        let lifetime = opened.lifetime;
         if !adoptable(ttl, lifetime.max(ttl), margins) {
             return Ok(None);
         }
-        let Ok(access_token) = AccessToken::new(text) else {
+        let Ok(access_token) = AccessToken::new(opened.token) else {
             return Ok(None);
         };
         let Some(expires_at) = asked_at.checked_add(ttl) else {
@@ -307,6 +369,7 @@ impl Fleet {
 
     fn adopted(&self, token: Token) -> Token {
         self.stats.adopted.fetch_add(1, Ordering::Relaxed);
+        self.metrics.adoption();
         tracing::debug!(
             remaining_secs = token
                 .expires_at()
@@ -328,7 +391,10 @@ impl Fleet {
             .lifetime()
             .unwrap_or_else(|| token.expires_at().saturating_duration_since(started))
             .max(remaining);
-        let sealed = match self.sealer.seal(token.access_token().secret(), lifetime) {
+        let sealed = match self
+            .sealer
+            .seal(token.access_token().secret(), lifetime, remaining)
+        {
             Ok(sealed) => sealed,
             Err(error) => {
                 tracing::warn!(%error, "could not seal the token for the shared store");
@@ -348,11 +414,20 @@ impl Fleet {
     }
 
     /// Releases our lease; an error only costs the others the lease's time to live.
-    async fn release(&self) {
+    async fn release(&self, id: &str) {
         let lease = self.sealer.lease_name();
-        let _ = self
-            .call(self.store.release_lease(lease, &self.holder))
-            .await;
+        let _ = self.call(self.store.release_lease(lease, id)).await;
+    }
+
+    /// Releases our lease from a task of its own, bounded by the store's cap: for a lease this
+    /// process may hold without knowing it.
+    fn release_detached(&self, id: String) {
+        let store = Arc::clone(&self.store);
+        let lease = self.sealer.lease_name().to_owned();
+        let cap = self.config.store_timeout;
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(cap, store.release_lease(&lease, &id)).await;
+        });
     }
 
     /// One store operation under the fleet's cap; notes outages and recoveries.
@@ -411,22 +486,7 @@ pub(crate) fn adoptable(ttl: Duration, lifetime: Duration, margins: Margins) -> 
     ttl > stale && ttl > unusable
 }
 
-/// What to compare before deleting an entry that does not open, so that the delete cannot hit
-/// a valid entry written since: the entry's own bytes, when no valid entry of another token can
-/// start with them. A valid entry starts with `VERSION ‖ tag(token)`; an entry that does not
-/// start with `VERSION` is a prefix of no valid entry, and one of at least [`TAG_PREFIX_LEN`]
-/// bytes that does is a prefix only of entries of the same token. Empty or short
-/// version-prefixed garbage is left to expire (`None`).
-fn garbage_prefix(value: &[u8]) -> Option<&[u8]> {
-    match value.first() {
-        None => None,
-        Some(&first) if first != VERSION => Some(value),
-        Some(_) if value.len() >= TAG_PREFIX_LEN => Some(value),
-        Some(_) => None,
-    }
-}
-
-/// A random id for the leases this process takes.
+/// A random id for one lease.
 fn holder_id() -> String {
     let mut bytes = [0u8; 16];
     if SystemRandom::new().fill(&mut bytes).is_err() {
@@ -435,9 +495,10 @@ fn holder_id() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "redis"))]
 mod tests {
     use super::*;
+    use crate::store::seal::VERSION;
     use crate::store::{RedisStore, Stored};
     use crate::testing::RedisServer;
     use std::sync::Mutex;
@@ -581,7 +642,11 @@ mod tests {
         // Issued for an hour, 6 minutes left: inside refresh_ahead (300 s) + jitter (360 s).
         let sealed = f
             .sealer
-            .seal("old-token", Duration::from_secs(3600))
+            .seal(
+                "old-token",
+                Duration::from_secs(3600),
+                Duration::from_secs(3600),
+            )
             .unwrap();
         assert!(
             store
@@ -602,7 +667,11 @@ mod tests {
         // Just over 11 minutes left of an hour: adopted, its remaining life from the store.
         let sealed = f
             .sealer
-            .seal("other-token", Duration::from_secs(3600))
+            .seal(
+                "other-token",
+                Duration::from_secs(3600),
+                Duration::from_secs(3600),
+            )
             .unwrap();
         store.remove_if_prefix(&name, b"").await.unwrap();
         store
@@ -657,7 +726,7 @@ mod tests {
         assert_eq!(source.calls(), 2);
         let stored = store.load(&name).await.unwrap().unwrap();
         assert_eq!(
-            f.sealer.open(stored.value()).map(|(t, _)| t).as_deref(),
+            f.sealer.open(stored.value()).map(|o| o.token).as_deref(),
             Some("token-2")
         );
     }
@@ -679,8 +748,16 @@ mod tests {
         }
         source.set(Mode::Ok);
         let other = fleet(&redis.url(), "secret");
+        let start = Instant::now();
         let token = other.fetch(&source, MARGINS, None).await.unwrap();
+        let waited = start.elapsed();
         assert_eq!(token.access_token().secret(), "token-2");
+        // Taken over when the lease lapsed: not before, and not long after.
+        let lease = test_config().lease_ttl;
+        assert!(
+            waited >= lease / 2 && waited < lease * 3,
+            "taken over after {waited:?} (lease {lease:?})"
+        );
         // It took the lease over (no fallback, no second lease while the first was held).
         assert_eq!(other.stats().lease_fetches, 1);
         assert_eq!(other.stats().fallbacks, 0);
@@ -693,14 +770,28 @@ mod tests {
         let redis = server();
         let source = Source::new(Duration::from_secs(3600), Duration::ZERO);
         source.set(Mode::Fail);
-        let f = fleet(&redis.url(), "secret");
+        // A lease far longer than the wait below: only a release lets the next one in.
+        let config = FleetConfig {
+            lease_ttl: Duration::from_secs(6),
+            max_wait: Duration::from_secs(8),
+            ..test_config()
+        };
+        let f = Fleet::new(
+            Arc::new(RedisStore::new(redis.url()).unwrap()),
+            &identity("secret"),
+            config,
+        )
+        .unwrap();
         let err = f.fetch(&source, MARGINS, None).await.unwrap_err();
         assert_eq!(err.kind(), crate::ErrorKind::Unavailable);
         // The lease was released: the next refresh fetches at once.
         source.set(Mode::Ok);
+        let start = Instant::now();
         let token = f.fetch(&source, MARGINS, None).await.unwrap();
+        let waited = start.elapsed();
         assert_eq!(token.access_token().secret(), "token-2");
         assert_eq!(f.stats().lease_fetches, 2);
+        assert!(waited < config.lease_ttl / 2, "waited {waited:?}");
     }
 
     #[tokio::test]
@@ -767,7 +858,7 @@ mod tests {
             assert_eq!(token.access_token().secret(), format!("token-{}", n + 1));
             let stored = store.load(&name).await.unwrap().unwrap();
             assert_eq!(
-                f.sealer.open(stored.value()).map(|(t, _)| t),
+                f.sealer.open(stored.value()).map(|o| o.token),
                 Some(format!("token-{}", n + 1))
             );
         }
@@ -780,7 +871,11 @@ mod tests {
         .unwrap();
         let foreign = rotated
             .sealer
-            .seal("foreign", Duration::from_secs(3600))
+            .seal(
+                "foreign",
+                Duration::from_secs(3600),
+                Duration::from_secs(3600),
+            )
             .unwrap();
         store.remove_if_prefix(&name, b"").await.unwrap();
         store
@@ -790,6 +885,70 @@ mod tests {
         let token = f.fetch(&source, MARGINS, None).await.unwrap();
         assert_ne!(token.access_token().secret(), "foreign");
         assert_eq!(f.stats().fallbacks, 0);
+    }
+
+    /// Defect 11 of issue 21: short garbage that starts with the version byte, stored with a
+    /// long time to live, reads as a miss and is replaced (it used to stay, and make every
+    /// write refuse).
+    #[tokio::test]
+    async fn short_garbage_with_the_version_byte_is_replaced() {
+        let redis = server();
+        let store = RedisStore::new(redis.url()).unwrap();
+        let f = fleet(&redis.url(), "secret");
+        let name = f.sealer.key_name().to_owned();
+        let source = Source::new(Duration::from_secs(3600), Duration::ZERO);
+        for (n, garbage) in [vec![VERSION], vec![VERSION, 0xAB, 0xCD]]
+            .into_iter()
+            .enumerate()
+        {
+            store.remove_if_prefix(&name, b"").await.unwrap();
+            assert!(
+                store
+                    .save_if_longer(&name, garbage.into(), Duration::from_secs(86_400))
+                    .await
+                    .unwrap()
+            );
+            let token = f.fetch(&source, MARGINS, None).await.unwrap();
+            assert_eq!(token.access_token().secret(), format!("token-{}", n + 1));
+            let stored = store.load(&name).await.unwrap().unwrap();
+            assert_eq!(
+                f.sealer.open(stored.value()).map(|o| o.token),
+                Some(format!("token-{}", n + 1)),
+                "the garbage stayed"
+            );
+        }
+    }
+
+    /// Defect 7 of issue 21: whoever can write the store can re-`SET` an old sealed value
+    /// with a long time to live; its remaining life is capped by its sealed issue time and
+    /// lifetime, so the fleet never adopts it once expired.
+    #[tokio::test]
+    async fn a_replayed_value_with_a_long_ttl_is_not_adopted() {
+        let redis = server();
+        let store = RedisStore::new(redis.url()).unwrap();
+        let f = fleet(&redis.url(), "secret");
+        let name = f.sealer.key_name().to_owned();
+        let lifetime = Duration::from_millis(800);
+        let source = Source::new(lifetime, Duration::ZERO);
+        f.fetch(&source, MARGINS, None).await.unwrap();
+        let old = store.load(&name).await.unwrap().unwrap().into_value();
+        tokio::time::sleep(lifetime + Duration::from_millis(200)).await;
+        assert_eq!(store.load(&name).await.unwrap(), None, "it expired");
+        // Replayed, with an hour to live.
+        assert!(
+            store
+                .save_if_longer(&name, old, Duration::from_secs(3600))
+                .await
+                .unwrap()
+        );
+        let g = fleet(&redis.url(), "secret");
+        let token = g.fetch(&source, MARGINS, None).await.unwrap();
+        assert_eq!(
+            token.access_token().secret(),
+            "token-2",
+            "the replayed token was adopted"
+        );
+        assert_eq!(g.stats().adopted, 0);
     }
 
     #[tokio::test]
@@ -869,13 +1028,120 @@ mod tests {
         }
     }
 
-    #[test]
-    fn garbage_prefixes_cannot_match_another_token() {
-        assert_eq!(garbage_prefix(b""), None);
-        assert_eq!(garbage_prefix(&[VERSION, 1, 2]), None);
-        assert_eq!(garbage_prefix(b"junk"), Some(&b"junk"[..]));
-        let long = [VERSION; TAG_PREFIX_LEN];
-        assert_eq!(garbage_prefix(&long), Some(&long[..]));
+    /// Defect 10 of issue 21: a late refresh of this process, whose lease lapsed and was taken
+    /// by a newer refresh of the same process, does not release the newer one's lease.
+    #[tokio::test]
+    async fn a_late_refresh_does_not_release_a_newer_refreshs_lease() {
+        let redis = server();
+        let store = RedisStore::new(redis.url()).unwrap();
+        let f = Arc::new(fleet(&redis.url(), "secret"));
+        let lease = f.sealer.lease_name().to_owned();
+        // Slower than the lease (600 ms): it lapses while this refresh fetches.
+        let slow = Source::new(Duration::from_secs(3600), Duration::from_millis(1200));
+        let late = {
+            let (f, slow) = (Arc::clone(&f), slow.clone());
+            tokio::spawn(async move { f.fetch(&slow, MARGINS, None).await })
+        };
+        while slow.calls() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(test_config().lease_ttl + Duration::from_millis(100)).await;
+        let hanging = Source::new(Duration::from_secs(3600), Duration::ZERO);
+        hanging.set(Mode::Hang);
+        let newer = {
+            let (f, hanging) = (Arc::clone(&f), hanging.clone());
+            tokio::spawn(async move { f.fetch(&hanging, MARGINS, None).await })
+        };
+        while hanging.calls() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        late.await.unwrap().unwrap();
+        // The newer refresh still holds the lease.
+        let taken = store
+            .try_lease(&lease, "another-process", Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert!(
+            !taken,
+            "the late refresh released the newer refresh's lease"
+        );
+        newer.abort();
+    }
+
+    /// A real `RedisStore` whose `try_lease` reply is lost: the `SET NX` runs on the server,
+    /// and the caller sees an error, as when the reply arrives after the timeout.
+    struct LeaseReplyLost(RedisStore);
+
+    impl TokenStore for LeaseReplyLost {
+        fn load(&self, key: &str) -> BoxFuture<'_, Result<Option<Stored>, BoxError>> {
+            self.0.load(key)
+        }
+        fn save_if_longer(
+            &self,
+            key: &str,
+            value: bytes::Bytes,
+            ttl: Duration,
+        ) -> BoxFuture<'_, Result<bool, BoxError>> {
+            self.0.save_if_longer(key, value, ttl)
+        }
+        fn remove_if_prefix(
+            &self,
+            key: &str,
+            prefix: &[u8],
+        ) -> BoxFuture<'_, Result<bool, BoxError>> {
+            self.0.remove_if_prefix(key, prefix)
+        }
+        fn remove_if_equal(
+            &self,
+            key: &str,
+            value: &[u8],
+        ) -> BoxFuture<'_, Result<bool, BoxError>> {
+            self.0.remove_if_equal(key, value)
+        }
+        fn try_lease(
+            &self,
+            key: &str,
+            holder: &str,
+            ttl: Duration,
+        ) -> BoxFuture<'_, Result<bool, BoxError>> {
+            let set = self.0.try_lease(key, holder, ttl);
+            Box::pin(async move {
+                set.await?;
+                Err("the reply to SET NX was lost".into())
+            })
+        }
+        fn release_lease(&self, key: &str, holder: &str) -> BoxFuture<'_, Result<(), BoxError>> {
+            self.0.release_lease(key, holder)
+        }
+    }
+
+    /// Defect 2 of issue 21: a process whose lease reply was lost falls back, and releases the
+    /// lease it may hold: the others do not wait for it to lapse.
+    #[tokio::test]
+    async fn a_lost_lease_reply_does_not_stall_the_others() {
+        let redis = server();
+        let config = FleetConfig {
+            lease_ttl: Duration::from_secs(6),
+            max_wait: Duration::from_secs(8),
+            ..test_config()
+        };
+        let store = RedisStore::new(redis.url()).unwrap();
+        let lost = Fleet::new(
+            Arc::new(LeaseReplyLost(store.clone())),
+            &identity("secret"),
+            config,
+        )
+        .unwrap();
+        let other = Fleet::new(Arc::new(store), &identity("secret"), config).unwrap();
+        let source = Source::new(Duration::from_secs(3600), Duration::ZERO);
+        lost.fetch(&source, MARGINS, None).await.unwrap();
+        assert_eq!(lost.stats().fallbacks, 1);
+        let start = Instant::now();
+        other.fetch(&source, MARGINS, None).await.unwrap();
+        let waited = start.elapsed();
+        assert_eq!(other.stats().lease_fetches, 1);
+        // Well before the lease would lapse.
+        assert!(waited < config.lease_ttl / 2, "waited {waited:?}");
     }
 
     /// A store whose every operation fails, to check the fallback without Redis.
@@ -894,6 +1160,9 @@ mod tests {
             Box::pin(async { Err("broken".into()) })
         }
         fn remove_if_prefix(&self, _: &str, _: &[u8]) -> BoxFuture<'_, Result<bool, BoxError>> {
+            Box::pin(async { Err("broken".into()) })
+        }
+        fn remove_if_equal(&self, _: &str, _: &[u8]) -> BoxFuture<'_, Result<bool, BoxError>> {
             Box::pin(async { Err("broken".into()) })
         }
         fn try_lease(

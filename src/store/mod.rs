@@ -1,5 +1,5 @@
 //! One token per fleet: a shared store through which many processes share one access token
-//! (feature `redis`).
+//! (feature `store`; [`RedisStore`] with feature `redis`).
 //!
 //! Cognito bills every token request and limits them per account and region. A fleet of
 //! processes that each keep their own token sends one token request per process per token
@@ -9,9 +9,10 @@
 //! own cache, and the store is touched only by the process's one refresh.
 //!
 //! ```no_run
+//! # #[cfg(feature = "redis")]
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use tower_cognito_auth::{CognitoAuthLayer, store::RedisStore};
 //!
-//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! // Connects lazily: Redis being down now, or later, never fails a request.
 //! let store = RedisStore::new("rediss://:password@cache.internal:6379/0")?;
 //! let auth = CognitoAuthLayer::builder()
@@ -23,6 +24,8 @@
 //! # let _ = auth;
 //! # Ok(())
 //! # }
+//! # #[cfg(not(feature = "redis"))]
+//! # fn main() {}
 //! ```
 //!
 //! # What is stored
@@ -30,9 +33,10 @@
 //! Under a key that is a keyed hash of the token URL, the client id and the sorted scopes
 //! (`tower-cognito-auth:v1:<hex>`), so two configurations never share a token and the store never
 //! shows them: the token, encrypted and authenticated with AES-256-GCM under a key derived
-//! (HKDF-SHA256) from the client secret, with the lifetime it was issued with and a keyed tag
-//! (HMAC-SHA256) of the token. Whoever can read the store but lacks the secret learns nothing and
-//! cannot plant a token; a rotated secret makes old entries unreadable, which is a miss. The
+//! (HKDF-SHA256) from the client secret, with the lifetime it was issued with, its expiry and a
+//! keyed tag (HMAC-SHA256) of the token. Whoever can read the store but lacks the secret learns
+//! nothing and cannot plant a token: not even an old sealed value stored again with a longer
+//! time to live, since an adopted token's remaining life is capped by its sealed expiry; a rotated secret makes old entries unreadable, which is a miss. The
 //! entry expires with the token. Beside it, while one process fetches, a short lease
 //! (`<key>:lease`) holding that process's random id.
 //!
@@ -62,6 +66,7 @@
 //! must be atomic as its documentation says.
 
 pub(crate) mod fleet;
+#[cfg(feature = "redis")]
 mod redis;
 pub(crate) mod seal;
 
@@ -75,9 +80,11 @@ use crate::source::BoxFuture;
 
 #[doc(no_inline)]
 pub use crate::source::SharedIdentity;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use redis::RedisStore;
 
-/// What a shared store offers: five atomic operations on opaque names and values.
+/// What a shared store offers: six atomic operations on opaque names and values.
 ///
 /// Values are sealed bytes (binary, any length up to a few KiB); keys are printable ASCII names.
 /// Every operation must be atomic with respect to the others on the same key, and may fail: an
@@ -110,6 +117,11 @@ pub trait TokenStore: Send + Sync + 'static {
     /// prefix matches any value). Compare and delete are one atomic step. Returns whether it
     /// deleted.
     fn remove_if_prefix(&self, key: &str, prefix: &[u8]) -> BoxFuture<'_, Result<bool, BoxError>>;
+
+    /// Deletes `key` only if its value is exactly `value` (binary-safe). Compare and delete are
+    /// one atomic step. Returns whether it deleted. Used to clear an entry that does not open
+    /// (garbage), without touching a valid one written since.
+    fn remove_if_equal(&self, key: &str, value: &[u8]) -> BoxFuture<'_, Result<bool, BoxError>>;
 
     /// Takes the lease `key` for `holder`, to expire after `ttl`, only if nobody holds it (Redis:
     /// `SET key holder NX PX ttl`). Returns whether it was taken.

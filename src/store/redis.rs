@@ -5,10 +5,12 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use ::redis::{Client, ConnectionAddr, RedisError, Script, TlsCertificates, Value};
+use ::redis::aio::MultiplexedConnection;
+use ::redis::{AsyncConnectionConfig, Client, ConnectionAddr, RedisError, Script, Value};
 use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
+use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tower::BoxError;
 
@@ -22,6 +24,15 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_millis(200);
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// The least time between two connection attempts after a failed one.
 const RECONNECT_INTERVAL: Duration = Duration::from_secs(1);
+/// TCP keepalive: the first probe after this much silence, then one every
+/// [`KEEPALIVE_INTERVAL`], [`KEEPALIVE_PROBES`] in all, so that the kernel closes a connection
+/// to a host that went silent in about 11 s rather than the default two hours.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(5);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
+const KEEPALIVE_PROBES: u32 = 3;
+/// `TCP_USER_TIMEOUT` (Linux): data unacknowledged this long closes the connection, in place of
+/// the ~15 minutes of retransmissions by default.
+const USER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `GET` and `PTTL` together: `{value, pttl}`, or nil when the key is absent.
 const LOAD: &str = r"
@@ -48,6 +59,14 @@ end
 return 0
 ";
 
+/// `DEL` only if the value is exactly this one.
+const REMOVE_IF_EQUAL: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
 /// `DEL` only if the lease still names this holder.
 const RELEASE_LEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -63,28 +82,32 @@ return 0
 /// [`new`](RedisStore::new) does not connect: the connection is made on first use, in a task of
 /// its own with a short timeout (one second by default, see
 /// [`connect_timeout`](RedisStore::connect_timeout)); when that fails, the next attempt is made
-/// by a later command, at most one at a time and no more often than once a second. Once
-/// connected, a lost connection is re-made by the next command. Every command has a short
-/// timeout (see [`timeout`](RedisStore::timeout)), so a slow or unreachable Redis costs a
-/// refresh at most that long before the process fetches for itself.
+/// by a later command, at most one at a time and no more often than once a second. Every
+/// command has a short timeout (see [`timeout`](RedisStore::timeout)), so a slow or unreachable
+/// Redis costs a refresh at most that long before the process fetches for itself. A command
+/// that times out or finds the connection broken drops it, and the next command connects anew:
+/// a host that went silent, or a failover that moved the address to another server while the
+/// old connection hangs, costs one timeout, not one per refresh until the kernel gives up on
+/// the socket. TCP keepalive (5 s, then every 2 s, 3 probes) and, on Linux, `TCP_USER_TIMEOUT`
+/// (10 s) let the kernel close such a socket too.
 ///
 /// The Lua scripts are sent by `EVALSHA`, falling back to `EVAL` when the server does not know
 /// them yet (after a restart, say).
 ///
 /// # TLS
 ///
-/// `rediss://` uses rustls with the process's default `CryptoProvider`. If the application
-/// installed none, the first TLS connection installs ring's, as rustls itself does when ring
-/// is the only provider compiled in. The server's certificate is checked against the Mozilla
-/// roots that `webpki-roots` bundles (as for the token endpoint's HTTPS client: no system
-/// certificate store is read), or only against the authorities given to
-/// [`root_certificates`](RedisStore::root_certificates) (a private CA). There is no mode without
-/// verification.
+/// `rediss://` uses rustls with ring, passed to the connection: the process-wide default
+/// `CryptoProvider` is neither read nor installed, so the application remains free to install
+/// its own. The server's certificate is checked against the Mozilla roots that `webpki-roots`
+/// bundles (as for the token endpoint's HTTPS client: no system certificate store is read), or
+/// only against the authorities given to [`root_certificates`](RedisStore::root_certificates)
+/// (a private CA). There is no mode without verification.
 ///
 /// # Clone
 ///
-/// Cloning is cheap; clones share one connection. `Debug` shows the address, the database
-/// and the timeouts, never a user name or a password.
+/// Cloning is cheap; clones share one connection, and each keeps its own
+/// [`timeout`](RedisStore::timeout) (the connection has none of its own). `Debug` shows the
+/// address, the database and the timeouts, never a user name or a password.
 #[derive(Clone)]
 pub struct RedisStore {
     shared: Arc<Shared>,
@@ -93,10 +116,13 @@ pub struct RedisStore {
 }
 
 struct Shared {
+    /// The parsed URL, always without TLS (the TLS is ours: see `tls`).
     client: Client,
     /// `host:port` or the socket path, for `Debug`.
     addr: String,
-    tls: bool,
+    /// For `rediss://`: the rustls configuration, ring passed in (never installed
+    /// process-wide), with the bundled Mozilla roots or the authorities given.
+    tls: Option<Arc<rustls::ClientConfig>>,
     db: i64,
     has_credentials: bool,
     scripts: Scripts,
@@ -104,23 +130,15 @@ struct Shared {
 }
 
 impl Shared {
-    /// What a store keeps of its client: the address and database for `Debug`, whether it
-    /// speaks TLS, whether it has credentials (never which).
-    fn new(client: Client) -> Result<Shared, Error> {
+    /// What a store keeps of its client: the address and database for `Debug`, its TLS
+    /// configuration, whether it has credentials (never which).
+    fn new(client: Client, tls: Option<Arc<rustls::ClientConfig>>) -> Shared {
         let info = client.get_connection_info();
-        let (addr, tls) = match info.addr() {
-            ConnectionAddr::TcpTls { insecure: true, .. } => {
-                return Err(Error::invalid_config(
-                    "the Redis URL asks for TLS without certificate verification (#insecure), which is not supported",
-                ));
-            }
-            addr @ ConnectionAddr::TcpTls { .. } => (addr.to_string(), true),
-            addr => (addr.to_string(), false),
-        };
+        let addr = info.addr().to_string();
         let settings = info.redis_settings();
         let has_credentials = settings.username().is_some() || settings.password().is_some();
         let db = settings.db();
-        Ok(Shared {
+        Shared {
             client,
             addr,
             tls,
@@ -128,14 +146,27 @@ impl Shared {
             has_credentials,
             scripts: Scripts::new(),
             conn: Mutex::new(ConnState::default()),
-        })
+        }
     }
+}
+
+/// A rustls client configuration with ring, passed in: the process-wide default provider is
+/// neither read nor installed.
+fn tls_config(roots: rustls::RootCertStore) -> Result<Arc<rustls::ClientConfig>, Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|_| Error::internal("rustls refused its default protocol versions"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 struct Scripts {
     load: Script,
     save_if_longer: Script,
     remove_if_prefix: Script,
+    remove_if_equal: Script,
     release_lease: Script,
 }
 
@@ -145,21 +176,34 @@ impl Scripts {
             load: Script::new(LOAD),
             save_if_longer: Script::new(SAVE_IF_LONGER),
             remove_if_prefix: Script::new(REMOVE_IF_PREFIX),
+            remove_if_equal: Script::new(REMOVE_IF_EQUAL),
             release_lease: Script::new(RELEASE_LEASE),
         }
     }
 }
 
-type ConnectOutcome = Option<Result<ConnectionManager, StoreError>>;
+/// A connection attempt's outcome: the connection and its number.
+type ConnectOutcome = Option<Result<(u64, MultiplexedConnection), StoreError>>;
+
+/// The connection in use, with the task that drives it.
+struct Live {
+    /// Its number, so that a command that saw it fail discards it and no newer one.
+    id: u64,
+    conn: MultiplexedConnection,
+    driver: AbortHandle,
+}
 
 #[derive(Default)]
 struct ConnState {
-    /// The connection, once made. It re-makes itself when the server drops it.
-    manager: Option<ConnectionManager>,
+    /// The connection, once made. A command that times out or sees it broken discards it: the
+    /// next command makes a new one (to wherever the address points now).
+    live: Option<Live>,
     /// The connection attempt in flight; commands wait on it.
     connecting: Option<watch::Receiver<ConnectOutcome>>,
     /// When the last attempt started.
     last_attempt: Option<Instant>,
+    /// The number of the next connection.
+    next_id: u64,
 }
 
 /// What went wrong talking to Redis. Its text never holds a password or a stored value.
@@ -175,6 +219,8 @@ enum StoreError {
     NotYet,
     #[error("redis: the connection attempt ended without a result")]
     Lost,
+    #[error("redis: {0}")]
+    Io(Arc<str>),
     #[error("redis: unexpected reply to {0}")]
     Unexpected(&'static str),
 }
@@ -202,11 +248,34 @@ impl RedisStore {
                 "the Redis URL must start with redis://, rediss:// or redis+unix://",
             ));
         }
-        let client = Client::open(url).map_err(|_| {
+        let tls = url
+            .get(.."rediss://".len())
+            .is_some_and(|s| s.eq_ignore_ascii_case("rediss://"));
+        // The TLS is ours: the rest of a `rediss://` URL is parsed as `redis://`.
+        let plain = if tls {
+            let rest = &url["rediss://".len()..];
+            if rest.contains('#') {
+                return Err(Error::invalid_config(
+                    "the Redis URL asks for TLS without certificate verification (#insecure), which is not supported",
+                ));
+            }
+            format!("redis://{rest}")
+        } else {
+            url.to_owned()
+        };
+        let client = Client::open(plain.as_str()).map_err(|_| {
             Error::invalid_config("the Redis URL does not parse (expected redis://[[user]:password@]host[:port][/db])")
         })?;
+        let tls = if tls {
+            let roots = rustls::RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+            };
+            Some(tls_config(roots)?)
+        } else {
+            None
+        };
         Ok(RedisStore {
-            shared: Arc::new(Shared::new(client)?),
+            shared: Arc::new(Shared::new(client, tls)),
             timeout: DEFAULT_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
         })
@@ -250,63 +319,84 @@ impl RedisStore {
         use rustls::pki_types::CertificateDer;
         use rustls::pki_types::pem::PemObject as _;
 
-        if !self.shared.tls {
+        if self.shared.tls.is_none() {
             return Err(Error::invalid_config(
                 "root certificates are for a rediss:// URL",
             ));
         }
         let pem = pem.as_ref();
         let parsed: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(pem).collect();
-        if !parsed.is_ok_and(|certificates| !certificates.is_empty()) {
-            return Err(Error::invalid_config(
+        let invalid = || {
+            Error::invalid_config(
                 "the root certificates hold no PEM certificate, or one that does not parse",
-            ));
+            )
+        };
+        let certificates = parsed.map_err(|_| invalid())?;
+        if certificates.is_empty() {
+            return Err(invalid());
         }
-        let client = Client::build_with_tls(
-            self.shared.client.get_connection_info().clone(),
-            TlsCertificates {
-                client_tls: None,
-                root_cert: Some(pem.to_vec()),
-            },
-        )
-        .map_err(|_| Error::invalid_config("the root certificates were not accepted"))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for certificate in certificates {
+            roots
+                .add(certificate)
+                .map_err(|_| Error::invalid_config("the root certificates were not accepted"))?;
+        }
         Ok(RedisStore {
-            shared: Arc::new(Shared::new(client)?),
+            shared: Arc::new(Shared::new(
+                self.shared.client.clone(),
+                Some(tls_config(roots)?),
+            )),
             ..self
         })
     }
 
-    /// Runs one command under the timeout.
+    /// Runs one command under the timeout. A command that times out, or finds the connection
+    /// broken, discards the connection: a connection that stops answering (a silent host, a
+    /// failover that moved the address) is replaced by the next command, never retried.
     async fn run<T, F, Fut>(&self, name: &'static str, command: F) -> Result<T, BoxError>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(MultiplexedConnection) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
     {
-        let attempt = async {
-            let conn = self.connection().await?;
-            command(conn).await.map_err(StoreError::Redis)
+        let deadline = Instant::now() + self.timeout;
+        let (id, conn) = match tokio::time::timeout_at(deadline, self.connection()).await {
+            Ok(Ok(live)) => live,
+            Ok(Err(error)) => return Err(error.into()),
+            Err(_) => return Err(StoreError::Timeout(self.timeout).into()),
         };
-        match tokio::time::timeout(self.timeout, attempt).await {
+        match tokio::time::timeout_at(deadline, command(conn)).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(error)) => {
                 tracing::trace!(command = name, %error, "redis command failed");
-                Err(error.into())
+                if error.is_io_error()
+                    || error.is_connection_dropped()
+                    || error.is_unrecoverable_error()
+                    || error.is_timeout()
+                {
+                    self.shared.discard(id, "it failed");
+                }
+                Err(StoreError::Redis(error).into())
             }
-            Err(_) => Err(StoreError::Timeout(self.timeout).into()),
+            Err(_) => {
+                self.shared.discard(id, "a command timed out");
+                Err(StoreError::Timeout(self.timeout).into())
+            }
         }
     }
 
     /// The connection: the one made, or the attempt in flight, or a new attempt unless the last
     /// one failed less than [`RECONNECT_INTERVAL`] ago.
-    async fn connection(&self) -> Result<ConnectionManager, StoreError> {
+    async fn connection(&self) -> Result<(u64, MultiplexedConnection), StoreError> {
         let mut rx = {
             let mut state = self.shared.lock();
-            if let Some(manager) = &state.manager {
-                return Ok(manager.clone());
+            if let Some(live) = &state.live {
+                return Ok((live.id, live.conn.clone()));
             }
             match &state.connecting {
-                Some(rx) => rx.clone(),
-                None => {
+                // An attempt whose task is gone (dropped with its runtime) never answers: it
+                // is replaced, never waited on.
+                Some(rx) if rx.has_changed().is_ok() => rx.clone(),
+                _ => {
                     let now = Instant::now();
                     if state
                         .last_attempt
@@ -317,12 +407,7 @@ impl RedisStore {
                     state.last_attempt = Some(now);
                     let (tx, rx) = watch::channel(None);
                     state.connecting = Some(rx.clone());
-                    tokio::spawn(connect(
-                        Arc::clone(&self.shared),
-                        tx,
-                        self.connect_timeout,
-                        self.timeout,
-                    ));
+                    tokio::spawn(connect(Arc::clone(&self.shared), tx, self.connect_timeout));
                     rx
                 }
             }
@@ -341,6 +426,21 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, ConnState> {
         self.conn.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// Drops connection `id` if it is still the one in use, closing its socket.
+    fn discard(&self, id: u64, why: &'static str) {
+        let live = {
+            let mut state = self.lock();
+            match &state.live {
+                Some(live) if live.id == id => state.live.take(),
+                _ => None,
+            }
+        };
+        if let Some(live) = live {
+            live.driver.abort();
+            tracing::debug!(addr = %self.addr, why, "dropped the redis connection: the next command makes a new one");
+        }
+    }
 }
 
 /// One connection attempt, in a task of its own; publishes its outcome to the state, then to
@@ -349,36 +449,28 @@ async fn connect(
     shared: Arc<Shared>,
     tx: watch::Sender<ConnectOutcome>,
     connect_timeout: Duration,
-    response_timeout: Duration,
 ) {
-    if shared.tls {
-        ensure_crypto_provider();
-    }
-    // One attempt here (no retries inside the manager): the next one is made by a later command,
-    // no sooner than `RECONNECT_INTERVAL`. Once connected, the manager re-makes a dropped
-    // connection on the next command.
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(connect_timeout))
-        .set_response_timeout(Some(response_timeout))
-        .set_number_of_retries(0);
-    let client = shared.client.clone();
-    let result = match tokio::time::timeout(
-        connect_timeout,
-        ConnectionManager::new_with_config(client, config),
-    )
-    .await
-    {
-        Ok(Ok(manager)) => Ok(manager),
-        Ok(Err(error)) => Err(StoreError::Redis(error)),
+    let result = match tokio::time::timeout(connect_timeout, open(&shared)).await {
+        Ok(Ok(opened)) => Ok(opened),
+        Ok(Err(error)) => Err(error),
         Err(_) => Err(StoreError::ConnectTimeout(connect_timeout)),
     };
-    {
+    let result = {
         let mut state = shared.lock();
         state.connecting = None;
-        if let Ok(manager) = &result {
-            state.manager = Some(manager.clone());
-        }
-    }
+        result.map(|(conn, driver)| {
+            let id = state.next_id;
+            state.next_id += 1;
+            if let Some(old) = state.live.replace(Live {
+                id,
+                conn: conn.clone(),
+                driver,
+            }) {
+                old.driver.abort();
+            }
+            (id, conn)
+        })
+    };
     match &result {
         Ok(_) => tracing::debug!(addr = %shared.addr, "connected to redis"),
         Err(error) => tracing::debug!(addr = %shared.addr, %error, "could not connect to redis"),
@@ -386,13 +478,84 @@ async fn connect(
     tx.send_replace(Some(result));
 }
 
-/// rustls needs a process-wide crypto provider; when the application chose none, use ring's
-/// (what rustls does by itself when ring is the only one compiled in, and what this crate uses).
-fn ensure_crypto_provider() {
-    if rustls::crypto::CryptoProvider::get_default().is_none() {
-        // Losing a race to another installer is fine: a provider is installed either way.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+/// Opens a connection: TCP with keepalive and a user timeout (TLS over it for `rediss://`),
+/// or a Unix socket; then `AUTH` and `SELECT` as the URL says.
+async fn open(shared: &Shared) -> Result<(MultiplexedConnection, AbortHandle), StoreError> {
+    let info = shared.client.get_connection_info();
+    match info.addr() {
+        ConnectionAddr::Tcp(host, port) => {
+            let tcp = tcp(host, *port).await?;
+            match &shared.tls {
+                None => handshake(shared, tcp).await,
+                Some(config) => {
+                    let name =
+                        rustls::pki_types::ServerName::try_from(host.clone()).map_err(|_| {
+                            StoreError::Io("the host is not a valid TLS server name".into())
+                        })?;
+                    let stream = tokio_rustls::TlsConnector::from(Arc::clone(config))
+                        .connect(name, tcp)
+                        .await
+                        .map_err(|error| StoreError::Io(format!("TLS: {error}").into()))?;
+                    handshake(shared, stream).await
+                }
+            }
+        }
+        #[cfg(unix)]
+        ConnectionAddr::Unix(path) => {
+            let stream = tokio::net::UnixStream::connect(path)
+                .await
+                .map_err(|error| StoreError::Io(error.to_string().into()))?;
+            handshake(shared, stream).await
+        }
+        _ => Err(StoreError::Io("unsupported Redis address".into())),
     }
+}
+
+/// A TCP connection to the first address of `host` that answers, with keepalive and a user
+/// timeout, so that a dead peer is noticed by the kernel too.
+async fn tcp(host: &str, port: u16) -> Result<tokio::net::TcpStream, StoreError> {
+    let io = |error: std::io::Error| StoreError::Io(error.to_string().into());
+    let mut last = None;
+    for addr in tokio::net::lookup_host((host, port)).await.map_err(io)? {
+        match tokio::net::TcpStream::connect(addr).await {
+            Ok(stream) => {
+                let _ = stream.set_nodelay(true);
+                let socket = socket2::SockRef::from(&stream);
+                let keepalive = socket2::TcpKeepalive::new()
+                    .with_time(KEEPALIVE_IDLE)
+                    .with_interval(KEEPALIVE_INTERVAL)
+                    .with_retries(KEEPALIVE_PROBES);
+                if let Err(error) = socket.set_tcp_keepalive(&keepalive) {
+                    tracing::debug!(%error, "could not set TCP keepalive on the redis connection");
+                }
+                #[cfg(any(target_os = "linux", target_os = "android"))]
+                if let Err(error) = socket.set_tcp_user_timeout(Some(USER_TIMEOUT)) {
+                    tracing::debug!(%error, "could not set TCP_USER_TIMEOUT on the redis connection");
+                }
+                return Ok(stream);
+            }
+            Err(error) => last = Some(error),
+        }
+    }
+    Err(last.map_or_else(|| StoreError::Io("the host has no address".into()), io))
+}
+
+/// The Redis handshake (`AUTH`, `SELECT`) over `stream`, and the task that drives the
+/// connection. No response timeout inside: each command's own (per store clone) applies.
+async fn handshake<C>(
+    shared: &Shared,
+    stream: C,
+) -> Result<(MultiplexedConnection, AbortHandle), StoreError>
+where
+    C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let config = AsyncConnectionConfig::new().set_response_timeout(None);
+    let settings = shared.client.get_connection_info().redis_settings();
+    let (conn, driver) = MultiplexedConnection::new_with_config(settings, stream, config)
+        .await
+        .map_err(StoreError::Redis)?;
+    let driver = tokio::spawn(driver).abort_handle();
+    Ok((conn, driver))
 }
 
 /// PX wants whole, positive milliseconds.
@@ -476,6 +639,25 @@ impl TokenStore for RedisStore {
         })
     }
 
+    fn remove_if_equal(&self, key: &str, value: &[u8]) -> BoxFuture<'_, Result<bool, BoxError>> {
+        let key = key.to_owned();
+        let value = value.to_vec();
+        Box::pin(async move {
+            let removed: i64 = self
+                .run("remove_if_equal", |mut conn| async move {
+                    self.shared
+                        .scripts
+                        .remove_if_equal
+                        .key(&key)
+                        .arg(value.as_slice())
+                        .invoke_async(&mut conn)
+                        .await
+                })
+                .await?;
+            Ok(removed == 1)
+        })
+    }
+
     fn try_lease(
         &self,
         key: &str,
@@ -531,7 +713,7 @@ impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("RedisStore");
         d.field("addr", &self.shared.addr)
-            .field("tls", &self.shared.tls)
+            .field("tls", &self.shared.tls.is_some())
             .field("db", &self.shared.db);
         if self.shared.has_credentials {
             d.field("credentials", &"[redacted]");

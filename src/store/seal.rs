@@ -9,14 +9,15 @@
 //!   encoding, so the store never shows the token URL, the client id or the scopes. The lease
 //!   is the name followed by `:lease`.
 //! - Value: `version (1 byte) ‖ tag (32 bytes: HMAC of the token) ‖ nonce (12 bytes, random) ‖
-//!   AES-256-GCM(lifetime in ms, u64 big-endian ‖ token)`, with the key name as associated
+//!   AES-256-GCM(lifetime in ms ‖ expiry in ms since the Unix epoch ‖ token)` (both u64
+//!   big-endian), with the key name as associated
 //!   data, so a value copied under another name does not open. The tag lets a script in the
 //!   store delete a token that was rejected without decrypting anything
 //!   ([`TokenStore::remove_if_prefix`](super::TokenStore::remove_if_prefix) with
 //!   [`Sealer::tag_prefix`]).
 
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut as _, Bytes, BytesMut};
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
@@ -27,16 +28,18 @@ use ring::rand::{SecureRandom as _, SystemRandom};
 use crate::error::Error;
 use crate::source::SharedIdentity;
 
-/// The first byte of every sealed value.
-pub(crate) const VERSION: u8 = 1;
+/// The first byte of every sealed value. Version 1 had no sealed expiry: its values read as
+/// garbage (a miss), and are replaced.
+pub(crate) const VERSION: u8 = 2;
 /// `version ‖ tag`: what [`Sealer::tag_prefix`] returns.
 pub(crate) const TAG_PREFIX_LEN: usize = 1 + TAG_LEN;
 const TAG_LEN: usize = 32;
 const NONCE_LEN: usize = aead::NONCE_LEN;
-const LIFETIME_LEN: usize = 8;
-/// The shortest value that can open: header, an encrypted lifetime, one token byte, the
-/// AEAD tag.
-const MIN_SEALED_LEN: usize = TAG_PREFIX_LEN + NONCE_LEN + LIFETIME_LEN + 1 + TAG_OVERHEAD;
+/// The lifetime and the expiry, in milliseconds.
+const TIMES_LEN: usize = 16;
+/// The shortest value that can open: header, the encrypted times, one token byte, the AEAD
+/// tag.
+const MIN_SEALED_LEN: usize = TAG_PREFIX_LEN + NONCE_LEN + TIMES_LEN + 1 + TAG_OVERHEAD;
 const TAG_OVERHEAD: usize = 16;
 
 /// Every key name starts with this.
@@ -116,24 +119,33 @@ impl Sealer {
         prefix
     }
 
-    /// Seals `token` with the lifetime it was issued with.
+    /// Seals `token` with the lifetime it was issued with and its expiry, `remaining` from now
+    /// on this machine's wall clock.
     ///
     /// # Errors
     ///
     /// An internal error when the system's random number generator fails.
-    pub(crate) fn seal(&self, token: &str, lifetime: Duration) -> Result<Bytes, Error> {
+    pub(crate) fn seal(
+        &self,
+        token: &str,
+        lifetime: Duration,
+        remaining: Duration,
+    ) -> Result<Bytes, Error> {
         let mut nonce = [0u8; NONCE_LEN];
         self.rng
             .fill(&mut nonce)
             .map_err(|_| Error::internal("the system random number generator failed"))?;
         let lifetime_ms = u64::try_from(lifetime.as_millis()).unwrap_or(u64::MAX);
+        let expires_ms = unix_ms(SystemTime::now())
+            .saturating_add(u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX));
         let mut sealed = BytesMut::with_capacity(
-            TAG_PREFIX_LEN + NONCE_LEN + LIFETIME_LEN + token.len() + TAG_OVERHEAD,
+            TAG_PREFIX_LEN + NONCE_LEN + TIMES_LEN + token.len() + TAG_OVERHEAD,
         );
         sealed.put_slice(&self.tag_prefix(token));
         sealed.put_slice(&nonce);
-        let mut plaintext = Vec::with_capacity(LIFETIME_LEN + token.len() + TAG_OVERHEAD);
+        let mut plaintext = Vec::with_capacity(TIMES_LEN + token.len() + TAG_OVERHEAD);
         plaintext.extend_from_slice(&lifetime_ms.to_be_bytes());
+        plaintext.extend_from_slice(&expires_ms.to_be_bytes());
         plaintext.extend_from_slice(token.as_bytes());
         self.aead
             .seal_in_place_append_tag(
@@ -146,10 +158,10 @@ impl Sealer {
         Ok(sealed.freeze())
     }
 
-    /// Opens a sealed value: the token's text and the lifetime it was issued with. `None` for
-    /// anything that is not a value this sealer made for this key name (another version,
-    /// truncated, tampered with, another key, not UTF-8, a tag that does not match).
-    pub(crate) fn open(&self, value: &[u8]) -> Option<(String, Duration)> {
+    /// Opens a sealed value: the token's text, the lifetime it was issued with and its expiry.
+    /// `None` for anything that is not a value this sealer made for this key name (another
+    /// version, truncated, tampered with, another key, not UTF-8, a tag that does not match).
+    pub(crate) fn open(&self, value: &[u8]) -> Option<Opened> {
         if value.len() < MIN_SEALED_LEN || value[0] != VERSION {
             return None;
         }
@@ -161,18 +173,60 @@ impl Sealer {
             .aead
             .open_in_place(nonce, Aad::from(self.name.as_bytes()), &mut buf)
             .ok()?;
-        if plaintext.len() <= LIFETIME_LEN {
+        if plaintext.len() <= TIMES_LEN {
             return None;
         }
-        let (lifetime, token) = plaintext.split_at(LIFETIME_LEN);
+        let (times, token) = plaintext.split_at(TIMES_LEN);
+        let (lifetime, expires) = times.split_at(8);
         let lifetime_ms = u64::from_be_bytes(lifetime.try_into().ok()?);
+        let expires_ms = u64::from_be_bytes(expires.try_into().ok()?);
         let token = std::str::from_utf8(token).ok()?;
         // The tag is outside the AEAD: check that it belongs to this token, so that a value whose
         // prefix was changed cannot escape a rejection's compare-and-delete.
         let tag = &prefix[1..];
         hmac::verify(&self.tag_key, token.as_bytes(), tag).ok()?;
-        Some((token.to_owned(), Duration::from_millis(lifetime_ms)))
+        Some(Opened {
+            token: token.to_owned(),
+            lifetime: Duration::from_millis(lifetime_ms),
+            expires_ms,
+        })
     }
+}
+
+/// What [`Sealer::open`] found in a value.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct Opened {
+    /// The token's text.
+    pub(crate) token: String,
+    /// The lifetime it was issued with.
+    pub(crate) lifetime: Duration,
+    /// Its expiry, in milliseconds since the Unix epoch, on the sealing machine's clock.
+    expires_ms: u64,
+}
+
+impl Opened {
+    /// How long the token has left by its sealed expiry, on this machine's clock: what bounds
+    /// the store's time to live, so that a value stored again with a longer one (a replay, or
+    /// a replica's clock) cannot extend it. Zero once past.
+    pub(crate) fn sealed_remaining(&self) -> Duration {
+        Duration::from_millis(self.expires_ms.saturating_sub(unix_ms(SystemTime::now())))
+    }
+}
+
+impl fmt::Debug for Opened {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Opened")
+            .field("token", &"[redacted]")
+            .field("lifetime", &self.lifetime)
+            .field("expires_ms", &self.expires_ms)
+            .finish()
+    }
+}
+
+/// Milliseconds since the Unix epoch (zero before it).
+fn unix_ms(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl fmt::Debug for Sealer {
@@ -215,15 +269,22 @@ mod tests {
     #[test]
     fn round_trip() {
         let s = sealer();
-        let sealed = s.seal("tok.en-1", Duration::from_secs(3600)).unwrap();
+        let hour = Duration::from_secs(3600);
+        let sealed = s.seal("tok.en-1", hour, hour / 2).unwrap();
         assert_eq!(sealed[0], VERSION);
         assert_eq!(&sealed[..TAG_PREFIX_LEN], &s.tag_prefix("tok.en-1"));
-        assert_eq!(
-            s.open(&sealed),
-            Some(("tok.en-1".to_owned(), Duration::from_secs(3600)))
+        let opened = s.open(&sealed).unwrap();
+        assert_eq!((opened.token.as_str(), opened.lifetime), ("tok.en-1", hour));
+        let left = opened.sealed_remaining();
+        assert!(
+            left <= hour / 2 && left > hour / 2 - Duration::from_secs(60),
+            "{left:?}"
         );
+        // Sealed as already expired: nothing left.
+        let past = s.seal("tok.en-1", hour, Duration::ZERO).unwrap();
+        assert_eq!(s.open(&past).unwrap().sealed_remaining(), Duration::ZERO);
         // A random nonce: two seals of one token differ past the tag.
-        let again = s.seal("tok.en-1", Duration::from_secs(3600)).unwrap();
+        let again = s.seal("tok.en-1", hour, hour / 2).unwrap();
         assert_ne!(sealed, again);
         assert_eq!(&sealed[..TAG_PREFIX_LEN], &again[..TAG_PREFIX_LEN]);
     }
@@ -256,7 +317,9 @@ mod tests {
     #[test]
     fn anything_else_is_a_miss() {
         let s = sealer();
-        let sealed = s.seal("token", Duration::from_secs(60)).unwrap();
+        let sealed = s
+            .seal("token", Duration::from_secs(60), Duration::from_secs(60))
+            .unwrap();
         // Truncated at every length.
         for len in 0..sealed.len() {
             assert_eq!(s.open(&sealed[..len]), None, "{len}");
@@ -353,8 +416,9 @@ mod tests {
         fn tokens_round_trip(token in "[!-~]{1,200}", ms in any::<u64>()) {
             let s = sealer();
             let lifetime = Duration::from_millis(ms);
-            let sealed = s.seal(&token, lifetime).unwrap();
-            prop_assert_eq!(s.open(&sealed), Some((token, lifetime)));
+            let sealed = s.seal(&token, lifetime, lifetime).unwrap();
+            let opened = s.open(&sealed).unwrap();
+            prop_assert_eq!((opened.token, opened.lifetime), (token, lifetime));
         }
     }
 }

@@ -69,5 +69,5 @@ mod tests;
 mod token_endpoint;
 
 pub use protected_api::{ProtectedApi, RecordedApiRequest, Rejection};
-pub use redis_server::RedisServer;
+pub use redis_server::{RedisServer, SERVER_ENV};
 pub use token_endpoint::{RecordedTokenRequest, Reply, TokenEndpoint, TokenEndpointBuilder};

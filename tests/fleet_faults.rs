@@ -1,0 +1,345 @@
+//! The fleet under Redis's real faults (issue 21): a TCP proxy between the caches and a real
+//! `redis-server` (or `valkey-server`, see `testing::RedisServer`), which each test switches
+//! between forwarding, silence (nothing forwarded, nothing closed, new connections accepted
+//! and left hanging), delayed replies (fixed, or random around the store's timeout) and a
+//! failover (new connections go to a second server, old ones hang).
+//!
+//! Redis keeps real time, so these tests run on the real clock; bounds are derived from the
+//! configured timeouts with generous factors, never from how fast this machine is.
+#![cfg(all(feature = "redis", feature = "test-util"))]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+use tower_cognito_auth::CognitoAuthLayer;
+use tower_cognito_auth::store::{RedisStore, TokenStore};
+use tower_cognito_auth::testing::{RedisServer, TokenEndpoint};
+
+/// What the proxy does with traffic.
+#[derive(Clone, Copy, Debug)]
+enum Mode {
+    Forward,
+    /// Forward nothing, close nothing; new connections are accepted and left hanging.
+    Silent,
+    /// Every reply arrives this much later.
+    Delay(Duration),
+    /// Every reply arrives a random delay in this range later (in order).
+    Jitter(Duration, Duration),
+}
+
+struct State {
+    mode: Mode,
+    target: SocketAddr,
+    /// Bumped by silence and failover: connections accepted before it hang.
+    epoch: u64,
+}
+
+#[derive(Clone)]
+struct Proxy {
+    addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+}
+
+impl Proxy {
+    async fn start(target: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(State {
+            mode: Mode::Forward,
+            target,
+            epoch: 0,
+        }));
+        let shared = Arc::clone(&state);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                tokio::spawn(relay(client, Arc::clone(&shared)));
+            }
+        });
+        Proxy { addr, state }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://{}", self.addr)
+    }
+
+    fn set(&self, mode: Mode) {
+        let mut state = self.state.lock().unwrap();
+        if matches!(mode, Mode::Silent) {
+            state.epoch += 1;
+        }
+        state.mode = mode;
+    }
+
+    /// New connections go to `target`; the old ones hang, as after a failover that moved the
+    /// address while the old server's connections were never closed.
+    fn fail_over(&self, target: SocketAddr) {
+        let mut state = self.state.lock().unwrap();
+        state.epoch += 1;
+        state.target = target;
+        state.mode = Mode::Forward;
+    }
+}
+
+/// Holds a socket open, reading and dropping whatever comes.
+async fn hang(mut stream: impl tokio::io::AsyncRead + Unpin) {
+    let mut buf = [0u8; 4096];
+    while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+}
+
+async fn relay(client: TcpStream, state: Arc<Mutex<State>>) {
+    let (mode, target, epoch) = {
+        let s = state.lock().unwrap();
+        (s.mode, s.target, s.epoch)
+    };
+    if matches!(mode, Mode::Silent) {
+        return hang(client).await;
+    }
+    let Ok(server) = TcpStream::connect(target).await else {
+        return;
+    };
+    let current = {
+        let state = Arc::clone(&state);
+        move || state.lock().unwrap().epoch == epoch
+    };
+    let (mut client_rx, mut client_tx) = client.into_split();
+    let (mut server_rx, mut server_tx) = server.into_split();
+    let up = {
+        let current = current.clone();
+        async move {
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                let n = match client_rx.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                if !current() {
+                    return hang(client_rx).await;
+                }
+                if server_tx.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    };
+    let down = async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut last = Instant::now();
+        loop {
+            let n = match server_rx.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            let mode = state.lock().unwrap().mode;
+            let delay = match mode {
+                Mode::Delay(d) => d,
+                Mode::Jitter(low, high) => {
+                    let span = high.saturating_sub(low).as_micros() as u64;
+                    low + Duration::from_micros(fastrand::u64(0..=span))
+                }
+                Mode::Forward | Mode::Silent => Duration::ZERO,
+            };
+            // In order: never before the reply ahead of it.
+            let at = (Instant::now() + delay).max(last);
+            last = at;
+            tokio::time::sleep_until(at).await;
+            if !current() {
+                return hang(server_rx).await;
+            }
+            if client_tx.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::join!(up, down);
+}
+
+fn redis() -> RedisServer {
+    RedisServer::start().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The store's command timeout in these tests, and what every bound below derives from.
+const TIMEOUT: Duration = Duration::from_millis(200);
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+fn store(url: &str) -> RedisStore {
+    RedisStore::new(url)
+        .unwrap()
+        .timeout(TIMEOUT)
+        .connect_timeout(CONNECT_TIMEOUT)
+}
+
+fn member(endpoint: &TokenEndpoint, store: RedisStore) -> CognitoAuthLayer {
+    member_with(endpoint, store, Duration::from_secs(4))
+}
+
+/// A member whose refreshes end within `refresh_deadline` (a tenth of it caps each store
+/// operation, a third is the lease, half the wait).
+fn member_with(
+    endpoint: &TokenEndpoint,
+    store: RedisStore,
+    refresh_deadline: Duration,
+) -> CognitoAuthLayer {
+    CognitoAuthLayer::builder()
+        .token_url(endpoint.token_url())
+        .client_id(endpoint.client_id())
+        .client_secret(endpoint.client_secret())
+        .http_client(common::http())
+        .refresh_deadline(refresh_deadline)
+        .shared_store(store)
+        .build()
+        .unwrap()
+}
+
+/// Defect 4 of issue 21: after a failover that leaves the old connection hanging, the store
+/// answers again (from the new server) within a timeout and a reconnect interval, instead of
+/// timing out on the old connection until the kernel gives up on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_moves_to_the_new_server_after_a_failover() {
+    let (old, new) = (redis(), redis());
+    let proxy = Proxy::start(old.addr()).await;
+    let store = store(&proxy.url());
+    assert!(
+        store
+            .save_if_longer("k", "old".into(), Duration::from_secs(60))
+            .await
+            .unwrap()
+    );
+    proxy.fail_over(new.addr());
+    let start = Instant::now();
+    // A timeout on the hanging connection, then a reconnect (at most once a second).
+    let bound = TIMEOUT + CONNECT_TIMEOUT + Duration::from_secs(1) + 4 * TIMEOUT;
+    loop {
+        if let Ok(loaded) = store.load("k").await {
+            assert_eq!(loaded, None, "the new server is empty");
+            break;
+        }
+        assert!(
+            start.elapsed() < 3 * bound,
+            "the store still fails {:?} after the failover",
+            start.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "store answers again {:?} after the failover",
+        start.elapsed()
+    );
+}
+
+/// Defect 8 of issue 21: clones share one connection, and each keeps its own timeout: a
+/// clone with a short timeout connecting first does not impose it on a clone with a longer
+/// one; and a store timeout above the fleet's old 250 ms cap takes effect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_clone_keeps_its_own_timeout() {
+    let redis = redis();
+    let proxy = Proxy::start(redis.addr()).await;
+    let short = RedisStore::new(proxy.url())
+        .unwrap()
+        .timeout(Duration::from_millis(100));
+    let long = short.clone().timeout(Duration::from_secs(2));
+    assert_eq!(
+        short.load("k").await.unwrap(),
+        None,
+        "the short clone connects"
+    );
+    proxy.set(Mode::Delay(Duration::from_millis(300)));
+    assert_eq!(
+        long.load("k").await.unwrap(),
+        None,
+        "the long clone waits its own 2 s for a 300 ms reply"
+    );
+    assert!(short.load("k").await.is_err(), "the short clone times out");
+
+    // Through a whole fleet (default 30 s refresh deadline: 3 s per store operation at most):
+    // a 900 ms timeout over 300 ms replies (connecting costs one more), and the token is
+    // shared.
+    let endpoint = TokenEndpoint::start().await.unwrap();
+    let slow_store = || {
+        RedisStore::new(proxy.url())
+            .unwrap()
+            .timeout(Duration::from_millis(900))
+    };
+    let deadline = Duration::from_secs(30);
+    let a = member_with(&endpoint, slow_store(), deadline);
+    let b = member_with(&endpoint, slow_store(), deadline);
+    a.token().await.unwrap();
+    b.token().await.unwrap();
+    assert_eq!(endpoint.tokens_issued(), 1, "shared through slow Redis");
+    assert_eq!(b.stats().adopted, 1);
+}
+
+/// Steady traffic from several caches while Redis goes silent, then answers with delayed
+/// replies (some later than the store's timeout), then fails over: no request fails, no
+/// request waits much longer than the store's timeouts allow, and the fleet shares again
+/// after the failover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_silence_delays_and_failover_no_request_fails() {
+    let (old, new) = (redis(), redis());
+    let proxy = Proxy::start(old.addr()).await;
+    let lifetime = Duration::from_secs(2);
+    let endpoint = TokenEndpoint::builder()
+        .lifetime(lifetime)
+        .start()
+        .await
+        .unwrap();
+    let fleet: Vec<_> = (0..4)
+        .map(|_| member(&endpoint, store(&proxy.url())))
+        .collect();
+    // A request waits at most for one refresh that reads the store (each operation bounded by
+    // TIMEOUT: the removal of a rejected token, a read, a lease) and then fetches: generous
+    // factors over that, and over the loopback endpoint's answer.
+    let bound = 3 * TIMEOUT * 2 + Duration::from_secs(1);
+    let phase = |fleet: Vec<CognitoAuthLayer>, run_for: Duration| async move {
+        let start = Instant::now();
+        let mut slowest = Duration::ZERO;
+        while start.elapsed() < run_for {
+            for layer in &fleet {
+                let sent = Instant::now();
+                let token = layer.token().await;
+                assert!(token.is_ok(), "{token:?}");
+                slowest = slowest.max(sent.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        slowest
+    };
+    let mut results = Vec::new();
+    results.push((
+        "forward",
+        phase(fleet.clone(), Duration::from_secs(2)).await,
+    ));
+    proxy.set(Mode::Silent);
+    results.push(("silent", phase(fleet.clone(), Duration::from_secs(3)).await));
+    proxy.set(Mode::Jitter(TIMEOUT / 2, TIMEOUT * 3 / 2));
+    results.push((
+        "replies around the timeout",
+        phase(fleet.clone(), Duration::from_secs(3)).await,
+    ));
+    proxy.fail_over(new.addr());
+    results.push((
+        "failover",
+        phase(fleet.clone(), Duration::from_secs(3)).await,
+    ));
+    for (name, slowest) in &results {
+        println!("{name}: slowest request {slowest:?} (bound {bound:?})");
+        assert!(*slowest < bound, "{name}: a request waited {slowest:?}");
+    }
+    // Sharing again: over the last lifetimes, about one token request per renewal for the
+    // whole fleet (each process alone would make one per process).
+    let before = endpoint.tokens_issued();
+    let adopted_before: u64 = fleet.iter().map(|l| l.stats().adopted).sum();
+    let run_for = 3 * lifetime;
+    phase(fleet.clone(), run_for).await;
+    let issued = endpoint.tokens_issued() - before;
+    let adopted: u64 = fleet.iter().map(|l| l.stats().adopted).sum::<u64>() - adopted_before;
+    println!("after the failover: {issued} token requests, {adopted} adoptions over {run_for:?}");
+    assert!(adopted > 0, "the fleet shares again");
+    // Renewals at about half the lifetime: ~6 for the fleet in 3 lifetimes, 24 without sharing.
+    assert!(issued <= 10, "{issued} token requests");
+}
