@@ -140,7 +140,7 @@ pub use error::{Error, ErrorKind};
 pub use grant::refresh_token as session;
 pub use grant::{
     ClientAuth, ClientCredentials, ClientCredentialsBuilder, RefreshTokenGrant,
-    RefreshTokenGrantBuilder,
+    RefreshTokenGrantBuilder, SessionStatus, TokenSet,
 };
 pub use layer::{CognitoAuthLayer, CognitoAuthLayerBuilder, DEFAULT_REPLAY_BODY_LIMIT};
 pub use replay::Replay;

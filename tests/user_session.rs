@@ -181,6 +181,11 @@ async fn hundred_callers_over_several_lifetimes_never_lose_the_session() {
     assert_eq!(sent[1..], rotations[..rotations.len() - 1]);
 }
 
+// The exchanges run on the grant's own thread. While one runs, the runtime that asked for it
+// keeps its paused clock still (its wait sits on the blocking pool), so these tests hold the
+// endpoint's answers instead of delaying them on the clock: a request is decided (the refresh
+// token rotated) when it arrives, and its answer leaves when the test releases it.
+
 #[tokio::test(start_paused = true)]
 async fn a_cancelled_fetch_does_not_lose_the_rotation() {
     let endpoint = TokenEndpoint::builder()
@@ -192,17 +197,20 @@ async fn a_cancelled_fetch_does_not_lose_the_rotation() {
     let rotations = Rotations::default();
     let grant = grant_for(&endpoint, &rotations).build().unwrap();
     let first = endpoint.current_refresh_token().unwrap();
-    // The server rotates on arrival and answers 2 s later; the fetch is dropped at 100 ms.
-    endpoint.set_delay(Duration::from_secs(2));
-    assert!(
-        tokio::time::timeout(Duration::from_millis(100), grant.fetch())
-            .await
-            .is_err()
-    );
+    // The server rotates on arrival; the fetch is dropped before its answer leaves.
+    endpoint.hold_answers(true);
+    let fetch = tokio::spawn({
+        let grant = grant.clone();
+        async move { grant.fetch().await }
+    });
+    endpoint.wait_for_requests(1).await;
+    fetch.abort();
+    assert!(fetch.await.unwrap_err().is_cancelled());
     assert_eq!(endpoint.request_count(), 1);
-    endpoint.set_delay(Duration::ZERO);
+    endpoint.hold_answers(false);
+    // The clock moves on only once the exchange has ended, with nobody waiting; it told the
+    // application.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    // The exchange finished with nobody waiting, and told the application.
     assert_eq!(rotations.all(), [endpoint.current_refresh_token().unwrap()]);
 
     grant.fetch().await.unwrap();
@@ -214,23 +222,24 @@ async fn a_cancelled_fetch_does_not_lose_the_rotation() {
 
 #[tokio::test(start_paused = true)]
 async fn a_cancelled_waiter_does_not_lose_the_rotation() {
-    let env = env(Duration::from_secs(60), |g| g, |l| l).await;
+    let env = Arc::new(env(Duration::from_secs(60), |g| g, |l| l).await);
     let first = env.endpoint.current_refresh_token().unwrap();
-    env.endpoint.set_delay(Duration::from_secs(2));
+    env.endpoint.hold_answers(true);
     // The only request waiting for the first token gives up during the refresh.
-    assert!(
-        tokio::time::timeout(Duration::from_millis(100), env.get())
-            .await
-            .is_err()
-    );
+    let get = |env: &Arc<Env>| {
+        let env = Arc::clone(env);
+        tokio::spawn(async move { env.get().await })
+    };
+    let waiting = get(&env);
+    env.endpoint.wait_for_requests(1).await;
+    waiting.abort();
     // A second one arrives and is dropped too, while the same exchange runs.
-    assert!(
-        tokio::time::timeout(Duration::from_millis(100), env.get())
-            .await
-            .is_err()
-    );
+    let waiting = get(&env);
+    tokio::task::yield_now().await;
+    waiting.abort();
+    assert!(waiting.await.unwrap_err().is_cancelled());
     assert_eq!(env.endpoint.request_count(), 1);
-    env.endpoint.set_delay(Duration::ZERO);
+    env.endpoint.hold_answers(false);
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(env.rotations.all().len(), 1);
 
@@ -249,26 +258,34 @@ async fn a_cancelled_waiter_does_not_lose_the_rotation() {
 
 #[tokio::test(start_paused = true)]
 async fn a_refresh_deadline_after_the_server_rotated_keeps_the_new_token() {
-    let env = env(
-        Duration::from_secs(60),
-        |g| g,
-        |l| l.refresh_deadline(Duration::from_secs(1)),
-    )
-    .await;
+    let env = Arc::new(
+        env(
+            Duration::from_secs(60),
+            |g| g,
+            |l| l.refresh_deadline(Duration::from_secs(1)),
+        )
+        .await,
+    );
     let first = env.endpoint.current_refresh_token().unwrap();
-    env.endpoint.set_delay(Duration::from_secs(3));
-
-    let error = env.get().await.unwrap_err();
+    env.endpoint.hold_answers(true);
+    let waiting = tokio::spawn({
+        let env = Arc::clone(&env);
+        async move { env.get().await }
+    });
+    env.endpoint.wait_for_requests(1).await;
+    // The cache's deadline passes while the answer is held.
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let error = waiting.await.unwrap().unwrap_err();
     assert!(token_error(&error).is_timeout(), "{error}");
     assert_eq!(env.endpoint.request_count(), 1);
     // The server rotated on arrival; its answer is still on the way.
     let rotated = env.endpoint.current_refresh_token().unwrap();
     assert_ne!(rotated, first);
     assert!(env.rotations.all().is_empty());
-    env.endpoint.set_delay(Duration::ZERO);
+    env.endpoint.hold_answers(false);
 
-    // Past the cache's backoff, while the first exchange still runs: the next refresh waits
-    // for it and sends the token its answer carried, not the old one.
+    // Past the cache's backoff (the clock moves once the first exchange has ended): the next
+    // refresh sends the token that exchange's answer carried, not the old one.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(env.get().await.unwrap(), StatusCode::OK);
     assert_eq!(env.sent_refresh_tokens(), [first, rotated.clone()]);
@@ -505,4 +522,111 @@ async fn trace_output_and_debug_never_hold_a_token_or_secret() {
             "a secret leaked into Debug output"
         );
     }
+}
+
+/// Issue 22, defect 1: the runtime that started an exchange shuts down after its request left.
+/// The exchange is carried to its end anyway, and the grant, used from another runtime, sends
+/// the rotated refresh token: no reuse, and the application saw the newest one.
+#[test]
+fn a_runtime_shut_down_mid_exchange_loses_no_rotation() {
+    // The identity provider lives on a runtime that outlives the others.
+    let server = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let endpoint = server
+        .block_on(
+            TokenEndpoint::builder()
+                .public_client(true)
+                .rotate_refresh_tokens(true)
+                .start(),
+        )
+        .unwrap();
+    let rotations = Rotations::default();
+    let grant = grant_for(&endpoint, &rotations).build().unwrap();
+    let first = endpoint.current_refresh_token().unwrap();
+
+    let started = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    endpoint.hold_answers(true);
+    started.block_on(async {
+        let grant = grant.clone();
+        tokio::spawn(async move { grant.fetch().await });
+        endpoint.wait_for_requests(1).await;
+    });
+    // The server has rotated; its answer is released while the runtime that asked for it is
+    // no longer driven, and then that runtime shuts down.
+    let rotated = endpoint.current_refresh_token().unwrap();
+    assert_ne!(rotated, first);
+    endpoint.hold_answers(false);
+    drop(started);
+
+    let later = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    later.block_on(async {
+        let token = grant.fetch().await;
+        assert!(token.is_ok(), "{token:?}");
+    });
+    assert!(!endpoint.is_session_revoked(), "the session was revoked");
+    assert_eq!(sent_refresh_tokens(&endpoint), [first, rotated.clone()]);
+    assert_eq!(rotations.all()[0], rotated);
+    assert_eq!(rotations.last(), endpoint.current_refresh_token());
+}
+
+/// Issue 22, defect 2: a restored access token is judged by the same margins as any other: with
+/// 10 s left of an hour it is not handed out under the default `min_validity` (30 s).
+#[tokio::test(start_paused = true)]
+async fn a_restored_token_with_ten_seconds_left_is_not_handed_out() {
+    let endpoint = TokenEndpoint::builder()
+        .public_client(true)
+        .rotate_refresh_tokens(true)
+        .start()
+        .await
+        .unwrap();
+    let rotations = Rotations::default();
+    let grant = grant_for(&endpoint, &rotations)
+        .access_token("restored-token", Instant::now() + Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let layer = CognitoAuthLayer::builder()
+        .token_source(grant)
+        .build()
+        .unwrap();
+    let token = layer.token().await.unwrap();
+    assert_ne!(token.secret(), "restored-token");
+    assert_eq!(endpoint.request_count(), 1);
+}
+
+/// Issue 22, defect 4: Cognito's token endpoint ignores `scope` on a refresh; the loopback
+/// endpoint does the same by default, so the scope asked for is not the scope granted.
+#[tokio::test]
+async fn the_refresh_scope_is_not_granted_by_a_cognito_like_endpoint() {
+    let endpoint = TokenEndpoint::builder()
+        .public_client(true)
+        .jwt(true)
+        .start()
+        .await
+        .unwrap();
+    let rotations = Rotations::default();
+    let grant = grant_for(&endpoint, &rotations)
+        .scope("openid")
+        .build()
+        .unwrap();
+    let token = grant.fetch().await.unwrap();
+    assert_eq!(jwt_claim(token.access_token().secret(), "scope"), "");
+}
+
+/// A claim of a JWT-shaped token, as a string.
+fn jwt_claim(token: &str, claim: &str) -> String {
+    let payload = token.split('.').nth(1).unwrap();
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    claims[claim].as_str().unwrap_or_default().to_owned()
 }

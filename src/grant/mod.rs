@@ -18,4 +18,4 @@ pub mod refresh_token;
 
 pub use client_credentials::{ClientCredentials, ClientCredentialsBuilder};
 pub use endpoint::ClientAuth;
-pub use refresh_token::{RefreshTokenGrant, RefreshTokenGrantBuilder};
+pub use refresh_token::{RefreshTokenGrant, RefreshTokenGrantBuilder, SessionStatus, TokenSet};
