@@ -917,3 +917,27 @@ async fn grant_clones_share_one_session() {
     assert!(!endpoint.is_session_revoked());
     assert_eq!(sent_refresh_tokens(&endpoint)[1..], rotations.all()[..2]);
 }
+
+/// A token set whose save failed is kept to be saved again: `close()` tries once more.
+#[tokio::test(start_paused = true)]
+async fn close_saves_what_a_failed_save_left() {
+    let endpoint = TokenEndpoint::builder()
+        .public_client(true)
+        .rotate_refresh_tokens(true)
+        .start()
+        .await
+        .unwrap();
+    let rotations = Rotations::default();
+    let saved = Saved::default();
+    let grant = grant_for(&endpoint, &rotations)
+        .persist(saved.hook(1))
+        .build()
+        .unwrap();
+    let status = grant.status();
+    grant.fetch().await.unwrap();
+    assert!(status.borrow().unsaved);
+    assert!(saved.last().is_none());
+    grant.close().await.unwrap();
+    assert_eq!(saved.last(), endpoint.current_refresh_token());
+    assert!(!status.borrow().unsaved);
+}
