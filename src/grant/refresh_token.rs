@@ -67,14 +67,18 @@
 //!
 //! # Restoring a session at startup
 //!
-//! Store the refresh token when the user signs in, and again in
-//! [`on_rotation`](RefreshTokenGrantBuilder::on_rotation) each time the server replaces it. At
-//! startup, pass the stored one to [`refresh_token`](RefreshTokenGrantBuilder::refresh_token):
-//! the first request then refreshes. If you also stored the access token and its expiry, pass
-//! them to [`access_token`](RefreshTokenGrantBuilder::access_token): it is used while it has
-//! life left, and the first refresh happens only when it is needed. An expiry kept as wall-clock
-//! time converts to Tokio's clock with
-//! `Instant::now() + expires_at.duration_since(SystemTime::now()).unwrap_or_default()`.
+//! Save the session when the user signs in, and again each time the server sends a new token
+//! set: [`persist`](RefreshTokenGrantBuilder::persist) (async, may fail; it gets the refresh
+//! token, the access token with its wall-clock expiry and the `id_token`) or
+//! [`on_rotation`](RefreshTokenGrantBuilder::on_rotation) (sync, the refresh token only). At
+//! startup, pass the stored refresh token to
+//! [`refresh_token`](RefreshTokenGrantBuilder::refresh_token): the first request then
+//! refreshes. If you also stored the access token, pass it with its expiry as saved
+//! ([`access_token_expiring_at`](RefreshTokenGrantBuilder::access_token_expiring_at), a
+//! `SystemTime`) or read from the token itself
+//! ([`access_token_from_jwt`](RefreshTokenGrantBuilder::access_token_from_jwt)): it is used
+//! while it has the margins any token must have (30 s, at most a tenth of its lifetime), and
+//! the first refresh happens only when it is needed.
 //!
 //! # Rotation
 //!
@@ -84,14 +88,29 @@
 //! - one refresh at a time: the cache starts one fetch at a time, and each exchange holds the
 //!   session's refresh token until its answer is in, so that a fetch started while an earlier
 //!   exchange still runs waits for it and sends the newest refresh token;
+//! - the exchange runs on a thread the grant owns (a small current-thread Tokio runtime,
+//!   started by the first exchange, ended when the last clone of the grant is dropped), so that
+//!   neither a cancelled waiter, nor the cache's `refresh_deadline`, nor the shutdown of the
+//!   runtime that asked for it can drop an answer the server already sent: the new refresh
+//!   token replaces the old one, [`on_rotation`](RefreshTokenGrantBuilder::on_rotation) is
+//!   called with it and [`persist`](RefreshTokenGrantBuilder::persist) is awaited, before the
+//!   access token is handed out and whether or not anyone still waits. The fetch waits for the
+//!   answer from its runtime's blocking pool, so a runtime that shuts down (the end of
+//!   `#[tokio::main]`) waits for an exchange in flight, and a test's paused clock stands still
+//!   while one runs. [`RefreshTokenGrant::close`] waits for it explicitly;
 //! - one attempt per fetch, unless the connection was refused (the request surely never reached
-//!   the server): a retry after the server rotated would present the old token;
-//! - the exchange runs in a task of its own, so that a cancelled waiter or the cache's
-//!   `refresh_deadline` cannot drop an answer the server already sent: the new refresh token
-//!   replaces the old one, and [`on_rotation`](RefreshTokenGrantBuilder::on_rotation) is called
-//!   with it, before the access token is handed out and whether or not anyone still waits;
+//!   the server) or the answer was lost (a timeout, a 5xx, a connection that broke): the server
+//!   may have rotated, and the old refresh token is all there is, so it is presented once more
+//!   at once. A server with a grace period (Cognito's `RetryGracePeriodSeconds`, up to 60 s;
+//!   Okta's and Auth0's reuse intervals) accepts it; past the grace period, or without one, the
+//!   server sees a reuse and ends the session, as the next refresh would have: the user must
+//!   sign in again;
 //! - an answer whose access token is unusable still rotates the refresh token;
 //! - an answer without a `refresh_token` (no rotation) keeps the current one.
+//!
+//! Give the grant an HTTP client of its own (or the default one): the connections it opens
+//! live on the session's thread, while a client shared with the application may hand it a
+//! connection that lives, and dies, with the application's runtime.
 //!
 //! # When the session ends
 //!
@@ -99,7 +118,11 @@
 //! sign in again. The [`Error`] says so, [`is_permanent`](Error::is_permanent) and
 //! [`is_invalid_grant`](Error::is_invalid_grant) are true, and the grant remembers it: later
 //! fetches return the same error without a request, so requests through the layer fail at
-//! once. Build a new grant (and layer) with the refresh token of the new sign-in.
+//! once. No other refusal (`invalid_client`, `invalid_scope`, a bare `400`) ends the session.
+//! [`RefreshTokenGrant::status`] reports the end as it happens, from a background refresh as
+//! from a request, so the application can show its sign-in screen before a request fails;
+//! after the new sign-in, [`RefreshTokenGrant::replace_refresh_token`] starts over without
+//! rebuilding the grant or the layer.
 
 use std::fmt;
 use std::future::Future;
