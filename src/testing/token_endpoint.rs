@@ -519,7 +519,7 @@ async fn serve_token_request(
 
     // Record the request and take its canned reply, if any, under one lock, so concurrent
     // requests consume queued replies in the order they are recorded.
-    let (delay, canned) = {
+    let (delay, canned, count) = {
         let mut inner = lock(&state.inner);
         inner.requests.push(RecordedTokenRequest {
             method: parts.method.clone(),
@@ -531,14 +531,22 @@ async fn serve_token_request(
             BodyRead::Complete(_) => inner.queue.pop_front().or_else(|| inner.fail_with.clone()),
             BodyRead::TooLarge | BodyRead::Failed => None,
         };
-        let count = inner.requests.len();
+        (inner.delay, canned, inner.requests.len())
+    };
+    // Told once the request is decided (below), so that a test woken by it sees the rotation.
+    let arrived = |count| {
         state.arrived.send_replace(count);
-        (inner.delay, canned)
     };
 
     match read {
-        BodyRead::TooLarge => return empty_response(StatusCode::PAYLOAD_TOO_LARGE),
-        BodyRead::Failed => return oauth_error("invalid_request"),
+        BodyRead::TooLarge => {
+            arrived(count);
+            return empty_response(StatusCode::PAYLOAD_TOO_LARGE);
+        }
+        BodyRead::Failed => {
+            arrived(count);
+            return oauth_error("invalid_request");
+        }
         BodyRead::Complete(_) => {}
     }
 
@@ -566,6 +574,7 @@ async fn serve_token_request(
             }
         }
     };
+    arrived(count);
     if !total_delay.is_zero() {
         tokio::time::sleep(total_delay).await;
     }
@@ -851,7 +860,9 @@ impl TokenEndpoint {
         self.handle.state.hold.send_replace(hold);
     }
 
-    /// Waits until at least `count` requests have arrived (recorded, as [`requests`] shows).
+    /// Waits until at least `count` requests have arrived and been decided (recorded, as
+    /// [`requests`] shows, and a refresh token rotated if the request rotates one), whatever
+    /// thread the endpoint runs on.
     ///
     /// [`requests`]: TokenEndpoint::requests
     pub async fn wait_for_requests(&self, count: usize) {
