@@ -152,7 +152,7 @@ pub use grant::refresh_token as session;
 pub use grant::{BoxFuture, SharedIdentity, TokenSource};
 pub use grant::{
     ClientAuth, ClientCredentials, ClientCredentialsBuilder, RefreshTokenGrant,
-    RefreshTokenGrantBuilder,
+    RefreshTokenGrantBuilder, SessionStatus, TokenSet,
 };
 pub use layer::{CognitoAuthLayer, CognitoAuthLayerBuilder, DEFAULT_REPLAY_BODY_LIMIT};
 pub use replay::Replay;

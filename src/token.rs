@@ -246,6 +246,12 @@ fn lifetime_from_exp(exp: u64, sent_at_wall: SystemTime) -> Result<Duration, Err
 /// client, the resource server verifies it. `None` when the token is not a JWT or has no
 /// usable `exp`. Reads at most the token's own length, which callers have already bounded.
 pub(crate) fn jwt_exp(token: &str) -> Option<u64> {
+    jwt_times(token).and_then(|(_, exp)| exp)
+}
+
+/// The `iat` and `exp` claims of a JWT-shaped token (unverified, as [`jwt_exp`]); `None` when
+/// the token is not a JWT.
+pub(crate) fn jwt_times(token: &str) -> Option<(Option<u64>, Option<u64>)> {
     let mut parts = token.split('.');
     let (_header, payload, _signature) = (parts.next()?, parts.next()?, parts.next()?);
     if parts.next().is_some() || payload.len() > MAX_TOKEN_LEN {
@@ -259,20 +265,40 @@ pub(crate) fn jwt_exp(token: &str) -> Option<u64> {
     let json = LENIENT.decode(payload).ok()?;
     #[derive(serde::Deserialize)]
     struct Claims {
+        #[serde(default)]
+        iat: serde_json::Value,
         exp: Option<serde_json::Number>,
     }
     let claims: Claims = serde_json::from_slice(&json).ok()?;
-    let exp = claims.exp?;
-    exp.as_u64().or_else(|| {
-        exp.as_f64()
-            .filter(|f| f.is_finite() && *f >= 0.0)
-            .map(|f| f as u64)
-    })
+    let seconds = |n: serde_json::Number| {
+        n.as_u64().or_else(|| {
+            n.as_f64()
+                .filter(|f| f.is_finite() && *f >= 0.0)
+                .map(|f| f as u64)
+        })
+    };
+    let iat = match claims.iat {
+        serde_json::Value::Number(n) => seconds(n),
+        _ => None,
+    };
+    Some((iat, claims.exp.and_then(seconds)))
+}
+
+/// The `id_token` of a 2xx answer (OpenID Connect), if it is a non-empty string.
+pub(crate) fn parse_id_token(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct RawId {
+        id_token: Option<serde_json::Value>,
+    }
+    let raw: RawId = serde_json::from_slice(body).ok()?;
+    match raw.id_token? {
+        serde_json::Value::String(token) if !token.is_empty() => Some(token),
+        _ => None,
+    }
 }
 
 /// The `refresh_token` of a 2xx answer, read on its own so that a rotation is seen even when
-/// the rest of the answer is unusable. `None` when absent, not a string, or empty. Any other
-/// field (`id_token` among them) is ignored.
+/// the rest of the answer is unusable. `None` when absent, not a string, or empty.
 pub(crate) fn parse_refresh_token(body: &[u8]) -> Option<String> {
     #[derive(serde::Deserialize)]
     struct RawRefresh {

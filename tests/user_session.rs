@@ -16,7 +16,7 @@ use tower::{BoxError, ServiceBuilder, ServiceExt as _};
 use tower_cognito_auth::testing::{ProtectedApi, TokenEndpoint};
 use tower_cognito_auth::{
     ClientAuth, CognitoAuth, CognitoAuthLayer, CognitoAuthLayerBuilder, Error, RefreshTokenGrant,
-    RefreshTokenGrantBuilder, TokenSource,
+    RefreshTokenGrantBuilder, SessionStatus, TokenSet, TokenSource,
 };
 
 mod common;
@@ -55,6 +55,7 @@ struct Env {
     rotations: Rotations,
     layer: CognitoAuthLayer,
     client: CognitoAuth<Client<HttpConnector, Full<Bytes>>>,
+    status: tokio::sync::watch::Receiver<SessionStatus>,
 }
 
 /// A public client with rotation on, `lifetime` tokens, and the given grant and layer settings.
@@ -73,6 +74,7 @@ async fn env(
     let api = ProtectedApi::start(&endpoint).await.unwrap();
     let rotations = Rotations::default();
     let grant = grant(grant_for(&endpoint, &rotations)).build().unwrap();
+    let status = grant.status();
     let layer = layer(CognitoAuthLayer::builder().token_source(grant))
         .build()
         .unwrap();
@@ -83,6 +85,7 @@ async fn env(
         rotations,
         layer,
         client,
+        status,
     }
 }
 
@@ -181,6 +184,11 @@ async fn hundred_callers_over_several_lifetimes_never_lose_the_session() {
     assert_eq!(sent[1..], rotations[..rotations.len() - 1]);
 }
 
+// The exchanges run on the grant's own thread. While one runs, the runtime that asked for it
+// keeps its paused clock still (its wait sits on the blocking pool), so these tests hold the
+// endpoint's answers instead of delaying them on the clock: a request is decided (the refresh
+// token rotated) when it arrives, and its answer leaves when the test releases it.
+
 #[tokio::test(start_paused = true)]
 async fn a_cancelled_fetch_does_not_lose_the_rotation() {
     let endpoint = TokenEndpoint::builder()
@@ -192,17 +200,20 @@ async fn a_cancelled_fetch_does_not_lose_the_rotation() {
     let rotations = Rotations::default();
     let grant = grant_for(&endpoint, &rotations).build().unwrap();
     let first = endpoint.current_refresh_token().unwrap();
-    // The server rotates on arrival and answers 2 s later; the fetch is dropped at 100 ms.
-    endpoint.set_delay(Duration::from_secs(2));
-    assert!(
-        tokio::time::timeout(Duration::from_millis(100), grant.fetch())
-            .await
-            .is_err()
-    );
+    // The server rotates on arrival; the fetch is dropped before its answer leaves.
+    endpoint.hold_answers(true);
+    let fetch = tokio::spawn({
+        let grant = grant.clone();
+        async move { grant.fetch().await }
+    });
+    endpoint.wait_for_requests(1).await;
+    fetch.abort();
+    assert!(fetch.await.unwrap_err().is_cancelled());
     assert_eq!(endpoint.request_count(), 1);
-    endpoint.set_delay(Duration::ZERO);
+    endpoint.hold_answers(false);
+    // The clock moves on only once the exchange has ended, with nobody waiting; it told the
+    // application.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    // The exchange finished with nobody waiting, and told the application.
     assert_eq!(rotations.all(), [endpoint.current_refresh_token().unwrap()]);
 
     grant.fetch().await.unwrap();
@@ -214,23 +225,24 @@ async fn a_cancelled_fetch_does_not_lose_the_rotation() {
 
 #[tokio::test(start_paused = true)]
 async fn a_cancelled_waiter_does_not_lose_the_rotation() {
-    let env = env(Duration::from_secs(60), |g| g, |l| l).await;
+    let env = Arc::new(env(Duration::from_secs(60), |g| g, |l| l).await);
     let first = env.endpoint.current_refresh_token().unwrap();
-    env.endpoint.set_delay(Duration::from_secs(2));
+    env.endpoint.hold_answers(true);
     // The only request waiting for the first token gives up during the refresh.
-    assert!(
-        tokio::time::timeout(Duration::from_millis(100), env.get())
-            .await
-            .is_err()
-    );
+    let get = |env: &Arc<Env>| {
+        let env = Arc::clone(env);
+        tokio::spawn(async move { env.get().await })
+    };
+    let waiting = get(&env);
+    env.endpoint.wait_for_requests(1).await;
+    waiting.abort();
     // A second one arrives and is dropped too, while the same exchange runs.
-    assert!(
-        tokio::time::timeout(Duration::from_millis(100), env.get())
-            .await
-            .is_err()
-    );
+    let waiting = get(&env);
+    tokio::task::yield_now().await;
+    waiting.abort();
+    assert!(waiting.await.unwrap_err().is_cancelled());
     assert_eq!(env.endpoint.request_count(), 1);
-    env.endpoint.set_delay(Duration::ZERO);
+    env.endpoint.hold_answers(false);
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(env.rotations.all().len(), 1);
 
@@ -249,26 +261,34 @@ async fn a_cancelled_waiter_does_not_lose_the_rotation() {
 
 #[tokio::test(start_paused = true)]
 async fn a_refresh_deadline_after_the_server_rotated_keeps_the_new_token() {
-    let env = env(
-        Duration::from_secs(60),
-        |g| g,
-        |l| l.refresh_deadline(Duration::from_secs(1)),
-    )
-    .await;
+    let env = Arc::new(
+        env(
+            Duration::from_secs(60),
+            |g| g,
+            |l| l.refresh_deadline(Duration::from_secs(1)),
+        )
+        .await,
+    );
     let first = env.endpoint.current_refresh_token().unwrap();
-    env.endpoint.set_delay(Duration::from_secs(3));
-
-    let error = env.get().await.unwrap_err();
+    env.endpoint.hold_answers(true);
+    let waiting = tokio::spawn({
+        let env = Arc::clone(&env);
+        async move { env.get().await }
+    });
+    env.endpoint.wait_for_requests(1).await;
+    // The cache's deadline passes while the answer is held.
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let error = waiting.await.unwrap().unwrap_err();
     assert!(token_error(&error).is_timeout(), "{error}");
     assert_eq!(env.endpoint.request_count(), 1);
     // The server rotated on arrival; its answer is still on the way.
     let rotated = env.endpoint.current_refresh_token().unwrap();
     assert_ne!(rotated, first);
     assert!(env.rotations.all().is_empty());
-    env.endpoint.set_delay(Duration::ZERO);
+    env.endpoint.hold_answers(false);
 
-    // Past the cache's backoff, while the first exchange still runs: the next refresh waits
-    // for it and sends the token its answer carried, not the old one.
+    // Past the cache's backoff (the clock moves once the first exchange has ended): the next
+    // refresh sends the token that exchange's answer carried, not the old one.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(env.get().await.unwrap(), StatusCode::OK);
     assert_eq!(env.sent_refresh_tokens(), [first, rotated.clone()]);
@@ -505,4 +525,419 @@ async fn trace_output_and_debug_never_hold_a_token_or_secret() {
             "a secret leaked into Debug output"
         );
     }
+}
+
+/// Issue 22, defect 1: the runtime that started an exchange shuts down after its request left.
+/// The exchange is carried to its end anyway, and the grant, used from another runtime, sends
+/// the rotated refresh token: no reuse, and the application saw the newest one.
+#[test]
+fn a_runtime_shut_down_mid_exchange_loses_no_rotation() {
+    // The identity provider lives on a runtime that outlives the others.
+    let server = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let endpoint = server
+        .block_on(
+            TokenEndpoint::builder()
+                .public_client(true)
+                .rotate_refresh_tokens(true)
+                .start(),
+        )
+        .unwrap();
+    let rotations = Rotations::default();
+    let grant = grant_for(&endpoint, &rotations).build().unwrap();
+    let first = endpoint.current_refresh_token().unwrap();
+
+    let started = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    endpoint.hold_answers(true);
+    started.block_on(async {
+        let grant = grant.clone();
+        tokio::spawn(async move { grant.fetch().await });
+        endpoint.wait_for_requests(1).await;
+    });
+    // The server has rotated; its answer is released while the runtime that asked for it is
+    // no longer driven, and then that runtime shuts down.
+    let rotated = endpoint.current_refresh_token().unwrap();
+    assert_ne!(rotated, first);
+    endpoint.hold_answers(false);
+    drop(started);
+
+    let later = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    later.block_on(async {
+        let token = grant.fetch().await;
+        assert!(token.is_ok(), "{token:?}");
+    });
+    assert!(!endpoint.is_session_revoked(), "the session was revoked");
+    assert_eq!(sent_refresh_tokens(&endpoint), [first, rotated.clone()]);
+    assert_eq!(rotations.all()[0], rotated);
+    assert_eq!(rotations.last(), endpoint.current_refresh_token());
+}
+
+/// Issue 22, defect 2: a restored access token is judged by the same margins as any other: with
+/// 10 s left of an hour it is not handed out under the default `min_validity` (30 s).
+#[tokio::test(start_paused = true)]
+async fn a_restored_token_with_ten_seconds_left_is_not_handed_out() {
+    let endpoint = TokenEndpoint::builder()
+        .public_client(true)
+        .rotate_refresh_tokens(true)
+        .start()
+        .await
+        .unwrap();
+    let rotations = Rotations::default();
+    let grant = grant_for(&endpoint, &rotations)
+        .access_token("restored-token", Instant::now() + Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let layer = CognitoAuthLayer::builder()
+        .token_source(grant)
+        .build()
+        .unwrap();
+    let token = layer.token().await.unwrap();
+    assert_ne!(token.secret(), "restored-token");
+    assert_eq!(endpoint.request_count(), 1);
+}
+
+/// Issue 22, defect 4: Cognito's token endpoint ignores `scope` on a refresh; the loopback
+/// endpoint does the same by default, so the scope asked for is not the scope granted.
+#[tokio::test]
+async fn the_refresh_scope_is_not_granted_by_a_cognito_like_endpoint() {
+    let endpoint = TokenEndpoint::builder()
+        .public_client(true)
+        .jwt(true)
+        .start()
+        .await
+        .unwrap();
+    let rotations = Rotations::default();
+    let grant = grant_for(&endpoint, &rotations)
+        .scope("openid")
+        .build()
+        .unwrap();
+    let token = grant.fetch().await.unwrap();
+    assert_eq!(jwt_claim(token.access_token().secret(), "scope"), "");
+}
+
+/// A claim of a JWT-shaped token, as a string.
+fn jwt_claim(token: &str, claim: &str) -> String {
+    let payload = token.split('.').nth(1).unwrap();
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    claims[claim].as_str().unwrap_or_default().to_owned()
+}
+
+/// `close()` waits for an exchange in flight: its answer read, the rotation applied and
+/// saved; after it, the grant exchanges no more.
+#[tokio::test(start_paused = true)]
+async fn close_waits_for_an_exchange_in_flight() {
+    let endpoint = TokenEndpoint::builder()
+        .public_client(true)
+        .rotate_refresh_tokens(true)
+        .start()
+        .await
+        .unwrap();
+    let rotations = Rotations::default();
+    let saved = Saved::default();
+    let grant = grant_for(&endpoint, &rotations)
+        .persist(saved.hook(0))
+        .build()
+        .unwrap();
+    endpoint.hold_answers(true);
+    let fetch = tokio::spawn({
+        let grant = grant.clone();
+        async move { grant.fetch().await }
+    });
+    endpoint.wait_for_requests(1).await;
+    let closing = tokio::spawn({
+        let grant = grant.clone();
+        async move { grant.close().await }
+    });
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        !closing.is_finished(),
+        "close returned with an exchange in flight"
+    );
+    assert!(saved.last().is_none());
+    endpoint.hold_answers(false);
+    closing.await.unwrap().unwrap();
+    assert_eq!(saved.last(), endpoint.current_refresh_token());
+    assert_eq!(rotations.last(), endpoint.current_refresh_token());
+    assert!(fetch.await.unwrap().is_ok());
+    let error = grant.fetch().await.unwrap_err();
+    assert!(error.to_string().contains("closed"), "{error}");
+    assert_eq!(endpoint.request_count(), 1);
+}
+
+/// What a `persist` hook saved, and how many calls fail first.
+#[derive(Clone, Default)]
+struct Saved {
+    sets: Arc<Mutex<Vec<TokenSet>>>,
+    calls: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Saved {
+    /// A hook whose first `failures` calls fail.
+    fn hook(
+        &self,
+        failures: usize,
+    ) -> impl Fn(TokenSet) -> std::future::Ready<Result<(), std::io::Error>> + Send + Sync + 'static
+    {
+        let saved = self.clone();
+        move |set: TokenSet| {
+            let call = saved
+                .calls
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if call < failures {
+                return std::future::ready(Err(std::io::Error::other("the disk is full")));
+            }
+            saved.sets.lock().unwrap().push(set);
+            std::future::ready(Ok(()))
+        }
+    }
+
+    fn last(&self) -> Option<String> {
+        let sets = self.sets.lock().unwrap();
+        sets.last().map(|set| set.refresh_token().to_owned())
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// A persist hook that fails twice: requests keep working, the failures are reported, and
+/// the newest refresh token is the one saved in the end.
+#[tokio::test(start_paused = true)]
+async fn a_failing_save_never_fails_a_request_and_the_newest_token_is_saved() {
+    let saved = Saved::default();
+    let env = env(Duration::from_secs(2), |g| g.persist(saved.hook(2)), |l| l).await;
+    let grant_status = env.status.clone();
+    for _ in 0..3 {
+        assert_eq!(env.get().await.unwrap(), StatusCode::OK);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    assert_eq!(env.get().await.unwrap(), StatusCode::OK);
+    assert!(saved.calls() >= 3);
+    let status = grant_status.borrow().clone();
+    assert_eq!(status.save_failures, 2);
+    assert!(!status.unsaved);
+    assert_eq!(saved.last(), env.endpoint.current_refresh_token());
+    let set = saved.sets.lock().unwrap().last().cloned().unwrap();
+    assert!(set.rotated());
+    assert!(set.access_token().is_some());
+    assert!(set.id_token().is_some(), "Cognito sends an id_token");
+    assert!(set.expires_at().unwrap() > std::time::SystemTime::now());
+    env.assert_session_intact();
+}
+
+/// A persist hook that never returns is bounded by `persist_timeout` and reported; the request
+/// gets its token, and the next exchange sends the newest refresh token.
+#[tokio::test(start_paused = true)]
+async fn a_save_that_never_returns_is_bounded_and_reported() {
+    let env = env(
+        Duration::from_secs(60),
+        |g| {
+            g.persist(|_: TokenSet| std::future::pending::<Result<(), std::io::Error>>())
+                // On the session thread's own clock: the one real wait of these tests.
+                .persist_timeout(Duration::from_millis(1))
+        },
+        |l| l,
+    )
+    .await;
+    assert_eq!(env.get().await.unwrap(), StatusCode::OK);
+    let status = env.status.borrow().clone();
+    assert_eq!(status.save_failures, 1);
+    assert!(status.unsaved);
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    assert_eq!(env.get().await.unwrap(), StatusCode::OK);
+    env.assert_session_intact();
+}
+
+/// A session restored from a wall-clock expiry: used without a request while it has its
+/// margin.
+#[tokio::test(start_paused = true)]
+async fn a_session_restored_with_a_system_time_expiry() {
+    let endpoint = TokenEndpoint::builder()
+        .public_client(true)
+        .rotate_refresh_tokens(true)
+        .start()
+        .await
+        .unwrap();
+    let api = ProtectedApi::start(&endpoint).await.unwrap();
+    let rotations = Rotations::default();
+    let saved = Saved::default();
+    // Yesterday's run saved its token set.
+    let earlier = grant_for(&endpoint, &rotations)
+        .persist(saved.hook(0))
+        .build()
+        .unwrap();
+    earlier.fetch().await.unwrap();
+    earlier.close().await.unwrap();
+    let set = saved.sets.lock().unwrap().last().cloned().unwrap();
+
+    let grant = RefreshTokenGrant::builder()
+        .token_url(endpoint.token_url())
+        .client_id(endpoint.client_id())
+        .refresh_token(set.refresh_token())
+        .access_token_expiring_at(
+            set.access_token().unwrap().secret(),
+            set.expires_at().unwrap(),
+        )
+        .http_client(http())
+        .build()
+        .unwrap();
+    let layer = CognitoAuthLayer::builder()
+        .token_source(grant)
+        .build()
+        .unwrap();
+    let client = ServiceBuilder::new().layer(layer).service(http());
+    let request = Request::get(format!("{}/me", api.url()))
+        .body(Full::default())
+        .unwrap();
+    assert_eq!(client.oneshot(request).await.unwrap().status(), 200);
+    assert_eq!(
+        endpoint.request_count(),
+        1,
+        "no refresh for a restored token"
+    );
+    assert_eq!(
+        api.requests()[0].token.as_deref(),
+        Some(set.access_token().unwrap().secret())
+    );
+}
+
+/// A background refresh that meets `invalid_grant` tells the application, before any request
+/// fails; a new sign-in replaces the refresh token without rebuilding anything.
+#[tokio::test(start_paused = true)]
+async fn the_end_of_a_session_is_an_event_and_a_new_sign_in_replaces_it() {
+    let endpoint = TokenEndpoint::builder()
+        .public_client(true)
+        .rotate_refresh_tokens(true)
+        .lifetime(Duration::from_secs(60))
+        .start()
+        .await
+        .unwrap();
+    let rotations = Rotations::default();
+    let grant = grant_for(&endpoint, &rotations).build().unwrap();
+    let mut status = grant.status();
+    let layer = CognitoAuthLayer::builder()
+        .token_source(grant.clone())
+        .background_refresh(true)
+        .build()
+        .unwrap();
+    layer.token().await.unwrap();
+    endpoint.revoke_session();
+    // No request: the background refresh meets invalid_grant.
+    tokio::time::timeout(
+        Duration::from_secs(120),
+        status.wait_for(|s| s.ended.is_some()),
+    )
+    .await
+    .expect("the session's end was reported")
+    .unwrap();
+    assert!(status.borrow().ended.as_ref().unwrap().is_invalid_grant());
+
+    // The user signs in again.
+    grant
+        .replace_refresh_token(endpoint.new_session())
+        .await
+        .unwrap();
+    assert!(status.borrow().ended.is_none());
+    let token = grant.fetch().await.unwrap();
+    assert!(endpoint.is_valid(token.access_token().secret()));
+    assert!(!endpoint.is_session_revoked());
+    assert!(grant.replace_refresh_token("").await.is_err());
+}
+
+/// A lost answer (the server rotated, a proxy answered 502): within the server's grace period
+/// the same refresh token is presented once more, at once, and the session lives.
+#[tokio::test(start_paused = true)]
+async fn a_lost_answer_is_retried_within_the_grace_period() {
+    let endpoint = TokenEndpoint::builder()
+        .public_client(true)
+        .rotate_refresh_tokens(true)
+        .rotation_grace_period(Duration::from_secs(10))
+        .start()
+        .await
+        .unwrap();
+    let rotations = Rotations::default();
+    let grant = grant_for(&endpoint, &rotations).build().unwrap();
+    let first = endpoint.current_refresh_token().unwrap();
+    endpoint.lose_answers(1);
+    grant.fetch().await.unwrap();
+    assert_eq!(
+        sent_refresh_tokens(&endpoint),
+        [first.clone(), first.clone()]
+    );
+    assert!(!endpoint.is_session_revoked());
+    assert_eq!(rotations.last(), endpoint.current_refresh_token());
+    grant.fetch().await.unwrap();
+    assert!(!endpoint.is_session_revoked());
+
+    // Without a grace period, the same retry is a reuse: the session ends, as the next
+    // refresh would have ended it.
+    let strict = TokenEndpoint::builder()
+        .public_client(true)
+        .rotate_refresh_tokens(true)
+        .start()
+        .await
+        .unwrap();
+    let grant = grant_for(&strict, &rotations).build().unwrap();
+    strict.lose_answers(1);
+    let error = grant.fetch().await.unwrap_err();
+    assert!(error.is_invalid_grant(), "{error}");
+    assert!(strict.is_session_revoked());
+}
+
+/// Clones of a grant share one session: a rotation one of them made is what the other sends.
+#[tokio::test]
+async fn grant_clones_share_one_session() {
+    let endpoint = TokenEndpoint::builder()
+        .public_client(true)
+        .rotate_refresh_tokens(true)
+        .start()
+        .await
+        .unwrap();
+    let rotations = Rotations::default();
+    let grant = grant_for(&endpoint, &rotations).build().unwrap();
+    let other = grant.clone();
+    grant.fetch().await.unwrap();
+    other.fetch().await.unwrap();
+    grant.fetch().await.unwrap();
+    assert!(!endpoint.is_session_revoked());
+    assert_eq!(sent_refresh_tokens(&endpoint)[1..], rotations.all()[..2]);
+}
+
+/// A token set whose save failed is kept to be saved again: `close()` tries once more.
+#[tokio::test(start_paused = true)]
+async fn close_saves_what_a_failed_save_left() {
+    let endpoint = TokenEndpoint::builder()
+        .public_client(true)
+        .rotate_refresh_tokens(true)
+        .start()
+        .await
+        .unwrap();
+    let rotations = Rotations::default();
+    let saved = Saved::default();
+    let grant = grant_for(&endpoint, &rotations)
+        .persist(saved.hook(1))
+        .build()
+        .unwrap();
+    let status = grant.status();
+    grant.fetch().await.unwrap();
+    assert!(status.borrow().unsaved);
+    assert!(saved.last().is_none());
+    grant.close().await.unwrap();
+    assert_eq!(saved.last(), endpoint.current_refresh_token());
+    assert!(!status.borrow().unsaved);
 }

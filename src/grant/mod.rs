@@ -20,5 +20,5 @@ mod source;
 
 pub use client_credentials::{ClientCredentials, ClientCredentialsBuilder};
 pub use endpoint::ClientAuth;
-pub use refresh_token::{RefreshTokenGrant, RefreshTokenGrantBuilder};
+pub use refresh_token::{RefreshTokenGrant, RefreshTokenGrantBuilder, SessionStatus, TokenSet};
 pub use source::{BoxFuture, SharedIdentity, TokenSource};

@@ -202,11 +202,17 @@ struct EndpointInner {
     /// Every refresh token ever issued, with the session it belongs to.
     refresh_tokens: HashMap<String, usize>,
     rotations: usize,
+    /// How many of the next answers to processed requests are lost (see
+    /// [`TokenEndpoint::lose_answers`]).
+    lose_answers: usize,
 }
 
-/// A user's session as the endpoint keeps it: only its current refresh token works.
+/// A user's session as the endpoint keeps it: only its current refresh token works (and the
+/// one it replaced, within the grace period).
 struct UserSession {
     current: String,
+    /// The refresh token rotated out last, and when.
+    previous: Option<(String, Instant)>,
     revoked: bool,
 }
 
@@ -219,6 +225,14 @@ pub(super) struct EndpointState {
     omit_expires_in: bool,
     public_client: bool,
     rotate_refresh_tokens: bool,
+    /// How long a rotated-out refresh token still works (Cognito's `RetryGracePeriodSeconds`).
+    grace_period: Duration,
+    /// Whether the refresh_token grant grants the `scope` it asks for (Cognito ignores it).
+    honour_refresh_scope: bool,
+    /// `true` while answers are held back ([`TokenEndpoint::hold_answers`]).
+    hold: tokio::sync::watch::Sender<bool>,
+    /// How many requests have arrived, for [`TokenEndpoint::wait_for_requests`].
+    arrived: tokio::sync::watch::Sender<usize>,
     inner: Mutex<EndpointInner>,
 }
 
@@ -298,6 +312,7 @@ impl EndpointState {
         inner.refresh_tokens.insert(refresh_token.clone(), id);
         inner.sessions.push(UserSession {
             current: refresh_token.clone(),
+            previous: None,
             revoked: false,
         });
         refresh_token
@@ -323,14 +338,26 @@ impl EndpointState {
         let Some(id) = refresh_token.and_then(|t| inner.refresh_tokens.get(t).copied()) else {
             return oauth_error("invalid_grant");
         };
-        let (current, revoked) = match inner.sessions.get(id) {
-            Some(session) => (session.current.clone(), session.revoked),
+        let (current, previous, revoked) = match inner.sessions.get(id) {
+            Some(session) => (
+                session.current.clone(),
+                session.previous.clone(),
+                session.revoked,
+            ),
             None => return oauth_error("invalid_grant"),
         };
         if revoked {
             return oauth_error("invalid_grant");
         }
-        if refresh_token != Some(current.as_str()) {
+        let within_grace = previous.is_some_and(|(token, rotated_at)| {
+            refresh_token == Some(token.as_str()) && rotated_at.elapsed() < self.grace_period
+        });
+        if within_grace {
+            tracing::debug!(
+                session = id,
+                "a rotated-out refresh token within the grace period"
+            );
+        } else if refresh_token != Some(current.as_str()) {
             tracing::debug!(
                 session = id,
                 "an old refresh token was reused: revoking the session"
@@ -338,6 +365,9 @@ impl EndpointState {
             Self::revoke_session(&mut inner, id);
             return oauth_error("invalid_grant");
         }
+        // Cognito's token endpoint reads `scope` for client_credentials only: a refresh gets
+        // the sign-in's scopes (none here) whatever it asks for.
+        let scope = if self.honour_refresh_scope { scope } else { "" };
         let mut answer = self.issue_locked(&mut inner, scope, Some(id));
         let expires_in = inner.lifetime.as_secs().max(1);
         answer.insert(
@@ -348,7 +378,8 @@ impl EndpointState {
             let next = new_refresh_token();
             inner.refresh_tokens.insert(next.clone(), id);
             if let Some(session) = inner.sessions.get_mut(id) {
-                session.current = next.clone();
+                let old = std::mem::replace(&mut session.current, next.clone());
+                session.previous = Some((old, Instant::now()));
             }
             inner.rotations += 1;
             answer.insert("refresh_token".into(), next.into());
@@ -488,7 +519,7 @@ async fn serve_token_request(
 
     // Record the request and take its canned reply, if any, under one lock, so concurrent
     // requests consume queued replies in the order they are recorded.
-    let (delay, canned) = {
+    let (delay, canned, count) = {
         let mut inner = lock(&state.inner);
         inner.requests.push(RecordedTokenRequest {
             method: parts.method.clone(),
@@ -500,12 +531,22 @@ async fn serve_token_request(
             BodyRead::Complete(_) => inner.queue.pop_front().or_else(|| inner.fail_with.clone()),
             BodyRead::TooLarge | BodyRead::Failed => None,
         };
-        (inner.delay, canned)
+        (inner.delay, canned, inner.requests.len())
+    };
+    // Told once the request is decided (below), so that a test woken by it sees the rotation.
+    let arrived = |count| {
+        state.arrived.send_replace(count);
     };
 
     match read {
-        BodyRead::TooLarge => return empty_response(StatusCode::PAYLOAD_TOO_LARGE),
-        BodyRead::Failed => return oauth_error("invalid_request"),
+        BodyRead::TooLarge => {
+            arrived(count);
+            return empty_response(StatusCode::PAYLOAD_TOO_LARGE);
+        }
+        BodyRead::Failed => {
+            arrived(count);
+            return oauth_error("invalid_request");
+        }
         BodyRead::Complete(_) => {}
     }
 
@@ -517,11 +558,29 @@ async fn serve_token_request(
             tracing::debug!(status = %reply.status, "token endpoint sends a canned reply");
             reply.into_response()
         }
-        None => answer_token_request(&state, &parts, &body),
+        None => {
+            let answer = answer_token_request(&state, &parts, &body);
+            let lost = {
+                let mut inner = lock(&state.inner);
+                let lost = inner.lose_answers > 0;
+                inner.lose_answers = inner.lose_answers.saturating_sub(1);
+                lost
+            };
+            if lost {
+                tracing::debug!("token endpoint loses its answer: 502 instead");
+                empty_response(StatusCode::BAD_GATEWAY)
+            } else {
+                answer
+            }
+        }
     };
+    arrived(count);
     if !total_delay.is_zero() {
         tokio::time::sleep(total_delay).await;
     }
+    // Held back until released; a sender gone (the endpoint dropped) releases too.
+    let mut hold = state.hold.subscribe();
+    let _ = hold.wait_for(|held| !*held).await;
     tracing::debug!(status = %response.status(), "token endpoint answered");
     response
 }
@@ -615,8 +674,11 @@ pub(super) struct EndpointHandle {
 ///    [public client](TokenEndpointBuilder::public_client) by `client_id` alone;
 /// 5. for `refresh_token`, the form field `refresh_token` must be the current refresh token of
 ///    a session that is not revoked (see [`new_session`](TokenEndpoint::new_session) and
-///    [`rotate_refresh_tokens`](TokenEndpointBuilder::rotate_refresh_tokens)), else `400
-///    {"error":"invalid_grant"}`.
+///    [`rotate_refresh_tokens`](TokenEndpointBuilder::rotate_refresh_tokens)), or the one
+///    rotation replaced within the [grace
+///    period](TokenEndpointBuilder::rotation_grace_period), else `400
+///    {"error":"invalid_grant"}`. As at Cognito, a refresh's `scope` is ignored (unless
+///    [`honour_refresh_scope`](TokenEndpointBuilder::honour_refresh_scope)).
 ///
 /// A good request gets `200` with `{"access_token": …, "expires_in": …, "token_type":
 /// "Bearer"}`; a refresh adds a JWT-shaped `id_token` and, with rotation, the new
@@ -789,6 +851,31 @@ impl TokenEndpoint {
     pub fn rotations(&self) -> usize {
         lock(&self.handle.state.inner).rotations
     }
+
+    /// Holds back every answer from now on (`true`) until called with `false`, without a
+    /// clock: each request is recorded and decided when it arrives (a refresh token rotated),
+    /// and its answer waits for the release. For tests that must act while an exchange is in
+    /// flight whatever the runtime's clock does.
+    pub fn hold_answers(&self, hold: bool) {
+        self.handle.state.hold.send_replace(hold);
+    }
+
+    /// Waits until at least `count` requests have arrived and been decided (recorded, as
+    /// [`requests`] shows, and a refresh token rotated if the request rotates one), whatever
+    /// thread the endpoint runs on.
+    ///
+    /// [`requests`]: TokenEndpoint::requests
+    pub async fn wait_for_requests(&self, count: usize) {
+        let mut arrived = self.handle.state.arrived.subscribe();
+        let _ = arrived.wait_for(|n| *n >= count).await;
+    }
+
+    /// Loses the answers of the next `count` requests that are processed: each is decided as
+    /// usual (a token issued, a refresh token rotated) and then answered with `502 Bad
+    /// Gateway`, as when a proxy or the network drops an answer the server has acted on.
+    pub fn lose_answers(&self, count: usize) {
+        lock(&self.handle.state.inner).lose_answers = count;
+    }
 }
 
 /// Configures and starts a [`TokenEndpoint`]; from [`TokenEndpoint::builder`].
@@ -804,6 +891,8 @@ pub struct TokenEndpointBuilder {
     delay: Duration,
     public_client: bool,
     rotate_refresh_tokens: bool,
+    grace_period: Duration,
+    honour_refresh_scope: bool,
 }
 
 impl Default for TokenEndpointBuilder {
@@ -817,6 +906,8 @@ impl Default for TokenEndpointBuilder {
             delay: Duration::ZERO,
             public_client: false,
             rotate_refresh_tokens: false,
+            grace_period: Duration::ZERO,
+            honour_refresh_scope: false,
         }
     }
 }
@@ -832,6 +923,8 @@ impl fmt::Debug for TokenEndpointBuilder {
             .field("delay", &self.delay)
             .field("public_client", &self.public_client)
             .field("rotate_refresh_tokens", &self.rotate_refresh_tokens)
+            .field("grace_period", &self.grace_period)
+            .field("honour_refresh_scope", &self.honour_refresh_scope)
             .finish()
     }
 }
@@ -902,6 +995,26 @@ impl TokenEndpointBuilder {
         self
     }
 
+    /// How long a refresh token that rotation replaced still works (default zero: none), as
+    /// Cognito's `RetryGracePeriodSeconds` (0 to 60 s), Okta's and Auth0's reuse intervals
+    /// allow, measured on Tokio's clock from the rotation. Within it, presenting the previous
+    /// refresh token is answered as the current one would be (and rotates again); past it, it
+    /// is a reuse that revokes the session. Only with
+    /// [`rotate_refresh_tokens`](Self::rotate_refresh_tokens).
+    pub fn rotation_grace_period(mut self, grace_period: Duration) -> Self {
+        self.grace_period = grace_period;
+        self
+    }
+
+    /// Whether the refresh_token grant grants the `scope` its request asks for (default
+    /// `false`, as Cognito: its token endpoint reads `scope` for client_credentials only, and a
+    /// refresh gets the scopes of the sign-in). With `true`, the requested scope goes into the
+    /// new access token's `scope` claim, as servers that allow down-scoping do.
+    pub fn honour_refresh_scope(mut self, honour: bool) -> Self {
+        self.honour_refresh_scope = honour;
+        self
+    }
+
     /// Binds an ephemeral port of `127.0.0.1` and starts serving on the current Tokio runtime.
     pub async fn start(self) -> std::io::Result<TokenEndpoint> {
         let (listener, addr) = bind_loopback().await?;
@@ -912,6 +1025,10 @@ impl TokenEndpointBuilder {
             omit_expires_in: self.omit_expires_in,
             public_client: self.public_client,
             rotate_refresh_tokens: self.rotate_refresh_tokens,
+            grace_period: self.grace_period,
+            honour_refresh_scope: self.honour_refresh_scope,
+            hold: tokio::sync::watch::Sender::new(false),
+            arrived: tokio::sync::watch::Sender::new(0),
             inner: Mutex::new(EndpointInner {
                 lifetime: self.lifetime,
                 delay: self.delay,
@@ -924,6 +1041,7 @@ impl TokenEndpointBuilder {
                 sessions: Vec::new(),
                 refresh_tokens: HashMap::new(),
                 rotations: 0,
+                lose_answers: 0,
             }),
         });
         let server_state = Arc::clone(&state);
