@@ -1,10 +1,10 @@
 //! A small curl-like client that authenticates with Cognito's client_credentials grant.
 //!
 //! ```text
-//! export COGNITO_DOMAIN=smart-capital COGNITO_REGION=us-east-1   # or COGNITO_TOKEN_URL=https://…/oauth2/token
+//! export COGNITO_DOMAIN=my-pool COGNITO_REGION=us-east-1   # or COGNITO_TOKEN_URL=https://…/oauth2/token
 //! export COGNITO_CLIENT_ID=…  COGNITO_CLIENT_SECRET=…            # COGNITO_SCOPES="wallets/read" is optional
-//! cargo run --example call -- GET https://core-manager.a55.tech/api/v1/wallets
-//! cargo run --example call -- POST https://core-manager.a55.tech/api/v1/payments -d '{"amount": 100}'
+//! cargo run --example call -- GET https://api.example.com/v1/wallets
+//! cargo run --example call -- POST https://api.example.com/v1/payments -d '{"amount": 100}'
 //! ```
 //!
 //! It prints the status line and the body. The secret is never printed. It also works against

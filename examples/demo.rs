@@ -10,7 +10,7 @@
 //! that accepts only live tokens. Then it runs the same workload twice, many concurrent callers
 //! across several token lifetimes:
 //!
-//! 1. **before**: the hand-written cache most clients start with (and the A55 guide shows): each
+//! 1. **before**: the hand-written cache most clients start with (and many integration guides show): each
 //!    caller checks the expiry, and refreshes itself when the token is gone. No single flight,
 //!    and the expiry is counted from when the answer arrived;
 //! 2. **after**: the same HTTP client wrapped in `CognitoAuthLayer`.
@@ -130,7 +130,7 @@ async fn main() -> BoxResult<()> {
     );
 
     println!(
-        "[1/2] naive cache: check the expiry, refresh when gone, per caller (the A55 guide's pattern)"
+        "[1/2] naive cache: check the expiry, refresh when gone, per caller (the usual hand-written pattern)"
     );
     let naive = run(options, Mode::Naive).await?;
     println!("[2/2] CognitoAuthLayer: single-flight refresh ahead of expiry, replay on 401");
@@ -269,7 +269,7 @@ where
     Some(response.status())
 }
 
-/// The "before": a token cache as the A55 guide writes it, shared by all callers.
+/// The "before": a token cache as integration guides often write it, shared by all callers.
 ///
 /// `get` checks the cached token's expiry and, when it is gone, fetches a new one itself. Two
 /// things go wrong under load: every caller that finds the token gone at the same moment

@@ -20,7 +20,7 @@
 //! # let any_http_service: Client<HttpConnector, Full<Bytes>> =
 //! #     Client::builder(TokioExecutor::new()).build_http();
 //! let auth = CognitoAuthLayer::builder()
-//!     .cognito_domain("smart-capital", "us-east-1") // or .token_url("https://…/oauth2/token")
+//!     .cognito_domain("my-pool", "us-east-1") // or .token_url("https://…/oauth2/token")
 //!     .client_id(std::env::var("COGNITO_CLIENT_ID")?)
 //!     .client_secret(std::env::var("COGNITO_CLIENT_SECRET")?)
 //!     .scope("wallets/read") // optional, repeatable

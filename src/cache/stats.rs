@@ -1,10 +1,12 @@
 //! [`Stats`]: the cache's counters.
 
+use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Counters, for tests, dashboards and the demo. Read them with
-/// [`TokenCache::stats`](super::TokenCache::stats) or `CognitoAuthLayer::stats`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// [`TokenCache::stats`](super::TokenCache::stats) or `CognitoAuthLayer::stats`. `Debug` shows
+/// the shared store's counters only with the feature (`store`) that counts them.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
     /// Token requests sent: calls to [`TokenSource::fetch`](crate::TokenSource::fetch). (Retries
@@ -34,6 +36,24 @@ pub struct Stats {
     /// Refreshes that fetched for this process alone because the shared store failed, was too
     /// slow, or another process took too long.
     pub store_fallbacks: u64,
+}
+
+impl fmt::Debug for Stats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Stats");
+        d.field("token_requests", &self.token_requests)
+            .field("refreshes", &self.refreshes)
+            .field("token_failures", &self.token_failures)
+            .field("refresh_ahead", &self.refresh_ahead)
+            .field("waited", &self.waited)
+            .field("invalidations", &self.invalidations)
+            .field("replays", &self.replays);
+        #[cfg(feature = "store")]
+        d.field("adopted", &self.adopted)
+            .field("lease_fetches", &self.lease_fetches)
+            .field("store_fallbacks", &self.store_fallbacks);
+        d.finish()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -66,4 +86,17 @@ impl Counters {
 
 pub(super) fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Stats;
+
+    /// `Debug` names the store's counters only where the feature that counts them is on.
+    #[test]
+    fn debug_shows_what_the_features_count() {
+        let text = format!("{:?}", Stats::default());
+        assert!(text.contains("token_requests: 0"), "{text}");
+        assert_eq!(text.contains("adopted"), cfg!(feature = "store"), "{text}");
+    }
 }

@@ -10,7 +10,7 @@
 //!
 //! # async fn example() -> Result<(), tower_cognito_auth::Error> {
 //! let source = ClientCredentials::builder()
-//!     .cognito_domain("smart-capital", "us-east-1")
+//!     .cognito_domain("my-pool", "us-east-1")
 //!     .client_id("my-client-id")
 //!     .client_secret("my-client-secret")
 //!     .client_auth(ClientAuth::Post)

@@ -38,7 +38,7 @@ pub enum ClientAuth {
     /// (RFC 6749 §2.3.1). Cognito accepts it; the default.
     #[default]
     Basic,
-    /// `client_id` and `client_secret` as form fields in the request body, as the A55 guide
+    /// `client_id` and `client_secret` as form fields in the request body, as many guides
     /// and many curl examples do.
     Post,
 }

@@ -270,7 +270,7 @@ pub struct SessionStatus {
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// # let stored_refresh_token = String::new();
 /// let grant = RefreshTokenGrant::builder()
-///     .cognito_domain("smart-capital", "us-east-1") // or .token_url(..)
+///     .cognito_domain("my-pool", "us-east-1") // or .token_url(..)
 ///     .client_id("my-app-client-id") // .client_secret(..) when the app client has one
 ///     .refresh_token(stored_refresh_token)
 ///     .on_rotation(|new_refresh_token: &str| save(new_refresh_token))
@@ -975,7 +975,7 @@ impl RefreshTokenGrantBuilder {
     ///
     /// # fn main() -> Result<(), tower_cognito_auth::Error> {
     /// let grant = RefreshTokenGrant::builder()
-    ///     .cognito_domain("smart-capital", "us-east-1")
+    ///     .cognito_domain("my-pool", "us-east-1")
     ///     .client_id("my-app-client-id")
     ///     .refresh_token("stored refresh token")
     ///     .persist(|set: TokenSet| async move {

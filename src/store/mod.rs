@@ -16,7 +16,7 @@
 //! // Connects lazily: Redis being down now, or later, never fails a request.
 //! let store = RedisStore::new("rediss://:password@cache.internal:6379/0")?;
 //! let auth = CognitoAuthLayer::builder()
-//!     .cognito_domain("smart-capital", "us-east-1")
+//!     .cognito_domain("my-pool", "us-east-1")
 //!     .client_id(std::env::var("COGNITO_CLIENT_ID")?)
 //!     .client_secret(std::env::var("COGNITO_CLIENT_SECRET")?)
 //!     .shared_store(store)
