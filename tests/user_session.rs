@@ -941,3 +941,39 @@ async fn close_saves_what_a_failed_save_left() {
     assert_eq!(saved.last(), endpoint.current_refresh_token());
     assert!(!status.borrow().unsaved);
 }
+
+/// After `invalid_grant` a layer paces its refreshes (a permanent error: one a minute); a new
+/// sign-in (`replace_refresh_token`) is news that pacing did not know of, so the layer's next
+/// request gets a token at once instead of the old error.
+#[tokio::test(start_paused = true)]
+async fn a_layer_serves_at_once_after_a_new_sign_in() {
+    let endpoint = TokenEndpoint::builder()
+        .public_client(true)
+        .rotate_refresh_tokens(true)
+        .start()
+        .await
+        .unwrap();
+    let rotations = Rotations::default();
+    let grant = grant_for(&endpoint, &rotations).build().unwrap();
+    let layer = CognitoAuthLayer::builder()
+        .token_source(grant.clone())
+        .build()
+        .unwrap();
+    endpoint.revoke_session();
+    let ended = layer.token().await.unwrap_err();
+    assert!(ended.is_invalid_grant(), "{ended}");
+    // Still paced: the same error at once, no new exchange.
+    let requests = endpoint.request_count();
+    assert!(layer.token().await.unwrap_err().is_invalid_grant());
+    assert_eq!(endpoint.request_count(), requests);
+
+    grant
+        .replace_refresh_token(endpoint.new_session())
+        .await
+        .unwrap();
+    let token = layer
+        .token()
+        .await
+        .expect("a token at once after the new sign-in");
+    assert!(endpoint.is_valid(token.secret()));
+}

@@ -166,6 +166,8 @@ pub(crate) struct Shared {
 /// What the lock guards: the policy, and the channel its live refresh answers on.
 struct Core {
     policy: Policy,
+    /// The token source's [epoch](TokenSource::epoch) the policy last heard of.
+    source_epoch: u64,
     channel: Option<(FlightId, watch::Receiver<Option<Outcome>>)>,
 }
 
@@ -317,6 +319,7 @@ impl TokenCacheBuilder {
             epoch: Instant::now(),
             core: Mutex::new(Core {
                 policy: Policy::new(self.config, fastrand::Rng::new()),
+                source_epoch: self.source.epoch(),
                 channel: None,
             }),
             config: self.config,
@@ -544,7 +547,12 @@ impl Shared {
         // endpoint's, and the policy paces nobody for it.
         let runtime = flight::runtime_with_timers();
         let unable = runtime.as_ref().err().cloned();
+        let epoch = self.source.epoch();
         let mut core = self.lock();
+        if epoch != core.source_epoch {
+            core.source_epoch = epoch;
+            self.decide(&mut core, now, Event::SourceChanged);
+        }
         let (step, launch) = match (self.decide(&mut core, now, Event::Want { unable }), runtime) {
             (Decision::Serve(entry), _) => (Step::Ready(entry), None),
             (Decision::ServeAndStart(entry, start), Ok(runtime)) => {

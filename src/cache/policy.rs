@@ -35,6 +35,7 @@
 //! | `Abandoned` | | the refresh is forgotten, no backoff: its runtime went away, which says nothing of the endpoint; `Settled` |
 //! | `Rejected(g)` | `g` current, not throttled | the token is dropped and remembered as rejected until a refresh succeeds; backoff cleared; `Dropped(true)` |
 //! | `Rejected(g)` | otherwise | `Dropped(false)` |
+//! | `SourceChanged` | | backoff and the error on record forgotten (a new sign-in); `Noted` |
 //!
 //! `Finished` and `Abandoned` of a refresh that is no longer the live one (it was abandoned
 //! at its deadline and finished late) change no backoff; a late token is still taken if it
@@ -125,6 +126,8 @@ pub(crate) enum Event {
     Abandoned { flight: FlightId },
     /// A service rejected the token of this generation (a 401).
     Rejected { generation: Generation },
+    /// The token source's credentials changed (a new sign-in): a failure on record is old news.
+    SourceChanged,
 }
 
 /// A refresh to start.
@@ -171,6 +174,8 @@ pub(crate) enum Decision {
     },
     /// A rejection: whether the token was dropped.
     Dropped(bool),
+    /// Noted; nothing to carry out.
+    Noted,
 }
 
 #[derive(Debug)]
@@ -258,6 +263,12 @@ impl Policy {
                 }
             }
             Event::Rejected { generation } => Decision::Dropped(self.rejected(now, generation)),
+            Event::SourceChanged => {
+                self.failures = 0;
+                self.retry_at = None;
+                self.last_error = None;
+                Decision::Noted
+            }
         }
     }
 

@@ -294,6 +294,8 @@ pub struct RefreshTokenGrant {
 
 struct Inner {
     endpoint: Endpoint,
+    /// Bumped by each new sign-in ([`TokenSource::epoch`]).
+    epoch: std::sync::atomic::AtomicU64,
     client_id: String,
     confidential: bool,
     client_auth: ClientAuth,
@@ -400,6 +402,10 @@ impl RefreshTokenGrant {
         session.refresh_token = Secret(refresh_token);
         session.ended = None;
         lock(&self.inner.stored).take();
+        // The cache paces its refreshes after `invalid_grant`: this tells it that is old news.
+        self.inner
+            .epoch
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
         self.inner.status.send_modify(|status| status.ended = None);
         tracing::debug!("the session's refresh token was replaced (a new sign-in)");
         Ok(())
@@ -765,6 +771,10 @@ impl TokenSource for RefreshTokenGrant {
     fn client_id(&self) -> Option<&str> {
         Some(&self.inner.client_id)
     }
+
+    fn epoch(&self) -> u64 {
+        self.inner.epoch.load(std::sync::atomic::Ordering::Acquire)
+    }
 }
 
 impl fmt::Debug for RefreshTokenGrant {
@@ -1103,6 +1113,7 @@ impl RefreshTokenGrantBuilder {
             client_authentication(&mut tail, self.client_auth, &client_id, secret.as_deref())?;
         Ok(RefreshTokenGrant {
             inner: Arc::new(Inner {
+                epoch: std::sync::atomic::AtomicU64::new(0),
                 endpoint: Endpoint {
                     token_url,
                     authorization,

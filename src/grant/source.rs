@@ -54,6 +54,13 @@ pub trait TokenSource: Send + Sync + 'static {
     fn client_id(&self) -> Option<&str> {
         None
     }
+
+    /// A number that changes when the source's credentials do (a user signed in again): the
+    /// cache then forgets a failure it is pacing its refreshes after (an `invalid_grant`, say),
+    /// and the next request refreshes at once. Default is `0`, for ever.
+    fn epoch(&self) -> u64 {
+        0
+    }
 }
 
 impl<T: TokenSource + ?Sized> TokenSource for Arc<T> {
@@ -67,6 +74,10 @@ impl<T: TokenSource + ?Sized> TokenSource for Arc<T> {
 
     fn client_id(&self) -> Option<&str> {
         (**self).client_id()
+    }
+
+    fn epoch(&self) -> u64 {
+        (**self).epoch()
     }
 }
 

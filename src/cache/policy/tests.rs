@@ -30,6 +30,8 @@ enum Op {
     /// A service rejects the current token, or an older one.
     RejectCurrent,
     RejectOld,
+    /// The source's credentials changed (a new sign-in).
+    SourceChanged,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -44,6 +46,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..3usize).prop_map(Op::Abandon),
         1 => Just(Op::RejectCurrent),
         1 => Just(Op::RejectOld),
+        1 => Just(Op::SourceChanged),
     ]
 }
 
@@ -289,6 +292,22 @@ impl World {
                             Decision::StartAndWait(start, _) => self.check_start(&start),
                             other => panic!("an abandoned refresh was not replaced: {other:?}"),
                         }
+                    }
+                }
+            }
+            Op::SourceChanged => {
+                let before = self.policy.current().map(|c| c.generation());
+                assert!(matches!(
+                    self.policy.decide(self.now, Event::SourceChanged),
+                    Decision::Noted
+                ));
+                // Only the pacing is forgotten: the token and the live refresh stay.
+                assert_eq!(self.policy.current().map(|c| c.generation()), before);
+                self.not_before = None;
+                if self.usable().is_none() && self.live().is_none() {
+                    match self.policy.decide(self.now, Event::Want { unable: None }) {
+                        Decision::StartAndWait(start, _) => self.check_start(&start),
+                        other => panic!("a request after a new sign-in did not refresh: {other:?}"),
                     }
                 }
             }
