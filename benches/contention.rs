@@ -109,6 +109,6 @@ fn main() {
         }
     }
     medians.print(
-        "Issue #13's goal, from criterion's medians in this run (ns per request per thread):",
+        "The goal's ratio, from criterion's medians in this run (ns per request per thread):",
     );
 }

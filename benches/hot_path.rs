@@ -108,7 +108,7 @@ fn hot_path(c: &mut Criterion) {
     });
     group.finish();
 
-    // Realistic requests (issue #13): the layer's defaults against tower-http's FollowRedirect,
+    // Realistic requests: the layer's defaults against tower-http's FollowRedirect,
     // which also keeps each request to resend it.
     // The way most users call a tower client: a clone of a template service per request
     // (`client.clone().oneshot(request)`), the template never serving itself. A GET with four
@@ -239,5 +239,5 @@ fn main() {
             "goal: at most 1.2 (the reused row's overhead is over its own bare row)",
         );
     }
-    medians.print("Issue #13's goals, from criterion's medians in this run (ns):");
+    medians.print("The goals' ratios, from criterion's medians in this run (ns):");
 }

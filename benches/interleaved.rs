@@ -1,4 +1,4 @@
-//! The hot path's overhead ratios (issue #13), measured in interleaved rounds.
+//! The hot path's overhead ratios, measured in interleaved rounds.
 //!
 //! ```text
 //! cargo bench --bench interleaved

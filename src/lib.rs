@@ -16,7 +16,7 @@
 //! # use http_body_util::Full;
 //! # use hyper_util::{client::legacy::{Client, connect::HttpConnector}, rt::TokioExecutor};
 //!
-//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # fn main() -> Result<(), tower::BoxError> {
 //! # let any_http_service: Client<HttpConnector, Full<Bytes>> =
 //! #     Client::builder(TokioExecutor::new()).build_http();
 //! let auth = CognitoAuthLayer::builder()

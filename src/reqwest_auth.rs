@@ -19,7 +19,7 @@
 //!   `downcast_ref` finds.
 //!
 //! ```no_run
-//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! # async fn example() -> Result<(), tower::BoxError> {
 //! use tower_cognito_auth::CognitoAuthLayer;
 //!
 //! let auth = CognitoAuthLayer::builder()

@@ -286,7 +286,7 @@ pub fn config(sample_size: usize, measurement: Duration) -> criterion::Criterion
 
 /// Criterion's median estimates of the benches that ran in this process, read back from the
 /// files criterion writes (`<dir>/<group>/<bench>/new/estimates.json`), so that a bench can
-/// print the ratios issue #13 sets goals on, computed from one run.
+/// print the ratios the benchmarks set goals on, computed from one run.
 pub struct Medians {
     dir: std::path::PathBuf,
     since: std::time::SystemTime,

@@ -267,7 +267,7 @@ pub struct SessionStatus {
 /// ```no_run
 /// use tower_cognito_auth::{CognitoAuthLayer, RefreshTokenGrant};
 /// # fn save(_: &str) {}
-/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # fn main() -> Result<(), tower::BoxError> {
 /// # let stored_refresh_token = String::new();
 /// let grant = RefreshTokenGrant::builder()
 ///     .cognito_domain("my-pool", "us-east-1") // or .token_url(..)

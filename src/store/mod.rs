@@ -10,7 +10,7 @@
 //!
 //! ```no_run
 //! # #[cfg(feature = "redis")]
-//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # fn main() -> Result<(), tower::BoxError> {
 //! use tower_cognito_auth::{CognitoAuthLayer, store::RedisStore};
 //!
 //! // Connects lazily: Redis being down now, or later, never fails a request.

@@ -304,7 +304,7 @@ impl RedisStore {
     ///
     /// ```no_run
     /// # use tower_cognito_auth::store::RedisStore;
-    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # fn main() -> Result<(), tower::BoxError> {
     /// let ca = std::fs::read("/etc/redis/ca.pem")?;
     /// let store = RedisStore::new("rediss://cache.internal:6380")?.root_certificates(ca)?;
     /// # Ok(())
