@@ -343,3 +343,76 @@ async fn under_silence_delays_and_failover_no_request_fails() {
     // Renewals at about half the lifetime: ~6 for the fleet in 3 lifetimes, 24 without sharing.
     assert!(issued <= 10, "{issued} token requests");
 }
+
+/// Defect 5 of issue 21: a refusing token endpoint (503, then 429 with `Retry-After`) behind a
+/// fleet of 12 caches with steady traffic sees about as many token requests as one process
+/// alone over the same period, not 12 times as many: the holder whose fetch is refused records
+/// the refusal in the store, and the others honour it instead of fetching.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusing_endpoint_sees_the_fleet_as_one_process() {
+    use tower_cognito_auth::testing::Reply;
+    // The default: the lease (a third of it) outlasts a fetch that retries after
+    // `Retry-After` (4 attempts, 2 s apart), so the holder records the refusal before its
+    // lease lapses.
+    const DEADLINE: Duration = Duration::from_secs(30);
+    let redis = redis();
+    let unavailable = Reply::status(http::StatusCode::SERVICE_UNAVAILABLE);
+    let limited = Reply::status(http::StatusCode::TOO_MANY_REQUESTS).header("Retry-After", "2");
+    let mut phases = Vec::new();
+    for (n, (name, reply)) in [("503", unavailable), ("429 with Retry-After: 2", limited)]
+        .into_iter()
+        .enumerate()
+    {
+        // Fresh caches per phase, so that no backoff carries over; a database of its own.
+        let fleet_endpoint = TokenEndpoint::start().await.unwrap();
+        let lone_endpoint = TokenEndpoint::start().await.unwrap();
+        let url = format!("{}/{n}", redis.url());
+        let fleet: Vec<_> = (0..12)
+            .map(|_| member_with(&fleet_endpoint, store(&url), DEADLINE))
+            .collect();
+        // The same configuration, without the store.
+        let lone = CognitoAuthLayer::builder()
+            .token_url(lone_endpoint.token_url())
+            .client_id(lone_endpoint.client_id())
+            .client_secret(lone_endpoint.client_secret())
+            .http_client(common::http())
+            .refresh_deadline(DEADLINE)
+            .build()
+            .unwrap();
+        fleet_endpoint.fail_with(Some(reply.clone()));
+        lone_endpoint.fail_with(Some(reply));
+        let (fleet_before, lone_before) = (
+            fleet_endpoint.request_count(),
+            lone_endpoint.request_count(),
+        );
+        // Steady traffic: every cache asks for a token every 20 ms for 6 s.
+        let run_for = Duration::from_secs(6);
+        let mut tasks = Vec::new();
+        for layer in fleet.iter().chain([&lone]) {
+            let layer = layer.clone();
+            tasks.push(tokio::spawn(async move {
+                let start = Instant::now();
+                while start.elapsed() < run_for {
+                    let result = layer.token().await;
+                    assert!(result.is_err(), "the endpoint refuses everything");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let fleet_sent = fleet_endpoint.request_count() - fleet_before;
+        let lone_sent = lone_endpoint.request_count() - lone_before;
+        println!("{name}: the fleet of 12 sent {fleet_sent}, one process {lone_sent}");
+        phases.push((name, fleet_sent, lone_sent));
+    }
+    for (name, fleet_sent, lone_sent) in phases {
+        assert!(lone_sent > 0, "{name}: one process sent nothing");
+        // Each of the 12 alone would send about 12 times what one sends.
+        assert!(
+            fleet_sent <= 2 * lone_sent,
+            "{name}: the fleet of 12 sent {fleet_sent} token requests, one process {lone_sent}"
+        );
+    }
+}

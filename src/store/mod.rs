@@ -52,6 +52,11 @@
 //!   [`TokenStore`] to five plain operations that any key-value store with expiry and a
 //!   compare-and-set can offer, and costs a few reads per waiting process once per token
 //!   lifetime.
+//! - A holder whose fetch the endpoint refuses (a 429 or a 5xx) records the refusal beside the
+//!   token (`<key>:refused`: kind, status and pause, with a keyed tag), for `Retry-After`
+//!   clamped to 60 s, at least 1 s doubling with each refusal in a row. The others return that
+//!   error without a token request while it holds, and honour refusals in a row for at most
+//!   60 s: the fleet backs off together, and a record stored again cannot stop it for longer.
 //! - A token the API rejected (a 401) is deleted from the store only if it is still the one
 //!   stored, compared by its tag: N processes rejected on one revoked token cause one token
 //!   request, not N.
