@@ -416,3 +416,106 @@ async fn a_refusing_endpoint_sees_the_fleet_as_one_process() {
         );
     }
 }
+
+/// Every command the test's Redis has executed so far (`INFO commandstats`, script internals
+/// included, the `INFO` calls themselves excluded).
+async fn redis_commands(redis: &RedisServer) -> u64 {
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    info.lines()
+        .filter(|line| line.starts_with("cmdstat_") && !line.starts_with("cmdstat_info:"))
+        .filter_map(|line| {
+            let calls = line.split("calls=").nth(1)?;
+            calls.split(',').next()?.parse::<u64>().ok()
+        })
+        .sum()
+}
+
+/// Defect 6 of issue 21: a process waiting for another's fetch costs Redis a few commands per
+/// second (a fallback poll once a second: the load script, `GET` and `PTTL` inside it, and a
+/// `SET NX`), not ~50 polls; and it is woken when the token is published, not at its next poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_process_costs_redis_a_few_commands_per_second() {
+    /// The fallback poll of a waiting process.
+    const POLL: Duration = Duration::from_secs(1);
+    /// Commands per poll: the load script (`EVALSHA`, `GET`, `PTTL`) and the lease's `SET NX`.
+    const PER_POLL: u64 = 4;
+    let redis = redis();
+    let endpoint = TokenEndpoint::start().await.unwrap();
+    let fetch = Duration::from_secs(4);
+    endpoint.set_delay(fetch);
+    let deadline = Duration::from_secs(30);
+    let holder = member_with(&endpoint, store(&redis.url()), deadline);
+    let waiter = member_with(&endpoint, store(&redis.url()), deadline);
+    let held = tokio::spawn(async move {
+        holder.token().await.unwrap();
+        Instant::now()
+    });
+    for _ in 0..200 {
+        if endpoint.request_count() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(endpoint.request_count(), 1, "the holder is fetching");
+    let waited = tokio::spawn(async move {
+        waiter.token().await.unwrap();
+        Instant::now()
+    });
+    // Let the waiter settle into its wait, then count over a window inside the fetch.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let window = Duration::from_secs(2);
+    let before = redis_commands(&redis).await;
+    tokio::time::sleep(window).await;
+    let spent = redis_commands(&redis).await - before;
+    let polls = window.as_secs() / POLL.as_secs() + 1;
+    println!(
+        "a waiting process: {spent} Redis commands in {window:?} (bound {})",
+        polls * PER_POLL
+    );
+    assert!(
+        spent <= polls * PER_POLL,
+        "a waiting process cost Redis {spent} commands in {window:?}"
+    );
+    held.await.unwrap();
+    waited.await.unwrap();
+    assert_eq!(endpoint.tokens_issued(), 1, "shared");
+
+    // Woken by the publication: in each of 4 rounds (a database of its own each), the waiter
+    // has the token well within its fallback poll after the holder (a poll would land within
+    // 150 ms of the write in about one round in seven).
+    endpoint.set_delay(Duration::from_millis(300));
+    for round in 1..=4 {
+        let url = format!("{}/{round}", redis.url());
+        let holder = member_with(&endpoint, store(&url), deadline);
+        let waiter = member_with(&endpoint, store(&url), deadline);
+        let sent = endpoint.request_count();
+        let held = tokio::spawn(async move {
+            holder.token().await.unwrap();
+            Instant::now()
+        });
+        for _ in 0..200 {
+            if endpoint.request_count() > sent {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let waited = tokio::spawn(async move {
+            waiter.token().await.unwrap();
+            Instant::now()
+        });
+        let (held, waited) = (held.await.unwrap(), waited.await.unwrap());
+        let late = waited.saturating_duration_since(held);
+        println!("round {round}: the waiter had the token {late:?} after the holder");
+        assert!(
+            late < Duration::from_millis(150),
+            "round {round}: the waiter was not woken by the publication: {late:?} after the holder"
+        );
+    }
+    assert_eq!(endpoint.tokens_issued(), 5, "shared in every round");
+}

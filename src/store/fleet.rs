@@ -17,7 +17,9 @@
 //!    5xx) is recorded as the fleet's refusal (see [`Refusal`]); then the lease is released and
 //!    the error returned. While a refusal holds, every process (before the lease, and a new
 //!    holder before its fetch) returns that error without fetching.
-//! 4. The others poll after 10 ms, the pause doubling to 50 ms (jittered): they adopt the token once it is stored, and
+//! 4. The others wait for the write of the token ([`TokenStore::watch`]), polling once a second
+//!    (jittered) as a fallback, or, when the store cannot notify, after 10 ms, the pause
+//!    doubling to 50 ms (jittered): they adopt the token once it is stored, and
 //!    try the lease on each poll, so they take over as soon as the holder released it after a
 //!    failure or its lease expired (it died). Waiting is bounded: reading, waiting and trying
 //!    the lease take at most `max_wait` (half the cache's refresh deadline, less up to a
@@ -53,9 +55,14 @@ pub(crate) struct FleetConfig {
     /// jitter, so that a token fetched in tens of milliseconds is seen soon after it is stored,
     /// and a long wait (a holder that died) costs few reads. 10 ms.
     pub(crate) poll_min: Duration,
-    /// The longest pause between two polls. 50 ms: a waiting process sees the token at most
-    /// about that long after it is stored.
+    /// The longest pause between two polls when the store cannot notify writes. 50 ms: a
+    /// waiting process sees the token at most about that long after it is stored.
     pub(crate) poll_max: Duration,
+    /// The pause between two polls when the store notifies writes ([`TokenStore::watch`]): a
+    /// waiting process is woken by the write, and polls this rarely (jittered down to three
+    /// quarters of it) for what a notification does not tell (a lease released after a
+    /// failure, a holder that died) or lost. 1 s.
+    pub(crate) poll_fallback: Duration,
     /// The most one store operation may take, whatever the store's own timeout (which should
     /// be shorter): a tenth of the refresh deadline (3 s of 30 s).
     pub(crate) store_timeout: Duration,
@@ -97,6 +104,7 @@ impl FleetConfig {
             lease_ttl: refresh_deadline / 3,
             poll_min: Duration::from_millis(10),
             poll_max: Duration::from_millis(50),
+            poll_fallback: Duration::from_secs(1),
             store_timeout: refresh_deadline / 10,
             max_wait: refresh_deadline / 2,
             refusal_min: Duration::from_secs(1),
@@ -150,8 +158,9 @@ impl From<BoxError> for Trouble {
 enum Elected {
     /// A stored token it may adopt.
     Adopted(Token),
-    /// It holds the lease under this id: it fetches for the fleet.
-    Holder(String),
+    /// It holds the lease under this id: it fetches for the fleet. With the refusal record as
+    /// read just before it took the lease at its first try (else it reads it again).
+    Holder(String, Option<RefusalState>),
     /// Another process's fetch was refused a moment ago: this error, without a fetch.
     Refused(Error),
 }
@@ -359,7 +368,9 @@ impl Fleet {
         match elected {
             Elected::Adopted(token) => Ok(Ok(self.adopted(token))),
             Elected::Refused(error) => Ok(Err(error)),
-            Elected::Holder(id) => self.hold(source, margins, rejected, &id).await,
+            Elected::Holder(id, refusal) => {
+                self.hold(source, margins, rejected, &id, refusal).await
+            }
         }
     }
 
@@ -379,13 +390,18 @@ impl Fleet {
         if let Some(token) = self.look(margins, rejected).await? {
             return Ok(Elected::Adopted(token));
         }
-        if let Some(error) = self.refusal().await?.holds {
+        let mut refusal = self.refusal().await?;
+        if let Some(error) = refusal.holds.take() {
             return Ok(Elected::Refused(error));
         }
+        let mut refusal = Some(refusal);
         // One id per lease, never per process: a late refresh of this process, whose lease
         // lapsed and was taken by a newer refresh of the same process, must not release it.
         let id = holder_id();
         let mut polls: u32 = 0;
+        // Subscribed once the lease is found taken (once per process: later waits reuse the
+        // subscription); a write before the subscription is found by the next poll.
+        let mut seen = None;
         loop {
             let lease = self.sealer.lease_name();
             let taken = match self
@@ -402,9 +418,29 @@ impl Fleet {
                 }
             };
             if taken {
-                return Ok(Elected::Holder(id));
+                return Ok(Elected::Holder(id, refusal));
             }
-            tokio::time::sleep(self.poll_pause(polls)).await;
+            // Read again by the holder, after the wait.
+            refusal = None;
+            if polls == 0 {
+                seen = self.watch(name, None, Duration::ZERO).await;
+                // The holder may have written before the subscription.
+                if let Some(token) = self.look(margins, rejected).await? {
+                    return Ok(Elected::Adopted(token));
+                }
+            }
+            seen = match seen {
+                Some(n) => {
+                    let max =
+                        u64::try_from(self.config.poll_fallback.as_micros()).unwrap_or(u64::MAX);
+                    let pause = Duration::from_micros(fastrand::u64(max / 4 * 3..=max));
+                    self.watch(name, Some(n), pause).await
+                }
+                None => None,
+            };
+            if seen.is_none() {
+                tokio::time::sleep(self.poll_pause(polls)).await;
+            }
             polls = polls.saturating_add(1);
             if let Some(token) = self.look(margins, rejected).await? {
                 return Ok(Elected::Adopted(token));
@@ -419,6 +455,7 @@ impl Fleet {
         margins: Margins,
         rejected: Option<&str>,
         id: &str,
+        refusal: Option<RefusalState>,
     ) -> Result<Result<Token, Error>, Trouble> {
         match self.look(margins, rejected).await {
             Ok(Some(token)) => {
@@ -431,8 +468,13 @@ impl Fleet {
                 return Err(error);
             }
         }
-        // The holder before us may have been refused: then so are we, without a fetch.
-        let refusal = match self.refusal().await {
+        // The holder before us may have been refused: then so are we, without a fetch. (Read
+        // just before the lease when it was taken at the first try.)
+        let refusal = match refusal {
+            Some(state) => Ok(state),
+            None => self.refusal().await,
+        };
+        let refusal = match refusal {
             Ok(RefusalState {
                 holds: Some(error), ..
             }) => {
@@ -462,6 +504,21 @@ impl Fleet {
         }
         self.release(id).await;
         Ok(result)
+    }
+
+    /// Waits up to `pause` for a write to `key` after the `seen`-th (with `None`, subscribes
+    /// and returns at once): the count of writes, or `None` when the store cannot notify
+    /// (then the caller polls). Not an outage: a store without notifications is polled.
+    async fn watch(&self, key: &str, seen: Option<u64>, pause: Duration) -> Option<u64> {
+        let cap = pause.saturating_add(self.config.store_timeout);
+        match tokio::time::timeout(cap, self.store.watch(key, seen, pause)).await {
+            Ok(Ok(n)) => Some(n),
+            Ok(Err(error)) => {
+                tracing::trace!(%error, "no notifications from the shared store: polling");
+                None
+            }
+            Err(_) => None,
+        }
     }
 
     /// Reads the fleet's refusal record. A record that does not verify is ignored. A process
@@ -805,6 +862,7 @@ mod tests {
             lease_ttl: Duration::from_millis(600),
             poll_min: Duration::from_millis(10),
             poll_max: Duration::from_millis(30),
+            poll_fallback: Duration::from_millis(300),
             store_timeout: Duration::from_millis(500),
             max_wait: Duration::from_secs(5),
             refusal_min: Duration::from_secs(1),
