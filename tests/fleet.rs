@@ -22,6 +22,10 @@ use tower_cognito_auth::store::RedisStore;
 use tower_cognito_auth::testing::{ProtectedApi, RedisServer, TokenEndpoint};
 use tower_cognito_auth::{CognitoAuthLayer, CognitoAuthLayerBuilder};
 
+/// `RedisStore`'s default command timeout and connect timeout (see its docs).
+const STORE_TIMEOUT: Duration = Duration::from_millis(200);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
 fn redis() -> RedisServer {
     RedisServer::start().unwrap_or_else(|e| panic!("{e}"))
 }
@@ -205,8 +209,28 @@ async fn redis_down_and_back_never_fails_a_request() {
     let fallbacks: u64 = fleet.iter().map(|l| l.stats().store_fallbacks).sum();
     assert!(fallbacks > 0, "the processes fetched for themselves");
     redis.restart().unwrap();
-    traffic(fleet.clone(), api.clone(), Duration::from_secs(3)).await;
-    println!("slowest request while Redis was down: {slowest_down:?}");
+    let slowest_back = traffic(fleet.clone(), api.clone(), Duration::from_secs(3)).await;
+    // While Redis is down, a refresh gives up on the store at its first failed operation
+    // (refused at once, or at most the store's timeout, 200 ms by default, while a connection
+    // attempt is in flight), then fetches from the loopback endpoint: generous room for that
+    // fetch and the API's answer on a loaded machine, and none for a second store timeout.
+    let down_bound = STORE_TIMEOUT + Duration::from_millis(500);
+    // Once it is back, a refresh makes at most 6 store operations (each within the store's
+    // timeout; a connection attempt is waited for within it), and a waiter subscribes once
+    // (within the connect timeout, 1 s by default, and one store timeout): the same room.
+    let back_bound = 7 * STORE_TIMEOUT + CONNECT_TIMEOUT + Duration::from_millis(500);
+    println!(
+        "slowest request while Redis was down: {slowest_down:?} (bound {down_bound:?}); \
+         after it came back: {slowest_back:?} (bound {back_bound:?})"
+    );
+    assert!(
+        slowest_down < down_bound,
+        "a request waited {slowest_down:?} while Redis was down"
+    );
+    assert!(
+        slowest_back < back_bound,
+        "a request waited {slowest_back:?} after Redis came back"
+    );
     // Back together: after the store returns, the last renewal is shared again. One process
     // fetches; the others adopt.
     let adopted_before: u64 = fleet.iter().map(|l| l.stats().adopted).sum();

@@ -343,3 +343,179 @@ async fn under_silence_delays_and_failover_no_request_fails() {
     // Renewals at about half the lifetime: ~6 for the fleet in 3 lifetimes, 24 without sharing.
     assert!(issued <= 10, "{issued} token requests");
 }
+
+/// Defect 5 of issue 21: a refusing token endpoint (503, then 429 with `Retry-After`) behind a
+/// fleet of 12 caches with steady traffic sees about as many token requests as one process
+/// alone over the same period, not 12 times as many: the holder whose fetch is refused records
+/// the refusal in the store, and the others honour it instead of fetching.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusing_endpoint_sees_the_fleet_as_one_process() {
+    use tower_cognito_auth::testing::Reply;
+    // The default: the lease (a third of it) outlasts a fetch that retries after
+    // `Retry-After` (4 attempts, 2 s apart), so the holder records the refusal before its
+    // lease lapses.
+    const DEADLINE: Duration = Duration::from_secs(30);
+    let redis = redis();
+    let unavailable = Reply::status(http::StatusCode::SERVICE_UNAVAILABLE);
+    let limited = Reply::status(http::StatusCode::TOO_MANY_REQUESTS).header("Retry-After", "2");
+    let mut phases = Vec::new();
+    for (n, (name, reply)) in [("503", unavailable), ("429 with Retry-After: 2", limited)]
+        .into_iter()
+        .enumerate()
+    {
+        // Fresh caches per phase, so that no backoff carries over; a database of its own.
+        let fleet_endpoint = TokenEndpoint::start().await.unwrap();
+        let lone_endpoint = TokenEndpoint::start().await.unwrap();
+        let url = format!("{}/{n}", redis.url());
+        let fleet: Vec<_> = (0..12)
+            .map(|_| member_with(&fleet_endpoint, store(&url), DEADLINE))
+            .collect();
+        // The same configuration, without the store.
+        let lone = CognitoAuthLayer::builder()
+            .token_url(lone_endpoint.token_url())
+            .client_id(lone_endpoint.client_id())
+            .client_secret(lone_endpoint.client_secret())
+            .http_client(common::http())
+            .refresh_deadline(DEADLINE)
+            .build()
+            .unwrap();
+        fleet_endpoint.fail_with(Some(reply.clone()));
+        lone_endpoint.fail_with(Some(reply));
+        let (fleet_before, lone_before) = (
+            fleet_endpoint.request_count(),
+            lone_endpoint.request_count(),
+        );
+        // Steady traffic: every cache asks for a token every 20 ms for 6 s.
+        let run_for = Duration::from_secs(6);
+        let mut tasks = Vec::new();
+        for layer in fleet.iter().chain([&lone]) {
+            let layer = layer.clone();
+            tasks.push(tokio::spawn(async move {
+                let start = Instant::now();
+                while start.elapsed() < run_for {
+                    let result = layer.token().await;
+                    assert!(result.is_err(), "the endpoint refuses everything");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let fleet_sent = fleet_endpoint.request_count() - fleet_before;
+        let lone_sent = lone_endpoint.request_count() - lone_before;
+        println!("{name}: the fleet of 12 sent {fleet_sent}, one process {lone_sent}");
+        phases.push((name, fleet_sent, lone_sent));
+    }
+    for (name, fleet_sent, lone_sent) in phases {
+        assert!(lone_sent > 0, "{name}: one process sent nothing");
+        // Each of the 12 alone would send about 12 times what one sends.
+        assert!(
+            fleet_sent <= 2 * lone_sent,
+            "{name}: the fleet of 12 sent {fleet_sent} token requests, one process {lone_sent}"
+        );
+    }
+}
+
+/// Every command the test's Redis has executed so far (`INFO commandstats`, script internals
+/// included, the `INFO` calls themselves excluded).
+async fn redis_commands(redis: &RedisServer) -> u64 {
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    info.lines()
+        .filter(|line| line.starts_with("cmdstat_") && !line.starts_with("cmdstat_info:"))
+        .filter_map(|line| {
+            let calls = line.split("calls=").nth(1)?;
+            calls.split(',').next()?.parse::<u64>().ok()
+        })
+        .sum()
+}
+
+/// Defect 6 of issue 21: a process waiting for another's fetch costs Redis a few commands per
+/// second (a fallback poll once a second: the load script, `GET` and `PTTL` inside it, and a
+/// `SET NX`), not ~50 polls; and it is woken when the token is published, not at its next poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_process_costs_redis_a_few_commands_per_second() {
+    /// The fallback poll of a waiting process.
+    const POLL: Duration = Duration::from_secs(1);
+    /// Commands per poll: the load script (`EVALSHA`, `GET`, `PTTL`) and the lease's `SET NX`.
+    const PER_POLL: u64 = 4;
+    let redis = redis();
+    let endpoint = TokenEndpoint::start().await.unwrap();
+    let fetch = Duration::from_secs(4);
+    endpoint.set_delay(fetch);
+    let deadline = Duration::from_secs(30);
+    let holder = member_with(&endpoint, store(&redis.url()), deadline);
+    let waiter = member_with(&endpoint, store(&redis.url()), deadline);
+    let held = tokio::spawn(async move {
+        holder.token().await.unwrap();
+        Instant::now()
+    });
+    for _ in 0..200 {
+        if endpoint.request_count() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(endpoint.request_count(), 1, "the holder is fetching");
+    let waited = tokio::spawn(async move {
+        waiter.token().await.unwrap();
+        Instant::now()
+    });
+    // Let the waiter settle into its wait, then count over a window inside the fetch.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let window = Duration::from_secs(2);
+    let before = redis_commands(&redis).await;
+    tokio::time::sleep(window).await;
+    let spent = redis_commands(&redis).await - before;
+    let polls = window.as_secs() / POLL.as_secs() + 1;
+    println!(
+        "a waiting process: {spent} Redis commands in {window:?} (bound {})",
+        polls * PER_POLL
+    );
+    assert!(
+        spent <= polls * PER_POLL,
+        "a waiting process cost Redis {spent} commands in {window:?}"
+    );
+    held.await.unwrap();
+    waited.await.unwrap();
+    assert_eq!(endpoint.tokens_issued(), 1, "shared");
+
+    // Woken by the publication: in each of 4 rounds (a database of its own each), the waiter
+    // has the token well within its fallback poll after the holder (a poll would land within
+    // 150 ms of the write in about one round in seven).
+    endpoint.set_delay(Duration::from_millis(300));
+    for round in 1..=4 {
+        let url = format!("{}/{round}", redis.url());
+        let holder = member_with(&endpoint, store(&url), deadline);
+        let waiter = member_with(&endpoint, store(&url), deadline);
+        let sent = endpoint.request_count();
+        let held = tokio::spawn(async move {
+            holder.token().await.unwrap();
+            Instant::now()
+        });
+        for _ in 0..200 {
+            if endpoint.request_count() > sent {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let waited = tokio::spawn(async move {
+            waiter.token().await.unwrap();
+            Instant::now()
+        });
+        let (held, waited) = (held.await.unwrap(), waited.await.unwrap());
+        let late = waited.saturating_duration_since(held);
+        println!("round {round}: the waiter had the token {late:?} after the holder");
+        assert!(
+            late < Duration::from_millis(150),
+            "round {round}: the waiter was not woken by the publication: {late:?} after the holder"
+        );
+    }
+    assert_eq!(endpoint.tokens_issued(), 5, "shared in every round");
+}

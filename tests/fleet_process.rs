@@ -20,6 +20,34 @@ use tower_cognito_auth::testing::{RedisServer, TokenEndpoint};
 const WORKER: &str = "FLEET_WORKER";
 const SECRET: &str = "FLEET_WORKER_SECRET";
 
+/// The fleet's lease in `redis_url` (the only key ending in `:lease`): its holder id and its
+/// remaining time to live. `None` when nobody holds it.
+async fn lease(redis_url: &str) -> Option<(String, Duration)> {
+    let client = redis::Client::open(redis_url).expect("a Redis URL");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("a connection to the test's Redis");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("tower-cognito-auth:*:lease")
+        .query_async(&mut conn)
+        .await
+        .expect("KEYS");
+    assert!(keys.len() <= 1, "one lease at most: {keys:?}");
+    let key = keys.first()?;
+    let holder: Option<String> = redis::cmd("GET")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .expect("GET");
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .expect("PTTL");
+    Some((holder?, Duration::from_millis(u64::try_from(pttl).ok()?)))
+}
+
 fn layer(token_url: &str, client_id: &str, secret: &str, redis_url: &str) -> CognitoAuthLayer {
     CognitoAuthLayer::builder()
         .token_url(token_url)
@@ -94,9 +122,19 @@ fn a_killed_lease_holder_is_replaced() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(endpoint.request_count(), 1, "the worker asked for a token");
+        // Nothing but the worker has touched this Redis: the lease it holds is the worker's.
+        let (holder, left) = lease(&redis.url())
+            .await
+            .expect("the worker holds the fleet's lease while its token request hangs");
         worker.0.kill().expect("SIGKILL");
         worker.0.wait().expect("the worker is gone");
+        let killed_at = Instant::now();
         endpoint.set_delay(Duration::ZERO);
+        // Killed, it released nothing: its lease stays until it lapses.
+        let (still, _) = lease(&redis.url())
+            .await
+            .expect("the killed worker's lease outlives it");
+        assert_eq!(still, holder, "the same holder");
 
         let other = layer(
             &endpoint.token_url(),
@@ -113,6 +151,17 @@ fn a_killed_lease_holder_is_replaced() {
         assert_eq!(stats.lease_fetches, 1, "it fetched as the new lease holder");
         assert_eq!(stats.store_fallbacks, 0, "not by giving up on the store");
         assert_eq!(endpoint.request_count(), 2);
+        // Taken over when the killed worker's lease lapsed, not before (the rest of the
+        // lease when it was read, less the time between that read and the kill).
+        let lapsed = killed_at.elapsed();
+        assert!(
+            lapsed + Duration::from_millis(100) >= left,
+            "took over {lapsed:?} after the kill, the lease had {left:?} left"
+        );
+        assert!(
+            lease(&redis.url()).await.is_none(),
+            "the new holder released it"
+        );
     });
 }
 

@@ -489,3 +489,60 @@ fn a_connection_attempt_dropped_with_its_runtime_does_not_poison_the_store() {
         panic!("the store never connected again: {last:?}");
     });
 }
+
+/// `watch` hears of writes by `save_if_longer` from another store (another process), and of
+/// nothing else; a watch with nothing written returns the same count after its timeout.
+#[tokio::test]
+async fn watch_hears_of_writes_from_another_store() {
+    let redis = server();
+    let watcher = RedisStore::new(redis.url()).unwrap();
+    let writer = RedisStore::new(redis.url()).unwrap();
+    let start = bounded(watcher.watch("k", None, Duration::ZERO))
+        .await
+        .unwrap();
+    // Not a write: nothing heard.
+    assert!(
+        writer
+            .try_lease("lease", "holder", Duration::from_secs(5))
+            .await
+            .unwrap()
+    );
+    let quiet = bounded(watcher.watch("k", Some(start), Duration::from_millis(200)))
+        .await
+        .unwrap();
+    assert_eq!(quiet, start);
+    let waiting = {
+        let watcher = watcher.clone();
+        tokio::spawn(async move {
+            watcher
+                .watch("k", Some(start), Duration::from_secs(5))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        writer
+            .save_if_longer("k2", Bytes::from_static(b"v"), Duration::from_secs(5))
+            .await
+            .unwrap()
+    );
+    assert!(
+        writer
+            .save_if_longer("k", Bytes::from_static(b"v"), Duration::from_secs(5))
+            .await
+            .unwrap()
+    );
+    let heard = bounded(waiting).await.unwrap().unwrap();
+    assert_eq!(heard, start + 1);
+    // A write refused (a longer-lived value is there) is not heard.
+    assert!(
+        !writer
+            .save_if_longer("k", Bytes::from_static(b"w"), Duration::from_secs(1))
+            .await
+            .unwrap()
+    );
+    let quiet = bounded(watcher.watch("k", Some(heard), Duration::from_millis(200)))
+        .await
+        .unwrap();
+    assert_eq!(quiet, heard);
+}

@@ -13,26 +13,33 @@
 //!    place.
 //! 3. Otherwise the lease is tried. Its holder reads once more (the token may have been stored
 //!    between the read and the lease), fetches, stores the token if it expires later than the
-//!    stored one, and releases the lease. A fetch error releases the lease and is returned.
-//! 4. The others poll after 10 ms, the pause doubling to 50 ms (jittered): they adopt the token once it is stored, and
+//!    stored one, and releases the lease. A fetch error the endpoint answered with (a 429 or a
+//!    5xx) is recorded as the fleet's refusal (see [`Refusal`]); then the lease is released and
+//!    the error returned. While a refusal holds, every process (before the lease, and a new
+//!    holder before its fetch) returns that error without fetching.
+//! 4. The others wait for the write of the token ([`TokenStore::watch`]), polling once a second
+//!    (jittered) as a fallback, or, when the store cannot notify, after 10 ms, the pause
+//!    doubling to 50 ms (jittered): they adopt the token once it is stored, and
 //!    try the lease on each poll, so they take over as soon as the holder released it after a
 //!    failure or its lease expired (it died). Waiting is bounded: reading, waiting and trying
-//!    the lease take at most `max_wait` (half the cache's refresh deadline), after which the
+//!    the lease take at most `max_wait` (half the cache's refresh deadline, less up to a
+//!    quarter of jitter so that the waiters do not fall back together), after which the
 //!    process fetches for itself with the other half.
 //!
 //! The store never makes the refresh fail: any store error or timeout falls back to fetching for
 //! this process, warning once per outage.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use http::StatusCode;
 use ring::rand::{SecureRandom as _, SystemRandom};
 use tokio::time::Instant;
 use tower::BoxError;
 
 use super::TokenStore;
-use super::seal::Sealer;
+use super::seal::{Sealer, TAG_LEN};
 use crate::error::Error;
 use crate::source::{BoxFuture, SharedIdentity, TokenSource};
 use crate::token::{AccessToken, Token};
@@ -48,9 +55,14 @@ pub(crate) struct FleetConfig {
     /// jitter, so that a token fetched in tens of milliseconds is seen soon after it is stored,
     /// and a long wait (a holder that died) costs few reads. 10 ms.
     pub(crate) poll_min: Duration,
-    /// The longest pause between two polls. 50 ms: a waiting process sees the token at most
-    /// about that long after it is stored.
+    /// The longest pause between two polls when the store cannot notify writes. 50 ms: a
+    /// waiting process sees the token at most about that long after it is stored.
     pub(crate) poll_max: Duration,
+    /// The pause between two polls when the store notifies writes ([`TokenStore::watch`]): a
+    /// waiting process is woken by the write, and polls this rarely (jittered down to three
+    /// quarters of it) for what a notification does not tell (a lease released after a
+    /// failure, a holder that died) or lost. 1 s.
+    pub(crate) poll_fallback: Duration,
     /// The most one store operation may take, whatever the store's own timeout (which should
     /// be shorter): a tenth of the refresh deadline (3 s of 30 s).
     pub(crate) store_timeout: Duration,
@@ -59,6 +71,13 @@ pub(crate) struct FleetConfig {
     /// fetch has the other half. At least the lease's time to live, so that a dead holder is
     /// taken over rather than given up on.
     pub(crate) max_wait: Duration,
+    /// The fleet's pause after its first refused fetch (a 429 or a 5xx without a longer
+    /// `Retry-After`): 1 s, doubling with each refusal in a row.
+    pub(crate) refusal_min: Duration,
+    /// The longest pause the fleet takes after a refusal, whatever `Retry-After` asked or a
+    /// record in the store says; also how long a process honours refusals in a row before it
+    /// fetches for itself once: 60 s, the cache's longest backoff.
+    pub(crate) refusal_max: Duration,
 }
 
 /// The shortest refresh deadline a shared store works with: a third of it is the lease.
@@ -85,8 +104,11 @@ impl FleetConfig {
             lease_ttl: refresh_deadline / 3,
             poll_min: Duration::from_millis(10),
             poll_max: Duration::from_millis(50),
+            poll_fallback: Duration::from_secs(1),
             store_timeout: refresh_deadline / 10,
             max_wait: refresh_deadline / 2,
+            refusal_min: Duration::from_secs(1),
+            refusal_max: Duration::from_secs(60),
         })
     }
 }
@@ -108,6 +130,8 @@ pub(crate) struct FleetStats {
     /// Token requests made without the store: it failed or was too slow, or waiting for
     /// another process took too long.
     pub(crate) fallbacks: u64,
+    /// Refreshes that returned the refusal another process recorded, without a token request.
+    pub(crate) refusals_honoured: u64,
 }
 
 #[derive(Default)]
@@ -115,6 +139,7 @@ struct FleetCounters {
     adopted: AtomicU64,
     lease_fetches: AtomicU64,
     fallbacks: AtomicU64,
+    refusals_honoured: AtomicU64,
 }
 
 /// Why the coordination gave up; the process then fetches for itself.
@@ -133,8 +158,97 @@ impl From<BoxError> for Trouble {
 enum Elected {
     /// A stored token it may adopt.
     Adopted(Token),
-    /// It holds the lease under this id: it fetches for the fleet.
-    Holder(String),
+    /// It holds the lease under this id: it fetches for the fleet. With the refusal record as
+    /// read just before it took the lease at its first try (else it reads it again).
+    Holder(String, Option<RefusalState>),
+    /// Another process's fetch was refused a moment ago: this error, without a fetch.
+    Refused(Error),
+}
+
+/// The fleet's record of a refused fetch, under `<key>:refused`: `'R' ‖ kind ‖ status (2 bytes)
+/// ‖ pause in ms (8 bytes) ‖ keyed tag (32 bytes)`, stored for twice the pause. The refusal holds
+/// while more than `pause` of its time to live is left; after that the record only remembers the
+/// pause, so that the next refusal in a row doubles it. It holds no secret; its tag keeps whoever
+/// lacks the client secret from forging one, and what a process honours is bounded (see
+/// [`FleetConfig::refusal_max`]) against an old record stored again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Refusal {
+    rate_limited: bool,
+    status: u16,
+    pause: Duration,
+}
+
+const REFUSAL_MARK: u8 = b'R';
+const REFUSAL_BODY_LEN: usize = 12;
+
+impl Refusal {
+    /// The refusal a fetch error is worth recording: a 429, or a 5xx answer.
+    fn of(error: &Error) -> Option<(bool, u16)> {
+        match error.kind() {
+            crate::ErrorKind::RateLimited => Some((true, 429)),
+            crate::ErrorKind::Unavailable => error
+                .status()
+                .filter(|s| s.is_server_error())
+                .map(|s| (false, s.as_u16())),
+            _ => None,
+        }
+    }
+
+    fn encode(&self, sealer: &Sealer) -> Vec<u8> {
+        let mut body = Vec::with_capacity(REFUSAL_BODY_LEN + TAG_LEN);
+        body.push(REFUSAL_MARK);
+        body.push(u8::from(self.rate_limited));
+        body.extend_from_slice(&self.status.to_be_bytes());
+        let ms = u64::try_from(self.pause.as_millis()).unwrap_or(u64::MAX);
+        body.extend_from_slice(&ms.to_be_bytes());
+        let tag = sealer.refusal_tag(&body);
+        body.extend_from_slice(&tag);
+        body
+    }
+
+    fn decode(value: &[u8], sealer: &Sealer) -> Option<Refusal> {
+        if value.len() != REFUSAL_BODY_LEN + TAG_LEN || value[0] != REFUSAL_MARK {
+            return None;
+        }
+        let (body, tag) = value.split_at(REFUSAL_BODY_LEN);
+        if !sealer.refusal_verifies(body, tag) {
+            return None;
+        }
+        let rate_limited = match body[1] {
+            0 => false,
+            1 => true,
+            _ => return None,
+        };
+        let status = u16::from_be_bytes([body[2], body[3]]);
+        let mut ms = [0u8; 8];
+        ms.copy_from_slice(&body[4..12]);
+        Some(Refusal {
+            rate_limited,
+            status,
+            pause: Duration::from_millis(u64::from_be_bytes(ms)),
+        })
+    }
+
+    /// The error a process returns while the refusal holds, `left` of it remaining.
+    fn error(&self, left: Duration) -> Error {
+        if self.rate_limited {
+            return Error::rate_limited(Some(left));
+        }
+        let status = StatusCode::from_u16(self.status)
+            .ok()
+            .filter(StatusCode::is_server_error)
+            .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        Error::server_error(status, Some(left))
+    }
+}
+
+/// What the refusal record says now.
+#[derive(Default)]
+struct RefusalState {
+    /// The error to return without fetching, while a recorded refusal holds.
+    holds: Option<Error>,
+    /// The pause of the last refusal, remembered for a while after it ended.
+    last_pause: Option<Duration>,
 }
 
 /// One process's side of the shared store.
@@ -144,6 +258,8 @@ pub(crate) struct Fleet {
     config: FleetConfig,
     /// Set while the store fails, so that an outage is logged once.
     outage: AtomicBool,
+    /// Since when this process has honoured other processes' refusals without fetching itself.
+    honouring_since: Mutex<Option<Instant>>,
     stats: FleetCounters,
     metrics: crate::metrics::Metrics,
 }
@@ -175,6 +291,7 @@ impl Fleet {
             sealer: Sealer::new(identity)?,
             config,
             outage: AtomicBool::new(false),
+            honouring_since: Mutex::new(None),
             stats: FleetCounters::default(),
             metrics: crate::metrics::Metrics::default(),
         })
@@ -193,6 +310,7 @@ impl Fleet {
             adopted: load(&self.stats.adopted),
             lease_fetches: load(&self.stats.lease_fetches),
             fallbacks: load(&self.stats.fallbacks),
+            refusals_honoured: load(&self.stats.refusals_honoured),
         }
     }
 
@@ -224,6 +342,7 @@ impl Fleet {
                 }
                 self.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
                 self.metrics.fallback();
+                self.fetched_myself();
                 source.fetch().await
             }
         }
@@ -238,12 +357,20 @@ impl Fleet {
     ) -> Result<Result<Token, Error>, Trouble> {
         // Reading, waiting and trying the lease together take at most `max_wait`, so that a
         // process that gives up has the rest of the refresh deadline to fetch for itself.
-        let elected = tokio::time::timeout(self.config.max_wait, self.elect(margins, rejected))
+        // Jittered (the last quarter of `max_wait`, still at least the lease), so that the
+        // processes that waited together do not fall back together.
+        let max_wait = self.config.max_wait;
+        let spread = u64::try_from((max_wait / 4).as_micros()).unwrap_or(u64::MAX);
+        let max_wait = max_wait.saturating_sub(Duration::from_micros(fastrand::u64(0..=spread)));
+        let elected = tokio::time::timeout(max_wait, self.elect(margins, rejected))
             .await
             .map_err(|_| Trouble::WaitedTooLong)??;
         match elected {
             Elected::Adopted(token) => Ok(Ok(self.adopted(token))),
-            Elected::Holder(id) => self.hold(source, margins, rejected, &id).await,
+            Elected::Refused(error) => Ok(Err(error)),
+            Elected::Holder(id, refusal) => {
+                self.hold(source, margins, rejected, &id, refusal).await
+            }
         }
     }
 
@@ -263,10 +390,18 @@ impl Fleet {
         if let Some(token) = self.look(margins, rejected).await? {
             return Ok(Elected::Adopted(token));
         }
+        let mut refusal = self.refusal().await?;
+        if let Some(error) = refusal.holds.take() {
+            return Ok(Elected::Refused(error));
+        }
+        let mut refusal = Some(refusal);
         // One id per lease, never per process: a late refresh of this process, whose lease
         // lapsed and was taken by a newer refresh of the same process, must not release it.
         let id = holder_id();
         let mut polls: u32 = 0;
+        // Subscribed once the lease is found taken (once per process: later waits reuse the
+        // subscription); a write before the subscription is found by the next poll.
+        let mut seen = None;
         loop {
             let lease = self.sealer.lease_name();
             let taken = match self
@@ -283,9 +418,29 @@ impl Fleet {
                 }
             };
             if taken {
-                return Ok(Elected::Holder(id));
+                return Ok(Elected::Holder(id, refusal));
             }
-            tokio::time::sleep(self.poll_pause(polls)).await;
+            // Read again by the holder, after the wait.
+            refusal = None;
+            if polls == 0 {
+                seen = self.watch(name, None, Duration::ZERO).await;
+                // The holder may have written before the subscription.
+                if let Some(token) = self.look(margins, rejected).await? {
+                    return Ok(Elected::Adopted(token));
+                }
+            }
+            seen = match seen {
+                Some(n) => {
+                    let max =
+                        u64::try_from(self.config.poll_fallback.as_micros()).unwrap_or(u64::MAX);
+                    let pause = Duration::from_micros(fastrand::u64(max / 4 * 3..=max));
+                    self.watch(name, Some(n), pause).await
+                }
+                None => None,
+            };
+            if seen.is_none() {
+                tokio::time::sleep(self.poll_pause(polls)).await;
+            }
             polls = polls.saturating_add(1);
             if let Some(token) = self.look(margins, rejected).await? {
                 return Ok(Elected::Adopted(token));
@@ -300,6 +455,7 @@ impl Fleet {
         margins: Margins,
         rejected: Option<&str>,
         id: &str,
+        refusal: Option<RefusalState>,
     ) -> Result<Result<Token, Error>, Trouble> {
         match self.look(margins, rejected).await {
             Ok(Some(token)) => {
@@ -312,14 +468,145 @@ impl Fleet {
                 return Err(error);
             }
         }
+        // The holder before us may have been refused: then so are we, without a fetch. (Read
+        // just before the lease when it was taken at the first try.)
+        let refusal = match refusal {
+            Some(state) => Ok(state),
+            None => self.refusal().await,
+        };
+        let refusal = match refusal {
+            Ok(RefusalState {
+                holds: Some(error), ..
+            }) => {
+                self.release(id).await;
+                return Ok(Err(error));
+            }
+            Ok(state) => state,
+            Err(error) => {
+                self.release(id).await;
+                return Err(error);
+            }
+        };
         let started = Instant::now();
         self.stats.lease_fetches.fetch_add(1, Ordering::Relaxed);
+        self.fetched_myself();
         let result = source.fetch().await;
-        if let Ok(token) = &result {
-            self.publish(token, started).await;
+        match &result {
+            Ok(token) => {
+                self.publish(token, started).await;
+                if refusal.last_pause.is_some() {
+                    // The endpoint answers again: the next refusal starts the pauses over.
+                    let refused = self.sealer.refused_name();
+                    let _ = self.call(self.store.remove_if_prefix(refused, b"")).await;
+                }
+            }
+            Err(error) => self.record_refusal(error, refusal.last_pause).await,
         }
         self.release(id).await;
         Ok(result)
+    }
+
+    /// Waits up to `pause` for a write to `key` after the `seen`-th (with `None`, subscribes
+    /// and returns at once): the count of writes, or `None` when the store cannot notify
+    /// (then the caller polls). Not an outage: a store without notifications is polled.
+    async fn watch(&self, key: &str, seen: Option<u64>, pause: Duration) -> Option<u64> {
+        let cap = pause.saturating_add(self.config.store_timeout);
+        match tokio::time::timeout(cap, self.store.watch(key, seen, pause)).await {
+            Ok(Ok(n)) => Some(n),
+            Ok(Err(error)) => {
+                tracing::trace!(%error, "no notifications from the shared store: polling");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Reads the fleet's refusal record. A record that does not verify is ignored. A process
+    /// honours refusals in a row for at most `refusal_max`, then fetches itself once: a record
+    /// stored again by whoever can write the store cannot stop the fleet for longer.
+    async fn refusal(&self) -> Result<RefusalState, Trouble> {
+        let name = self.sealer.refused_name();
+        let Some(stored) = self.call(self.store.load(name)).await? else {
+            self.fetched_myself();
+            return Ok(RefusalState::default());
+        };
+        let Some(refusal) = Refusal::decode(stored.value(), &self.sealer) else {
+            tracing::debug!("the shared store holds a refusal record that does not verify");
+            self.fetched_myself();
+            return Ok(RefusalState::default());
+        };
+        let pause = refusal.pause.min(self.config.refusal_max);
+        let mut state = RefusalState {
+            holds: None,
+            last_pause: Some(pause),
+        };
+        let left = stored
+            .ttl()
+            .saturating_sub(refusal.pause)
+            .min(self.config.refusal_max);
+        if left.is_zero() {
+            self.fetched_myself();
+            return Ok(state);
+        }
+        {
+            let mut since = self
+                .honouring_since
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let first = *since.get_or_insert_with(Instant::now);
+            if first.elapsed() >= self.config.refusal_max {
+                tracing::debug!("honoured the fleet's refusals for too long: fetching once");
+                return Ok(state);
+            }
+        }
+        self.stats.refusals_honoured.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            left_ms = left.as_millis() as u64,
+            "the token endpoint refused another process of the fleet: backing off with it"
+        );
+        state.holds = Some(refusal.error(left));
+        Ok(state)
+    }
+
+    /// Records a refused fetch for the fleet: the pause is what `Retry-After` asked (at most
+    /// `refusal_max`), and at least the last pause doubled (`refusal_min` at first).
+    async fn record_refusal(&self, error: &Error, last_pause: Option<Duration>) {
+        let Some((rate_limited, status)) = Refusal::of(error) else {
+            return;
+        };
+        let max = self.config.refusal_max;
+        let backoff = last_pause
+            .map_or(self.config.refusal_min, |p| p.saturating_mul(2))
+            .min(max);
+        let pause = error
+            .retry_after()
+            .map_or(backoff, |asked| asked.min(max).max(backoff));
+        let refusal = Refusal {
+            rate_limited,
+            status,
+            pause,
+        };
+        let name = self.sealer.refused_name();
+        let value = refusal.encode(&self.sealer);
+        let _ = self
+            .call(
+                self.store
+                    .save_if_longer(name, value.into(), pause.saturating_mul(2)),
+            )
+            .await;
+        tracing::debug!(
+            pause_ms = pause.as_millis() as u64,
+            "the token endpoint refused the fleet's fetch: the fleet pauses"
+        );
+    }
+
+    /// This process sends a token request itself, or no refusal holds: the refusals it
+    /// honoured in a row, if any, end.
+    fn fetched_myself(&self) {
+        *self
+            .honouring_since
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
     }
 
     /// Reads the stored token: `Some` when it can be adopted.
@@ -368,6 +655,7 @@ impl Fleet {
     }
 
     fn adopted(&self, token: Token) -> Token {
+        self.fetched_myself();
         self.stats.adopted.fetch_add(1, Ordering::Relaxed);
         self.metrics.adoption();
         tracing::debug!(
@@ -574,8 +862,11 @@ mod tests {
             lease_ttl: Duration::from_millis(600),
             poll_min: Duration::from_millis(10),
             poll_max: Duration::from_millis(30),
+            poll_fallback: Duration::from_millis(300),
             store_timeout: Duration::from_millis(500),
             max_wait: Duration::from_secs(5),
+            refusal_min: Duration::from_secs(1),
+            refusal_max: Duration::from_secs(60),
         }
     }
 
@@ -774,6 +1065,7 @@ mod tests {
         let config = FleetConfig {
             lease_ttl: Duration::from_secs(6),
             max_wait: Duration::from_secs(8),
+            refusal_min: Duration::from_millis(300),
             ..test_config()
         };
         let f = Fleet::new(
@@ -784,8 +1076,14 @@ mod tests {
         .unwrap();
         let err = f.fetch(&source, MARGINS, None).await.unwrap_err();
         assert_eq!(err.kind(), crate::ErrorKind::Unavailable);
-        // The lease was released: the next refresh fetches at once.
+        // The lease was released: the next refresh does not wait for it. It returns the
+        // recorded refusal at once, and fetches once the fleet's pause is over.
         source.set(Mode::Ok);
+        let start = Instant::now();
+        let refused = f.fetch(&source, MARGINS, None).await.unwrap_err();
+        assert_eq!(refused.kind(), crate::ErrorKind::Unavailable);
+        assert!(start.elapsed() < config.lease_ttl / 2);
+        tokio::time::sleep(config.refusal_min).await;
         let start = Instant::now();
         let token = f.fetch(&source, MARGINS, None).await.unwrap();
         let waited = start.elapsed();
@@ -1142,6 +1440,91 @@ mod tests {
         assert_eq!(other.stats().lease_fetches, 1);
         // Well before the lease would lapse.
         assert!(waited < config.lease_ttl / 2, "waited {waited:?}");
+    }
+
+    /// Defect 5 of issue 21: a refused fetch is recorded; the others return it without
+    /// fetching while it holds; a forged record is ignored, and a genuine one stored again
+    /// with a long time to live is honoured for at most `refusal_max` in a row.
+    #[tokio::test]
+    async fn a_refusal_is_shared_and_bounded() {
+        let redis = server();
+        let store = RedisStore::new(redis.url()).unwrap();
+        let config = FleetConfig {
+            refusal_min: Duration::from_millis(400),
+            refusal_max: Duration::from_millis(800),
+            ..test_config()
+        };
+        let make = || {
+            Fleet::new(
+                Arc::new(RedisStore::new(redis.url()).unwrap()),
+                &identity("secret"),
+                config,
+            )
+            .unwrap()
+        };
+        let (a, b) = (make(), make());
+        let source = Source::new(Duration::from_secs(3600), Duration::ZERO);
+        source.set(Mode::Fail);
+        let refused = a.fetch(&source, MARGINS, None).await.unwrap_err();
+        assert_eq!(refused.status(), Some(http::StatusCode::BAD_GATEWAY));
+        let shared = b.fetch(&source, MARGINS, None).await.unwrap_err();
+        assert_eq!(shared.status(), Some(http::StatusCode::BAD_GATEWAY));
+        let left = shared.retry_after().unwrap();
+        assert!(left <= config.refusal_min && !left.is_zero(), "{left:?}");
+        assert_eq!(source.calls(), 1, "the refusal was not honoured");
+        assert_eq!(b.stats().refusals_honoured, 1);
+
+        // The next refusal in a row doubles the pause.
+        tokio::time::sleep(config.refusal_min + Duration::from_millis(50)).await;
+        a.fetch(&source, MARGINS, None).await.unwrap_err();
+        assert_eq!(source.calls(), 2);
+        let left = b
+            .fetch(&source, MARGINS, None)
+            .await
+            .unwrap_err()
+            .retry_after();
+        assert!(left.unwrap() > config.refusal_min, "{left:?}");
+
+        // A record without the secret's tag is ignored.
+        let name = a.sealer.refused_name().to_owned();
+        store.remove_if_prefix(&name, b"").await.unwrap();
+        let mut forged = vec![REFUSAL_MARK, 1, 1, 0xAD];
+        forged.extend_from_slice(&u64::MAX.to_be_bytes());
+        forged.extend_from_slice(&[0u8; TAG_LEN]);
+        store
+            .save_if_longer(&name, forged.into(), Duration::from_secs(86_400))
+            .await
+            .unwrap();
+        source.set(Mode::Ok);
+        let c = make();
+        c.fetch(&source, MARGINS, None).await.unwrap();
+        assert_eq!(source.calls(), 3, "a forged record stopped a fetch");
+
+        // A genuine record stored again for a day: honoured, for at most `refusal_max`.
+        let genuine = Refusal {
+            rate_limited: true,
+            status: 429,
+            pause: Duration::from_secs(43_200),
+        }
+        .encode(&a.sealer);
+        let name_token = a.sealer.key_name().to_owned();
+        store.remove_if_prefix(&name_token, b"").await.unwrap();
+        store.remove_if_prefix(&name, b"").await.unwrap();
+        store
+            .save_if_longer(&name, genuine.into(), Duration::from_secs(86_400))
+            .await
+            .unwrap();
+        let d = make();
+        let error = d.fetch(&source, MARGINS, None).await.unwrap_err();
+        assert_eq!(error.retry_after(), Some(config.refusal_max), "clamped");
+        assert_eq!(source.calls(), 3);
+        tokio::time::sleep(config.refusal_max + Duration::from_millis(50)).await;
+        d.fetch(&source, MARGINS, None).await.unwrap();
+        assert_eq!(
+            source.calls(),
+            4,
+            "honoured the replayed record for too long"
+        );
     }
 
     /// A store whose every operation fails, to check the fallback without Redis.

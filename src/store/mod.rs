@@ -47,11 +47,15 @@
 //!   Its remaining life comes from the store's own time to live, never from comparing clocks.
 //! - Otherwise the process takes the lease, fetches, stores the token only if it expires later
 //!   than the one stored (an older token never replaces a newer one), and releases the lease.
-//!   The others poll the store (after 10 ms, the pause doubling to 50 ms, jittered) until the token appears, and take
-//!   the lease over if its holder died. Polling rather than publish/subscribe keeps
-//!   [`TokenStore`] to five plain operations that any key-value store with expiry and a
-//!   compare-and-set can offer, and costs a few reads per waiting process once per token
-//!   lifetime.
+//!   The others are woken when the token is written ([`TokenStore::watch`]; Redis: `PUBLISH`
+//!   in the write's script, `SUBSCRIBE` on a connection of the store's own), poll once a
+//!   second as a fallback (jittered), and take the lease over if its holder died. A store
+//!   without notifications is polled after 10 ms, the pause doubling to 50 ms.
+//! - A holder whose fetch the endpoint refuses (a 429 or a 5xx) records the refusal beside the
+//!   token (`<key>:refused`: kind, status and pause, with a keyed tag), for `Retry-After`
+//!   clamped to 60 s, at least 1 s doubling with each refusal in a row. The others return that
+//!   error without a token request while it holds, and honour refusals in a row for at most
+//!   60 s: the fleet backs off together, and a record stored again cannot stop it for longer.
 //! - A token the API rejected (a 401) is deleted from the store only if it is still the one
 //!   stored, compared by its tag: N processes rejected on one revoked token cause one token
 //!   request, not N.
@@ -84,7 +88,8 @@ pub use crate::source::SharedIdentity;
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use redis::RedisStore;
 
-/// What a shared store offers: six atomic operations on opaque names and values.
+/// What a shared store offers: six atomic operations on opaque names and values, and an
+/// optional notification of writes.
 ///
 /// Values are sealed bytes (binary, any length up to a few KiB); keys are printable ASCII names.
 /// Every operation must be atomic with respect to the others on the same key, and may fail: an
@@ -94,8 +99,9 @@ pub use redis::RedisStore;
 /// A time to live is in milliseconds precision; a store with coarser expiry may round *down*
 /// the remaining life it reports, never up.
 ///
-/// Waiting for another process's fetch is done by polling [`load`](TokenStore::load), so the
-/// trait needs no publish/subscribe.
+/// Waiting for another process's fetch is done by [`watch`](TokenStore::watch) when the store
+/// offers it (a notification when [`save_if_longer`](TokenStore::save_if_longer) writes), with a
+/// rare poll of [`load`](TokenStore::load) as a fallback; a store without it is polled.
 pub trait TokenStore: Send + Sync + 'static {
     /// The value under `key` and its remaining time to live, read together atomically (Redis:
     /// `GET` and `PTTL` in one Lua script). `Ok(None)` when `key` is absent. A value that has no
@@ -131,6 +137,27 @@ pub trait TokenStore: Send + Sync + 'static {
         holder: &str,
         ttl: Duration,
     ) -> BoxFuture<'_, Result<bool, BoxError>>;
+
+    /// Waits for a write to `key` by [`save_if_longer`](TokenStore::save_if_longer), from any
+    /// process (Redis: `PUBLISH` on a channel named after the key, in the write's script, and
+    /// `SUBSCRIBE` on a connection of the store's own).
+    ///
+    /// Returns the number of writes to `key` seen so far by this store value's subscription
+    /// (it starts at zero when the subscription is made). With `seen` `None`, subscribes if
+    /// needed and returns at once; with `Some(n)`, returns as soon as more than `n` writes were
+    /// seen, or after `timeout` with the same number. A notification may be lost (callers
+    /// still poll now and then); an error (a lost subscription) makes the caller poll.
+    ///
+    /// The default says it is not supported: the caller polls.
+    fn watch(
+        &self,
+        key: &str,
+        seen: Option<u64>,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<u64, BoxError>> {
+        let _ = (key, seen, timeout);
+        Box::pin(async { Err("this store does not notify writes".into()) })
+    }
 
     /// Releases the lease `key` if `holder` still holds it (compare and delete, atomically); a
     /// lease that expired and was taken by another holder is left alone.

@@ -33,7 +33,7 @@ use crate::source::SharedIdentity;
 pub(crate) const VERSION: u8 = 2;
 /// `version ‖ tag`: what [`Sealer::tag_prefix`] returns.
 pub(crate) const TAG_PREFIX_LEN: usize = 1 + TAG_LEN;
-const TAG_LEN: usize = 32;
+pub(crate) const TAG_LEN: usize = 32;
 const NONCE_LEN: usize = aead::NONCE_LEN;
 /// The lifetime and the expiry, in milliseconds.
 const TIMES_LEN: usize = 16;
@@ -57,6 +57,7 @@ pub(crate) struct Sealer {
     tag_key: hmac::Key,
     name: String,
     lease: String,
+    refused: String,
     rng: SystemRandom,
 }
 
@@ -91,11 +92,13 @@ impl Sealer {
         let digest = hmac::sign(&name_key, identity.canonical());
         let name = format!("{KEY_PREFIX}{}", hex(digest.as_ref()));
         let lease = format!("{name}:lease");
+        let refused = format!("{name}:refused");
         Ok(Self {
             aead: LessSafeKey::new(aead_key),
             tag_key,
             name,
             lease,
+            refused,
             rng: SystemRandom::new(),
         })
     }
@@ -108,6 +111,24 @@ impl Sealer {
     /// The key of the lease that elects the one process that fetches.
     pub(crate) fn lease_name(&self) -> &str {
         &self.lease
+    }
+
+    /// The key of the fleet's record of a refusal by the token endpoint.
+    pub(crate) fn refused_name(&self) -> &str {
+        &self.refused
+    }
+
+    /// The keyed tag of a refusal record's `body`: whoever lacks the secret cannot forge one.
+    /// Domain-separated from the tags of tokens.
+    pub(crate) fn refusal_tag(&self, body: &[u8]) -> [u8; TAG_LEN] {
+        let mut tag = [0u8; TAG_LEN];
+        tag.copy_from_slice(hmac::sign(&self.tag_key, &refusal_message(body)).as_ref());
+        tag
+    }
+
+    /// Whether `tag` is the keyed tag of the refusal record `body` (compared in constant time).
+    pub(crate) fn refusal_verifies(&self, body: &[u8], tag: &[u8]) -> bool {
+        hmac::verify(&self.tag_key, &refusal_message(body), tag).is_ok()
     }
 
     /// `version ‖ tag` of `token`: every sealed value of this token starts with it.
@@ -224,6 +245,13 @@ impl fmt::Debug for Opened {
 }
 
 /// Milliseconds since the Unix epoch (zero before it).
+/// What the tag of a refusal record covers: a context that no token starts with, and the body.
+fn refusal_message(body: &[u8]) -> Vec<u8> {
+    let mut message = b"tower-cognito-auth refusal\0".to_vec();
+    message.extend_from_slice(body);
+    message
+}
+
 fn unix_ms(at: SystemTime) -> u64 {
     at.duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
