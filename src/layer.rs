@@ -262,6 +262,37 @@ impl CognitoAuthLayerBuilder {
         self
     }
 
+    /// Sends token requests through this HTTP proxy (`http://[user:password@]host[:port]`)
+    /// instead of the one `HTTPS_PROXY` / `HTTP_PROXY` / `ALL_PROXY` name (the default, with
+    /// `NO_PROXY` honoured). See [`ClientCredentialsBuilder::proxy`].
+    #[cfg(feature = "rustls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
+    pub fn proxy(mut self, url: impl Into<String>) -> Self {
+        self.credentials = self.credentials.proxy(url);
+        self.credential_settings.push("proxy");
+        self
+    }
+
+    /// Token requests go directly to the token endpoint, whatever the environment's proxy
+    /// variables say. Default: the environment's proxy. See [`ClientCredentialsBuilder::no_proxy`].
+    #[cfg(feature = "rustls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
+    pub fn no_proxy(mut self) -> Self {
+        self.credentials = self.credentials.no_proxy();
+        self.credential_settings.push("no_proxy");
+        self
+    }
+
+    /// Trusts these certificate authorities (PEM) beside the built-in roots; repeatable.
+    /// Default is none. See [`ClientCredentialsBuilder::root_certificates`].
+    #[cfg(feature = "rustls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
+    pub fn root_certificates(mut self, pem: impl AsRef<[u8]>) -> Self {
+        self.credentials = self.credentials.root_certificates(pem);
+        self.credential_settings.push("root_certificates");
+        self
+    }
+
     /// How long one token request may take. Default is 10 seconds.
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.credentials = self.credentials.request_timeout(timeout);

@@ -33,8 +33,8 @@ use http_body_util::Full;
 use tower_service::Service;
 
 use super::endpoint::{
-    ClientAuth, Endpoint, HttpClient, RetryPolicy, Secret, TokenUrl, client_authentication,
-    client_or_default, erase_client, join_scopes, require_client_id,
+    ClientAuth, Endpoint, HttpClient, HttpsOptions, RetryPolicy, Secret, TokenUrl,
+    client_authentication, client_or_built_in, erase_client, join_scopes, require_client_id,
 };
 use crate::backoff::Backoff;
 use crate::error::{BoxError, Error};
@@ -134,6 +134,7 @@ pub struct ClientCredentialsBuilder {
     scopes: Vec<String>,
     client_auth: ClientAuth,
     http: Option<HttpClient>,
+    https: HttpsOptions,
     request_timeout: Option<Duration>,
     max_attempts: Option<u32>,
     deadline: Option<Duration>,
@@ -148,6 +149,7 @@ impl fmt::Debug for ClientCredentialsBuilder {
             .field("client_secret", &self.client_secret)
             .field("scopes", &self.scopes)
             .field("client_auth", &self.client_auth)
+            .field("https", &self.https)
             .finish_non_exhaustive()
     }
 }
@@ -222,6 +224,69 @@ impl ClientCredentialsBuilder {
         self
     }
 
+    /// Sends the token requests of the built-in client through this HTTP proxy, whatever the
+    /// environment says: `http://host:port`, or `http://user:password@host:port` for a proxy
+    /// that asks for credentials (sent in `Proxy-Authorization`, printed nowhere; percent-encode
+    /// reserved characters). An `https://` token URL goes through a `CONNECT` tunnel, so the
+    /// proxy sees the host and port but not the secret.
+    ///
+    /// Default: the proxy the environment names, as curl, reqwest and the AWS SDKs read it:
+    /// `HTTPS_PROXY` (for `https://`), `HTTP_PROXY` (for `http://`), `ALL_PROXY` (for both),
+    /// `NO_PROXY` (hosts, domains and IP ranges to reach directly), each also in lower case;
+    /// read once, by [`build`](Self::build). Checked by `build`; not with
+    /// [`http_client`](Self::http_client), whose client has its own settings.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), tower_cognito_auth::Error> {
+    /// let source = tower_cognito_auth::ClientCredentials::builder()
+    ///     .cognito_domain("my-pool", "us-east-1")
+    ///     .client_id("my-client-id")
+    ///     .client_secret("my-client-secret")
+    ///     .proxy("http://egress.internal:3128")
+    ///     .build()?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "rustls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
+    pub fn proxy(mut self, url: impl Into<String>) -> Self {
+        self.https.proxy(url.into());
+        self
+    }
+
+    /// The built-in client connects directly, whatever `HTTPS_PROXY` and the like say.
+    /// Default: the environment's proxy; see [`proxy`](Self::proxy).
+    #[cfg(feature = "rustls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
+    pub fn no_proxy(mut self) -> Self {
+        self.https.no_proxy();
+        self
+    }
+
+    /// Trusts these certificate authorities too (PEM, one or more certificates), beside the
+    /// built-in roots: a company CA that signs a private token endpoint or a TLS-inspecting
+    /// proxy. Repeatable. The built-in roots are webpki's (Mozilla's), or the platform's store
+    /// with the feature `native-roots`. Checked by [`build`](Self::build); not with
+    /// [`http_client`](Self::http_client). Default is none.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let source = tower_cognito_auth::ClientCredentials::builder()
+    ///     .token_url("https://auth.corp.example/oauth2/token")
+    ///     .client_id("my-client-id")
+    ///     .client_secret("my-client-secret")
+    ///     .root_certificates(std::fs::read("/etc/ssl/corp-ca.pem")?)
+    ///     .build()?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "rustls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
+    pub fn root_certificates(mut self, pem: impl AsRef<[u8]>) -> Self {
+        self.https.root_certificates(pem.as_ref().to_vec());
+        self
+    }
+
     /// How long one token request may take, from sending to the end of the answer.
     /// Default is 10 seconds.
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
@@ -262,7 +327,11 @@ impl ClientCredentialsBuilder {
     /// - the client id is missing or empty, or the client secret is missing or empty;
     /// - a scope is empty or has characters RFC 6749 §3.3 does not allow (space, `"`, `\`);
     /// - `request_timeout`, `fetch_deadline` or `max_attempts` is zero;
-    /// - no HTTP client was given and the feature `rustls` is off.
+    /// - no HTTP client was given and the feature `rustls` is off;
+    /// - the proxy URL is not `http://[user:password@]host[:port]`, or root certificates are not
+    ///   PEM certificates rustls accepts, or with `native-roots` the platform's store holds no
+    ///   usable root;
+    /// - `proxy`, `no_proxy` or `root_certificates` was called beside `http_client`.
     pub fn build(self) -> Result<ClientCredentials, Error> {
         let token_url = TokenUrl::resolve(self.token_url)?;
         let client_id = require_client_id(self.client_id)?;
@@ -284,7 +353,7 @@ impl ClientCredentialsBuilder {
                 "request_timeout, fetch_deadline and max_attempts must not be zero",
             ));
         }
-        let http = client_or_default(self.http)?;
+        let http = client_or_built_in(self.http, &self.https)?;
 
         let mut form = form_urlencoded::Serializer::new(String::new());
         form.append_pair("grant_type", "client_credentials");

@@ -78,7 +78,7 @@ impl fmt::Debug for TokenUrl {
 }
 
 /// The URL with anything between `://` and an `@` of its authority replaced by `[redacted]`.
-fn redact_userinfo(url: &str) -> std::borrow::Cow<'_, str> {
+pub(crate) fn redact_userinfo(url: &str) -> std::borrow::Cow<'_, str> {
     let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
         return url.into();
     };
@@ -443,24 +443,47 @@ where
     BoxCloneSyncService::new(client)
 }
 
-/// The given client, or the built-in HTTPS client.
+/// What a builder holds for the built-in client (feature `rustls`): its proxy and extra roots.
+#[cfg(feature = "rustls")]
+pub(crate) use super::https::HttpsOptions;
+
+/// Without the feature `rustls` there is no built-in client, and nothing to configure.
+#[cfg(not(feature = "rustls"))]
+#[derive(Clone, Debug, Default)]
+pub(crate) struct HttpsOptions;
+
+/// The given client, or the built-in HTTPS client with its default settings.
 pub(crate) fn client_or_default(http: Option<HttpClient>) -> Result<HttpClient, Error> {
+    client_or_built_in(http, &HttpsOptions::default())
+}
+
+/// The given client, or the built-in HTTPS client configured by `https`. Settings of the
+/// built-in client beside a client of one's own are refused: they would not be used.
+#[cfg(feature = "rustls")]
+pub(crate) fn client_or_built_in(
+    http: Option<HttpClient>,
+    https: &HttpsOptions,
+) -> Result<HttpClient, Error> {
     match http {
+        Some(_) if !https.settings.is_empty() => Err(Error::invalid_config(format!(
+            "`http_client` is set, so the built-in client's settings {} would not be used: \
+             configure your own client instead",
+            https.settings.join(", ")
+        ))),
         Some(http) => Ok(http),
-        None => default_client(),
+        None => https.build(),
     }
 }
 
-#[cfg(feature = "rustls")]
-fn default_client() -> Result<HttpClient, Error> {
-    super::https::client().map(erase_client)
-}
-
+/// The given client; without the feature `rustls` there is no other.
 #[cfg(not(feature = "rustls"))]
-fn default_client() -> Result<HttpClient, Error> {
-    Err(Error::invalid_config(
-        "no HTTP client: enable the `rustls` feature or call `http_client`",
-    ))
+pub(crate) fn client_or_built_in(
+    http: Option<HttpClient>,
+    _https: &HttpsOptions,
+) -> Result<HttpClient, Error> {
+    http.ok_or_else(|| {
+        Error::invalid_config("no HTTP client: enable the `rustls` feature or call `http_client`")
+    })
 }
 
 /// Whether a failed request surely never reached the server: the connection was refused, or
