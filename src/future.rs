@@ -297,6 +297,7 @@ where
     let Some(replay) = replay.take() else {
         // Not replayable (a large or streaming body, or replay is off): the rejection goes
         // back, and the next request gets a fresh token.
+        cache.count_rejection_returned();
         return Some(response);
     };
     match cache.lookup(header_and_generation) {
@@ -311,7 +312,10 @@ where
         }
         // The same token again (rejections are throttled) or none: a replay cannot do better
         // than the answer we have.
-        Lookup::Ready(_) | Lookup::Failed(_) => Some(response),
+        Lookup::Ready(_) | Lookup::Failed(_) => {
+            cache.count_rejection_returned();
+            Some(response)
+        }
         Lookup::Wait(wait) => {
             let cache = Arc::clone(cache);
             state.set(State::aside(Aside::WaitReplayToken {
@@ -405,7 +409,10 @@ where
                                 request: Some(request),
                             };
                         }
-                        _ => return Poll::Ready(Ok(response)),
+                        _ => {
+                            cache.count_rejection_returned();
+                            return Poll::Ready(Ok(response));
+                        }
                     }
                 }
                 Aside::Readying { service, request } => {

@@ -128,7 +128,11 @@ pub mod error;
 pub mod future;
 pub mod grant;
 mod layer;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub mod metrics;
+#[cfg(not(feature = "metrics"))]
+mod metrics;
 mod reject;
 pub mod replay;
 #[doc(no_inline)]

@@ -394,6 +394,7 @@ impl TokenCache {
         };
         if dropped {
             bump(&self.shared.stats.invalidations);
+            self.shared.metrics.invalidation();
             tracing::debug!("token rejected by the service: dropped");
         } else {
             tracing::debug!("token rejection ignored: an older token, or within the throttle");
@@ -430,6 +431,13 @@ impl TokenCache {
     pub(crate) fn count_replay(&self) {
         bump(&self.shared.stats.replays);
         self.shared.metrics.replay();
+    }
+
+    /// A rejection goes back to the caller: no replay could be made, or the replay was
+    /// rejected too.
+    pub(crate) fn count_rejection_returned(&self) {
+        bump(&self.shared.stats.rejections_returned);
+        self.shared.metrics.rejection_returned();
     }
 
     /// The fresh token's header and generation, from this thread's copy: what a request puts
@@ -613,6 +621,8 @@ impl Shared {
             ),
             Outcome::Failed(error) => {
                 bump(&self.stats.token_failures);
+                self.metrics
+                    .refresh_failure(crate::metrics::error_outcome(error));
                 tracing::warn!(%error, "token refresh failed");
             }
             Outcome::Abandoned => {
@@ -623,8 +633,15 @@ impl Shared {
     }
 
     /// One refresh's token: from the fleet's shared store when there is one, else from the
-    /// source.
+    /// source; what the source records carries this cache's metrics label.
     fn fetch(&self, rejected: Option<AccessToken>) -> BoxFuture<'_, Result<Token, Error>> {
+        self.metrics.scoped(|| self.fetch_unlabelled(rejected))
+    }
+
+    fn fetch_unlabelled(
+        &self,
+        rejected: Option<AccessToken>,
+    ) -> BoxFuture<'_, Result<Token, Error>> {
         #[cfg(feature = "store")]
         if let Some(fleet) = &self.fleet {
             let config = &self.config;

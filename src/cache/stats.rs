@@ -27,6 +27,10 @@ pub struct Stats {
     pub invalidations: u64,
     /// Requests the layer sent again with a new token after a rejection.
     pub replays: u64,
+    /// Rejections handed back to the caller: no replay could be made (a body too large or
+    /// streaming, [`Replay`](crate::Replay) said no, no newer token), or the replay was rejected
+    /// too.
+    pub rejections_returned: u64,
     /// Refreshes that adopted a token another process had stored in the shared store: no
     /// token request. Zero without a [shared store](super::TokenCacheBuilder::shared_store).
     pub adopted: u64,
@@ -47,7 +51,8 @@ impl fmt::Debug for Stats {
             .field("refresh_ahead", &self.refresh_ahead)
             .field("waited", &self.waited)
             .field("invalidations", &self.invalidations)
-            .field("replays", &self.replays);
+            .field("replays", &self.replays)
+            .field("rejections_returned", &self.rejections_returned);
         #[cfg(feature = "store")]
         d.field("adopted", &self.adopted)
             .field("lease_fetches", &self.lease_fetches)
@@ -64,6 +69,7 @@ pub(super) struct Counters {
     pub(super) waited: AtomicU64,
     pub(super) invalidations: AtomicU64,
     pub(super) replays: AtomicU64,
+    pub(super) rejections_returned: AtomicU64,
 }
 
 impl Counters {
@@ -77,6 +83,7 @@ impl Counters {
             waited: load(&self.waited),
             invalidations: load(&self.invalidations),
             replays: load(&self.replays),
+            rejections_returned: load(&self.rejections_returned),
             adopted: 0,
             lease_fetches: 0,
             store_fallbacks: 0,
