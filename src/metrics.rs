@@ -223,7 +223,6 @@ mod enabled {
 
         /// This one, or the running refresh's cache's label when there is one: for a grant
         /// that records from a thread of its own, taken where its fetch starts.
-        #[allow(dead_code)]
         pub(crate) fn in_scope(&self) -> Self {
             Self {
                 client: self.label(),
@@ -323,7 +322,6 @@ impl Metrics {
     pub(crate) fn new(_client: &str) -> Self {
         Self {}
     }
-    #[allow(dead_code)]
     pub(crate) fn in_scope(&self) -> Self {
         Self {}
     }

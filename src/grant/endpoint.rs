@@ -450,7 +450,7 @@ pub(crate) use super::https::HttpsOptions;
 /// Without the feature `rustls` there is no built-in client, and nothing to configure.
 #[cfg(not(feature = "rustls"))]
 #[derive(Clone, Debug, Default)]
-pub(crate) struct HttpsOptions;
+pub(crate) struct HttpsOptions {}
 
 /// The given client, or the built-in HTTPS client with its default settings.
 pub(crate) fn client_or_default(http: Option<HttpClient>) -> Result<HttpClient, Error> {

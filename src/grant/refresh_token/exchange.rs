@@ -56,7 +56,10 @@ impl RefreshTokenGrant {
         let (reply, answer) = oneshot::channel();
         // No await between taking the lock and handing the exchange over: once this fetch
         // holds the session, the exchange runs to its end whatever happens to the fetch.
-        let job: Job = Box::pin(exchange(Arc::clone(inner), session, reply));
+        // Under the metrics label of the cache that fetches (this task's), on the session's
+        // thread too.
+        let labelled = inner.endpoint.metrics.in_scope();
+        let job: Job = labelled.scoped(|| Box::pin(exchange(Arc::clone(inner), session, reply)));
         jobs.send(job)
             .map_err(|_| Error::internal("the session's exchange thread has stopped"))?;
         let (token, lifetime) = wait(answer).await?;
