@@ -451,3 +451,30 @@ async fn native_roots_trust_the_platform_store() {
     source.unwrap().fetch().await.unwrap();
     assert_eq!(tls.endpoint.request_count(), 1);
 }
+
+/// A user's session (`RefreshTokenGrant`) through `.proxy(url)` and `.root_certificates(pem)`:
+/// the refresh token crosses the proxy inside the tunnel.
+#[tokio::test]
+async fn session_grant_through_an_explicit_proxy() {
+    let _env = ENV.lock().await;
+    set_env(&[]);
+    let tls = TlsEndpoint::start().await;
+    let proxy = Proxy::start().await;
+    let grant = tower_cognito_auth::RefreshTokenGrant::builder()
+        .token_url(tls.token_url())
+        .client_id(tls.endpoint.client_id())
+        .client_secret(tls.endpoint.client_secret())
+        .refresh_token(tls.endpoint.new_session())
+        .proxy(proxy.url(PROXY_PASSWORD))
+        .root_certificates(&tls.ca)
+        .build()
+        .unwrap();
+    let token = grant.fetch().await.unwrap();
+    assert!(tls.endpoint.is_valid(token.access_token().secret()));
+    drop(grant);
+    assert!(
+        proxy.logged(&format!("CONNECT {}", tls.addr)).await,
+        "{}",
+        proxy.log()
+    );
+}

@@ -21,8 +21,9 @@ use super::{
 use crate::backoff::Backoff;
 use crate::error::{BoxError, Error};
 use crate::grant::endpoint::{
-    ClientAuth, Endpoint, HttpClient, RetryPolicy, Secret, TokenUrl, client_authentication,
-    client_or_default, erase_client, join_scopes, never_sent, require_client_id,
+    ClientAuth, Endpoint, HttpClient, HttpsOptions, RetryPolicy, Secret, TokenUrl,
+    client_authentication, client_or_built_in, erase_client, join_scopes, never_sent,
+    require_client_id,
 };
 
 /// Builds a [`RefreshTokenGrant`]. Every setter takes and returns `Self` and states its
@@ -50,6 +51,7 @@ pub struct RefreshTokenGrantBuilder {
     persist: Option<PersistHook>,
     persist_timeout: Option<Duration>,
     http: Option<HttpClient>,
+    https: HttpsOptions,
     request_timeout: Option<Duration>,
 }
 
@@ -65,6 +67,7 @@ impl fmt::Debug for RefreshTokenGrantBuilder {
             .field("access_token", &self.access_token.as_ref().map(|(t, _)| t))
             .field("on_rotation", &self.on_rotation.is_some())
             .field("persist", &self.persist.is_some())
+            .field("https", &self.https)
             .finish_non_exhaustive()
     }
 }
@@ -262,6 +265,37 @@ impl RefreshTokenGrantBuilder {
         self
     }
 
+    /// Sends the built-in client's token requests through this HTTP proxy
+    /// (`http://[user:password@]host[:port]`) instead of the one the environment names (the
+    /// default: `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, with `NO_PROXY` honoured). The refresh
+    /// token travels inside the `CONNECT` tunnel of an `https://` token URL. See
+    /// [`ClientCredentialsBuilder::proxy`](crate::ClientCredentialsBuilder::proxy).
+    #[cfg(feature = "rustls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
+    pub fn proxy(mut self, url: impl Into<String>) -> Self {
+        self.https.proxy(url.into());
+        self
+    }
+
+    /// The built-in client connects directly, whatever the environment's proxy variables say.
+    /// Default: the environment's proxy.
+    #[cfg(feature = "rustls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
+    pub fn no_proxy(mut self) -> Self {
+        self.https.no_proxy();
+        self
+    }
+
+    /// Trusts these certificate authorities (PEM) beside the built-in roots; repeatable.
+    /// Default is none. See
+    /// [`ClientCredentialsBuilder::root_certificates`](crate::ClientCredentialsBuilder::root_certificates).
+    #[cfg(feature = "rustls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
+    pub fn root_certificates(mut self, pem: impl AsRef<[u8]>) -> Self {
+        self.https.root_certificates(pem.as_ref().to_vec());
+        self
+    }
+
     /// How long one exchange may take, from sending to the end of the answer. Default is 10
     /// seconds.
     ///
@@ -291,7 +325,9 @@ impl RefreshTokenGrantBuilder {
     ///   given one that is not a JWT with an `exp` claim;
     /// - a scope is empty or has characters RFC 6749 §3.3 does not allow (space, `"`, `\`);
     /// - `request_timeout` or `persist_timeout` is zero;
-    /// - no HTTP client was given and the feature `rustls` is off.
+    /// - no HTTP client was given and the feature `rustls` is off;
+    /// - the proxy URL or the root certificates cannot be used, or they were set beside
+    ///   `http_client` (see [`ClientCredentialsBuilder::build`](crate::ClientCredentialsBuilder::build)).
     pub fn build(self) -> Result<RefreshTokenGrant, Error> {
         let token_url = TokenUrl::resolve(self.token_url)?;
         let client_id = require_client_id(self.client_id)?;
@@ -324,7 +360,7 @@ impl RefreshTokenGrantBuilder {
         if persist_timeout.is_zero() {
             return Err(Error::invalid_config("persist_timeout must not be zero"));
         }
-        let http = client_or_default(self.http)?;
+        let http = client_or_built_in(self.http, &self.https)?;
 
         let mut tail = form_urlencoded::Serializer::new(String::new());
         if let Some(scope) = &scope {
