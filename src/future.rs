@@ -13,7 +13,7 @@ use tower_service::Service;
 
 use crate::cache::{Entry, Generation, Lookup, TokenCache, TokenWait};
 use crate::error::BoxError;
-use crate::reject::{is_token_rejected, may_reject};
+use crate::reject::{is_token_rejected, may_reject, replay_with};
 use crate::replay::{Kept, ReplayBody};
 
 /// The cache as a service and its response futures hold it: a reference count of the
@@ -301,7 +301,7 @@ where
         return Some(response);
     };
     match cache.lookup(header_and_generation) {
-        Lookup::Ready((header, generation)) if generation != rejected => {
+        Lookup::Ready((header, generation)) if replay_with(generation, rejected) => {
             cache.count_replay();
             let request = replay_request::<B>(replay.kept, header);
             state.set(State::aside(Aside::Readying {
@@ -398,7 +398,7 @@ where
                         panic!("{POLLED_AFTER_DONE}");
                     };
                     match outcome {
-                        Ok(entry) if entry.generation() != *rejected => {
+                        Ok(entry) if replay_with(entry.generation(), *rejected) => {
                             cache.count_replay();
                             let (header, _) = header_and_generation(&entry);
                             drop(response);

@@ -293,6 +293,17 @@ impl CognitoAuthLayerBuilder {
         self
     }
 
+    /// Sends the token requests through the application's own [`reqwest::Client`] (feature
+    /// `reqwest`), so that a reqwest-only service carries one HTTP and TLS stack. Default is the
+    /// built-in client. See [`ClientCredentialsBuilder::reqwest_client`].
+    #[cfg(feature = "reqwest")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
+    pub fn reqwest_client(mut self, client: reqwest::Client) -> Self {
+        self.credentials = self.credentials.reqwest_client(client);
+        self.credential_settings.push("reqwest_client");
+        self
+    }
+
     /// How long one token request may take. Default is 10 seconds.
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.credentials = self.credentials.request_timeout(timeout);

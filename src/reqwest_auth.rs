@@ -47,16 +47,26 @@
 //! [`CognitoAuthLayer::reqwest_middleware`]: crate::CognitoAuthLayer::reqwest_middleware
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use http::header::AUTHORIZATION;
-use http::{Extensions, HeaderValue, Method, StatusCode};
+use http::{Extensions, HeaderValue};
+use http_body_util::{BodyExt as _, Full};
 use reqwest::{Request, Response};
 use reqwest_middleware::{Middleware, Next};
 
 use crate::cache::{Generation, Lookup, TokenCache};
 use crate::error::Error;
-use crate::reject::is_grpc_unauthenticated;
+use crate::future::header_and_generation;
+use crate::reject::{is_rejected_status, replay_with};
 use crate::replay::Replay;
+
+/// The most of a rejection's body that is read (and dropped) before a replay, so that its
+/// connection goes back to reqwest's pool; a longer body closes the connection instead.
+const DRAIN_LIMIT: usize = 64 * 1024;
 
 /// A [`reqwest_middleware::Middleware`] that puts the layer's token on every request and
 /// replays a request once when its token is rejected. Made by
@@ -78,15 +88,15 @@ impl CognitoAuthMiddleware {
         }
     }
 
-    /// The token's header and generation: the cached one, or the refresh's.
+    /// The token's header and generation: the cached one, or the refresh's (the tower
+    /// service's lookup).
     async fn token(&self) -> Result<(HeaderValue, Generation), Error> {
         if let Some(fresh) = self.cache.fresh_header() {
             return Ok(fresh);
         }
-        let header = |entry: &crate::cache::Entry| (entry.header.clone(), entry.generation());
-        match self.cache.lookup(header) {
+        match self.cache.lookup(header_and_generation) {
             Lookup::Ready(token) => Ok(token),
-            Lookup::Wait(wait) => wait.await.map(|entry| header(&entry)),
+            Lookup::Wait(wait) => wait.await.map(|entry| header_and_generation(&entry)),
             Lookup::Failed(error) => Err(error),
         }
     }
@@ -120,12 +130,16 @@ impl fmt::Debug for CognitoAuthMiddleware {
     }
 }
 
-/// Whether the answer rejects the token it was sent with (as [`reject`](crate::reject) rules
-/// for the tower layer: `401`, or a gRPC `UNAUTHENTICATED` in the headers of the answer to a
-/// `POST`).
-fn rejected(response: &Response, post: bool) -> bool {
-    response.status() == StatusCode::UNAUTHORIZED
-        || (post && is_grpc_unauthenticated(response.headers()))
+/// Reads what is left of a rejection's body, up to [`DRAIN_LIMIT`], so that reqwest can reuse
+/// its connection for the replay; errors only mean the connection is not reused.
+async fn drain(mut response: Response) {
+    let mut read = 0;
+    while read <= DRAIN_LIMIT {
+        match response.chunk().await {
+            Ok(Some(chunk)) => read += chunk.len(),
+            Ok(None) | Err(_) => return,
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -146,27 +160,68 @@ impl Middleware for CognitoAuthMiddleware {
             .await
             .map_err(reqwest_middleware::Error::middleware)?;
         request.headers_mut().insert(AUTHORIZATION, header);
-        let post = request.method() == Method::POST;
         let response = next.clone().run(request, extensions).await?;
-        if !rejected(&response, post) {
+        // The tower service's rule but for gRPC: reqwest speaks HTTP/1 and HTTP/2 without
+        // gRPC's framing, so a `grpc-status` header here is an ordinary header.
+        if !is_rejected_status(response.status()) {
             return Ok(response);
         }
         self.cache.invalidate(generation);
         let Some(mut again) = kept else {
             // Not replayable (a stream, a body over the limit, or the policy): the rejection
             // goes back, and the next request gets a new token.
+            self.cache.count_rejection_returned();
             return Ok(response);
         };
         match self.token().await {
-            // The same token again (rejections are throttled) or none: a replay cannot do
-            // better than the answer we have.
-            Ok((header, next_generation)) if next_generation != generation => {
+            Ok((header, next_generation)) if replay_with(next_generation, generation) => {
                 self.cache.count_replay();
-                drop(response);
+                drain(response).await;
                 again.headers_mut().insert(AUTHORIZATION, header);
                 next.run(again, extensions).await
             }
-            _ => Ok(response),
+            // The same token again (the rejection was throttled): a replay cannot do better
+            // than the answer we have.
+            Ok(_) => {
+                self.cache.count_rejection_returned();
+                Ok(response)
+            }
+            // No new token: that is what went wrong, and what the caller gets.
+            Err(error) => Err(reqwest_middleware::Error::middleware(error)),
         }
+    }
+}
+
+/// The token endpoint through the application's own [`reqwest::Client`]: its proxy, its
+/// roots, its pool. Made by the builders' `reqwest_client` setters; a tower service from
+/// `Request<Full<Bytes>>` to `Response<reqwest::Body>`, as their `http_client` takes.
+#[derive(Clone, Debug)]
+pub(crate) struct ReqwestHttp(pub(crate) reqwest::Client);
+
+type Sending =
+    Pin<Box<dyn Future<Output = Result<http::Response<reqwest::Body>, reqwest::Error>> + Send>>;
+
+impl tower::Service<http::Request<Full<Bytes>>> for ReqwestHttp {
+    type Response = http::Response<reqwest::Body>;
+    type Error = reqwest::Error;
+    type Future = Sending;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Full<Bytes>>) -> Self::Future {
+        let client = self.0.clone();
+        Box::pin(async move {
+            let (parts, body) = request.into_parts();
+            // `Full` is one frame, ready at once; its error type is `Infallible`.
+            let bytes = match body.collect().await {
+                Ok(collected) => collected.to_bytes(),
+                Err(never) => match never {},
+            };
+            let request = Request::try_from(http::Request::from_parts(parts, bytes))?;
+            let response = client.execute(request).await?;
+            Ok(http::Response::from(response))
+        })
     }
 }

@@ -433,8 +433,7 @@ impl TokenCache {
         self.shared.metrics.replay();
     }
 
-    /// A rejection goes back to the caller: no replay could be made, or the replay was
-    /// rejected too.
+    /// A rejection goes back to the caller without a replay.
     pub(crate) fn count_rejection_returned(&self) {
         bump(&self.shared.stats.rejections_returned);
         self.shared.metrics.rejection_returned();

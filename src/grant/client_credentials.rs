@@ -287,6 +287,30 @@ impl ClientCredentialsBuilder {
         self
     }
 
+    /// Sends the token requests through the application's own [`reqwest::Client`] (feature
+    /// `reqwest`): its proxy, trust roots and connection pool, so that a service built on
+    /// reqwest carries one HTTP and TLS stack. The same as [`http_client`](Self::http_client)
+    /// with that client; the built-in client's settings (`proxy`, `root_certificates`) are then
+    /// reqwest's to make. Default is the built-in client.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), tower_cognito_auth::Error> {
+    /// let http = reqwest::Client::new();
+    /// let source = tower_cognito_auth::ClientCredentials::builder()
+    ///     .cognito_domain("my-pool", "us-east-1")
+    ///     .client_id("my-client-id")
+    ///     .client_secret("my-client-secret")
+    ///     .reqwest_client(http.clone())
+    ///     .build()?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "reqwest")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
+    pub fn reqwest_client(self, client: reqwest::Client) -> Self {
+        self.http_client(crate::reqwest_auth::ReqwestHttp(client))
+    }
+
     /// How long one token request may take, from sending to the end of the answer.
     /// Default is 10 seconds.
     pub fn request_timeout(mut self, timeout: Duration) -> Self {

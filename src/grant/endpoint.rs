@@ -491,7 +491,14 @@ pub(crate) fn never_sent(error: &Error) -> bool {
         {
             return true;
         }
+        #[cfg(feature = "rustls")]
         if let Some(client) = cause.downcast_ref::<hyper_util::client::legacy::Error>()
+            && client.is_connect()
+        {
+            return true;
+        }
+        #[cfg(feature = "reqwest")]
+        if let Some(client) = cause.downcast_ref::<reqwest::Error>()
             && client.is_connect()
         {
             return true;

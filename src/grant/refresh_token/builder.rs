@@ -296,6 +296,16 @@ impl RefreshTokenGrantBuilder {
         self
     }
 
+    /// Sends the exchanges through the application's own [`reqwest::Client`] (feature
+    /// `reqwest`): its proxy, roots and pool; the same as [`http_client`](Self::http_client)
+    /// with that client. Default is the built-in client. See
+    /// [`ClientCredentialsBuilder::reqwest_client`](crate::ClientCredentialsBuilder::reqwest_client).
+    #[cfg(feature = "reqwest")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
+    pub fn reqwest_client(self, client: reqwest::Client) -> Self {
+        self.http_client(crate::reqwest_auth::ReqwestHttp(client))
+    }
+
     /// How long one exchange may take, from sending to the end of the answer. Default is 10
     /// seconds.
     ///
