@@ -9,7 +9,7 @@ use std::task::{Context, Poll, ready};
 use http::header::AUTHORIZATION;
 use http::{HeaderValue, Method, Request, Response};
 use pin_project_lite::pin_project;
-use tower_service::Service;
+use tower::Service;
 
 use crate::cache::{Entry, Generation, Lookup, TokenCache, TokenWait};
 use crate::error::BoxError;

@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 
 use http::header::AUTHORIZATION;
 use http::{Method, Request, Response};
-use tower_service::Service;
+use tower::Service;
 
 use crate::cache::{Lookup, TokenCache};
 use crate::error::BoxError;

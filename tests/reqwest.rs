@@ -215,7 +215,9 @@ async fn token_requests_through_the_applications_reqwest_client() {
     assert_eq!(endpoint.request_count(), 1);
     let seen = &endpoint.requests()[0];
     assert_eq!(
-        seen.headers.get(http::header::USER_AGENT).map(|v| v.as_bytes()),
+        seen.headers
+            .get(http::header::USER_AGENT)
+            .map(|v| v.as_bytes()),
         Some(&b"the-application/1.0"[..])
     );
     assert_eq!(

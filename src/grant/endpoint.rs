@@ -19,9 +19,9 @@ use http_body::Body;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt as _, Full};
 use tokio::time::Instant;
+use tower::Service;
 use tower::ServiceExt as _;
 use tower::util::BoxCloneSyncService;
-use tower_service::Service;
 
 use crate::backoff::{Backoff, parse_retry_after};
 use crate::error::{BoxError, Error};
@@ -491,7 +491,10 @@ pub(crate) fn never_sent(error: &Error) -> bool {
         {
             return true;
         }
-        #[cfg(feature = "rustls")]
+        // hyper-util's client: the built-in one, or one the application passed (which it can
+        // check only when hyper-util is a dependency of this crate's, with `rustls` or
+        // `test-util`; a refused connection is still seen above).
+        #[cfg(any(feature = "rustls", feature = "test-util"))]
         if let Some(client) = cause.downcast_ref::<hyper_util::client::legacy::Error>()
             && client.is_connect()
         {

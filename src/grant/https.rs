@@ -35,8 +35,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject as _;
 use tokio::net::TcpStream;
+use tower::Service;
 use tower::ServiceExt as _;
-use tower_service::Service;
 
 use super::endpoint::{HttpClient, erase_client, redact_userinfo};
 use crate::error::{BoxError, Error};

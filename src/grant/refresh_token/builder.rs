@@ -12,7 +12,7 @@ use http_body::Body;
 use http_body_util::Full;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tower_service::Service;
+use tower::Service;
 
 use super::restore::{Expiry, restored};
 use super::{
