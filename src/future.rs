@@ -17,7 +17,7 @@ use crate::reject::{is_token_rejected, may_reject, replay_with};
 use crate::replay::{Kept, ReplayBody};
 
 /// The cache as a service and its response futures hold it: a reference count of the
-/// service's own (made by [`Layer::layer`](tower_layer::Layer::layer), shared by the service's
+/// service's own (made by [`Layer::layer`](tower::Layer::layer), shared by the service's
 /// clones), so that the requests of services on other cores do not write one count. A
 /// response future holds it so that a rejection can drop its token, and a request whose
 /// service was dropped after the call (`oneshot`) is still replayed.

@@ -12,10 +12,10 @@ use tower::Service;
 
 use crate::cache::{Stats, TokenCache, TokenCacheBuilder};
 use crate::error::{BoxError, Error};
+use crate::grant::TokenSource;
 use crate::grant::{ClientAuth, ClientCredentialsBuilder};
 use crate::replay::Replay;
 use crate::service::CognitoAuth;
-use crate::source::TokenSource;
 use crate::token::AccessToken;
 use crate::trailers::WatchTrailersLayer;
 

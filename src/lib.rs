@@ -7,7 +7,7 @@
 //! the token coming from the OAuth 2.0 client_credentials grant and kept in a cache that
 //! renews it before it expires. For an application acting for a signed-in user, the same layer
 //! takes its tokens from the user's refresh token, with refresh-token rotation handled safely:
-//! see [`session`] and [`RefreshTokenGrant`].
+//! see [`grant::refresh_token`] and [`RefreshTokenGrant`].
 //!
 //! ```no_run
 //! use tower::ServiceBuilder;
@@ -135,8 +135,6 @@ pub mod metrics;
 mod metrics;
 mod reject;
 pub mod replay;
-#[doc(no_inline)]
-pub use grant as source;
 #[cfg(feature = "reqwest")]
 #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
 pub mod reqwest_auth;
@@ -152,7 +150,6 @@ pub mod trailers;
 
 pub use cache::{CachedToken, Generation, Stats, TokenCache, TokenCacheBuilder};
 pub use error::{Error, ErrorKind};
-pub use grant::refresh_token as session;
 pub use grant::{BoxFuture, SharedIdentity, TokenSource};
 pub use grant::{
     ClientAuth, ClientCredentials, ClientCredentialsBuilder, RefreshTokenGrant,

@@ -66,7 +66,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::error::Error;
-use crate::source::{BoxFuture, TokenSource};
+use crate::grant::{BoxFuture, TokenSource};
 use crate::token::{AccessToken, Token};
 
 mod background;

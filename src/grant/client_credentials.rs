@@ -38,7 +38,7 @@ use super::endpoint::{
 };
 use crate::backoff::Backoff;
 use crate::error::{BoxError, Error};
-use crate::source::{BoxFuture, SharedIdentity, TokenSource};
+use crate::grant::{BoxFuture, SharedIdentity, TokenSource};
 use crate::token::{Token, parse_token_response};
 
 /// The OAuth 2.0 client_credentials grant (RFC 6749 §4.4).

@@ -17,7 +17,7 @@ use tower::BoxError;
 
 use super::{Stored, TokenStore};
 use crate::error::Error;
-use crate::source::BoxFuture;
+use crate::grant::BoxFuture;
 
 /// The default time one command may take, connecting included.
 const DEFAULT_TIMEOUT: Duration = Duration::from_millis(200);

@@ -132,7 +132,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::endpoint::{ClientAuth, Endpoint, RetryPolicy, Secret};
 use crate::error::{BoxError, Error};
-use crate::source::{BoxFuture, TokenSource};
+use crate::grant::{BoxFuture, TokenSource};
 use crate::token::{AccessToken, Token};
 
 mod builder;

@@ -187,11 +187,11 @@ impl EndpointState {
         answer
     }
 
-    /// A new user session; returns its first refresh token.
-    fn new_session(&self) -> String {
+    /// A new user session, with this first refresh token or a random one; returns it.
+    fn new_session(&self, refresh_token: Option<String>) -> String {
         let mut inner = lock(&self.inner);
         let id = inner.sessions.len();
-        let refresh_token = new_refresh_token();
+        let refresh_token = refresh_token.unwrap_or_else(new_refresh_token);
         inner.refresh_tokens.insert(refresh_token.clone(), id);
         inner.sessions.push(UserSession {
             current: refresh_token.clone(),
