@@ -4,7 +4,7 @@
 //! reqwest takes no tower layer for its requests, so [`CognitoAuthLayer::reqwest_middleware`]
 //! gives a [`CognitoAuthMiddleware`] over the layer's own cache: tower services and reqwest
 //! clients built from one layer share one token, one single-flight refresh and one set of
-//! counters. The rules are the layer's:
+//! counters. The rules are the tower service's, from the same functions:
 //! - a request that already has an `Authorization` header is left alone;
 //! - the header is marked sensitive;
 //! - a `401` drops that token (only that generation, at most once per
@@ -13,10 +13,20 @@
 //!   allows its method, its body fits
 //!   [`replay_body_limit`](crate::CognitoAuthLayerBuilder::replay_body_limit) and reqwest can
 //!   clone it (`Request::try_clone`: a streaming body cannot be, and is sent once; its `401`
-//!   goes back to the caller);
-//! - no token, no call: a failure to get one is
+//!   goes back to the caller). The `401`'s body is read (up to 64 KiB) before the replay, so
+//!   that its connection goes back to the pool;
+//! - unlike the tower service, no `grpc-status` header counts as a rejection: reqwest speaks no
+//!   gRPC;
+//! - no token, no call: a failure to get one, before the request or after a `401`, is
 //!   [`reqwest_middleware::Error::Middleware`] holding this crate's [`Error`], which
 //!   `downcast_ref` finds.
+//!
+//! With reqwest-retry, add its middleware before this one, so that each attempt gets the
+//! current token; it treats `Error::Middleware` as fatal, which suits a token failure (the
+//! cache has already retried and paces its refreshes).
+//!
+//! The token requests themselves can go through the same `reqwest::Client`:
+//! `reqwest_client(..)` on the builders.
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), tower::BoxError> {
@@ -47,14 +57,9 @@
 //! [`CognitoAuthLayer::reqwest_middleware`]: crate::CognitoAuthLayer::reqwest_middleware
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
-use bytes::Bytes;
 use http::header::AUTHORIZATION;
 use http::{Extensions, HeaderValue};
-use http_body_util::{BodyExt as _, Full};
 use reqwest::{Request, Response};
 use reqwest_middleware::{Middleware, Next};
 
@@ -189,39 +194,5 @@ impl Middleware for CognitoAuthMiddleware {
             // No new token: that is what went wrong, and what the caller gets.
             Err(error) => Err(reqwest_middleware::Error::middleware(error)),
         }
-    }
-}
-
-/// The token endpoint through the application's own [`reqwest::Client`]: its proxy, its
-/// roots, its pool. Made by the builders' `reqwest_client` setters; a tower service from
-/// `Request<Full<Bytes>>` to `Response<reqwest::Body>`, as their `http_client` takes.
-#[derive(Clone, Debug)]
-pub(crate) struct ReqwestHttp(pub(crate) reqwest::Client);
-
-type Sending =
-    Pin<Box<dyn Future<Output = Result<http::Response<reqwest::Body>, reqwest::Error>> + Send>>;
-
-impl tower::Service<http::Request<Full<Bytes>>> for ReqwestHttp {
-    type Response = http::Response<reqwest::Body>;
-    type Error = reqwest::Error;
-    type Future = Sending;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: http::Request<Full<Bytes>>) -> Self::Future {
-        let client = self.0.clone();
-        Box::pin(async move {
-            let (parts, body) = request.into_parts();
-            // `Full` is one frame, ready at once; its error type is `Infallible`.
-            let bytes = match body.collect().await {
-                Ok(collected) => collected.to_bytes(),
-                Err(never) => match never {},
-            };
-            let request = Request::try_from(http::Request::from_parts(parts, bytes))?;
-            let response = client.execute(request).await?;
-            Ok(http::Response::from(response))
-        })
     }
 }

@@ -15,6 +15,8 @@ pub(crate) mod endpoint;
 #[cfg(feature = "rustls")]
 mod https;
 pub mod refresh_token;
+#[cfg(feature = "reqwest")]
+mod reqwest_client;
 mod source;
 
 pub use client_credentials::{ClientCredentials, ClientCredentialsBuilder};

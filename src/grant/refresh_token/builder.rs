@@ -303,7 +303,7 @@ impl RefreshTokenGrantBuilder {
     #[cfg(feature = "reqwest")]
     #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
     pub fn reqwest_client(self, client: reqwest::Client) -> Self {
-        self.http_client(crate::reqwest_auth::ReqwestHttp(client))
+        self.http_client(crate::grant::reqwest_client::ReqwestHttp(client))
     }
 
     /// How long one exchange may take, from sending to the end of the answer. Default is 10
