@@ -33,7 +33,7 @@
 //! | `Finished(Ok)` | | the live refresh's token replaces the current one; a late refresh's only if it is newer (or the current one is unusable) and no rejection is pending; backoff reset; `Settled` |
 //! | `Finished(Err)` | | backoff (the slowest for a permanent error, at least `Retry-After`); `Settled` |
 //! | `Abandoned` | | the refresh is forgotten, no backoff: its runtime went away, which says nothing of the endpoint; `Settled` |
-//! | `Rejected(g)` | `g` current, not throttled | the token is dropped and remembered as rejected until a refresh succeeds; backoff cleared; `Dropped(true)` |
+//! | `Rejected(g)` | `g` current, not throttled | the token is dropped and remembered as rejected until a refresh succeeds; backoff cleared, but for what the endpoint asked (a `Retry-After`, a permanent error's pause); `Dropped(true)` |
 //! | `Rejected(g)` | otherwise | `Dropped(false)` |
 //! | `SourceChanged` | | backoff and the error on record forgotten (a new sign-in); `Noted` |
 //!
@@ -200,6 +200,9 @@ pub(crate) struct Policy {
     last_error: Option<Error>,
     /// No refresh starts before this (a failure's backoff).
     retry_at: Option<Instant>,
+    /// The part of `retry_at` that the endpoint asked for: a `Retry-After`, a permanent
+    /// error's pause. A rejection clears the backoff but not this.
+    held_until: Option<Instant>,
     /// The last rejection that dropped a token (throttles them).
     last_rejection: Option<Instant>,
     /// The token the last rejection dropped, until a refresh succeeds.
@@ -218,6 +221,7 @@ impl Policy {
             failures: 0,
             last_error: None,
             retry_at: None,
+            held_until: None,
             last_rejection: None,
             rejected: None,
         }
@@ -266,6 +270,7 @@ impl Policy {
             Event::SourceChanged => {
                 self.failures = 0;
                 self.retry_at = None;
+                self.held_until = None;
                 self.last_error = None;
                 Decision::Noted
             }
@@ -369,6 +374,7 @@ impl Policy {
                     if newer {
                         self.failures = 0;
                         self.retry_at = None;
+                        self.held_until = None;
                     } else {
                         // The endpoint handed back a token that expires no later than the one
                         // we had (a cache in front of it, say): asking again at once would get
@@ -397,15 +403,26 @@ impl Policy {
     /// asked, clamped to the cap so that one header cannot stop every refresh for a day.
     fn pace_after_failure(&mut self, now: Instant, error: Option<&Error>) {
         let backoff = self.config.backoff;
-        let mut delay = match error {
+        // What the endpoint asked for, which no rejection shortens.
+        let mut held = match error {
             Some(error) if error.is_permanent() => backoff.cap(),
-            _ => backoff.delay_with(self.failures, &mut self.rng),
+            _ => Duration::ZERO,
         };
         if let Some(asked) = error.and_then(Error::retry_after) {
-            delay = delay.max(asked.min(backoff.cap()));
+            held = held.max(asked.min(backoff.cap()));
         }
+        let delay = if error.is_some_and(Error::is_permanent) {
+            held
+        } else {
+            backoff.delay_with(self.failures, &mut self.rng).max(held)
+        };
         self.failures = self.failures.saturating_add(1);
         self.retry_at = now.checked_add(delay);
+        self.held_until = if held.is_zero() {
+            None
+        } else {
+            now.checked_add(held)
+        };
     }
 
     fn rejected(&mut self, now: Instant, generation: Generation) -> bool {
@@ -422,8 +439,9 @@ impl Policy {
             }
         }
         self.last_rejection = Some(now);
-        // A rejection is news the backoff did not know of: let the next request refresh.
-        self.retry_at = None;
+        // A rejection is news the backoff did not know of: let the next request refresh, once
+        // the endpoint allows it (its `Retry-After`, a permanent error's pause).
+        self.retry_at = self.held_until.filter(|at| now < *at);
         self.rejected = self.current.take().map(|e| e.access_token().clone());
         true
     }
