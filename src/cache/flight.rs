@@ -55,9 +55,13 @@ impl Launch {
         }
     }
 
-    /// Spawns the refresh. Call it with the cache's lock released.
-    pub(super) fn spawn(self) {
+    /// Spawns the refresh. Call it with the cache's lock released. `false` when the runtime
+    /// dropped it at once, never to run: it is shutting down.
+    pub(super) fn spawn(self) -> bool {
+        let mut rx = self.task.tx.subscribe();
         self.runtime.spawn(self.task.run());
+        // Only the task's drop publishes `Abandoned`, and nothing else can have ended it yet.
+        !matches!(*rx.borrow_and_update(), Some(Outcome::Abandoned))
     }
 }
 
@@ -72,6 +76,8 @@ struct Flight {
 impl Flight {
     async fn run(mut self) {
         let shared = Arc::clone(&self.shared);
+        // Counted once it runs: a runtime that drops it unrun (shutting down) fetched nothing.
+        shared.count_refresh(self.start.ahead);
         let limit = shared.config.refresh_deadline;
         let rejected = self.start.rejected.take();
         let fetch = CatchPanic::new(|| shared.fetch(rejected));

@@ -571,8 +571,11 @@ impl Shared {
             (other, _) => (Step::Failed(unexpected(&other)), None),
         };
         drop(core);
-        if let Some(launch) = launch {
-            launch.spawn();
+        if let Some(launch) = launch
+            && !launch.spawn()
+            && matches!(step, Step::Wait(_))
+        {
+            return Step::Failed(shutting_down());
         }
         step
     }
@@ -583,11 +586,15 @@ impl Shared {
     fn launch(self: &Arc<Self>, core: &mut Core, start: Start, runtime: Handle) -> Launch {
         let (tx, rx) = watch::channel(None);
         core.channel = Some((start.flight, rx));
+        Launch::new(runtime, Arc::clone(self), tx, start)
+    }
+
+    /// A refresh began to run.
+    fn count_refresh(&self, ahead: bool) {
         bump(&self.stats.refreshes);
-        if start.ahead {
+        if ahead {
             bump(&self.stats.refresh_ahead);
         }
-        Launch::new(runtime, Arc::clone(self), tx, start)
     }
 
     /// Carries a refresh's end to the policy, then to those who waited for it.
@@ -697,6 +704,11 @@ pub(crate) fn test_runtime(paused: bool) -> tokio::runtime::Runtime {
         .start_paused(paused)
         .build()
         .expect("a test runtime")
+}
+
+/// The error of a request whose runtime dropped the refresh it started, unrun.
+fn shutting_down() -> Error {
+    Error::internal("the Tokio runtime is shutting down: no token refresh can run on it")
 }
 
 /// A decision the policy does not make for that event: an internal error, never a panic.
