@@ -194,10 +194,10 @@ pub(super) fn runtime_with_timers() -> Result<Handle, Error> {
 /// Whether this thread's runtime has a time driver.
 ///
 /// Tokio has no way to ask (tokio-rs/tokio#8361): creating a timer without one panics. The
-/// panic is caught here, off the hot path (only when a refresh starts or a request waits),
-/// and only on a runtime built without `enable_time`. Where panics abort, it cannot be caught:
+/// panic is caught here, off the hot path (when a request reaches the policy, and in the
+/// background refresher's task), and only on a runtime built without `enable_time`. Where panics abort, it cannot be caught:
 /// timers are assumed, and such a runtime fails as Tokio makes it fail.
-fn timers_enabled() -> bool {
+pub(super) fn timers_enabled() -> bool {
     #[cfg(panic = "unwind")]
     {
         std::panic::catch_unwind(|| drop(tokio::time::sleep(Duration::ZERO))).is_ok()

@@ -332,7 +332,9 @@ impl TokenCacheBuilder {
             #[cfg(test)]
             locks: AtomicU64::new(0),
         });
-        background::ensure(&shared);
+        if let Ok(runtime) = Handle::try_current() {
+            background::spawn(&shared, &runtime);
+        }
         Ok(TokenCache { shared })
     }
 }
@@ -541,11 +543,13 @@ impl Shared {
     /// lock is released (a runtime that is shutting down drops the task on the spot, and its
     /// drop takes the lock to report that).
     fn want_step(self: &Arc<Self>, now: Instant) -> Step {
-        self.background.check(self);
         // Whether this caller's runtime can run a refresh and time a wait, found out before
         // the lock is taken: a runtime that cannot is that caller's problem, not the
         // endpoint's, and the policy paces nobody for it.
         let runtime = flight::runtime_with_timers();
+        if let Ok(runtime) = &runtime {
+            self.background.resume(self, runtime);
+        }
         let unable = runtime.as_ref().err().cloned();
         let epoch = self.source.epoch();
         let mut core = self.lock();
