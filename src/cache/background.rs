@@ -25,7 +25,7 @@ use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::policy::{Decision, Event};
+use super::policy::Event;
 use super::{Shared, Step};
 
 /// Whether the refresher is on, whether its task lives, and the handle that stops it.
@@ -141,33 +141,16 @@ async fn run(shared: Weak<Shared>, mut stopped: oneshot::Receiver<()>, _alive: A
 /// The policy's `Background` decision, carried out.
 fn step(shared: &Arc<Shared>) -> Next {
     let now = Instant::now();
+    let later = super::policy::later(now, shared.config.refresh_deadline);
     // The task was spawned on a runtime with timers, and runs on it.
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        return Next::Sleep(super::policy::later(now, shared.config.refresh_deadline));
+    let Ok(runtime) = Handle::try_current() else {
+        return Next::Sleep(later);
     };
-    let mut core = shared.lock();
-    let (next, launch) = match shared.decide(&mut core, now, Event::Background) {
-        Decision::Sleep(until) => (Next::Sleep(until), None),
-        Decision::Wait(wait) => (waiting(core.waiter(wait), now, shared), None),
-        Decision::StartAndWait(start, wait) => {
-            let launch = shared.launch(&mut core, start, runtime);
-            (waiting(core.waiter(wait), now, shared), Some(launch))
-        }
-        _ => (
-            Next::Sleep(super::policy::later(now, shared.config.refresh_deadline)),
-            None,
-        ),
-    };
-    drop(core);
-    if let Some(launch) = launch {
-        launch.spawn();
-    }
-    next
-}
-
-fn waiting(step: Step, now: Instant, shared: &Shared) -> Next {
-    match step {
+    match shared.carry_out(now, Event::Background, Some(runtime)) {
+        Step::Sleep(until) => Next::Sleep(until),
         Step::Wait(waiter) => Next::Wait(waiter),
-        _ => Next::Sleep(super::policy::later(now, shared.config.refresh_deadline)),
+        // Not a decision for the refresher, or a refresh its runtime refused (shutting down,
+        // and this task with it): look again later, never spin.
+        Step::Ready(_) | Step::Failed(_) => Next::Sleep(later),
     }
 }

@@ -574,7 +574,7 @@ async fn no_second_refresh_right_after_a_refresh_ahead() {
     advance(Duration::from_secs(3310)).await;
     // A request loads the old token (stale, still usable) ...
     let old = cache.shared.current.load_full().unwrap();
-    assert!(Instant::now() >= old.fresh_until);
+    assert!(Instant::now() >= old.serve_until);
     // ... meanwhile another request starts the refresh-ahead, which completes.
     cache.get().await.unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
