@@ -23,14 +23,14 @@
 //! | `Want` | usable, a refresh live or paced, or the caller cannot run one | `Serve` |
 //! | `Want` | usable, otherwise | `ServeAndStart` (refresh-ahead) |
 //! | `Want` | not usable, the caller cannot run a refresh | `Fail` with the caller's error |
-//! | `Want` | not usable, refresh live | `Wait` until it would be abandoned |
+//! | `Want` | not usable, refresh live | `Wait` until it would be abandoned (its deadline and the grace) |
 //! | `Want` | not usable, paced, an error on record | `Fail` with that error |
 //! | `Want` | not usable, otherwise | `StartAndWait` |
 //! | `Background` | refresh live | `Wait` until it is abandoned |
 //! | `Background` | fresh | `Sleep` until it is not |
 //! | `Background` | paced | `Sleep` until the backoff ends |
 //! | `Background` | otherwise | `StartAndWait` |
-//! | `Finished(Ok)` | | the live refresh's token replaces the current one; a late refresh's only if it is newer (or the current one is unusable) and no rejection is pending; backoff reset; `Settled` |
+//! | `Finished(Ok)` | | the rejected token, or one not usable on arrival: as `Finished(Err)`; else the own refresh's token replaces the current one, a late refresh's only if it is newer (or the current one is unusable) and no rejection is pending; the own refresh's end clears the error on record and the rejection it carried, and resets the backoff (or paces like a failure if its token is no newer); `Settled` |
 //! | `Finished(Err)` | | backoff (the slowest for a permanent error, at least `Retry-After`); `Settled` |
 //! | `Abandoned` | | the refresh is forgotten, no backoff: its runtime went away, which says nothing of the endpoint; `Settled` |
 //! | `Rejected(g)` | `g` current, not throttled | the token is dropped and remembered as rejected until a refresh succeeds; backoff cleared, but for what the endpoint asked (a `Retry-After`, a permanent error's pause); `Dropped(true)` |
