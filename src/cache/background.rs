@@ -65,10 +65,21 @@ impl Control {
         }
     }
 
+    /// Whether the task lives, and whether it found its runtime without timers.
+    #[cfg(test)]
+    pub(super) fn state(&self) -> (bool, bool) {
+        (
+            self.alive.load(Ordering::Acquire),
+            self.blocked.load(Ordering::Relaxed),
+        )
+    }
+
     /// A request found that `runtime` has timers: the task may run there.
     pub(super) fn resume(&self, shared: &Arc<Shared>, runtime: &Handle) {
         if self.enabled {
-            self.blocked.store(false, Ordering::Relaxed);
+            if self.blocked.load(Ordering::Relaxed) {
+                self.blocked.store(false, Ordering::Relaxed);
+            }
             if !self.alive.load(Ordering::Acquire) {
                 spawn(shared, runtime);
             }

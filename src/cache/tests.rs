@@ -923,3 +923,45 @@ fn a_request_on_a_runtime_shutting_down_is_told_so() {
     );
     assert_eq!(stats.token_requests, 0, "{stats:?}");
 }
+
+/// Issue #28, core item 1: a background refresher spawned by a request served at once on a
+/// runtime without timers finds out in its own task and blocks itself (no request probes);
+/// requests served at once then leave it alone, and a request that reaches the policy on a
+/// runtime with timers starts it there.
+#[test]
+fn a_blocked_background_refresher_resumes_on_a_runtime_with_timers() {
+    let source = TestSource::new(Duration::ZERO, HOUR);
+    let cache = source.cache().background_refresh(true).build().unwrap();
+    assert_eq!(
+        cache.shared.background.state(),
+        (false, false),
+        "built outside a runtime"
+    );
+    // A token, fetched on a runtime with timers that then goes away with the refresher.
+    test_runtime(false).block_on(cache.token()).unwrap();
+    assert_eq!(cache.shared.background.state(), (false, false));
+    let no_timers = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    no_timers.block_on(async {
+        cache.token().await.unwrap();
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+    });
+    assert_eq!(cache.shared.background.state(), (false, true), "blocked");
+    let with_timers = test_runtime(false);
+    with_timers.block_on(async {
+        // Served at once: the blocked refresher is left alone.
+        cache.token().await.unwrap();
+        assert_eq!(cache.shared.background.state(), (false, true));
+        // A request that reaches the policy has probed its runtime: the refresher starts.
+        assert!(matches!(
+            cache.shared.want_step(Instant::now()),
+            Step::Ready(_)
+        ));
+        assert_eq!(cache.shared.background.state(), (true, false), "resumed");
+    });
+    drop(with_timers);
+    assert_eq!(source.calls(), 1);
+}
