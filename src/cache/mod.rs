@@ -146,6 +146,10 @@ pub(crate) struct Shared {
     /// a refresh may start now): requests in the refresh-ahead window read it, and take the
     /// lock only when a refresh may start.
     quiet: AtomicU64,
+    /// The token source's [epoch](TokenSource::epoch) the published token belongs to, stored
+    /// after the token: the hot path serves it only while the source's epoch is still this
+    /// one, so that no request after a new sign-in carries the previous session's token.
+    source_epoch: AtomicU64,
     epoch: Instant,
     core: Mutex<Core>,
     /// The policy's settings, for the shared store and the background refresher.
@@ -316,6 +320,7 @@ impl TokenCacheBuilder {
             current: ArcSwapOption::empty(),
             version: AtomicU64::new(0),
             quiet: AtomicU64::new(0),
+            source_epoch: AtomicU64::new(self.source.epoch()),
             epoch: Instant::now(),
             core: Mutex::new(Core {
                 policy: Policy::new(self.config, fastrand::Rng::new()),
@@ -450,7 +455,8 @@ impl TokenCache {
     #[inline]
     pub(crate) fn lookup<T>(&self, project: impl FnOnce(&Entry) -> T) -> Lookup<T> {
         let now = Instant::now();
-        {
+        // The source's epoch before the token (see `Shared::source_epoch`).
+        if self.shared.same_source() {
             let current = self.shared.current.load();
             if let Some(entry) = current.as_deref()
                 && (now < entry.fresh_until
@@ -489,6 +495,13 @@ impl Shared {
         self.version.load(Ordering::Acquire)
     }
 
+    /// Whether the published token still belongs to the source's credentials (no new sign-in
+    /// since). Read before the token.
+    #[inline]
+    fn same_source(&self) -> bool {
+        self.source_epoch.load(Ordering::Acquire) == self.source.epoch()
+    }
+
     /// `now` as `quiet` counts it.
     fn nanos(&self, now: Instant) -> u64 {
         u64::try_from(now.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
@@ -498,6 +511,14 @@ impl Shared {
     /// the quiet mark, so that no request sees the mark without the token it covers) and the
     /// quiet mark. Called with the lock held.
     fn decide(&self, core: &mut Core, now: Instant, event: Event) -> Decision {
+        // A new sign-in first: the policy then forgets the previous session's token and drops
+        // what its refresh in flight brings back.
+        let source_epoch = self.source.epoch();
+        let changed = source_epoch != core.source_epoch;
+        if changed {
+            core.source_epoch = source_epoch;
+            core.policy.decide(now, Event::SourceChanged);
+        }
         let decision = core.policy.decide(now, event);
         let current = core.policy.current();
         let published = self.current.load();
@@ -519,6 +540,10 @@ impl Shared {
             .quiet_until(now)
             .map_or(0, |at| self.nanos(at).max(1));
         self.quiet.store(quiet, Ordering::Release);
+        if changed {
+            // After the token: a request that sees the new epoch sees what replaced the token.
+            self.source_epoch.store(source_epoch, Ordering::Release);
+        }
         decision
     }
 
@@ -547,12 +572,7 @@ impl Shared {
         // endpoint's, and the policy paces nobody for it.
         let runtime = flight::runtime_with_timers();
         let unable = runtime.as_ref().err().cloned();
-        let epoch = self.source.epoch();
         let mut core = self.lock();
-        if epoch != core.source_epoch {
-            core.source_epoch = epoch;
-            self.decide(&mut core, now, Event::SourceChanged);
-        }
         let (step, launch) = match (self.decide(&mut core, now, Event::Want { unable }), runtime) {
             (Decision::Serve(entry), _) => (Step::Ready(entry), None),
             (Decision::ServeAndStart(entry, start), Ok(runtime)) => {

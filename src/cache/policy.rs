@@ -35,7 +35,7 @@
 //! | `Abandoned` | | the refresh is forgotten, no backoff: its runtime went away, which says nothing of the endpoint; `Settled` |
 //! | `Rejected(g)` | `g` current, not throttled | the token is dropped and remembered as rejected until a refresh succeeds; backoff cleared; `Dropped(true)` |
 //! | `Rejected(g)` | otherwise | `Dropped(false)` |
-//! | `SourceChanged` | | backoff and the error on record forgotten (a new sign-in); `Noted` |
+//! | `SourceChanged` | | a new sign-in: the current token, the refresh in flight (its result is dropped when it ends), the pending rejection, the backoff and the error on record are all forgotten; `Noted` |
 //!
 //! `Finished` and `Abandoned` of a refresh that is no longer the live one (it was abandoned
 //! at its deadline and finished late) change no backoff; a late token is still taken if it
@@ -204,6 +204,9 @@ pub(crate) struct Policy {
     last_rejection: Option<Instant>,
     /// The token the last rejection dropped, until a refresh succeeds.
     rejected: Option<AccessToken>,
+    /// Refreshes numbered below this were started before the source's credentials changed:
+    /// what they bring back belongs to the previous session and is dropped.
+    stale_before: u64,
 }
 
 impl Policy {
@@ -220,6 +223,7 @@ impl Policy {
             retry_at: None,
             last_rejection: None,
             rejected: None,
+            stale_before: 0,
         }
     }
 
@@ -264,6 +268,13 @@ impl Policy {
             }
             Event::Rejected { generation } => Decision::Dropped(self.rejected(now, generation)),
             Event::SourceChanged => {
+                // A new sign-in, maybe another user: nothing of the previous session is
+                // served again, not even a token still fresh or one a refresh brings back.
+                self.current = None;
+                self.flight = None;
+                self.stale_before = self.next_flight;
+                self.rejected = None;
+                self.last_rejection = None;
                 self.failures = 0;
                 self.retry_at = None;
                 self.last_error = None;
@@ -329,6 +340,12 @@ impl Policy {
     }
 
     fn finished(&mut self, now: Instant, id: FlightId, result: Result<Token, Error>) -> Decision {
+        if id.0 < self.stale_before {
+            // Started before the source's credentials changed: its waiters ask again.
+            return Decision::Settled {
+                outcome: Outcome::Abandoned,
+            };
+        }
         let own = self.is_own(id);
         let carried = own && self.flight.as_ref().is_some_and(|f| f.carries_rejection);
         if own {

@@ -69,6 +69,8 @@ struct World {
     /// The generations handed out so far, for rejections of older ones.
     generations: Vec<Generation>,
     token_count: u64,
+    /// Refreshes started before the last new sign-in: what they bring back is dropped.
+    stale: Vec<FlightId>,
 }
 
 impl World {
@@ -83,6 +85,7 @@ impl World {
             not_before: None,
             generations: Vec::new(),
             token_count: 0,
+            stale: Vec::new(),
         }
     }
 
@@ -177,6 +180,9 @@ impl World {
             Op::Background => self.background(),
             Op::FinishOk(i, lifetime) => {
                 let Some((id, _)) = self.pick(i) else { return };
+                if self.finished_stale(id) {
+                    return;
+                }
                 self.token_count += 1;
                 let lifetime = Duration::from_secs(lifetime);
                 let access = AccessToken::new(format!("token-{}", self.token_count)).unwrap();
@@ -223,6 +229,9 @@ impl World {
             }
             Op::FinishErr(i, kind, retry_after) => {
                 let Some((id, _)) = self.pick(i) else { return };
+                if self.finished_stale(id) {
+                    return;
+                }
                 let retry_after = retry_after.map(Duration::from_secs);
                 let error = match kind {
                     0 => Error::server_error(http::StatusCode::SERVICE_UNAVAILABLE, retry_after),
@@ -296,19 +305,19 @@ impl World {
                 }
             }
             Op::SourceChanged => {
-                let before = self.policy.current().map(|c| c.generation());
                 assert!(matches!(
                     self.policy.decide(self.now, Event::SourceChanged),
                     Decision::Noted
                 ));
-                // Only the pacing is forgotten: the token and the live refresh stay.
-                assert_eq!(self.policy.current().map(|c| c.generation()), before);
+                // Nothing of the previous session stays: its token, its refresh in flight
+                // (whatever that brings back is dropped), the pacing.
+                assert!(self.policy.current().is_none());
+                self.stale.extend(self.started.iter().map(|(id, _)| *id));
+                self.live = None;
                 self.not_before = None;
-                if self.usable().is_none() && self.live().is_none() {
-                    match self.policy.decide(self.now, Event::Want { unable: None }) {
-                        Decision::StartAndWait(start, _) => self.check_start(&start),
-                        other => panic!("a request after a new sign-in did not refresh: {other:?}"),
-                    }
+                match self.policy.decide(self.now, Event::Want { unable: None }) {
+                    Decision::StartAndWait(start, _) => self.check_start(&start),
+                    other => panic!("a request after a new sign-in did not refresh: {other:?}"),
                 }
             }
             Op::RejectCurrent => {
@@ -353,6 +362,36 @@ impl World {
 
     /// Whether `id` is the refresh the policy started last and has not seen end: its end is
     /// the policy's own news (pacing, the rejection it carried), even past its deadline.
+    /// A refresh started before a new sign-in ended: it settles as abandoned and changes
+    /// nothing. Returns whether `id` was such a refresh.
+    fn finished_stale(&mut self, id: FlightId) -> bool {
+        if !self.stale.contains(&id) {
+            return false;
+        }
+        let before = self.policy.current().map(|c| c.generation());
+        let live = self.policy.flight.as_ref().map(|f| f.id);
+        let access = AccessToken::new("stale").unwrap();
+        let decision = self.policy.decide(
+            self.now,
+            Event::Finished {
+                flight: id,
+                result: Ok(Token::new(access, self.now + Duration::from_secs(3600))),
+            },
+        );
+        assert!(
+            matches!(
+                decision,
+                Decision::Settled {
+                    outcome: Outcome::Abandoned
+                }
+            ),
+            "a refresh of the previous session settled with {decision:?}"
+        );
+        assert_eq!(self.policy.current().map(|c| c.generation()), before);
+        assert_eq!(self.policy.flight.as_ref().map(|f| f.id), live);
+        true
+    }
+
     fn is_last_started(&self, id: FlightId) -> bool {
         self.policy.flight.as_ref().is_some_and(|f| f.id == id)
     }

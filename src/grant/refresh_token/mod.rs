@@ -141,7 +141,7 @@ mod persist;
 mod restore;
 
 pub use builder::RefreshTokenGrantBuilder;
-use exchange::{Job, closed};
+use exchange::Job;
 
 /// What [`on_rotation`](RefreshTokenGrantBuilder::on_rotation) stores.
 type RotationHook = Arc<dyn Fn(&str) + Send + Sync>;
@@ -357,6 +357,13 @@ impl RefreshTokenGrant {
     /// refresh token. Waits for an exchange in flight first, so that its answer cannot
     /// overwrite the new token.
     ///
+    /// No request after it carries the previous session's access token: a layer's cache drops
+    /// it at once (its next request refreshes), and what a refresh of the previous session
+    /// still in flight brings back is dropped. A save of the previous session that failed is
+    /// forgotten, and the new refresh token is handed to
+    /// [`persist`](RefreshTokenGrantBuilder::persist) (a [`TokenSet`] without an access token)
+    /// before this returns.
+    ///
     /// A layer's cache that met `invalid_grant` keeps failing requests with it until its
     /// pause ends (at most a minute, the slowest backoff), then asks the grant again.
     ///
@@ -372,20 +379,14 @@ impl RefreshTokenGrant {
         if refresh_token.is_empty() {
             return Err(Error::invalid_config("the refresh token is empty"));
         }
-        let mut session = self.inner.session.lock().await;
-        if session.closed {
-            return Err(closed());
-        }
-        session.refresh_token = Secret(refresh_token);
-        session.ended = None;
-        lock(&self.inner.stored).take();
-        // The cache paces its refreshes after `invalid_grant`: this tells it that is old news.
-        self.inner
-            .epoch
-            .fetch_add(1, std::sync::atomic::Ordering::Release);
-        self.inner.status.send_modify(|status| status.ended = None);
-        tracing::debug!("the session's refresh token was replaced (a new sign-in)");
-        Ok(())
+        let set = TokenSet {
+            refresh_token: Secret(refresh_token),
+            rotated: false,
+            access_token: None,
+            expires_at: None,
+            id_token: None,
+        };
+        self.inner.start_over(set, None).await
     }
 
     /// Closes the session for this process: waits for an exchange in flight to end (its

