@@ -174,7 +174,7 @@ impl RefreshTokenGrantBuilder {
     /// database, a keychain), use [`persist`](Self::persist).
     ///
     /// It is called once per rotation, in rotation order and never twice at once, on the
-    /// grant's session thread, before the new access token is handed out, and also when
+    /// session exchange threads, before the new access token is handed out, and also when
     /// nobody waits for that token any more. Keep it short (write a file, send on a channel);
     /// while it runs no refresh can start. A panic in it is caught and logged, and the new
     /// token is still used, when panics unwind; under `panic = "abort"` it aborts the process,
@@ -187,8 +187,7 @@ impl RefreshTokenGrantBuilder {
     /// Saves each new [`TokenSet`] (the refresh token, rotated or not, the access token and
     /// its wall-clock expiry, the `id_token`): an async hook that may fail. Default is none.
     ///
-    /// After each successful exchange, on the grant's session thread (a Tokio runtime of its
-    /// own) and after [`on_rotation`](Self::on_rotation), the grant awaits the hook's future
+    /// After each successful exchange, on the process's session exchange threads and after [`on_rotation`](Self::on_rotation), the grant awaits the hook's future
     /// before the new access token is handed out, at most
     /// [`persist_timeout`](Self::persist_timeout). Calls never overlap, and come in the order
     /// of the exchanges. When it fails, times out or panics, the exchange still succeeds: the
@@ -324,7 +323,10 @@ impl RefreshTokenGrantBuilder {
         if persist_timeout.is_zero() {
             return Err(Error::invalid_config("persist_timeout must not be zero"));
         }
-        let http = client_or_default(self.http)?;
+        let http = match self.http {
+            Some(http) => http,
+            None => shared_default_client()?,
+        };
 
         let mut tail = form_urlencoded::Serializer::new(String::new());
         if let Some(scope) = &scope {
@@ -359,7 +361,6 @@ impl RefreshTokenGrantBuilder {
                 unsaved: tokio::sync::Mutex::new(None),
                 retrying: AtomicBool::new(false),
                 status: watch::Sender::new(SessionStatus::default()),
-                worker: Mutex::new(None),
                 retry: RetryPolicy {
                     max_attempts: 3,
                     deadline: request_timeout.saturating_add(Duration::from_secs(1)),
@@ -369,4 +370,20 @@ impl RefreshTokenGrantBuilder {
             }),
         })
     }
+}
+
+/// The built-in HTTPS client, one for every session of the process that was given none: one
+/// TLS configuration, one connection pool, one set of resumable TLS sessions. Built by the
+/// first session that needs it.
+fn shared_default_client() -> Result<HttpClient, Error> {
+    static SHARED: Mutex<Option<HttpClient>> = Mutex::new(None);
+    let mut shared = SHARED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(client) = shared.as_ref() {
+        return Ok(client.clone());
+    }
+    let client = client_or_default(None)?;
+    *shared = Some(client.clone());
+    Ok(client)
 }

@@ -1,25 +1,21 @@
-//! The exchange: one refresh at a time on the session's thread, the answer applied (rotation,
+//! The exchange: one refresh at a time on the exchange threads, the answer applied (rotation,
 //! save) whether or not anyone still waits for it.
 
-use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{OwnedMutexGuard, mpsc, oneshot};
+use tokio::sync::{OwnedMutexGuard, oneshot};
 use tokio::time::Instant;
 
-use super::{Inner, RefreshTokenGrant, Session, TokenSet, lock};
+use super::executor::EXCHANGES;
+use super::{Inner, RefreshTokenGrant, Session, TokenSet};
 use crate::error::{Error, ErrorKind};
 use crate::grant::endpoint::{Answered, Secret, never_sent};
 use crate::token::{Token, parse_id_token, parse_refresh_token, parse_token_response};
 
-/// An exchange, as the session's thread runs it.
-pub(super) type Job = Pin<Box<dyn Future<Output = ()> + Send>>;
-
-/// What an exchange answers its caller: the token (on the session thread's clock) and the
+/// What an exchange answers its caller: the token (on the exchange thread's clock) and the
 /// lifetime it was issued with, from which the caller dates it on its own clock.
 type Exchanged = Result<(Token, Duration), Error>;
 
@@ -44,21 +40,18 @@ impl RefreshTokenGrant {
         }
     }
 
-    /// One exchange: takes the session, hands it to the session's thread, and waits for the
+    /// One exchange: takes the session, hands it to the exchange threads, and waits for the
     /// answer. Once the exchange is handed over, nothing that happens to this future or its
     /// runtime stops it.
     async fn attempt(inner: &Arc<Inner>) -> Result<Token, Error> {
         // Waits for an earlier exchange that is still running (one whose fetch was dropped at
         // the cache's deadline, say), so that this one sends the refresh token it left.
         let session = Arc::clone(&inner.session).lock_owned().await;
-        let jobs = inner.worker()?;
         let sent_at = Instant::now();
         let (reply, answer) = oneshot::channel();
         // No await between taking the lock and handing the exchange over: once this fetch
         // holds the session, the exchange runs to its end whatever happens to the fetch.
-        let job: Job = Box::pin(exchange(Arc::clone(inner), session, reply));
-        jobs.send(job)
-            .map_err(|_| Error::internal("the session's exchange thread has stopped"))?;
+        EXCHANGES.spawn(Box::pin(exchange(Arc::clone(inner), session, reply)))?;
         let (token, lifetime) = wait(answer).await?;
         // Dated on this runtime's clock (which a test may have paused), from when the
         // exchange was handed over: never later than the server's own count.
@@ -77,7 +70,7 @@ impl RefreshTokenGrant {
 /// Waits for an exchange's answer. On a Tokio runtime the wait happens on its blocking pool:
 /// a runtime that shuts down (dropped, or at the end of `#[tokio::main]`) then waits for the
 /// exchange to end, and a runtime whose clock a test paused does not jump ahead while the
-/// exchange runs on the session's thread (Tokio does not auto-advance a paused clock while a
+/// exchange runs on an exchange thread (Tokio does not auto-advance a paused clock while a
 /// blocking task runs). The exchange itself never depends on this wait.
 async fn wait(answer: oneshot::Receiver<Exchanged>) -> Exchanged {
     let lost = || {
@@ -95,7 +88,7 @@ async fn wait(answer: oneshot::Receiver<Exchanged>) -> Exchanged {
     }
 }
 
-/// An exchange on the session's thread: it holds the session from before the request leaves
+/// An exchange on an exchange thread: it holds the session from before the request leaves
 /// until its answer is applied and saved, then answers whoever still waits.
 async fn exchange(
     inner: Arc<Inner>,
@@ -122,35 +115,7 @@ pub(super) fn closed() -> Error {
 }
 
 impl Inner {
-    /// The session's thread: a current-thread runtime that runs every exchange, so that an
-    /// exchange whose request left is carried to its end whatever happens to the runtime that
-    /// asked for it. Started by the first exchange; it ends when the last handle to the grant
-    /// is dropped (the job channel closes) and what it runs has ended.
-    fn worker(&self) -> Result<mpsc::UnboundedSender<Job>, Error> {
-        let mut slot = lock(&self.worker);
-        if let Some(jobs) = slot.as_ref().filter(|jobs| !jobs.is_closed()) {
-            return Ok(jobs.clone());
-        }
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|_| Error::internal("could not build the session's runtime"))?;
-        let (jobs, mut queue) = mpsc::unbounded_channel::<Job>();
-        std::thread::Builder::new()
-            .name("cognito-session".into())
-            .spawn(move || {
-                runtime.block_on(async move {
-                    while let Some(job) = queue.recv().await {
-                        tokio::spawn(job);
-                    }
-                });
-            })
-            .map_err(|_| Error::internal("could not start the session's thread"))?;
-        *slot = Some(jobs.clone());
-        Ok(jobs)
-    }
-
-    /// The exchange proper, on the session's thread.
+    /// The exchange proper, on an exchange thread.
     async fn exchange(self: &Arc<Self>, session: &mut Session) -> Exchanged {
         if session.closed {
             return Err(closed());
@@ -226,7 +191,7 @@ impl Inner {
         parsed
     }
 
-    /// One POST, bounded by `request_timeout` on the session thread's clock.
+    /// One POST, bounded by `request_timeout` on the exchange thread's clock.
     async fn post(&self, form: Bytes) -> Result<Answered, Error> {
         let timeout = self.endpoint.request_timeout;
         let sent_at = Instant::now();

@@ -88,16 +88,17 @@
 //! - one refresh at a time: the cache starts one fetch at a time, and each exchange holds the
 //!   session's refresh token until its answer is in, so that a fetch started while an earlier
 //!   exchange still runs waits for it and sends the newest refresh token;
-//! - the exchange runs on a thread the grant owns (a small current-thread Tokio runtime,
-//!   started by the first exchange, ended when the last clone of the grant is dropped), so that
-//!   neither a cancelled waiter, nor the cache's `refresh_deadline`, nor the shutdown of the
-//!   runtime that asked for it can drop an answer the server already sent: the new refresh
-//!   token replaces the old one, [`on_rotation`](RefreshTokenGrantBuilder::on_rotation) is
-//!   called with it and [`persist`](RefreshTokenGrantBuilder::persist) is awaited, before the
-//!   access token is handed out and whether or not anyone still waits. The fetch waits for the
-//!   answer from its runtime's blocking pool, so a runtime that shuts down (the end of
-//!   `#[tokio::main]`) waits for an exchange in flight, and a test's paused clock stands still
-//!   while one runs. [`RefreshTokenGrant::close`] waits for it explicitly;
+//! - the exchange runs on the process's exchange threads (two threads, each with a
+//!   current-thread Tokio runtime, started by the first exchange of the process and shared by
+//!   every session in it), so that neither a cancelled waiter, nor the cache's
+//!   `refresh_deadline`, nor the shutdown of the runtime that asked for it can drop an answer
+//!   the server already sent: the new refresh token replaces the old one,
+//!   [`on_rotation`](RefreshTokenGrantBuilder::on_rotation) is called with it and
+//!   [`persist`](RefreshTokenGrantBuilder::persist) is awaited, before the access token is
+//!   handed out and whether or not anyone still waits. The fetch waits for the answer from its
+//!   runtime's blocking pool, so a runtime that shuts down (the end of `#[tokio::main]`) waits
+//!   for an exchange in flight, and a test's paused clock stands still while one runs.
+//!   [`RefreshTokenGrant::close`] waits for it explicitly;
 //! - one attempt per fetch, unless the connection was refused (the request surely never reached
 //!   the server) or the answer was lost (a timeout, a 5xx, a connection that broke): the server
 //!   may have rotated, and the old refresh token is all there is, so it is presented once more
@@ -108,9 +109,22 @@
 //! - an answer whose access token is unusable still rotates the refresh token;
 //! - an answer without a `refresh_token` (no rotation) keeps the current one.
 //!
-//! Give the grant an HTTP client of its own (or the default one): the connections it opens
-//! live on the session's thread, while a client shared with the application may hand it a
-//! connection that lives, and dies, with the application's runtime.
+//! # Many sessions in one process
+//!
+//! A server that acts for its signed-in users (a backend-for-frontend, a gateway) holds one
+//! grant per user: a session costs memory (under 2 KiB; about 3 KiB with a layer holding its
+//! token, see BENCHMARKS.md), not a
+//! thread, a runtime or a socket. Every grant built without
+//! [`http_client`](RefreshTokenGrantBuilder::http_client) shares one built-in HTTPS client
+//! (one TLS configuration, one connection pool), and every exchange runs on the same two
+//! threads. While an exchange runs, the fetch waiting for it holds one thread of its own
+//! runtime's blocking pool (bounded by that runtime's `max_blocking_threads`): threads follow
+//! the exchanges in flight, never the number of sessions.
+//!
+//! Give the grants an HTTP client that is not shared with the application's own requests (or
+//! the default one): the connections it opens live on the exchange threads, while a client
+//! shared with the application may hand an exchange a connection that lives, and dies, with
+//! the application's runtime.
 //!
 //! # When the session ends
 //!
@@ -128,7 +142,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use super::endpoint::{ClientAuth, Endpoint, RetryPolicy, Secret};
 use crate::error::{BoxError, Error};
@@ -137,11 +151,11 @@ use crate::token::{AccessToken, Token};
 
 mod builder;
 mod exchange;
+mod executor;
 mod persist;
 mod restore;
 
 pub use builder::RefreshTokenGrantBuilder;
-use exchange::Job;
 
 /// What [`on_rotation`](RefreshTokenGrantBuilder::on_rotation) stores.
 type RotationHook = Arc<dyn Fn(&str) + Send + Sync>;
@@ -296,8 +310,6 @@ struct Inner {
     retrying: AtomicBool,
     status: watch::Sender<SessionStatus>,
     retry: RetryPolicy,
-    /// The session's thread, started by the first exchange: see [`Worker`].
-    worker: Mutex<Option<mpsc::UnboundedSender<Job>>>,
 }
 
 struct Session {

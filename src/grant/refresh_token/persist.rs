@@ -6,6 +6,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use super::exchange::closed;
+use super::executor::EXCHANGES;
 use super::{Inner, TokenSet, lock};
 use crate::error::Error;
 use crate::token::Token;
@@ -57,8 +58,13 @@ impl Inner {
         *unsaved = Some(set);
         drop(unsaved);
         self.status.send_modify(|status| status.unsaved = true);
-        if !self.retrying.swap(true, Ordering::AcqRel) {
-            tokio::spawn(retry_saves(Arc::downgrade(self)));
+        if !self.retrying.swap(true, Ordering::AcqRel)
+            && EXCHANGES
+                .spawn(Box::pin(retry_saves(Arc::downgrade(self))))
+                .is_err()
+        {
+            // The next failed save tries again; `close()` saves in any case.
+            self.retrying.store(false, Ordering::Release);
         }
     }
 
@@ -92,7 +98,7 @@ impl Inner {
     }
 }
 
-/// Tries a failed save again, with backoff on the session thread's clock (1 s doubling to
+/// Tries a failed save again, with backoff on the exchange thread's clock (1 s doubling to
 /// 60 s), until the newest set is saved or the grant is gone.
 async fn retry_saves(inner: Weak<Inner>) {
     let mut delay = SAVE_RETRY_FIRST;

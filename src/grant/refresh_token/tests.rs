@@ -351,3 +351,27 @@ async fn confidential_clients_authenticate_like_client_credentials() {
         "grant_type=refresh_token&refresh_token=r1-very-secret&client_id=app&client_secret=s3cret"
     );
 }
+
+/// Defect 3 (issue 26): a thread that cannot be started (a thread or pid limit) fails the
+/// exchange that needed it with an error, inside async code, without a panic (the old code
+/// dropped a built runtime there); the next exchange starts the thread and runs.
+#[tokio::test]
+async fn a_thread_that_cannot_start_is_an_error_and_the_next_exchange_tries_again() {
+    let executor = super::executor::Executor::new();
+    executor
+        .fail_next_start
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let error = executor
+        .spawn(Box::pin(async {}))
+        .expect_err("the thread could not start");
+    assert_eq!(error.kind(), crate::ErrorKind::Internal);
+    assert!(error.to_string().contains("thread"), "{error}");
+    let (ran, done) = tokio::sync::oneshot::channel();
+    executor
+        .spawn(Box::pin(async move {
+            let _ = ran.send(std::thread::current().name().map(str::to_owned));
+        }))
+        .unwrap();
+    let name = done.await.unwrap();
+    assert_eq!(name.as_deref(), Some("cognito-session"));
+}
