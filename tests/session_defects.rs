@@ -188,3 +188,94 @@ async fn a_new_sign_in_forgets_the_old_sessions_failed_save_and_saves_the_new_on
     );
     assert_eq!(saved.last().as_deref(), Some(new_session.as_str()));
 }
+
+/// Defect 7: an exchange the cache's deadline dropped keeps the access token it obtained for
+/// the next fetch: no extra token request, no extra rotation.
+#[tokio::test(start_paused = true)]
+async fn an_exchange_the_deadline_dropped_keeps_its_access_token() {
+    let endpoint = endpoint().await;
+    let grant = grant_for(&endpoint).build().unwrap();
+    let layer = CognitoAuthLayer::builder()
+        .token_source(grant.clone())
+        .refresh_deadline(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    endpoint.hold_answers(true);
+    let waiting = tokio::spawn({
+        let layer = layer.clone();
+        async move { layer.token().await }
+    });
+    endpoint.wait_for_requests(1).await;
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert!(waiting.await.unwrap().unwrap_err().is_timeout());
+    endpoint.hold_answers(false);
+    // Past the cache's backoff; the clock moves once the exchange has ended.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let token = layer.token().await.unwrap();
+    assert_eq!(
+        endpoint.request_count(),
+        1,
+        "the token the dropped exchange obtained was thrown away"
+    );
+    assert_eq!(endpoint.last_token().as_deref(), Some(token.secret()));
+    assert_eq!(endpoint.rotations(), 1);
+}
+
+/// Defect 6: a restored token is judged by the layer's `min_validity`, not a fixed 30 s: with
+/// 20 s left and `min_validity` of 5 s it is used, with `min_validity` of a minute it is not.
+#[tokio::test(start_paused = true)]
+async fn a_restored_token_is_judged_by_the_layers_min_validity() {
+    for (min_validity, used) in [(5, true), (60, false)] {
+        let endpoint = endpoint().await;
+        let grant = grant_for(&endpoint)
+            .access_token(
+                "restored-token",
+                tokio::time::Instant::now() + Duration::from_secs(20),
+            )
+            .build()
+            .unwrap();
+        let layer = CognitoAuthLayer::builder()
+            .token_source(grant)
+            .min_validity(Duration::from_secs(min_validity))
+            .build()
+            .unwrap();
+        let token = layer.token().await.unwrap();
+        assert_eq!(
+            token.secret() == "restored-token",
+            used,
+            "min_validity {min_validity} s, 20 s left"
+        );
+        assert_eq!(endpoint.request_count(), usize::from(!used));
+    }
+}
+
+/// Defect 6: `access_token_from_jwt` refuses an `id_token` (its `token_use` says so), and an
+/// `exp` at the end of `u64` is a token that never runs out, not a panic.
+#[tokio::test]
+async fn a_restored_jwt_must_be_an_access_token_and_any_exp_is_taken() {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let jwt = |claims: &str| {
+        format!(
+            "{}.{}.{}",
+            b64.encode("{}"),
+            b64.encode(claims),
+            b64.encode("s")
+        )
+    };
+    let endpoint = endpoint().await;
+    let error = grant_for(&endpoint)
+        .access_token_from_jwt(jwt(r#"{"token_use":"id","exp":4102444800}"#))
+        .build()
+        .unwrap_err();
+    assert!(error.to_string().contains("id_token"), "{error}");
+    let far = jwt(&format!(r#"{{"token_use":"access","exp":{}}}"#, u64::MAX));
+    let grant = grant_for(&endpoint)
+        .access_token_from_jwt(far.clone())
+        .build()
+        .unwrap();
+    let token = grant.fetch().await.unwrap();
+    assert_eq!(token.access_token().secret(), far);
+    assert_eq!(endpoint.request_count(), 0);
+}

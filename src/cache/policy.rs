@@ -31,6 +31,7 @@
 //! | `Background` | paced | `Sleep` until the backoff ends |
 //! | `Background` | otherwise | `StartAndWait` |
 //! | `Finished(Ok)` | | the live refresh's token replaces the current one; a late refresh's only if it is newer (or the current one is unusable) and no rejection is pending; backoff reset; `Settled` |
+//! | `Finished(Ok)` of a kept token (restored by a session) these margins refuse | | as `Abandoned`: its waiters ask again, the source fetches |
 //! | `Finished(Err)` | | backoff (the slowest for a permanent error, at least `Retry-After`); `Settled` |
 //! | `Abandoned` | | the refresh is forgotten, no backoff: its runtime went away, which says nothing of the endpoint; `Settled` |
 //! | `Rejected(g)` | `g` current, not throttled | the token is dropped and remembered as rejected until a refresh succeeds; backoff cleared; `Dropped(true)` |
@@ -351,6 +352,7 @@ impl Policy {
         if own {
             self.flight = None;
         }
+        let kept = result.as_ref().is_ok_and(Token::is_kept);
         let result = result.and_then(|token| {
             // A rejected token is never served again, whoever brings it back (a shared store,
             // an endpoint that hands out a cached token).
@@ -395,6 +397,14 @@ impl Policy {
                 }
                 Decision::Settled {
                     outcome: Outcome::Token(entry),
+                }
+            }
+            Err(_) if kept => {
+                // A token the source kept (restored from storage, say) that these margins do
+                // not allow: no failure of the endpoint; the waiters ask again, and the
+                // source fetches.
+                Decision::Settled {
+                    outcome: Outcome::Abandoned,
                 }
             }
             Err(error) => {

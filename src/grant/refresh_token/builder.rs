@@ -136,12 +136,13 @@ impl RefreshTokenGrantBuilder {
     /// [`access_token_expiring_at`](Self::access_token_expiring_at) and
     /// [`access_token_from_jwt`](Self::access_token_from_jwt).
     ///
-    /// The first fetch hands it out without a request only if the cache's default margins
-    /// allow it: more than `min_validity` (30 s, at most a tenth of its lifetime) left, its
-    /// lifetime read from the JWT's `exp − iat`, or taken as an hour for an opaque token (a
-    /// token restored with 10 s left is not used: a request that cannot be replayed would
-    /// leave with a dying token). The cache's margins then apply as to any token, so it is
-    /// renewed ahead of its expiry. Every later fetch refreshes. See [Restoring a session at
+    /// The first fetch hands it out without a request if it has not expired, and the cache
+    /// judges it by its own margins, as any token: it is used while more than the layer's
+    /// `min_validity` (at most a tenth of its lifetime) is left, its lifetime read from the
+    /// JWT's `exp − iat`, or taken as an hour for an opaque token; one with less left is not
+    /// used (a request that cannot be replayed would leave with a dying token), and the cache
+    /// fetches at once, without counting a failure. It is renewed ahead of its expiry like
+    /// any token. See [Restoring a session at
     /// startup](crate::grant::refresh_token#restoring-a-session-at-startup).
     pub fn access_token(mut self, access_token: impl Into<String>, expires_at: Instant) -> Self {
         self.access_token = Some((Secret(access_token.into()), Expiry::Tokio(expires_at)));
@@ -150,7 +151,12 @@ impl RefreshTokenGrantBuilder {
 
     /// Like [`access_token`](Self::access_token), with the expiry on the wall clock, as
     /// [`TokenSet::expires_at`] gave it and a file or database keeps it. It is converted to
-    /// Tokio's clock once, by [`build`](Self::build). Default is none.
+    /// Tokio's clock when the first fetch hands it out. Default is none.
+    ///
+    /// The expiry is compared with this machine's clock: a clock that runs behind the
+    /// server's by more than the layer's `min_validity` hands out a token the server already
+    /// counts as expired. The API then answers `401`, and the layer drops the token and
+    /// replays the request once with a new one.
     pub fn access_token_expiring_at(
         mut self,
         access_token: impl Into<String>,
@@ -163,7 +169,10 @@ impl RefreshTokenGrantBuilder {
     /// Like [`access_token`](Self::access_token), with the expiry read from the token itself,
     /// a JWT (its `exp` claim, unverified: the API verifies it), as Cognito's access tokens
     /// are. Default is none. [`build`](Self::build) refuses a token that is not a JWT with an
-    /// `exp`.
+    /// `exp`, and one whose `token_use` claim, when it has one, is not `access` (Cognito's
+    /// `id_token` is a JWT with an `exp` too, and is not accepted by APIs that want an access
+    /// token). An `exp` beyond what the platform's clock can represent counts as the longest
+    /// lifetime the crate accepts.
     pub fn access_token_from_jwt(mut self, access_token: impl Into<String>) -> Self {
         self.access_token = Some((Secret(access_token.into()), Expiry::Jwt));
         self
@@ -353,6 +362,7 @@ impl RefreshTokenGrantBuilder {
                     refresh_token,
                     ended: None,
                     closed: false,
+                    exchanges: 0,
                 })),
                 stored: Mutex::new(stored),
                 on_rotation: self.on_rotation,

@@ -3,14 +3,15 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use tokio::sync::{OwnedMutexGuard, oneshot};
 use tokio::time::Instant;
 
 use super::executor::EXCHANGES;
-use super::{Inner, RefreshTokenGrant, Session, TokenSet};
+use super::restore::{Kept, KeptExpiry};
+use super::{Inner, RefreshTokenGrant, Session, TokenSet, lock};
 use crate::error::{Error, ErrorKind};
 use crate::grant::endpoint::{Answered, Secret, never_sent};
 use crate::token::{Token, parse_id_token, parse_refresh_token, parse_token_response};
@@ -18,6 +19,9 @@ use crate::token::{Token, parse_id_token, parse_refresh_token, parse_token_respo
 /// What an exchange answers its caller: the token (on the exchange thread's clock) and the
 /// lifetime it was issued with, from which the caller dates it on its own clock.
 type Exchanged = Result<(Token, Duration), Error>;
+
+/// What the fetch receives: the exchange's number (to claim the token it kept) and its result.
+type Answer = (Option<u64>, Exchanged);
 
 impl RefreshTokenGrant {
     pub(super) async fn fetch_token(inner: Arc<Inner>) -> Result<Token, Error> {
@@ -52,7 +56,15 @@ impl RefreshTokenGrant {
         // No await between taking the lock and handing the exchange over: once this fetch
         // holds the session, the exchange runs to its end whatever happens to the fetch.
         EXCHANGES.spawn(Box::pin(exchange(Arc::clone(inner), session, reply)))?;
-        let (token, lifetime) = wait(answer).await?;
+        let (serial, result) = wait(answer).await;
+        // The exchange kept its token for a fetch that no longer waits; this one does.
+        {
+            let mut kept = lock(&inner.stored);
+            if serial.is_some() && kept.as_ref().is_some_and(|k| k.exchange == serial) {
+                kept.take();
+            }
+        }
+        let (token, lifetime) = result?;
         // Dated on this runtime's clock (which a test may have paused), from when the
         // exchange was handed over: never later than the server's own count.
         let expires_at = sent_at
@@ -72,32 +84,51 @@ impl RefreshTokenGrant {
 /// exchange to end, and a runtime whose clock a test paused does not jump ahead while the
 /// exchange runs on an exchange thread (Tokio does not auto-advance a paused clock while a
 /// blocking task runs). The exchange itself never depends on this wait.
-async fn wait(answer: oneshot::Receiver<Exchanged>) -> Exchanged {
+async fn wait(answer: oneshot::Receiver<Answer>) -> Answer {
     let lost = || {
-        Error::internal(
-            "the refresh_token exchange's answer was not delivered (the runtime is shutting \
-             down); the exchange itself ran to its end",
+        (
+            None,
+            Err(Error::internal(
+                "the refresh_token exchange's answer was not delivered (the runtime is \
+                 shutting down); the exchange itself ran to its end",
+            )),
         )
     };
     match tokio::runtime::Handle::try_current() {
         Ok(runtime) => match runtime.spawn_blocking(move || answer.blocking_recv()).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) | Err(_) => Err(lost()),
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) | Err(_) => lost(),
         },
-        Err(_) => answer.await.unwrap_or_else(|_| Err(lost())),
+        Err(_) => answer.await.unwrap_or_else(|_| lost()),
     }
 }
 
 /// An exchange on an exchange thread: it holds the session from before the request leaves
-/// until its answer is applied and saved, then answers whoever still waits.
+/// until its answer is applied and saved, keeps the access token for the next fetch (claimed
+/// at once by the fetch that waits for it, if it still does: one the cache's deadline dropped
+/// does not), then answers whoever still waits.
 async fn exchange(
     inner: Arc<Inner>,
     mut session: OwnedMutexGuard<Session>,
-    reply: oneshot::Sender<Exchanged>,
+    reply: oneshot::Sender<Answer>,
 ) {
+    session.exchanges += 1;
+    let serial = session.exchanges;
+    let sent_wall = SystemTime::now();
     let result = inner.exchange(&mut session).await;
+    if let Ok((token, lifetime)) = &result
+        && let Some(expires) = sent_wall.checked_add(*lifetime)
+    {
+        *lock(&inner.stored) = Some(Kept {
+            token: token.access_token().clone(),
+            scope: token.scope().map(str::to_owned),
+            lifetime: Some(*lifetime),
+            expiry: KeptExpiry::Wall(expires),
+            exchange: Some(serial),
+        });
+    }
     drop(session);
-    if reply.send(result).is_err() {
+    if reply.send((Some(serial), result)).is_err() {
         tracing::debug!("nobody waits for the exchange's answer any more; it was applied");
     }
 }

@@ -77,8 +77,8 @@
 //! ([`access_token_expiring_at`](RefreshTokenGrantBuilder::access_token_expiring_at), a
 //! `SystemTime`) or read from the token itself
 //! ([`access_token_from_jwt`](RefreshTokenGrantBuilder::access_token_from_jwt)): it is used
-//! while it has the margins any token must have (30 s, at most a tenth of its lifetime), and
-//! the first refresh happens only when it is needed.
+//! while it has the margins the layer gives any token (its `min_validity`, at most a tenth of
+//! the token's lifetime), and the first refresh happens only when it is needed.
 //!
 //! # Rotation
 //!
@@ -298,8 +298,9 @@ struct Inner {
     /// until the answer has been applied and saved, so that no two requests ever carry the
     /// same token.
     session: Arc<tokio::sync::Mutex<Session>>,
-    /// The access token restored from storage, handed out once by the first fetch.
-    stored: Mutex<Option<Token>>,
+    /// The access token kept for the next fetch (restored from storage, or obtained by an
+    /// exchange nobody waited for any more), handed out once.
+    stored: Mutex<Option<restore::Kept>>,
     on_rotation: Option<RotationHook>,
     persist: Option<PersistHook>,
     persist_timeout: Duration,
@@ -318,6 +319,8 @@ struct Session {
     ended: Option<Error>,
     /// Set by [`RefreshTokenGrant::close`]: no exchange starts any more.
     closed: bool,
+    /// How many exchanges have run: tells the one whose token is kept.
+    exchanges: u64,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {

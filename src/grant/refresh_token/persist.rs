@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use super::exchange::closed;
 use super::executor::EXCHANGES;
+use super::restore::Kept;
 use super::{Inner, TokenSet, lock};
 use crate::error::Error;
-use crate::token::Token;
 
 /// The first pause before a failed save is tried again; it doubles up to [`SAVE_RETRY_CAP`].
 const SAVE_RETRY_FIRST: Duration = Duration::from_secs(1);
@@ -22,7 +22,7 @@ impl Inner {
     pub(super) async fn start_over(
         self: &Arc<Self>,
         set: TokenSet,
-        stored: Option<Token>,
+        stored: Option<Kept>,
     ) -> Result<(), Error> {
         let mut session = self.session.lock().await;
         if session.closed {
