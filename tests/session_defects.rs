@@ -279,3 +279,98 @@ async fn a_restored_jwt_must_be_an_access_token_and_any_exp_is_taken() {
     assert_eq!(token.access_token().secret(), far);
     assert_eq!(endpoint.request_count(), 0);
 }
+
+/// Defect 4: a call of `persist` that timed out may still run blocking work (a `tokio::fs`
+/// write or rename, which no abort stops): the next call waits for it, so calls never
+/// overlap and a late write never puts an older refresh token over a newer one.
+#[tokio::test(start_paused = true)]
+async fn a_persist_call_that_timed_out_never_overlaps_the_next() {
+    let endpoint = endpoint().await;
+    let running = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let written = Arc::new(Mutex::new(Vec::<String>::new()));
+    let calls = Arc::new(AtomicUsize::new(0));
+    // The first call's blocking work waits for `release`, then says it is done.
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let (finished, first_done) = std::sync::mpsc::channel::<()>();
+    let first_call = Arc::new(Mutex::new(Some((released, finished))));
+    let hook = {
+        let (running, most, written) = (running.clone(), most.clone(), written.clone());
+        move |set: TokenSet| {
+            let (running, most, written) = (running.clone(), most.clone(), written.clone());
+            let first = (calls.fetch_add(1, Ordering::SeqCst) == 0)
+                .then(|| first_call.lock().unwrap().take())
+                .flatten();
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    if let Some((released, _)) = &first {
+                        let _ = released.recv();
+                    }
+                    written.lock().unwrap().push(set.refresh_token().to_owned());
+                    running.fetch_sub(1, Ordering::SeqCst);
+                    if let Some((_, finished)) = &first {
+                        let _ = finished.send(());
+                    }
+                })
+                .await
+                .map_err(std::io::Error::other)
+            }
+        }
+    };
+    let grant = grant_for(&endpoint)
+        .persist(hook)
+        .persist_timeout(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    grant.fetch().await.unwrap();
+    assert!(grant.status().borrow().unsaved, "the first save timed out");
+    grant.fetch().await.unwrap();
+    release.send(()).unwrap();
+    tokio::task::spawn_blocking(move || first_done.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    grant.close().await.unwrap();
+
+    assert_eq!(
+        most.load(Ordering::SeqCst),
+        1,
+        "two persist calls overlapped"
+    );
+    assert_eq!(
+        written.lock().unwrap().last(),
+        endpoint.current_refresh_token().as_ref(),
+        "an older refresh token was written last"
+    );
+}
+
+/// Defect 5: a save that fails for ever is bounded: with `max_unsaved_rotations(2)` the
+/// session stops refreshing once two rotations are unsaved, and says so in its status.
+#[tokio::test(start_paused = true)]
+async fn refreshing_stops_while_too_many_rotations_are_unsaved() {
+    let endpoint = endpoint().await;
+    let saved = Saved::default();
+    let grant = grant_for(&endpoint)
+        .persist(saved.hook(usize::MAX))
+        .max_unsaved_rotations(2)
+        .build()
+        .unwrap();
+    let status = grant.status();
+    grant.fetch().await.unwrap();
+    assert_eq!(status.borrow().unsaved_rotations, 1);
+    grant.fetch().await.unwrap();
+    assert_eq!(status.borrow().unsaved_rotations, 2);
+    let error = grant.fetch().await.unwrap_err();
+    assert!(error.to_string().contains("unsaved"), "{error}");
+    assert_eq!(endpoint.request_count(), 2, "a third rotation was made");
+    // A new sign-in starts over.
+    grant
+        .replace_refresh_token(endpoint.new_session())
+        .await
+        .unwrap();
+    assert_eq!(status.borrow().unsaved_rotations, 0);
+    grant.fetch().await.unwrap();
+    assert_eq!(endpoint.request_count(), 3);
+}

@@ -49,6 +49,7 @@ pub struct RefreshTokenGrantBuilder {
     on_rotation: Option<RotationHook>,
     persist: Option<PersistHook>,
     persist_timeout: Option<Duration>,
+    max_unsaved_rotations: Option<u64>,
     http: Option<HttpClient>,
     request_timeout: Option<Duration>,
 }
@@ -196,15 +197,21 @@ impl RefreshTokenGrantBuilder {
     /// Saves each new [`TokenSet`] (the refresh token, rotated or not, the access token and
     /// its wall-clock expiry, the `id_token`): an async hook that may fail. Default is none.
     ///
-    /// After each successful exchange, on the process's session exchange threads and after [`on_rotation`](Self::on_rotation), the grant awaits the hook's future
-    /// before the new access token is handed out, at most
+    /// After each successful exchange (and after a new sign-in), on the process's session
+    /// exchange threads and after [`on_rotation`](Self::on_rotation), the grant awaits the
+    /// hook's future before the new access token is handed out, at most
     /// [`persist_timeout`](Self::persist_timeout). Calls never overlap, and come in the order
-    /// of the exchanges. When it fails, times out or panics, the exchange still succeeds: the
-    /// new refresh token stays in memory (never the old one), the failure is reported
-    /// ([`SessionStatus::unsaved`] and [`save_failures`](SessionStatus::save_failures) in
-    /// [`RefreshTokenGrant::status`], a warning in the logs), and the newest set is saved again
-    /// after 1 s, doubling to 60 s, until it is saved, a later exchange saves a newer one, or
-    /// the grant is dropped. [`RefreshTokenGrant::close`] tries once more.
+    /// of the exchanges: a call that times out is not stopped (blocking work it started, a
+    /// `tokio::fs` write or rename, could not be stopped anyway), and the next call waits for
+    /// it first, at most `persist_timeout` more. When it fails, times out or panics, the
+    /// exchange still succeeds: the new refresh token stays in memory (never the old one), the
+    /// failure is reported ([`SessionStatus::unsaved`],
+    /// [`unsaved_rotations`](SessionStatus::unsaved_rotations) and
+    /// [`save_failures`](SessionStatus::save_failures) in [`RefreshTokenGrant::status`], a
+    /// warning in the logs), and the newest set is saved again after 1 s, doubling to 60 s,
+    /// until it is saved, a later exchange saves a newer one, or the grant is dropped (with a
+    /// warning). [`RefreshTokenGrant::close`] tries once more. To stop refreshing while saves
+    /// fail, see [`max_unsaved_rotations`](Self::max_unsaved_rotations).
     ///
     /// Write it so that a crash cannot leave half a token: write a temporary file and rename
     /// it over the old one, or update a database row in one statement.
@@ -241,10 +248,27 @@ impl RefreshTokenGrantBuilder {
     }
 
     /// How long one call of the [`persist`](Self::persist) hook may take before it counts as
-    /// failed (it is then dropped, and tried again later). It also bounds how much a slow save
-    /// delays the new access token. Default is 10 seconds.
+    /// failed (it is tried again later; the call itself is left to finish, and the next one
+    /// waits for it). It also bounds how much a slow save delays the new access token.
+    /// Default is 10 seconds.
     pub fn persist_timeout(mut self, timeout: Duration) -> Self {
         self.persist_timeout = Some(timeout);
+        self
+    }
+
+    /// Stops refreshing while this many rotations of the refresh token are unsaved
+    /// ([`SessionStatus::unsaved_rotations`]): each one is a refresh token that exists only in
+    /// memory, lost with the process. Default is none: the session keeps refreshing, and
+    /// [`RefreshTokenGrant::status`] reports the risk.
+    ///
+    /// Once reached, fetches fail with an error of kind
+    /// [`Internal`](crate::ErrorKind::Internal) and no request, until a save succeeds (the
+    /// failed save is tried again, 1 s doubling to 60 s, and by
+    /// [`close`](RefreshTokenGrant::close)) or a new sign-in starts over. Requests keep the
+    /// access token they have until it expires. Only counted with
+    /// [`persist`](Self::persist); `0` counts as `1`.
+    pub fn max_unsaved_rotations(mut self, max: u64) -> Self {
+        self.max_unsaved_rotations = Some(max.max(1));
         self
     }
 
@@ -370,6 +394,8 @@ impl RefreshTokenGrantBuilder {
                 persist_timeout,
                 unsaved: tokio::sync::Mutex::new(None),
                 retrying: AtomicBool::new(false),
+                late_save: Mutex::new(None),
+                max_unsaved_rotations: self.max_unsaved_rotations,
                 status: watch::Sender::new(SessionStatus::default()),
                 retry: RetryPolicy {
                     max_attempts: 3,

@@ -151,6 +151,18 @@ impl Inner {
         if session.closed {
             return Err(closed());
         }
+        if let Some(max) = self.max_unsaved_rotations
+            && self.status.borrow().unsaved_rotations >= max
+        {
+            tracing::warn!(
+                max,
+                "not refreshing: that many rotations of the refresh token are unsaved"
+            );
+            return Err(Error::internal(
+                "too many rotations of the refresh token are unsaved (the persist hook keeps \
+                 failing; see max_unsaved_rotations): not refreshing until a save succeeds",
+            ));
+        }
         if let Some(error) = &session.ended {
             tracing::debug!("the session has ended; its refresh token is not sent again");
             return Err(error.clone());
@@ -186,7 +198,11 @@ impl Inner {
         let rotated = match parse_refresh_token(&answer.body) {
             Some(new) if new != session.refresh_token.0 => {
                 session.refresh_token = Secret(new);
-                self.status.send_modify(|status| status.rotations += 1);
+                let counted = self.persist.is_some();
+                self.status.send_modify(|status| {
+                    status.rotations += 1;
+                    status.unsaved_rotations += u64::from(counted);
+                });
                 self.endpoint.metrics.rotation();
                 if let Some(hook) = &self.on_rotation {
                     let new = session.refresh_token.0.as_str();

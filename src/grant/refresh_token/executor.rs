@@ -20,7 +20,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::error::Error;
 
@@ -123,4 +123,37 @@ fn start_failed(error: &std::io::Error) -> Error {
         "could not start a thread for the session's exchanges (a thread limit?); the next \
          exchange tries again",
     )
+}
+
+/// Runs `job` on the process's executor and waits for its output. On a Tokio runtime the
+/// wait happens on its blocking pool, as an exchange's does: a runtime that shuts down waits
+/// for the job, and a paused clock stands still while it runs.
+///
+/// # Errors
+///
+/// An [`Error`] of kind [`Internal`](crate::ErrorKind::Internal) when the executor could not
+/// take the job, or its output was not delivered (the caller's runtime shutting down).
+pub(super) async fn run<T, F>(job: F) -> Result<T, Error>
+where
+    F: Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let (done, output) = oneshot::channel();
+    EXCHANGES.spawn(Box::pin(async move {
+        let _ = done.send(job.await);
+    }))?;
+    let delivered = match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => runtime
+            .spawn_blocking(move || output.blocking_recv())
+            .await
+            .ok()
+            .and_then(Result::ok),
+        Err(_) => output.await.ok(),
+    };
+    delivered.ok_or_else(|| {
+        Error::internal(
+            "the session's work ran to its end on its exchange thread, but its outcome was not \
+             delivered (the runtime is shutting down)",
+        )
+    })
 }

@@ -237,6 +237,11 @@ pub struct SessionStatus {
     /// [`persist`](RefreshTokenGrantBuilder::persist) yet (its save failed and is being tried
     /// again). The refresh token in memory is the newest either way.
     pub unsaved: bool,
+    /// How many times the server has rotated the refresh token since the newest token set
+    /// that [`persist`](RefreshTokenGrantBuilder::persist) saved: `0` while saves succeed.
+    /// Each one is a refresh token that exists only in memory; see
+    /// [`max_unsaved_rotations`](RefreshTokenGrantBuilder::max_unsaved_rotations).
+    pub unsaved_rotations: u64,
     /// How many saves have failed or timed out so far.
     pub save_failures: u64,
     /// How many times the server has rotated the refresh token so far.
@@ -309,6 +314,11 @@ struct Inner {
     unsaved: tokio::sync::Mutex<Option<TokenSet>>,
     /// Whether a task is trying a failed save again.
     retrying: AtomicBool,
+    /// A call of the persist hook that timed out and may still be running (its blocking work
+    /// cannot be stopped): the next call waits for it, so that calls never overlap.
+    late_save: Mutex<Option<tokio::task::JoinHandle<Result<(), BoxError>>>>,
+    /// No exchange starts while this many rotations are unsaved.
+    max_unsaved_rotations: Option<u64>,
     status: watch::Sender<SessionStatus>,
     retry: RetryPolicy,
 }
@@ -421,23 +431,10 @@ impl RefreshTokenGrant {
         let mut session = self.inner.session.lock().await;
         session.closed = true;
         drop(session);
-        let mut unsaved = self.inner.unsaved.lock().await;
-        match unsaved.take() {
-            None => Ok(()),
-            Some(set) => {
-                if self.inner.save_once(set.clone()).await {
-                    self.inner
-                        .status
-                        .send_modify(|status| status.unsaved = false);
-                    Ok(())
-                } else {
-                    *unsaved = Some(set);
-                    Err(Error::internal(
-                        "the session's newest token set could not be saved",
-                    ))
-                }
-            }
-        }
+        // On the exchange threads, as every save: its timeout runs on their clock, not on a
+        // caller's that a test may have paused.
+        let inner = Arc::clone(&self.inner);
+        executor::run(async move { inner.save_unsaved().await }).await?
     }
 }
 
