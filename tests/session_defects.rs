@@ -374,3 +374,24 @@ async fn refreshing_stops_while_too_many_rotations_are_unsaved() {
     grant.fetch().await.unwrap();
     assert_eq!(endpoint.request_count(), 3);
 }
+
+/// Defect 5: a grant dropped with a token set it never saved says so in the logs (the only
+/// test of this binary that installs a subscriber).
+#[tokio::test(start_paused = true)]
+async fn a_grant_dropped_with_an_unsaved_rotation_warns() {
+    let capture = common::Capture::install();
+    let endpoint = endpoint().await;
+    let saved = Saved::default();
+    let grant = grant_for(&endpoint)
+        .persist(saved.hook(usize::MAX))
+        .build()
+        .unwrap();
+    grant.fetch().await.unwrap();
+    assert!(grant.status().borrow().unsaved);
+    drop(grant);
+    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        logs.contains("WARN") && logs.contains("never saved was dropped"),
+        "{logs}"
+    );
+}
