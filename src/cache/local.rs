@@ -56,6 +56,10 @@ struct Copy {
 /// the thread is being torn down).
 #[inline]
 pub(super) fn fresh_header(shared: &Shared) -> Option<(HeaderValue, Generation)> {
+    // A new sign-in since the token was published: the policy drops it first.
+    if !shared.same_source() {
+        return None;
+    }
     let version = shared.version();
     let now = Instant::now();
     COPIES

@@ -143,6 +143,10 @@ pub(crate) struct Shared {
     /// Changes each time `current` does (after it does): the threads' copies of the header
     /// are taken anew when it moves.
     version: AtomicU64,
+    /// The token source's [epoch](TokenSource::epoch) the published token belongs to, stored
+    /// after the token: the hot path serves it only while the source's epoch is still this
+    /// one, so that no request after a new sign-in carries the previous session's token.
+    source_epoch: AtomicU64,
     core: Mutex<Core>,
     /// The policy's settings, for the shared store and the background refresher.
     config: Config,
@@ -311,6 +315,7 @@ impl TokenCacheBuilder {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             current: ArcSwapOption::empty(),
             version: AtomicU64::new(0),
+            source_epoch: AtomicU64::new(self.source.epoch()),
             core: Mutex::new(Core {
                 policy: Policy::new(self.config, fastrand::Rng::new()),
                 source_epoch: self.source.epoch(),
@@ -448,7 +453,8 @@ impl TokenCache {
     #[inline]
     pub(crate) fn lookup<T>(&self, project: impl FnOnce(&Entry) -> T) -> Lookup<T> {
         let now = Instant::now();
-        {
+        // The source's epoch before the token (see `Shared::source_epoch`).
+        if self.shared.same_source() {
             let current = self.shared.current.load();
             if let Some(published) = current.as_deref()
                 && now < published.serve_until
@@ -485,9 +491,24 @@ impl Shared {
         self.version.load(Ordering::Acquire)
     }
 
+    /// Whether the published token still belongs to the source's credentials (no new sign-in
+    /// since). Read before the token.
+    #[inline]
+    fn same_source(&self) -> bool {
+        self.source_epoch.load(Ordering::Acquire) == self.source.epoch()
+    }
+
     /// Asks the policy, and publishes what changed for the hot path: the current token and
     /// until when it is served without a decision, in one object. Called with the lock held.
     fn decide(&self, core: &mut Core, now: Instant, event: Event) -> Decision {
+        // A new sign-in first: the policy then forgets the previous session's token and drops
+        // what its refresh in flight brings back.
+        let source_epoch = self.source.epoch();
+        let changed = source_epoch != core.source_epoch;
+        if changed {
+            core.source_epoch = source_epoch;
+            core.policy.decide(now, Event::SourceChanged);
+        }
         let decision = core.policy.decide(now, event);
         let next = core.policy.serve_until(now);
         let published = self.current.load();
@@ -511,6 +532,10 @@ impl Shared {
                 self.metrics
                     .expiry(entry.token.expires_at.saturating_duration_since(now));
             }
+        }
+        if changed {
+            // After the token: a request that sees the new epoch sees what replaced the token.
+            self.source_epoch.store(source_epoch, Ordering::Release);
         }
         decision
     }
@@ -560,12 +585,8 @@ impl Shared {
     /// the spot, and its drop takes the lock to report that): a caller that would wait for a
     /// refresh its runtime refused is told the runtime is shutting down.
     fn carry_out(self: &Arc<Self>, now: Instant, event: Event, runtime: Option<Handle>) -> Step {
-        let epoch = self.source.epoch();
+        // (`decide` tells the policy of a new sign-in first.)
         let mut core = self.lock();
-        if epoch != core.source_epoch {
-            core.source_epoch = epoch;
-            self.decide(&mut core, now, Event::SourceChanged);
-        }
         // A step now, or a wait for the refresh in flight: queued once a start is launched.
         enum Then {
             Step(Step),

@@ -31,11 +31,12 @@
 //! | `Background` | paced | `Sleep` until the backoff ends |
 //! | `Background` | otherwise | `StartAndWait` |
 //! | `Finished(Ok)` | | the rejected token, or one not usable on arrival: as `Finished(Err)`; else the own refresh's token replaces the current one, a late refresh's only if it is newer (or the current one is unusable) and no rejection is pending; the own refresh's end clears the error on record and the rejection it carried, and resets the backoff (or paces like a failure if its token is no newer); `Settled` |
+//! | `Finished(Ok)` of a kept token (restored by a session) these margins refuse | | as `Abandoned`: its waiters ask again, the source fetches |
 //! | `Finished(Err)` | | backoff (the slowest for a permanent error, at least `Retry-After`); `Settled` |
 //! | `Abandoned` | | the refresh is forgotten, no backoff: its runtime went away, which says nothing of the endpoint; `Settled` |
 //! | `Rejected(g)` | `g` current, not throttled | the token is dropped and remembered as rejected until a refresh succeeds; backoff cleared, but for what the endpoint asked (a `Retry-After`, a permanent error's pause); `Dropped(true)` |
 //! | `Rejected(g)` | otherwise | `Dropped(false)` |
-//! | `SourceChanged` | | backoff and the error on record forgotten (a new sign-in); `Noted` |
+//! | `SourceChanged` | | a new sign-in: the current token, the refresh in flight (its result is dropped when it ends), the pending rejection, the backoff and the error on record are all forgotten; `Noted` |
 //!
 //! `Finished` and `Abandoned` of a refresh that is no longer the live one (it was abandoned
 //! at its deadline and finished late) change no backoff; a late token is still taken if it
@@ -253,6 +254,9 @@ pub(crate) struct Policy {
     last_rejection: Option<Instant>,
     /// The token the last rejection dropped, until a refresh succeeds.
     rejected: Option<AccessToken>,
+    /// Refreshes numbered below this were started before the source's credentials changed:
+    /// what they bring back belongs to the previous session and is dropped.
+    stale_before: u64,
 }
 
 impl Policy {
@@ -270,6 +274,7 @@ impl Policy {
             held_until: None,
             last_rejection: None,
             rejected: None,
+            stale_before: 0,
         }
     }
 
@@ -328,6 +333,13 @@ impl Policy {
             }
             Event::Rejected { generation } => Decision::Dropped(self.rejected(now, generation)),
             Event::SourceChanged => {
+                // A new sign-in, maybe another user: nothing of the previous session is
+                // served again, not even a token still fresh or one a refresh brings back.
+                self.current = None;
+                self.flight = None;
+                self.stale_before = self.next_flight;
+                self.rejected = None;
+                self.last_rejection = None;
                 self.failures = 0;
                 self.retry_at = None;
                 self.held_until = None;
@@ -399,11 +411,18 @@ impl Policy {
     }
 
     fn finished(&mut self, now: Instant, id: FlightId, result: Result<Token, Error>) -> Decision {
+        if id.0 < self.stale_before {
+            // Started before the source's credentials changed: its waiters ask again.
+            return Decision::Settled {
+                outcome: Outcome::Abandoned,
+            };
+        }
         let own = self.is_own(id);
         let carried = own && self.flight.as_ref().is_some_and(|f| f.carries_rejection);
         if own {
             self.flight = None;
         }
+        let kept = result.as_ref().is_ok_and(Token::is_kept);
         let result = result.and_then(|token| {
             // A rejected token is never served again, whoever brings it back (a shared store,
             // an endpoint that hands out a cached token).
@@ -449,6 +468,14 @@ impl Policy {
                 }
                 Decision::Settled {
                     outcome: Outcome::Token(entry),
+                }
+            }
+            Err(_) if kept => {
+                // A token the source kept (restored from storage, say) that these margins do
+                // not allow: no failure of the endpoint; the waiters ask again, and the
+                // source fetches.
+                Decision::Settled {
+                    outcome: Outcome::Abandoned,
                 }
             }
             Err(error) => {

@@ -146,6 +146,8 @@ struct Model {
     /// Every generation handed out, for rejections of older ones.
     generations: Vec<Generation>,
     token_count: u64,
+    /// Refreshes started before the last new sign-in: what they bring back is dropped.
+    stale: Vec<FlightId>,
 }
 
 impl Model {
@@ -166,6 +168,7 @@ impl Model {
             last_rejection: None,
             generations: Vec::new(),
             token_count: 0,
+            stale: Vec::new(),
         }
     }
 
@@ -519,10 +522,54 @@ impl Model {
         Some((flight, own))
     }
 
+    /// A refresh started before a new sign-in ended (with a token when `ok`): it settles as
+    /// abandoned and changes nothing. Returns whether `flight` was such a refresh.
+    fn finished_stale(&mut self, flight: &Flight, ok: bool) -> bool {
+        if !self.stale.contains(&flight.id) {
+            return false;
+        }
+        let before = self.policy.current().map(|c| c.generation());
+        let result = if ok {
+            let access = AccessToken::new("previous-session").unwrap();
+            Ok(Token::new(access, self.now + Duration::from_secs(3600)))
+        } else {
+            Err(Error::rejected(
+                http::StatusCode::BAD_REQUEST,
+                Some("invalid_grant"),
+                None,
+            ))
+        };
+        let decision = self.policy.decide(
+            self.now,
+            Event::Finished {
+                flight: flight.id,
+                result,
+            },
+        );
+        assert!(
+            matches!(
+                decision,
+                Decision::Settled {
+                    outcome: Outcome::Abandoned
+                }
+            ),
+            "a refresh of the previous session settled with {decision:?}"
+        );
+        assert_eq!(
+            self.policy.current().map(|c| c.generation()),
+            before,
+            "a refresh of the previous session changed the token"
+        );
+        true
+    }
+
     fn finish_ok(&mut self, i: usize, left: u64, stored: Option<u64>) {
         let Some((flight, own)) = self.pick(i) else {
             return;
         };
+        if self.finished_stale(&flight, true) {
+            return;
+        }
         self.token_count += 1;
         let secret = format!("token-{}", self.token_count);
         let left = Duration::from_secs(left);
@@ -596,6 +643,9 @@ impl Model {
         let Some((flight, own)) = self.pick(i) else {
             return;
         };
+        if self.finished_stale(&flight, false) {
+            return;
+        }
         let retry_after = retry_after.map(Duration::from_secs);
         let error = match kind {
             0 => Error::server_error(http::StatusCode::SERVICE_UNAVAILABLE, retry_after),
@@ -702,14 +752,21 @@ impl Model {
             self.policy.decide(self.now, Event::SourceChanged),
             Decision::Noted
         ));
-        // Only the pacing is forgotten: the token and the live refresh stay.
+        // A new sign-in, maybe another user: nothing of the previous session stays: its token,
+        // its refresh in flight (whatever that brings back is dropped), a pending rejection,
+        // the pacing.
+        assert!(self.policy.current().is_none(), "the previous session's token stayed");
+        self.current = None;
+        self.latest = None;
+        self.stale.extend(self.started.iter().map(|f| f.id));
+        self.rejected = None;
+        self.last_rejection = None;
         self.failures = 0;
         self.pause = None;
         self.held = None;
         self.last_error = None;
-        if self.usable().is_none() {
-            self.want();
-        }
+        // The next request starts a refresh at once.
+        self.want();
     }
 }
 
