@@ -452,6 +452,14 @@ pub(crate) use super::https::HttpsOptions;
 #[derive(Clone, Debug, Default)]
 pub(crate) struct HttpsOptions {}
 
+#[cfg(not(feature = "rustls"))]
+impl HttpsOptions {
+    /// Always: there is nothing to set.
+    pub(crate) fn is_default(&self) -> bool {
+        true
+    }
+}
+
 /// The given client, or the built-in HTTPS client configured by `https`. Settings of the
 /// built-in client beside a client of one's own are refused: they would not be used.
 #[cfg(feature = "rustls")]

@@ -78,6 +78,11 @@ impl fmt::Debug for HttpsOptions {
 }
 
 impl HttpsOptions {
+    /// Whether no setter was called: the built-in client with its defaults.
+    pub(crate) fn is_default(&self) -> bool {
+        self.settings.is_empty()
+    }
+
     pub(crate) fn proxy(&mut self, url: String) {
         self.proxy = ProxyChoice::Url(url);
         self.settings.push("proxy");
