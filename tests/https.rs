@@ -478,3 +478,21 @@ async fn session_grant_through_an_explicit_proxy() {
         proxy.log()
     );
 }
+
+/// A proxy of a kind the built-in client cannot speak (`https://`, `socks5://`), named by the
+/// environment: the token request fails and says what to do, rather than going around it.
+#[tokio::test]
+async fn an_unsupported_proxy_from_the_environment_is_a_clear_error() {
+    let _env = ENV.lock().await;
+    let tls = TlsEndpoint::start().await;
+    for proxy in ["https://127.0.0.1:1", "socks5://127.0.0.1:1"] {
+        set_env(&[("HTTPS_PROXY", proxy)]);
+        let source = tls.source().root_certificates(&tls.ca).build().unwrap();
+        let error = source.fetch().await.unwrap_err();
+        assert!(
+            error.to_string().contains("not an http:// proxy"),
+            "{proxy}: {error}"
+        );
+    }
+    assert_eq!(tls.endpoint.request_count(), 0);
+}
