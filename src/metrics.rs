@@ -12,7 +12,7 @@
 //! | `cognito_auth_refresh_failures_total` | counter | `client`, `outcome` | refreshes that failed, after their retries | `token_failures` |
 //! | `cognito_auth_invalidations_total` | counter | `client` | tokens dropped because the service rejected them (401, gRPC 16) | `invalidations` |
 //! | `cognito_auth_replays_total` | counter | `client` | requests sent again after a rejection | `replays` |
-//! | `cognito_auth_rejections_returned_total` | counter | `client` | rejections handed back to the caller without a replay (a replay rejected again is not counted) | `rejections_returned` |
+//! | `cognito_auth_rejections_returned_total` | counter | `client` | rejections handed back to the caller: with no replay made, or the replay's own | `rejections_returned` |
 //! | `cognito_auth_waits_total` | counter | `client` | requests that waited for a refresh | `waited` |
 //! | `cognito_auth_token_expiry_timestamp_seconds` | gauge | `client` | the earliest expiry among the current tokens of the label's caches, in Unix seconds (alert on `… - time() < 60`) | none |
 //! | `cognito_auth_store_adoptions_total` | counter | `client` | fleet: tokens adopted from the shared store | `adopted` |
@@ -84,7 +84,7 @@ pub fn describe() {
     describe_counter!(
         "cognito_auth_rejections_returned_total",
         Unit::Count,
-        "Rejections (HTTP 401, gRPC UNAUTHENTICATED) handed back to the caller without a replay"
+        "Rejections (HTTP 401, gRPC UNAUTHENTICATED) handed back to the caller, a replay's included"
     );
     describe_counter!(
         "cognito_auth_waits_total",

@@ -183,7 +183,11 @@ impl Middleware for CognitoAuthMiddleware {
                 self.cache.count_replay();
                 drain(response).await;
                 again.headers_mut().insert(AUTHORIZATION, header);
-                next.run(again, extensions).await
+                let answer = next.run(again, extensions).await?;
+                if is_rejected_status(answer.status()) {
+                    self.cache.count_rejection_returned();
+                }
+                Ok(answer)
             }
             // The same token again (the rejection was throttled): a replay cannot do better
             // than the answer we have.

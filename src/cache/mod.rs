@@ -436,7 +436,7 @@ impl TokenCache {
         self.shared.metrics.replay();
     }
 
-    /// A rejection goes back to the caller without a replay.
+    /// A rejection goes back to the caller (with no replay made, or the replay's).
     pub(crate) fn count_rejection_returned(&self) {
         bump(&self.shared.stats.rejections_returned);
         self.shared.metrics.rejection_returned();

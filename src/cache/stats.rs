@@ -29,10 +29,9 @@ pub struct Stats {
     pub invalidations: u64,
     /// Requests the layer sent again with a new token after a rejection.
     pub replays: u64,
-    /// Rejections handed back to the caller without a replay: the body was too large or
-    /// streaming, [`Replay`](crate::Replay) said no, or no newer token could be had (the
-    /// rejection was throttled). A replay that is rejected again is counted in `replays`, not
-    /// here.
+    /// Rejections handed back to the caller: without a replay (the body was too large or
+    /// streaming, [`Replay`](crate::Replay) said no, or no newer token could be had: the
+    /// rejection was throttled), or the replay's own.
     pub rejections_returned: u64,
     /// Refreshes that adopted a token another process had stored in the shared store: no
     /// token request. Zero without a [shared store](super::TokenCacheBuilder::shared_store).
