@@ -183,7 +183,8 @@ impl UserPoolApi {
         &self,
         refresh_token: &str,
         client_secret: Option<&str>,
-    ) -> Result<(&'static str, Secret), Error> {
+    ) -> Result<Call, Error> {
+        let mut hash = None;
         let body = match self.flow {
             RefreshFlow::GetTokensFromRefreshToken => {
                 let mut body = serde_json::Map::new();
@@ -202,8 +203,9 @@ impl UserPoolApi {
                 parameters.insert("REFRESH_TOKEN".into(), refresh_token.into());
                 if let Some(secret) = client_secret {
                     let username = self.hash_username().ok_or_else(no_username)?;
-                    let hash = secret_hash(secret, &username, &self.client_id);
-                    parameters.insert("SECRET_HASH".into(), hash.into());
+                    let value = secret_hash(secret, &username, &self.client_id);
+                    parameters.insert("SECRET_HASH".into(), value.clone().into());
+                    hash = Some(Secret(value));
                 }
                 if let Some(device_key) = &self.device_key {
                     parameters.insert("DEVICE_KEY".into(), device_key.clone().into());
@@ -216,10 +218,11 @@ impl UserPoolApi {
             }
         };
         let (operation, body) = body;
-        Ok((
+        Ok(Call {
             operation,
-            Secret(serde_json::Value::Object(body).to_string()),
-        ))
+            body: Secret(serde_json::Value::Object(body).to_string()),
+            secret_hash: hash,
+        })
     }
 
     /// One refresh call: the request for this flow, its answer read under the endpoint's size
@@ -231,11 +234,11 @@ impl UserPoolApi {
         refresh_token: &str,
         client_secret: Option<&str>,
     ) -> Result<Answered, Error> {
-        let (operation, body) = self.body(refresh_token, client_secret)?;
+        let call = self.body(refresh_token, client_secret)?;
         let sent_at = Instant::now();
         let sent_at_wall = SystemTime::now();
-        let mut request = endpoint.request(Bytes::from(body.0), AMZ_JSON);
-        let target = format!("AWSCognitoIdentityProviderService.{operation}");
+        let mut request = endpoint.request(Bytes::from(call.body.0), AMZ_JSON);
+        let target = format!("AWSCognitoIdentityProviderService.{}", call.operation);
         request.headers_mut().insert(
             X_AMZ_TARGET,
             HeaderValue::try_from(target)
@@ -263,13 +266,30 @@ impl UserPoolApi {
             .map(str::to_owned);
         // The body is read only for its error; one that is too large or broken says nothing.
         let body = read_limited(response).await.ok();
+        // What was sent stays out of the error, should the server echo it (moto puts a wrong
+        // SECRET_HASH in its message).
+        let sent: Vec<&str> = [Some(refresh_token), client_secret]
+            .into_iter()
+            .chain([call.secret_hash.as_ref().map(|h| h.0.as_str())])
+            .flatten()
+            .collect();
         Err(api_error(
             status,
             retry_after,
             body.as_deref(),
             header_type.as_deref(),
+            &sent,
         ))
     }
+}
+
+/// One call of the API: the operation, its JSON body (which holds the refresh token and
+/// maybe the client secret), and the `SECRET_HASH` in it, if any.
+#[derive(Debug)]
+pub(crate) struct Call {
+    pub(crate) operation: &'static str,
+    pub(crate) body: Secret,
+    pub(crate) secret_hash: Option<Secret>,
 }
 
 fn no_username() -> Error {
@@ -352,11 +372,15 @@ fn error_type(raw: &str) -> &str {
 /// - `TooManyRequestsException` and HTTP 429: rate limited, with `Retry-After` when sent.
 /// - `InternalErrorException` and every 5xx: unavailable (retryable).
 /// - Any other: a rejection whose OAuth code is the `__type` and description the message.
+///
+/// Any of `sent` (the refresh token, the client secret, the `SECRET_HASH`) that the server's
+/// message repeats is replaced by `[redacted]`.
 pub(crate) fn api_error(
     status: StatusCode,
     retry_after: Option<std::time::Duration>,
     body: Option<&[u8]>,
     header_type: Option<&str>,
+    sent: &[&str],
 ) -> Error {
     #[derive(serde::Deserialize, Default)]
     struct Raw {
@@ -370,7 +394,12 @@ pub(crate) fn api_error(
         .and_then(|body| serde_json::from_slice(body).ok())
         .unwrap_or_default();
     let kind = raw.kind.as_deref().or(header_type).map(error_type);
-    let message = raw.message.or(raw.message_upper);
+    let message = raw.message.or(raw.message_upper).map(|mut message| {
+        for secret in sent.iter().filter(|s| !s.is_empty()) {
+            message = message.replace(secret, "[redacted]");
+        }
+        message
+    });
     match kind {
         Some("NotAuthorizedException" | "RefreshTokenReuseException") => {
             let kind = kind.unwrap_or_default();

@@ -15,8 +15,8 @@ fn jwt(claims: serde_json::Value) -> String {
     )
 }
 
-fn json(body: &Secret) -> serde_json::Value {
-    serde_json::from_str(&body.0).unwrap()
+fn json(call: &Call) -> serde_json::Value {
+    serde_json::from_str(&call.body.0).unwrap()
 }
 
 /// The values come from Python's `hmac` module, an implementation this crate does not use:
@@ -43,8 +43,8 @@ fn get_tokens_from_refresh_token_sends_the_secret_itself_and_no_username() {
     );
     // No username anywhere: this flow does not need one.
     api.check_username(true).unwrap();
-    let (operation, body) = api.body("rt-1", Some("s3cret")).unwrap();
-    assert_eq!(operation, "GetTokensFromRefreshToken");
+    let body = api.body("rt-1", Some("s3cret")).unwrap();
+    assert_eq!(body.operation, "GetTokensFromRefreshToken");
     assert_eq!(
         json(&body),
         serde_json::json!({
@@ -54,7 +54,7 @@ fn get_tokens_from_refresh_token_sends_the_secret_itself_and_no_username() {
             "DeviceKey": "device-1",
         })
     );
-    let (_, public) = UserPoolApi::new(
+    let public = UserPoolApi::new(
         RefreshFlow::GetTokensFromRefreshToken,
         "client-1".into(),
         None,
@@ -77,8 +77,8 @@ fn refresh_token_auth_hashes_the_given_username_before_the_claim() {
         Some("device-1".into()),
     );
     api.saw_access_token(&jwt(serde_json::json!({"username": "someone-else"})));
-    let (operation, body) = api.body("rt-1", Some("s3cret")).unwrap();
-    assert_eq!(operation, "InitiateAuth");
+    let body = api.body("rt-1", Some("s3cret")).unwrap();
+    assert_eq!(body.operation, "InitiateAuth");
     assert_eq!(
         json(&body),
         serde_json::json!({
@@ -103,7 +103,7 @@ fn refresh_token_auth_takes_the_latest_access_tokens_username_claim() {
     assert!(err.to_string().contains(".username(..)"), "{err}");
     // A public client needs no hash, hence no name.
     api.check_username(false).unwrap();
-    let (_, body) = api.body("rt-1", None).unwrap();
+    let body = api.body("rt-1", None).unwrap();
     assert_eq!(
         json(&body)["AuthParameters"],
         serde_json::json!({"REFRESH_TOKEN": "rt-1"})
@@ -114,14 +114,14 @@ fn refresh_token_auth_takes_the_latest_access_tokens_username_claim() {
     // A token without the claim (an id token's `cognito:username`, an opaque one) keeps it.
     api.saw_access_token(&jwt(serde_json::json!({"cognito:username": "x"})));
     api.saw_access_token("opaque");
-    let (_, body) = api.body("rt-1", Some("s3cret")).unwrap();
+    let body = api.body("rt-1", Some("s3cret")).unwrap();
     assert_eq!(
         json(&body)["AuthParameters"]["SECRET_HASH"],
         secret_hash("s3cret", "uuid-1", "client-1")
     );
     // The latest claim wins.
     api.saw_access_token(&jwt(serde_json::json!({"username": "uuid-2"})));
-    let (_, body) = api.body("rt-1", Some("s3cret")).unwrap();
+    let body = api.body("rt-1", Some("s3cret")).unwrap();
     assert_eq!(
         json(&body)["AuthParameters"]["SECRET_HASH"],
         secret_hash("s3cret", "uuid-2", "client-1")
@@ -182,6 +182,7 @@ fn errors_map_to_the_crates_kinds() {
             "Refresh Token has been revoked",
         )),
         None,
+        &[],
     );
     assert!(ended.is_invalid_grant() && ended.is_permanent());
     let text = ended.to_string();
@@ -199,6 +200,7 @@ fn errors_map_to_the_crates_kinds() {
             "reused",
         )),
         None,
+        &[],
     );
     assert!(reused.is_invalid_grant());
 
@@ -207,6 +209,7 @@ fn errors_map_to_the_crates_kinds() {
         Some(std::time::Duration::from_secs(2)),
         Some(&body("TooManyRequestsException", "Rate exceeded")),
         None,
+        &[],
     );
     assert_eq!(limited.kind(), ErrorKind::RateLimited);
     assert_eq!(
@@ -219,10 +222,11 @@ fn errors_map_to_the_crates_kinds() {
         None,
         Some(&body("InternalErrorException", "oops")),
         None,
+        &[],
     );
     assert_eq!(internal.kind(), ErrorKind::Unavailable);
     assert!(internal.is_retryable());
-    let gateway = api_error(StatusCode::BAD_GATEWAY, None, Some(b"<html>"), None);
+    let gateway = api_error(StatusCode::BAD_GATEWAY, None, Some(b"<html>"), None, &[]);
     assert_eq!(gateway.kind(), ErrorKind::Unavailable);
 
     let other = api_error(
@@ -233,6 +237,7 @@ fn errors_map_to_the_crates_kinds() {
             "User pool client x does not exist.",
         )),
         None,
+        &[],
     );
     assert!(other.is_permanent() && !other.is_invalid_grant());
     assert!(
@@ -247,9 +252,10 @@ fn errors_map_to_the_crates_kinds() {
         None,
         Some(b"{}"),
         Some("NotAuthorizedException:http://internal.amazon.com/"),
+        &[],
     );
     assert!(from_header.is_invalid_grant());
-    let bare = api_error(StatusCode::FORBIDDEN, None, None, None);
+    let bare = api_error(StatusCode::FORBIDDEN, None, None, None, &[]);
     assert!(bare.is_permanent());
     assert_eq!(bare.status(), Some(StatusCode::FORBIDDEN));
 }
@@ -270,5 +276,31 @@ fn api_urls() {
     assert!(
         err.to_string().contains("user-pool API URL must use https"),
         "{err}"
+    );
+}
+
+/// moto answers a wrong `SECRET_HASH` with the hash as its message: what was sent never
+/// reaches the error.
+#[test]
+fn an_echoed_secret_is_redacted_from_the_message() {
+    let body = serde_json::json!({
+        "__type": "NotAuthorizedException",
+        "message": "bad hash l/VSgomH= for rt-1 with s3cret",
+    })
+    .to_string();
+    let error = api_error(
+        StatusCode::BAD_REQUEST,
+        None,
+        Some(body.as_bytes()),
+        None,
+        &["rt-1", "s3cret", "l/VSgomH=", ""],
+    );
+    let text = format!("{error} {error:?}");
+    for secret in ["rt-1", "s3cret", "l/VSgomH="] {
+        assert!(!text.contains(secret), "{text}");
+    }
+    assert!(
+        text.contains("bad hash [redacted] for [redacted]"),
+        "{text}"
     );
 }
