@@ -138,11 +138,6 @@ impl UserPoolApi {
         }
     }
 
-    /// The flow this session refreshes with.
-    pub(crate) fn flow(&self) -> RefreshFlow {
-        self.flow
-    }
-
     /// Notes the `username` claim of an access token the session now holds (restored from
     /// storage, or received), for the next `SECRET_HASH`. A token without one changes nothing.
     pub(crate) fn saw_access_token(&self, access_token: &str) {

@@ -12,8 +12,6 @@
 //! authentication, the retries, reading the answer) is in `endpoint.rs`.
 
 pub mod client_credentials;
-// Wired into `RefreshTokenGrant` once its module is split (issue 26).
-#[allow(dead_code)]
 mod cognito_api;
 pub(crate) mod endpoint;
 #[cfg(feature = "rustls")]

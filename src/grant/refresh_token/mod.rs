@@ -130,6 +130,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, watch};
 
+use super::cognito_api::UserPoolApi;
 use super::endpoint::{ClientAuth, Endpoint, RetryPolicy, Secret};
 use crate::error::{BoxError, Error};
 use crate::source::{BoxFuture, TokenSource};
@@ -280,6 +281,12 @@ struct Inner {
     /// The encoded form fields after `grant_type` and `refresh_token`: the scope, then the
     /// client's own (with the secret in them under [`ClientAuth::Post`]).
     form_tail: Secret,
+    /// Cognito's user-pool API in place of the token endpoint, when configured
+    /// ([`user_pool_api`](RefreshTokenGrantBuilder::user_pool_api)).
+    user_pool_api: Option<UserPoolApi>,
+    /// The client secret, for the user-pool API's bodies (the token endpoint's form and
+    /// `Authorization` header hold their own copy).
+    client_secret: Option<Secret>,
     /// The session's refresh token. An exchange holds this lock from before it sends the token
     /// until the answer has been applied and saved, so that no two requests ever carry the
     /// same token.
@@ -379,6 +386,10 @@ impl RefreshTokenGrant {
         session.refresh_token = Secret(refresh_token);
         session.ended = None;
         lock(&self.inner.stored).take();
+        // The new sign-in may be another user's: its `SECRET_HASH` must not take the old name.
+        if let Some(api) = &self.inner.user_pool_api {
+            api.forget_username_claim();
+        }
         // The cache paces its refreshes after `invalid_grant`: this tells it that is old news.
         self.inner
             .epoch
@@ -443,6 +454,7 @@ impl fmt::Debug for RefreshTokenGrant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RefreshTokenGrant")
             .field("token_url", &self.inner.endpoint.token_url)
+            .field("user_pool_api", &self.inner.user_pool_api)
             .field("client_id", &self.inner.client_id)
             .field(
                 "client_secret",
