@@ -496,3 +496,29 @@ async fn the_kit_checks_secret_hashes_and_signs_users_out() {
         (StatusCode::BAD_REQUEST, &"UnknownOperationException".into())
     );
 }
+
+/// A new sign-in may be another user's: the `SECRET_HASH` of the next refresh must not be
+/// computed over the previous user's name.
+#[tokio::test(start_paused = true)]
+async fn a_new_sign_in_forgets_the_previous_users_name() {
+    let (endpoint, _api) = pool(Duration::ZERO).await;
+    let grant = grant_for(&endpoint, endpoint.new_session_for("uuid-of-alice"))
+        .refresh_flow(RefreshFlow::RefreshTokenAuth)
+        .access_token_from_jwt(access_token_of("uuid-of-alice"))
+        .build()
+        .unwrap();
+    grant.fetch().await.unwrap();
+    grant.fetch().await.unwrap();
+    assert_eq!(endpoint.request_count(), 1);
+
+    grant
+        .replace_refresh_token(endpoint.new_session_for("uuid-of-bob"))
+        .await
+        .unwrap();
+    let error = grant.fetch().await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::InvalidConfig, "{error}");
+    assert!(error.to_string().contains(".username(..)"), "{error}");
+    // Nothing was sent with Alice's name.
+    assert_eq!(endpoint.request_count(), 1);
+    assert!(!endpoint.is_session_revoked());
+}

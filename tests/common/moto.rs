@@ -79,7 +79,9 @@ impl Moto {
             .stdout(log_file.try_clone().unwrap())
             .stderr(log_file)
             .spawn()
-            .unwrap_or_else(|e| panic!("could not run {}: {e}; {MOTO_NOT_FOUND}", binary.display()));
+            .unwrap_or_else(|e| {
+                panic!("could not run {}: {e}; {MOTO_NOT_FOUND}", binary.display())
+            });
         let mut moto = Moto { child, addr, log };
         let started = Instant::now();
         loop {
