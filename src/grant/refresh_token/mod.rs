@@ -114,8 +114,9 @@
 //!
 //! # When the session ends
 //!
-//! `400 invalid_grant` means the refresh token expired, was revoked or was reused: the user must
-//! sign in again. The [`Error`] says so, [`is_permanent`](Error::is_permanent) and
+//! `400 invalid_grant` (on Cognito's user-pool API, `NotAuthorizedException` or
+//! `RefreshTokenReuseException`) means the refresh token expired, was revoked or was reused
+//! (or, there, that the secret or `SECRET_HASH` is wrong): the user must sign in again. The [`Error`] says so, [`is_permanent`](Error::is_permanent) and
 //! [`is_invalid_grant`](Error::is_invalid_grant) are true, and the grant remembers it: later
 //! fetches return the same error without a request, so requests through the layer fail at
 //! once. No other refusal (`invalid_client`, `invalid_scope`, a bare `400`) ends the session.
@@ -236,7 +237,10 @@ pub struct SessionStatus {
 /// `scope` when set) to the token URL. A public app client (no secret) sends `client_id` in the
 /// form and no `Authorization` header; a confidential one authenticates like
 /// [`ClientCredentials`](crate::ClientCredentials), by [`ClientAuth::Basic`] or
-/// [`ClientAuth::Post`]. See the [module docs](crate::grant::refresh_token) for rotation, restoring a session
+/// [`ClientAuth::Post`]. With [`user_pool_api`](RefreshTokenGrantBuilder::user_pool_api) it
+/// calls Cognito's user-pool API instead (`GetTokensFromRefreshToken`, or `InitiateAuth`
+/// `REFRESH_TOKEN_AUTH`: see [`RefreshFlow`](crate::RefreshFlow)), under the same rules. See
+/// the [module docs](crate::grant::refresh_token) for rotation, restoring a session
 /// and the end of a session.
 ///
 /// Plug it into the layer with
