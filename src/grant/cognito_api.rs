@@ -230,52 +230,92 @@ impl UserPoolApi {
         client_secret: Option<&str>,
     ) -> Result<Answered, Error> {
         let call = self.body(refresh_token, client_secret)?;
-        let sent_at = Instant::now();
-        let sent_at_wall = SystemTime::now();
-        let mut request = endpoint.request(Bytes::from(call.body.0), AMZ_JSON);
-        let target = format!("AWSCognitoIdentityProviderService.{}", call.operation);
-        request.headers_mut().insert(
-            X_AMZ_TARGET,
-            HeaderValue::try_from(target)
-                .map_err(|_| Error::internal("the operation name is not a header value"))?,
-        );
-        let response = endpoint.send(request).await?;
-        let status = response.status();
-        if status.is_success() {
-            let body = read_limited(response).await?;
-            let body = token_answer(&body)?;
-            if let Some(access_token) = body.access_token.as_deref() {
-                self.saw_access_token(access_token);
-            }
-            return Ok(Answered {
-                body: Bytes::from(body.json),
-                sent_at,
-                sent_at_wall,
-            });
+        let sent = [Some(refresh_token), client_secret];
+        let (body, sent_at, sent_at_wall) = send(endpoint, call, &sent).await?;
+        let body = token_answer(&body)?;
+        if let Some(access_token) = body.access_token.as_deref() {
+            self.saw_access_token(access_token);
         }
-        let retry_after = retry_after(&response, sent_at_wall);
-        let header_type = response
-            .headers()
-            .get(X_AMZN_ERRORTYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        // The body is read only for its error; one that is too large or broken says nothing.
-        let body = read_limited(response).await.ok();
-        // What was sent stays out of the error, should the server echo it (moto puts a wrong
-        // SECRET_HASH in its message).
-        let sent: Vec<&str> = [Some(refresh_token), client_secret]
-            .into_iter()
-            .chain([call.secret_hash.as_ref().map(|h| h.0.as_str())])
-            .flatten()
-            .collect();
-        Err(api_error(
-            status,
-            retry_after,
-            body.as_deref(),
-            header_type.as_deref(),
-            &sent,
-        ))
+        Ok(Answered {
+            body: Bytes::from(body.json),
+            sent_at,
+            sent_at_wall,
+        })
     }
+
+    /// Revokes a refresh token (`RevokeToken {Token, ClientId, ClientSecret?}`), as a sign-out
+    /// does: Cognito then refuses it and the access tokens issued from it. The same error
+    /// mapping as a refresh. Bound it with [`Endpoint::timed`].
+    // The user-pool API's half of `RefreshTokenGrant::sign_out` (issue 26), which calls it.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) async fn revoke(
+        &self,
+        endpoint: &Endpoint,
+        refresh_token: &str,
+        client_secret: Option<&str>,
+    ) -> Result<(), Error> {
+        let mut body = serde_json::Map::new();
+        body.insert("Token".into(), refresh_token.into());
+        body.insert("ClientId".into(), self.client_id.clone().into());
+        if let Some(secret) = client_secret {
+            body.insert("ClientSecret".into(), secret.into());
+        }
+        let call = Call {
+            operation: "RevokeToken",
+            body: Secret(serde_json::Value::Object(body).to_string()),
+            secret_hash: None,
+        };
+        send(endpoint, call, &[Some(refresh_token), client_secret]).await?;
+        Ok(())
+    }
+}
+
+/// Sends one call; a `2xx` answer's body (read under the size limit) with when the call was
+/// sent, or the error the answer maps to, with what was sent (`sent`, and the call's
+/// `SECRET_HASH`) kept out of its message.
+async fn send(
+    endpoint: &Endpoint,
+    call: Call,
+    sent: &[Option<&str>],
+) -> Result<(Bytes, Instant, SystemTime), Error> {
+    let sent_at = Instant::now();
+    let sent_at_wall = SystemTime::now();
+    let mut request = endpoint.request(Bytes::from(call.body.0), AMZ_JSON);
+    let target = format!("AWSCognitoIdentityProviderService.{}", call.operation);
+    request.headers_mut().insert(
+        X_AMZ_TARGET,
+        HeaderValue::try_from(target)
+            .map_err(|_| Error::internal("the operation name is not a header value"))?,
+    );
+    let response = endpoint.send(request).await?;
+    let status = response.status();
+    if status.is_success() {
+        let body = read_limited(response).await?;
+        return Ok((body, sent_at, sent_at_wall));
+    }
+    let retry_after = retry_after(&response, sent_at_wall);
+    let header_type = response
+        .headers()
+        .get(X_AMZN_ERRORTYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    // The body is read only for its error; one that is too large or broken says nothing.
+    let body = read_limited(response).await.ok();
+    // What was sent stays out of the error, should the server echo it (moto puts a wrong
+    // SECRET_HASH in its message).
+    let sent: Vec<&str> = sent
+        .iter()
+        .copied()
+        .chain([call.secret_hash.as_ref().map(|h| h.0.as_str())])
+        .flatten()
+        .collect();
+    Err(api_error(
+        status,
+        retry_after,
+        body.as_deref(),
+        header_type.as_deref(),
+        &sent,
+    ))
 }
 
 /// One call of the API: the operation, its JSON body (which holds the refresh token and

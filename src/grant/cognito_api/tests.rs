@@ -304,3 +304,78 @@ fn an_echoed_secret_is_redacted_from_the_message() {
         "{text}"
     );
 }
+
+/// `RevokeToken`, the user-pool API's half of a sign-out, against the `testing` kit.
+#[cfg(feature = "test-util")]
+#[tokio::test]
+async fn revoke_token_ends_the_session() {
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+
+    let kit = crate::testing::TokenEndpoint::builder()
+        .client_secret("kit-secret")
+        .start()
+        .await
+        .unwrap();
+    let refresh_token = kit.new_session();
+    let endpoint = Endpoint {
+        token_url: parse_api_url(&kit.user_pool_api_url()).unwrap(),
+        authorization: None,
+        http: crate::grant::endpoint::erase_client(
+            Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>(),
+        ),
+        request_timeout: std::time::Duration::from_secs(10),
+        metrics: crate::metrics::Metrics::new("client"),
+    };
+    let api = UserPoolApi::new(
+        RefreshFlow::GetTokensFromRefreshToken,
+        kit.client_id().to_owned(),
+        None,
+        None,
+    );
+    assert!(
+        api.post(&endpoint, &refresh_token, Some("kit-secret"))
+            .await
+            .is_ok()
+    );
+
+    // A wrong secret is refused, and the message does not repeat what was sent.
+    let refused = api
+        .revoke(&endpoint, &refresh_token, Some("wrong-secret"))
+        .await
+        .unwrap_err();
+    assert!(refused.is_invalid_grant(), "{refused}");
+    assert!(!kit.is_session_revoked());
+
+    api.revoke(&endpoint, &refresh_token, Some("kit-secret"))
+        .await
+        .unwrap();
+    assert!(kit.is_session_revoked());
+    let revoke = kit.requests().pop().unwrap();
+    assert_eq!(
+        revoke.headers["x-amz-target"],
+        "AWSCognitoIdentityProviderService.RevokeToken"
+    );
+    let body: serde_json::Value = serde_json::from_slice(&revoke.body).unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({
+            "Token": refresh_token,
+            "ClientId": kit.client_id(),
+            "ClientSecret": "kit-secret",
+        })
+    );
+    let Err(ended) = api
+        .post(&endpoint, &refresh_token, Some("kit-secret"))
+        .await
+    else {
+        panic!("a revoked refresh token still refreshes");
+    };
+    assert!(ended.is_invalid_grant(), "{ended}");
+    assert!(
+        ended.to_string().contains("Refresh Token has been revoked"),
+        "{ended}"
+    );
+}
