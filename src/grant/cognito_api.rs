@@ -59,10 +59,16 @@ const X_AMZ_TARGET: HeaderName = HeaderName::from_static("x-amz-target");
 /// The header some AWS front ends put the error type in, when the body lacks it.
 const X_AMZN_ERRORTYPE: &str = "x-amzn-errortype";
 
-/// The user-pool API's public endpoint in `region`: `https://cognito-idp.{region}.amazonaws.com/`.
+/// The user-pool API's public endpoint in `region`: `https://cognito-idp.{region}.amazonaws.com/`
+/// (`.amazonaws.com.cn` in the China regions, `cn-…`).
 pub(crate) fn api_url(region: &str) -> Result<Uri, Error> {
     check_region(region)?;
-    format!("https://cognito-idp.{region}.amazonaws.com/")
+    let suffix = if region.starts_with("cn-") {
+        "amazonaws.com.cn"
+    } else {
+        "amazonaws.com"
+    };
+    format!("https://cognito-idp.{region}.{suffix}/")
         .parse()
         .map_err(|_| Error::invalid_config("the AWS region does not form a valid URL"))
 }

@@ -266,6 +266,10 @@ fn api_urls() {
         api_url("eu-west-1").unwrap(),
         "https://cognito-idp.eu-west-1.amazonaws.com/"
     );
+    assert_eq!(
+        api_url("cn-north-1").unwrap(),
+        "https://cognito-idp.cn-north-1.amazonaws.com.cn/"
+    );
     assert!(api_url("eu-west-1.evil.com").is_err());
     assert!(parse_api_url("http://127.0.0.1:5000/").is_ok());
     assert_eq!(

@@ -107,7 +107,8 @@ impl RefreshTokenGrantBuilder {
     }
 
     /// Refreshes through Cognito's user-pool API in `region`
-    /// (`https://cognito-idp.{region}.amazonaws.com/`) instead of a token endpoint, as Amplify
+    /// (`https://cognito-idp.{region}.amazonaws.com/`, `.amazonaws.com.cn` in the China
+    /// regions) instead of a token endpoint, as Amplify
     /// and the AWS SDKs do: the way for a pool without a domain, and the only way to rotate
     /// refresh tokens outside the hosted domain. See [`refresh_flow`](Self::refresh_flow) for
     /// the operation, [`username`](Self::username) and [`device_key`](Self::device_key).
