@@ -151,7 +151,7 @@ pub use error::{Error, ErrorKind};
 pub use grant::refresh_token as session;
 pub use grant::{BoxFuture, SharedIdentity, TokenSource};
 pub use grant::{
-    ClientAuth, ClientCredentials, ClientCredentialsBuilder, RefreshTokenGrant,
+    ClientAuth, ClientCredentials, ClientCredentialsBuilder, RefreshFlow, RefreshTokenGrant,
     RefreshTokenGrantBuilder, SessionStatus, TokenSet,
 };
 pub use layer::{CognitoAuthLayer, CognitoAuthLayerBuilder, DEFAULT_REPLAY_BODY_LIMIT};

@@ -223,14 +223,8 @@ impl Endpoint {
                     .min(deadline.saturating_duration_since(sent_at)),
                 None => self.request_timeout,
             };
-            let result = match tokio::time::timeout(per_attempt, attempt(sent_at)).await {
-                Ok(result) => result,
-                Err(_) => Err(Error::timeout("the token request", per_attempt)),
-            };
-            let took = sent_at.elapsed();
-            self.metrics
-                .token_request(crate::metrics::outcome(&result), took);
-            let elapsed_ms = took.as_millis() as u64;
+            let result = self.timed(per_attempt, attempt(sent_at)).await;
+            let elapsed_ms = sent_at.elapsed().as_millis() as u64;
             let error = match result {
                 Ok(value) => {
                     tracing::debug!(
@@ -266,26 +260,9 @@ impl Endpoint {
     /// OAuth error of the body, if any.
     pub(crate) async fn post(&self, form: Bytes, sent_at: Instant) -> Result<Answered, Error> {
         let sent_at_wall = SystemTime::now();
-        let mut request = Request::new(Full::new(form));
-        *request.method_mut() = Method::POST;
-        *request.uri_mut() = self.token_url.clone();
-        let headers = request.headers_mut();
-        headers.insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("application/x-www-form-urlencoded"),
-        );
-        headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
-        if let Some(authorization) = &self.authorization {
-            headers.insert(AUTHORIZATION, authorization.clone());
-        }
-        let response = self
-            .http
-            .clone()
-            .oneshot(request)
-            .await
-            .map_err(|e| Error::connect(self.token_url.host().unwrap_or_default(), e))?;
+        let request = self.request(form, "application/x-www-form-urlencoded");
+        let response = self.send(request).await?;
         let status = response.status();
-        tracing::trace!(status = status.as_u16(), "token endpoint answered");
         if status.is_success() {
             let body = read_limited(response).await?;
             return Ok(Answered {
@@ -294,10 +271,7 @@ impl Endpoint {
                 sent_at_wall,
             });
         }
-        let retry_after = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| parse_retry_after(v, sent_at_wall));
+        let retry_after = retry_after(&response, sent_at_wall);
         if status == StatusCode::TOO_MANY_REQUESTS {
             return Err(Error::rate_limited(retry_after));
         }
@@ -315,11 +289,72 @@ impl Endpoint {
         };
         Err(Error::rejected(status, error, description))
     }
+
+    /// A POST of `body` to the endpoint's URL, as `content_type`, with `Accept:
+    /// application/json` and the client's `Authorization` header, if it has one.
+    pub(crate) fn request(&self, body: Bytes, content_type: &'static str) -> Request<Full<Bytes>> {
+        let mut request = Request::new(Full::new(body));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = self.token_url.clone();
+        let headers = request.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+        headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
+        if let Some(authorization) = &self.authorization {
+            headers.insert(AUTHORIZATION, authorization.clone());
+        }
+        request
+    }
+
+    /// Sends a request through the client; a failure to get an answer is a connect error that
+    /// names the host.
+    pub(crate) async fn send(
+        &self,
+        request: Request<Full<Bytes>>,
+    ) -> Result<Response<UnsyncBoxBody<Bytes, BoxError>>, Error> {
+        let response = self
+            .http
+            .clone()
+            .oneshot(request)
+            .await
+            .map_err(|e| Error::connect(self.token_url.host().unwrap_or_default(), e))?;
+        tracing::trace!(
+            status = response.status().as_u16(),
+            "token endpoint answered"
+        );
+        Ok(response)
+    }
+
+    /// Runs one request bounded by `limit`, and counts it in the metrics with its outcome and
+    /// how long it took.
+    pub(crate) async fn timed<T>(
+        &self,
+        limit: Duration,
+        request: impl Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        let sent_at = Instant::now();
+        let result = match tokio::time::timeout(limit, request).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::timeout("the token request", limit)),
+        };
+        self.metrics
+            .token_request(crate::metrics::outcome(&result), sent_at.elapsed());
+        result
+    }
+}
+
+/// The `Retry-After` of an answer, as a delay from `sent_at_wall`.
+pub(crate) fn retry_after<B>(response: &Response<B>, sent_at_wall: SystemTime) -> Option<Duration> {
+    response
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|v| parse_retry_after(v, sent_at_wall))
 }
 
 /// Reads at most [`MAX_RESPONSE_BODY`] bytes; a longer body is an error, found from
 /// `Content-Length` before reading when the server sends one.
-async fn read_limited(response: Response<UnsyncBoxBody<Bytes, BoxError>>) -> Result<Bytes, Error> {
+pub(crate) async fn read_limited(
+    response: Response<UnsyncBoxBody<Bytes, BoxError>>,
+) -> Result<Bytes, Error> {
     const TOO_LARGE: &str = "the response body is larger than 64 KiB";
     let declared = response
         .headers()
@@ -346,39 +381,47 @@ async fn read_limited(response: Response<UnsyncBoxBody<Bytes, BoxError>>) -> Res
 }
 
 pub(crate) fn parse_token_url(url: &str) -> Result<Uri, Error> {
+    parse_endpoint_url(url, "token URL")
+}
+
+/// Checks an endpoint's URL (`what` names it in errors: "token URL"): `https://` for any host,
+/// `http://` only for loopback hosts (`localhost` pinned to `127.0.0.1`), no credentials.
+pub(crate) fn parse_endpoint_url(url: &str, what: &'static str) -> Result<Uri, Error> {
     let uri: Uri = url
         .parse()
-        .map_err(|_| Error::invalid_config("the token URL does not parse as a URL"))?;
+        .map_err(|_| Error::invalid_config(format!("the {what} does not parse as a URL")))?;
     let authority = uri
         .authority()
-        .ok_or_else(|| Error::invalid_config("the token URL has no host"))?;
+        .ok_or_else(|| Error::invalid_config(format!("the {what} has no host")))?;
     if authority.as_str().contains('@') {
-        return Err(Error::invalid_config(
-            "the token URL must not carry credentials (`user:pass@`): use client_id and client_secret",
-        ));
+        return Err(Error::invalid_config(format!(
+            "the {what} must not carry credentials (`user:pass@`): use client_id and client_secret"
+        )));
     }
     match uri.scheme_str() {
         Some("https") => Ok(uri),
-        Some("http") if authority.host().eq_ignore_ascii_case("localhost") => pin_localhost(&uri),
+        Some("http") if authority.host().eq_ignore_ascii_case("localhost") => {
+            pin_localhost(&uri, what)
+        }
         Some("http") if is_loopback(authority.host()) => Ok(uri),
-        Some("http") => Err(Error::invalid_config(
-            "the token URL must use https (http is allowed only for loopback hosts such as 127.0.0.1): \
-             the client secret would cross the network in clear text",
-        )),
-        _ => Err(Error::invalid_config(
-            "the token URL must be an https:// URL",
-        )),
+        Some("http") => Err(Error::invalid_config(format!(
+            "the {what} must use https (http is allowed only for loopback hosts such as \
+             127.0.0.1): the client secret would cross the network in clear text"
+        ))),
+        _ => Err(Error::invalid_config(format!(
+            "the {what} must be an https:// URL"
+        ))),
     }
 }
 
 /// `http://localhost…` with the name replaced by `127.0.0.1`: the system resolver may map
 /// `localhost` elsewhere, and the secret would then cross a network in clear text.
-fn pin_localhost(uri: &Uri) -> Result<Uri, Error> {
+fn pin_localhost(uri: &Uri, what: &'static str) -> Result<Uri, Error> {
     let authority = match uri.port_u16() {
         Some(port) => format!("127.0.0.1:{port}"),
         None => "127.0.0.1".to_owned(),
     };
-    let unparsable = || Error::invalid_config("the token URL does not parse as a URL");
+    let unparsable = || Error::invalid_config(format!("the {what} does not parse as a URL"));
     let mut parts = uri.clone().into_parts();
     parts.authority = Some(authority.parse().map_err(|_| unparsable())?);
     Uri::from_parts(parts).map_err(|_| unparsable())
@@ -410,6 +453,14 @@ pub(crate) fn cognito_url(domain: &str, region: &str) -> Result<Uri, Error> {
             "the Cognito domain prefix must be 1 to 63 of a-z, 0-9 and '-', not starting or ending with '-'",
         ));
     }
+    check_region(region)?;
+    format!("https://{domain}.auth.{region}.amazoncognito.com/oauth2/token")
+        .parse()
+        .map_err(|_| Error::invalid_config("the Cognito domain does not form a valid URL"))
+}
+
+/// Checks an AWS region name: it must look like `us-east-1` (lower-case words, then digits).
+pub(crate) fn check_region(region: &str) -> Result<(), Error> {
     let parts: Vec<&str> = region.split('-').collect();
     let region_ok = parts.len() >= 3
         && parts.iter().all(|p| !p.is_empty())
@@ -417,14 +468,13 @@ pub(crate) fn cognito_url(domain: &str, region: &str) -> Result<Uri, Error> {
             .iter()
             .all(|p| p.bytes().all(|b| b.is_ascii_lowercase()))
         && parts[parts.len() - 1].bytes().all(|b| b.is_ascii_digit());
-    if !region_ok {
-        return Err(Error::invalid_config(
+    if region_ok {
+        Ok(())
+    } else {
+        Err(Error::invalid_config(
             "the AWS region must look like `us-east-1`",
-        ));
+        ))
     }
-    format!("https://{domain}.auth.{region}.amazoncognito.com/oauth2/token")
-        .parse()
-        .map_err(|_| Error::invalid_config("the Cognito domain does not form a valid URL"))
 }
 
 pub(crate) fn erase_client<S, ResBody>(client: S) -> HttpClient

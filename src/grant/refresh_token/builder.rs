@@ -20,6 +20,7 @@ use super::{
 };
 use crate::backoff::Backoff;
 use crate::error::{BoxError, Error};
+use crate::grant::cognito_api::{RefreshFlow, UserPoolApi, api_url, parse_api_url};
 use crate::grant::endpoint::{
     ClientAuth, Endpoint, HttpClient, RetryPolicy, Secret, TokenUrl, client_authentication,
     client_or_default, erase_client, join_scopes, never_sent, require_client_id,
@@ -52,6 +53,17 @@ pub struct RefreshTokenGrantBuilder {
     max_unsaved_rotations: Option<u64>,
     http: Option<HttpClient>,
     request_timeout: Option<Duration>,
+    user_pool_api: Option<ApiUrl>,
+    refresh_flow: RefreshFlow,
+    username: Option<String>,
+    device_key: Option<Secret>,
+}
+
+/// Where Cognito's user-pool API is, as the builder was told.
+#[derive(Debug)]
+enum ApiUrl {
+    Region(String),
+    Url(String),
 }
 
 impl fmt::Debug for RefreshTokenGrantBuilder {
@@ -66,6 +78,10 @@ impl fmt::Debug for RefreshTokenGrantBuilder {
             .field("access_token", &self.access_token.as_ref().map(|(t, _)| t))
             .field("on_rotation", &self.on_rotation.is_some())
             .field("persist", &self.persist.is_some())
+            .field("user_pool_api", &self.user_pool_api)
+            .field("refresh_flow", &self.refresh_flow)
+            .field("username", &self.username)
+            .field("device_key", &self.device_key)
             .finish_non_exhaustive()
     }
 }
@@ -88,6 +104,87 @@ impl RefreshTokenGrantBuilder {
             domain: domain.into(),
             region: region.into(),
         });
+        self
+    }
+
+    /// Refreshes through Cognito's user-pool API in `region`
+    /// (`https://cognito-idp.{region}.amazonaws.com/`, `.amazonaws.com.cn` in the China
+    /// regions) instead of a token endpoint, as Amplify
+    /// and the AWS SDKs do: the way for a pool without a domain, and the only way to rotate
+    /// refresh tokens outside the hosted domain. See [`refresh_flow`](Self::refresh_flow) for
+    /// the operation, [`username`](Self::username) and [`device_key`](Self::device_key).
+    /// Default is none: the token endpoint of [`token_url`](Self::token_url) or
+    /// [`cognito_domain`](Self::cognito_domain) (set one or the other, not both). The region
+    /// is checked by [`build`](Self::build).
+    ///
+    /// The API's errors map as the token endpoint's do: `NotAuthorizedException` (the refresh
+    /// token expired, was revoked or was reused, or the secret is wrong) ends the session like
+    /// `invalid_grant` ([`Error::is_invalid_grant`] is true), `TooManyRequestsException` is
+    /// [`RateLimited`](crate::ErrorKind::RateLimited), `InternalErrorException` and 5xx are
+    /// [`Unavailable`](crate::ErrorKind::Unavailable), any other refusal is permanent with
+    /// Cognito's error type in the message. [`scope`](Self::scope) and
+    /// [`client_auth`](Self::client_auth) do not apply.
+    ///
+    /// ```no_run
+    /// use tower_cognito_auth::{CognitoAuthLayer, RefreshFlow, RefreshTokenGrant};
+    /// # fn main() -> Result<(), tower::BoxError> {
+    /// # let stored_refresh_token = String::new();
+    /// let grant = RefreshTokenGrant::builder()
+    ///     .user_pool_api("us-east-1")
+    ///     .client_id("my-app-client-id") // .client_secret(..) when the app client has one
+    ///     .refresh_token(stored_refresh_token)
+    ///     .refresh_flow(RefreshFlow::GetTokensFromRefreshToken) // the default
+    ///     .build()?;
+    /// let auth = CognitoAuthLayer::builder().token_source(grant).build()?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn user_pool_api(mut self, region: impl Into<String>) -> Self {
+        self.user_pool_api = Some(ApiUrl::Region(region.into()));
+        self
+    }
+
+    /// Like [`user_pool_api`](Self::user_pool_api), at a URL given as it is: a VPC endpoint,
+    /// or an emulator ([`testing::TokenEndpoint::user_pool_api_url`](crate::testing), moto).
+    /// `https://` for any host, `http://` only for loopback hosts, as for
+    /// [`token_url`](Self::token_url). Default is none.
+    pub fn user_pool_api_url(mut self, url: impl AsRef<str>) -> Self {
+        self.user_pool_api = Some(ApiUrl::Url(url.as_ref().to_owned()));
+        self
+    }
+
+    /// Which operation of the user-pool API refreshes: [`RefreshFlow::GetTokensFromRefreshToken`]
+    /// (the default; rotation when the app client has it on) or
+    /// [`RefreshFlow::RefreshTokenAuth`] (`InitiateAuth`, no rotation). Used only with
+    /// [`user_pool_api`](Self::user_pool_api).
+    pub fn refresh_flow(mut self, flow: RefreshFlow) -> Self {
+        self.refresh_flow = flow;
+        self
+    }
+
+    /// The user's name in the pool, for the `SECRET_HASH` that
+    /// [`RefreshFlow::RefreshTokenAuth`] sends when the app client has a secret
+    /// (Base64(HMAC-SHA256(key: client secret, message: username + client id))). Default is
+    /// none: the `username` claim of the latest access token, restored
+    /// ([`access_token_from_jwt`](Self::access_token_from_jwt) and the like) or received.
+    ///
+    /// It must be the name Cognito keeps, the access token's `username` claim (for a pool
+    /// that signs in by email, a UUID), not the email the user typed: a hash over another
+    /// name is refused with `NotAuthorizedException`, which ends the session. With a secret,
+    /// this flow, no username and no restored access token with that claim,
+    /// [`build`](Self::build) fails and says to call this. Not used by
+    /// [`RefreshFlow::GetTokensFromRefreshToken`], which sends the secret itself.
+    pub fn username(mut self, username: impl Into<String>) -> Self {
+        self.username = Some(username.into());
+        self
+    }
+
+    /// The device key of a pool with device tracking, captured at sign-in
+    /// (`NewDeviceMetadata.DeviceKey`): sent as `DeviceKey` (or `DEVICE_KEY` under
+    /// [`RefreshFlow::RefreshTokenAuth`]). Default is none. Used only with
+    /// [`user_pool_api`](Self::user_pool_api).
+    pub fn device_key(mut self, device_key: impl Into<String>) -> Self {
+        self.device_key = Some(Secret(device_key.into()));
         self
     }
 
@@ -314,8 +411,15 @@ impl RefreshTokenGrantBuilder {
     /// An [`Error`] of kind [`InvalidConfig`](crate::ErrorKind::InvalidConfig), saying why, when:
     /// - no token URL was set, or it does not parse, has no host, carries credentials
     ///   (`user:pass@`), or is `http://` for a host that is not loopback, or neither http nor https;
+    ///   the same rules for [`user_pool_api_url`](Self::user_pool_api_url);
     /// - a Cognito domain prefix is not 1 to 63 of `a-z`, `0-9`, `-` (not at either end), or the
-    ///   region does not look like `us-east-1`;
+    ///   region (here or in [`user_pool_api`](Self::user_pool_api)) does not look like
+    ///   `us-east-1`;
+    /// - both a token endpoint and the user-pool API were set;
+    /// - with the user-pool API: a scope was set; the username or device key is empty; or
+    ///   the app client has a secret, the flow is [`RefreshFlow::RefreshTokenAuth`], and
+    ///   neither [`username`](Self::username) nor a restored access token with a `username`
+    ///   claim says whose `SECRET_HASH` to send (the message names `.username(..)`);
     /// - the client id is missing or empty, or a client secret was given empty;
     /// - the refresh token is missing or empty;
     /// - the restored access token is empty, longer than 16 KiB, or has characters that cannot
@@ -325,7 +429,23 @@ impl RefreshTokenGrantBuilder {
     /// - `request_timeout` or `persist_timeout` is zero;
     /// - no HTTP client was given and the feature `rustls` is off.
     pub fn build(self) -> Result<RefreshTokenGrant, Error> {
-        let token_url = TokenUrl::resolve(self.token_url)?;
+        let token_url = match (self.token_url, &self.user_pool_api) {
+            (Some(_), Some(_)) => {
+                return Err(Error::invalid_config(
+                    "both a token endpoint (`token_url` or `cognito_domain`) and Cognito's \
+                     user-pool API (`user_pool_api` or `user_pool_api_url`) were set: set one",
+                ));
+            }
+            (None, Some(ApiUrl::Region(region))) => api_url(region)?,
+            (None, Some(ApiUrl::Url(url))) => parse_api_url(url)?,
+            (None, None) => {
+                return Err(Error::invalid_config(
+                    "no endpoint: call `token_url`, `cognito_domain`, `user_pool_api` or \
+                     `user_pool_api_url`",
+                ));
+            }
+            (url, None) => TokenUrl::resolve(url)?,
+        };
         let client_id = require_client_id(self.client_id)?;
         let secret = match self.client_secret {
             Some(Secret(s)) if s.is_empty() => {
@@ -348,6 +468,35 @@ impl RefreshTokenGrantBuilder {
             None => None,
         };
         let scope = join_scopes(&self.scopes)?;
+        let user_pool_api = match self.user_pool_api {
+            None => None,
+            Some(_) => {
+                if scope.is_some() {
+                    return Err(Error::invalid_config(
+                        "Cognito's user-pool API takes no scope: a refresh gets the sign-in's",
+                    ));
+                }
+                let username = match self.username {
+                    Some(name) if name.is_empty() => {
+                        return Err(Error::invalid_config("the username is empty"));
+                    }
+                    other => other,
+                };
+                let device_key = match self.device_key {
+                    Some(Secret(key)) if key.is_empty() => {
+                        return Err(Error::invalid_config("the device key is empty"));
+                    }
+                    other => other.map(|Secret(key)| key),
+                };
+                let api =
+                    UserPoolApi::new(self.refresh_flow, client_id.clone(), username, device_key);
+                if let Some(token) = &stored {
+                    api.saw_access_token(token.token.secret());
+                }
+                api.check_username(secret.is_some())?;
+                Some(api)
+            }
+        };
         let request_timeout = self.request_timeout.unwrap_or(Duration::from_secs(10));
         if request_timeout.is_zero() {
             return Err(Error::invalid_config("request_timeout must not be zero"));
@@ -365,8 +514,13 @@ impl RefreshTokenGrantBuilder {
         if let Some(scope) = &scope {
             tail.append_pair("scope", scope);
         }
-        let authorization =
-            client_authentication(&mut tail, self.client_auth, &client_id, secret.as_deref())?;
+        // The user-pool API authenticates the client in its body, never in a header.
+        let authorization = match &user_pool_api {
+            Some(_) => None,
+            None => {
+                client_authentication(&mut tail, self.client_auth, &client_id, secret.as_deref())?
+            }
+        };
         Ok(RefreshTokenGrant {
             inner: Arc::new(Inner {
                 epoch: std::sync::atomic::AtomicU64::new(0),
@@ -382,6 +536,8 @@ impl RefreshTokenGrantBuilder {
                 client_auth: self.client_auth,
                 scope,
                 form_tail: Secret(tail.finish()),
+                user_pool_api,
+                client_secret: secret.map(Secret),
                 session: Arc::new(tokio::sync::Mutex::new(Session {
                     refresh_token,
                     ended: None,

@@ -167,8 +167,7 @@ impl Inner {
             tracing::debug!("the session has ended; its refresh token is not sent again");
             return Err(error.clone());
         }
-        let form = self.form(&session.refresh_token.0);
-        let mut answered = self.post(form.clone()).await;
+        let mut answered = self.post(&session.refresh_token.0).await;
         if let Err(error) = &answered
             && answer_lost(error)
         {
@@ -177,7 +176,7 @@ impl Inner {
             // `RetryGracePeriodSeconds`, Okta's, Auth0's) still accepts it; a strict server
             // without one ends the session, as the next refresh would have.
             tracing::warn!(%error, "the token endpoint's answer was lost; retrying once with the same refresh token");
-            answered = self.post(form).await;
+            answered = self.post(&session.refresh_token.0).await;
         }
         let answer = match answered {
             Ok(answer) => answer,
@@ -238,18 +237,22 @@ impl Inner {
         parsed
     }
 
-    /// One POST, bounded by `request_timeout` on the exchange thread's clock.
-    async fn post(&self, form: Bytes) -> Result<Answered, Error> {
-        let timeout = self.endpoint.request_timeout;
-        let sent_at = Instant::now();
-        let result = match tokio::time::timeout(timeout, self.endpoint.post(form, sent_at)).await {
-            Ok(result) => result,
-            Err(_) => Err(Error::timeout("the token request", timeout)),
-        };
-        self.endpoint
-            .metrics
-            .token_request(crate::metrics::outcome(&result), sent_at.elapsed());
-        result
+    /// One POST of the refresh token, to the token endpoint or to Cognito's user-pool API,
+    /// bounded by `request_timeout` on the session thread's clock.
+    async fn post(&self, refresh_token: &str) -> Result<Answered, Error> {
+        let limit = self.endpoint.request_timeout;
+        match &self.user_pool_api {
+            Some(api) => {
+                let secret = self.client_secret.as_ref().map(|s| s.0.as_str());
+                let call = api.post(&self.endpoint, refresh_token, secret);
+                self.endpoint.timed(limit, call).await
+            }
+            None => {
+                let form = self.form(refresh_token);
+                let call = self.endpoint.post(form, Instant::now());
+                self.endpoint.timed(limit, call).await
+            }
+        }
     }
 
     fn form(&self, refresh_token: &str) -> Bytes {

@@ -88,6 +88,9 @@ fn answer_token_request(
     parts: &http::request::Parts,
     body: &Bytes,
 ) -> Response<Full<Bytes>> {
+    if parts.uri.path() == "/" && parts.method == Method::POST {
+        return super::user_pool_api::answer_api_request(state, parts, body);
+    }
     if parts.uri.path() != TOKEN_PATH {
         return empty_response(StatusCode::NOT_FOUND);
     }
