@@ -148,6 +148,7 @@ pub mod trailers;
 
 pub use cache::{CachedToken, Generation, Stats, TokenCache, TokenCacheBuilder};
 pub use error::{Error, ErrorKind};
+pub use grant::ClientSecret;
 pub use grant::refresh_token as session;
 pub use grant::{BoxFuture, SharedIdentity, TokenSource};
 pub use grant::{

@@ -265,6 +265,18 @@ impl Endpoint {
     /// limited, `5xx` unavailable (both with `Retry-After`), other statuses rejected with the
     /// OAuth error of the body, if any.
     pub(crate) async fn post(&self, form: Bytes, sent_at: Instant) -> Result<Answered, Error> {
+        self.post_authorized(form, self.authorization.as_ref(), sent_at)
+            .await
+    }
+
+    /// [`post`](Self::post) with this request's own `Authorization` header (a client secret
+    /// read for this request), instead of the endpoint's.
+    pub(crate) async fn post_authorized(
+        &self,
+        form: Bytes,
+        authorization: Option<&HeaderValue>,
+        sent_at: Instant,
+    ) -> Result<Answered, Error> {
         let sent_at_wall = SystemTime::now();
         let mut request = Request::new(Full::new(form));
         *request.method_mut() = Method::POST;
@@ -275,7 +287,7 @@ impl Endpoint {
             HeaderValue::from_static("application/x-www-form-urlencoded"),
         );
         headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
-        if let Some(authorization) = &self.authorization {
+        if let Some(authorization) = authorization {
             headers.insert(AUTHORIZATION, authorization.clone());
         }
         let response = self

@@ -12,6 +12,7 @@
 //! authentication, the retries, reading the answer) is in `endpoint.rs`.
 
 pub mod client_credentials;
+pub mod client_secret;
 pub(crate) mod endpoint;
 #[cfg(feature = "rustls")]
 mod https;
@@ -19,6 +20,7 @@ pub mod refresh_token;
 mod source;
 
 pub use client_credentials::{ClientCredentials, ClientCredentialsBuilder};
+pub use client_secret::ClientSecret;
 pub use endpoint::ClientAuth;
 pub use refresh_token::{RefreshTokenGrant, RefreshTokenGrantBuilder, SessionStatus, TokenSet};
 pub use source::{BoxFuture, SharedIdentity, TokenSource};
