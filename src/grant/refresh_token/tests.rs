@@ -1,7 +1,11 @@
 //! Unit tests of `refresh_token`.
 
 use super::*;
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use tokio::time::Instant;
 use tower::service_fn;
 
 type Seen = Arc<Mutex<Vec<Request<Full<Bytes>>>>>;

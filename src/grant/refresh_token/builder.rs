@@ -1,0 +1,372 @@
+//! [`RefreshTokenGrantBuilder`]: the session's configuration, checked once by `build`.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body;
+use http_body_util::Full;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tower_service::Service;
+
+use super::restore::{Expiry, restored};
+use super::{
+    Inner, PersistHook, RefreshTokenGrant, RotationHook, Session, SessionStatus, TokenSet,
+};
+use crate::backoff::Backoff;
+use crate::error::{BoxError, Error};
+use crate::grant::endpoint::{
+    ClientAuth, Endpoint, HttpClient, RetryPolicy, Secret, TokenUrl, client_authentication,
+    client_or_default, erase_client, join_scopes, never_sent, require_client_id,
+};
+
+/// Builds a [`RefreshTokenGrant`]. Every setter takes and returns `Self` and states its
+/// default; [`build`](Self::build) checks them all.
+///
+/// Not `Clone`: it holds a refresh token, which only one session may use (with rotation, the
+/// first exchange of one copy would make the other's token stale, and the other's next
+/// exchange would end the session). Build once and clone the [`RefreshTokenGrant`]: clones
+/// share one session.
+///
+/// ```compile_fail
+/// let builder = tower_cognito_auth::RefreshTokenGrant::builder().refresh_token("r");
+/// let _twice = (builder.clone(), builder);
+/// ```
+#[derive(Default)]
+pub struct RefreshTokenGrantBuilder {
+    token_url: Option<TokenUrl>,
+    client_id: Option<String>,
+    client_secret: Option<Secret>,
+    scopes: Vec<String>,
+    client_auth: ClientAuth,
+    refresh_token: Option<Secret>,
+    access_token: Option<(Secret, Expiry)>,
+    on_rotation: Option<RotationHook>,
+    persist: Option<PersistHook>,
+    persist_timeout: Option<Duration>,
+    http: Option<HttpClient>,
+    request_timeout: Option<Duration>,
+}
+
+impl fmt::Debug for RefreshTokenGrantBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RefreshTokenGrantBuilder")
+            .field("token_url", &self.token_url)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &self.client_secret)
+            .field("scopes", &self.scopes)
+            .field("client_auth", &self.client_auth)
+            .field("refresh_token", &self.refresh_token)
+            .field("access_token", &self.access_token.as_ref().map(|(t, _)| t))
+            .field("on_rotation", &self.on_rotation.is_some())
+            .field("persist", &self.persist.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RefreshTokenGrantBuilder {
+    /// The token endpoint's URL, e.g. `https://auth.example.com/oauth2/token`.
+    ///
+    /// `https://` is accepted for any host; `http://` only for loopback hosts (`127.0.0.0/8`,
+    /// `[::1]`, and `localhost`, pinned to `127.0.0.1`). Checked by [`build`](Self::build).
+    pub fn token_url(mut self, url: impl AsRef<str>) -> Self {
+        self.token_url = Some(TokenUrl::Url(url.as_ref().to_owned()));
+        self
+    }
+
+    /// The token endpoint of a Cognito user pool domain:
+    /// `https://{domain}.auth.{region}.amazoncognito.com/oauth2/token`. For a custom domain,
+    /// use [`token_url`](Self::token_url). Both parts are checked by [`build`](Self::build).
+    pub fn cognito_domain(mut self, domain: impl Into<String>, region: impl Into<String>) -> Self {
+        self.token_url = Some(TokenUrl::Cognito {
+            domain: domain.into(),
+            region: region.into(),
+        });
+        self
+    }
+
+    /// The app client's id. Required.
+    pub fn client_id(mut self, client_id: impl Into<String>) -> Self {
+        self.client_id = Some(client_id.into());
+        self
+    }
+
+    /// The app client's secret, when it has one (a confidential client). Default is none: a
+    /// public client, which sends `client_id` in the form and no `Authorization` header. It
+    /// never appears in `Debug` output, logs or errors.
+    pub fn client_secret(mut self, client_secret: impl Into<String>) -> Self {
+        self.client_secret = Some(Secret(client_secret.into()));
+        self
+    }
+
+    /// How a confidential client authenticates: [`ClientAuth::Basic`] (the default) or the id
+    /// and secret in the form ([`ClientAuth::Post`]). Not used by a public client.
+    pub fn client_auth(mut self, client_auth: ClientAuth) -> Self {
+        self.client_auth = client_auth;
+        self
+    }
+
+    /// Adds a scope to request; repeatable, sent space-separated. Default is none: the server
+    /// grants the sign-in's scopes.
+    ///
+    /// OAuth 2.0 lets a refresh ask for the sign-in's scopes or fewer (RFC 6749 §6), but
+    /// **Cognito ignores it**: its token endpoint reads `scope` for client_credentials only,
+    /// and a refresh always gets the scopes of the sign-in. Down-scoping works only with
+    /// servers that honour it; do not rely on it for least privilege at Cognito.
+    pub fn scope(mut self, scope: impl Into<String>) -> Self {
+        self.scopes.push(scope.into());
+        self
+    }
+
+    /// The session's refresh token, as stored when the user signed in or as
+    /// [`on_rotation`](Self::on_rotation) last gave it. Required. It never appears in `Debug`
+    /// output, logs or errors.
+    pub fn refresh_token(mut self, refresh_token: impl Into<String>) -> Self {
+        self.refresh_token = Some(Secret(refresh_token.into()));
+        self
+    }
+
+    /// An access token restored from storage, and when it expires on Tokio's clock. Default
+    /// is none: the first request refreshes. For an expiry kept on disk, see
+    /// [`access_token_expiring_at`](Self::access_token_expiring_at) and
+    /// [`access_token_from_jwt`](Self::access_token_from_jwt).
+    ///
+    /// The first fetch hands it out without a request only if the cache's default margins
+    /// allow it: more than `min_validity` (30 s, at most a tenth of its lifetime) left, its
+    /// lifetime read from the JWT's `exp − iat`, or taken as an hour for an opaque token (a
+    /// token restored with 10 s left is not used: a request that cannot be replayed would
+    /// leave with a dying token). The cache's margins then apply as to any token, so it is
+    /// renewed ahead of its expiry. Every later fetch refreshes. See [Restoring a session at
+    /// startup](crate::grant::refresh_token#restoring-a-session-at-startup).
+    pub fn access_token(mut self, access_token: impl Into<String>, expires_at: Instant) -> Self {
+        self.access_token = Some((Secret(access_token.into()), Expiry::Tokio(expires_at)));
+        self
+    }
+
+    /// Like [`access_token`](Self::access_token), with the expiry on the wall clock, as
+    /// [`TokenSet::expires_at`] gave it and a file or database keeps it. It is converted to
+    /// Tokio's clock once, by [`build`](Self::build). Default is none.
+    pub fn access_token_expiring_at(
+        mut self,
+        access_token: impl Into<String>,
+        expires_at: SystemTime,
+    ) -> Self {
+        self.access_token = Some((Secret(access_token.into()), Expiry::Wall(expires_at)));
+        self
+    }
+
+    /// Like [`access_token`](Self::access_token), with the expiry read from the token itself,
+    /// a JWT (its `exp` claim, unverified: the API verifies it), as Cognito's access tokens
+    /// are. Default is none. [`build`](Self::build) refuses a token that is not a JWT with an
+    /// `exp`.
+    pub fn access_token_from_jwt(mut self, access_token: impl Into<String>) -> Self {
+        self.access_token = Some((Secret(access_token.into()), Expiry::Jwt));
+        self
+    }
+
+    /// Called with the new refresh token each time the server rotates it, so that the
+    /// application can persist it. Default is none. For a save that is async or can fail (a
+    /// database, a keychain), use [`persist`](Self::persist).
+    ///
+    /// It is called once per rotation, in rotation order and never twice at once, on the
+    /// grant's session thread, before the new access token is handed out, and also when
+    /// nobody waits for that token any more. Keep it short (write a file, send on a channel);
+    /// while it runs no refresh can start. A panic in it is caught and logged, and the new
+    /// token is still used, when panics unwind; under `panic = "abort"` it aborts the process,
+    /// as any panic does.
+    pub fn on_rotation(mut self, on_rotation: impl Fn(&str) + Send + Sync + 'static) -> Self {
+        self.on_rotation = Some(Arc::new(on_rotation));
+        self
+    }
+
+    /// Saves each new [`TokenSet`] (the refresh token, rotated or not, the access token and
+    /// its wall-clock expiry, the `id_token`): an async hook that may fail. Default is none.
+    ///
+    /// After each successful exchange, on the grant's session thread (a Tokio runtime of its
+    /// own) and after [`on_rotation`](Self::on_rotation), the grant awaits the hook's future
+    /// before the new access token is handed out, at most
+    /// [`persist_timeout`](Self::persist_timeout). Calls never overlap, and come in the order
+    /// of the exchanges. When it fails, times out or panics, the exchange still succeeds: the
+    /// new refresh token stays in memory (never the old one), the failure is reported
+    /// ([`SessionStatus::unsaved`] and [`save_failures`](SessionStatus::save_failures) in
+    /// [`RefreshTokenGrant::status`], a warning in the logs), and the newest set is saved again
+    /// after 1 s, doubling to 60 s, until it is saved, a later exchange saves a newer one, or
+    /// the grant is dropped. [`RefreshTokenGrant::close`] tries once more.
+    ///
+    /// Write it so that a crash cannot leave half a token: write a temporary file and rename
+    /// it over the old one, or update a database row in one statement.
+    ///
+    /// ```no_run
+    /// use tower_cognito_auth::{RefreshTokenGrant, TokenSet};
+    ///
+    /// # fn main() -> Result<(), tower_cognito_auth::Error> {
+    /// let grant = RefreshTokenGrant::builder()
+    ///     .cognito_domain("my-pool", "us-east-1")
+    ///     .client_id("my-app-client-id")
+    ///     .refresh_token("stored refresh token")
+    ///     .persist(|set: TokenSet| async move {
+    ///         let text = set.refresh_token().to_owned();
+    ///         tokio::fs::write("session.tmp", text).await?;
+    ///         tokio::fs::rename("session.tmp", "session").await
+    ///     })
+    ///     .build()?;
+    /// # let _ = grant;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn persist<F, Fut, E>(mut self, persist: F) -> Self
+    where
+        F: Fn(TokenSet) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: Into<BoxError>,
+    {
+        self.persist = Some(Arc::new(move |set| {
+            let saving = persist(set);
+            Box::pin(async move { saving.await.map_err(Into::into) })
+        }));
+        self
+    }
+
+    /// How long one call of the [`persist`](Self::persist) hook may take before it counts as
+    /// failed (it is then dropped, and tried again later). It also bounds how much a slow save
+    /// delays the new access token. Default is 10 seconds.
+    pub fn persist_timeout(mut self, timeout: Duration) -> Self {
+        self.persist_timeout = Some(timeout);
+        self
+    }
+
+    /// The HTTP client token requests go through: any tower service from
+    /// `Request<Full<Bytes>>` to `Response<impl Body<Data = Bytes>>`, such as a hyper-util
+    /// legacy `Client`.
+    ///
+    /// Default is the built-in HTTPS client (hyper-util and rustls with the webpki roots),
+    /// under the default feature `rustls`; without that feature this setter is required.
+    pub fn http_client<S, ResBody>(mut self, client: S) -> Self
+    where
+        S: Service<Request<Full<Bytes>>, Response = Response<ResBody>>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        ResBody: Body<Data = Bytes> + Send + 'static,
+        ResBody::Error: Into<BoxError>,
+    {
+        self.http = Some(erase_client(client));
+        self
+    }
+
+    /// How long one exchange may take, from sending to the end of the answer. Default is 10
+    /// seconds.
+    ///
+    /// An answer that comes later is lost; the exchange then presents the same refresh token
+    /// once more at once, which a server with a grace period (Cognito's
+    /// `RetryGracePeriodSeconds`) accepts and a strict one answers by ending the session: keep
+    /// it well above the endpoint's slowest answers. The exchange does not end earlier because
+    /// the cache's `refresh_deadline` passed, a waiter gave up or its runtime shut down.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = Some(timeout);
+        self
+    }
+
+    /// Checks the configuration and builds the grant. No request is sent.
+    ///
+    /// # Errors
+    ///
+    /// An [`Error`] of kind [`InvalidConfig`](crate::ErrorKind::InvalidConfig), saying why, when:
+    /// - no token URL was set, or it does not parse, has no host, carries credentials
+    ///   (`user:pass@`), or is `http://` for a host that is not loopback, or neither http nor https;
+    /// - a Cognito domain prefix is not 1 to 63 of `a-z`, `0-9`, `-` (not at either end), or the
+    ///   region does not look like `us-east-1`;
+    /// - the client id is missing or empty, or a client secret was given empty;
+    /// - the refresh token is missing or empty;
+    /// - the restored access token is empty, longer than 16 KiB, or has characters that cannot
+    ///   go into an HTTP header, or [`access_token_from_jwt`](Self::access_token_from_jwt) was
+    ///   given one that is not a JWT with an `exp` claim;
+    /// - a scope is empty or has characters RFC 6749 §3.3 does not allow (space, `"`, `\`);
+    /// - `request_timeout` or `persist_timeout` is zero;
+    /// - no HTTP client was given and the feature `rustls` is off.
+    pub fn build(self) -> Result<RefreshTokenGrant, Error> {
+        let token_url = TokenUrl::resolve(self.token_url)?;
+        let client_id = require_client_id(self.client_id)?;
+        let secret = match self.client_secret {
+            Some(Secret(s)) if s.is_empty() => {
+                return Err(Error::invalid_config("the client secret is empty"));
+            }
+            Some(Secret(s)) => Some(s),
+            None => None,
+        };
+        let refresh_token = match self.refresh_token {
+            Some(token) if !token.0.is_empty() => token,
+            Some(_) => return Err(Error::invalid_config("the refresh token is empty")),
+            None => {
+                return Err(Error::invalid_config(
+                    "no refresh token: call `refresh_token`",
+                ));
+            }
+        };
+        let stored = match self.access_token {
+            Some((Secret(text), expiry)) => Some(restored(text, expiry)?),
+            None => None,
+        };
+        let scope = join_scopes(&self.scopes)?;
+        let request_timeout = self.request_timeout.unwrap_or(Duration::from_secs(10));
+        if request_timeout.is_zero() {
+            return Err(Error::invalid_config("request_timeout must not be zero"));
+        }
+        let persist_timeout = self.persist_timeout.unwrap_or(Duration::from_secs(10));
+        if persist_timeout.is_zero() {
+            return Err(Error::invalid_config("persist_timeout must not be zero"));
+        }
+        let http = client_or_default(self.http)?;
+
+        let mut tail = form_urlencoded::Serializer::new(String::new());
+        if let Some(scope) = &scope {
+            tail.append_pair("scope", scope);
+        }
+        let authorization =
+            client_authentication(&mut tail, self.client_auth, &client_id, secret.as_deref())?;
+        Ok(RefreshTokenGrant {
+            inner: Arc::new(Inner {
+                epoch: std::sync::atomic::AtomicU64::new(0),
+                endpoint: Endpoint {
+                    token_url,
+                    authorization,
+                    http,
+                    request_timeout,
+                    metrics: crate::metrics::Metrics::new(&client_id),
+                },
+                client_id,
+                confidential: secret.is_some(),
+                client_auth: self.client_auth,
+                scope,
+                form_tail: Secret(tail.finish()),
+                session: Arc::new(tokio::sync::Mutex::new(Session {
+                    refresh_token,
+                    ended: None,
+                    closed: false,
+                })),
+                stored: Mutex::new(stored),
+                on_rotation: self.on_rotation,
+                persist: self.persist,
+                persist_timeout,
+                unsaved: tokio::sync::Mutex::new(None),
+                retrying: AtomicBool::new(false),
+                status: watch::Sender::new(SessionStatus::default()),
+                worker: Mutex::new(None),
+                retry: RetryPolicy {
+                    max_attempts: 3,
+                    deadline: request_timeout.saturating_add(Duration::from_secs(1)),
+                    backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(1)),
+                    retry_if: never_sent,
+                },
+            }),
+        })
+    }
+}

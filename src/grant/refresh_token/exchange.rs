@@ -1,0 +1,254 @@
+//! The exchange: one refresh at a time on the session's thread, the answer applied (rotation,
+//! save) whether or not anyone still waits for it.
+
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{OwnedMutexGuard, mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::{Inner, RefreshTokenGrant, Session, TokenSet, lock};
+use crate::error::{Error, ErrorKind};
+use crate::grant::endpoint::{Answered, Secret, never_sent};
+use crate::token::{Token, parse_id_token, parse_refresh_token, parse_token_response};
+
+/// An exchange, as the session's thread runs it.
+pub(super) type Job = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// What an exchange answers its caller: the token (on the session thread's clock) and the
+/// lifetime it was issued with, from which the caller dates it on its own clock.
+type Exchanged = Result<(Token, Duration), Error>;
+
+impl RefreshTokenGrant {
+    pub(super) async fn fetch_token(inner: Arc<Inner>) -> Result<Token, Error> {
+        if let Some(token) = inner.take_stored() {
+            return Ok(token);
+        }
+        let mut attempt: u32 = 0;
+        loop {
+            attempt += 1;
+            match Self::attempt(&inner).await {
+                // The request surely never reached the server: the same refresh token may go
+                // again, after a pause on this runtime's clock.
+                Err(error) if never_sent(&error) && attempt < inner.retry.max_attempts => {
+                    let delay = inner.retry.backoff.delay(attempt - 1);
+                    tracing::debug!(attempt, %error, retry_in_ms = delay.as_millis() as u64, "token request never left; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// One exchange: takes the session, hands it to the session's thread, and waits for the
+    /// answer. Once the exchange is handed over, nothing that happens to this future or its
+    /// runtime stops it.
+    async fn attempt(inner: &Arc<Inner>) -> Result<Token, Error> {
+        // Waits for an earlier exchange that is still running (one whose fetch was dropped at
+        // the cache's deadline, say), so that this one sends the refresh token it left.
+        let session = Arc::clone(&inner.session).lock_owned().await;
+        let jobs = inner.worker()?;
+        let sent_at = Instant::now();
+        let (reply, answer) = oneshot::channel();
+        // No await between taking the lock and handing the exchange over: once this fetch
+        // holds the session, the exchange runs to its end whatever happens to the fetch.
+        let job: Job = Box::pin(exchange(Arc::clone(inner), session, reply));
+        jobs.send(job)
+            .map_err(|_| Error::internal("the session's exchange thread has stopped"))?;
+        let (token, lifetime) = wait(answer).await?;
+        // Dated on this runtime's clock (which a test may have paused), from when the
+        // exchange was handed over: never later than the server's own count.
+        let expires_at = sent_at
+            .checked_add(lifetime)
+            .ok_or_else(|| Error::invalid_response("`expires_in` is out of range"))?;
+        let mut dated =
+            Token::new(token.access_token().clone(), expires_at).with_lifetime(lifetime);
+        if let Some(scope) = token.scope() {
+            dated = dated.with_scope(scope);
+        }
+        Ok(dated)
+    }
+}
+
+/// Waits for an exchange's answer. On a Tokio runtime the wait happens on its blocking pool:
+/// a runtime that shuts down (dropped, or at the end of `#[tokio::main]`) then waits for the
+/// exchange to end, and a runtime whose clock a test paused does not jump ahead while the
+/// exchange runs on the session's thread (Tokio does not auto-advance a paused clock while a
+/// blocking task runs). The exchange itself never depends on this wait.
+async fn wait(answer: oneshot::Receiver<Exchanged>) -> Exchanged {
+    let lost = || {
+        Error::internal(
+            "the refresh_token exchange's answer was not delivered (the runtime is shutting \
+             down); the exchange itself ran to its end",
+        )
+    };
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => match runtime.spawn_blocking(move || answer.blocking_recv()).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) | Err(_) => Err(lost()),
+        },
+        Err(_) => answer.await.unwrap_or_else(|_| Err(lost())),
+    }
+}
+
+/// An exchange on the session's thread: it holds the session from before the request leaves
+/// until its answer is applied and saved, then answers whoever still waits.
+async fn exchange(
+    inner: Arc<Inner>,
+    mut session: OwnedMutexGuard<Session>,
+    reply: oneshot::Sender<Exchanged>,
+) {
+    let result = inner.exchange(&mut session).await;
+    drop(session);
+    if reply.send(result).is_err() {
+        tracing::debug!("nobody waits for the exchange's answer any more; it was applied");
+    }
+}
+
+/// Whether a failed request may have reached the server, which may then have rotated the
+/// refresh token: a timeout, a 5xx, a connection that broke after it was made.
+fn answer_lost(error: &Error) -> bool {
+    matches!(error.kind(), ErrorKind::Timeout | ErrorKind::Unavailable)
+        && error.status().is_none_or(|s| s.is_server_error())
+        && !never_sent(error)
+}
+
+pub(super) fn closed() -> Error {
+    Error::invalid_config("the session was closed (RefreshTokenGrant::close)")
+}
+
+impl Inner {
+    /// The session's thread: a current-thread runtime that runs every exchange, so that an
+    /// exchange whose request left is carried to its end whatever happens to the runtime that
+    /// asked for it. Started by the first exchange; it ends when the last handle to the grant
+    /// is dropped (the job channel closes) and what it runs has ended.
+    fn worker(&self) -> Result<mpsc::UnboundedSender<Job>, Error> {
+        let mut slot = lock(&self.worker);
+        if let Some(jobs) = slot.as_ref().filter(|jobs| !jobs.is_closed()) {
+            return Ok(jobs.clone());
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|_| Error::internal("could not build the session's runtime"))?;
+        let (jobs, mut queue) = mpsc::unbounded_channel::<Job>();
+        std::thread::Builder::new()
+            .name("cognito-session".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    while let Some(job) = queue.recv().await {
+                        tokio::spawn(job);
+                    }
+                });
+            })
+            .map_err(|_| Error::internal("could not start the session's thread"))?;
+        *slot = Some(jobs.clone());
+        Ok(jobs)
+    }
+
+    /// The exchange proper, on the session's thread.
+    async fn exchange(self: &Arc<Self>, session: &mut Session) -> Exchanged {
+        if session.closed {
+            return Err(closed());
+        }
+        if let Some(error) = &session.ended {
+            tracing::debug!("the session has ended; its refresh token is not sent again");
+            return Err(error.clone());
+        }
+        let form = self.form(&session.refresh_token.0);
+        let mut answered = self.post(form.clone()).await;
+        if let Err(error) = &answered
+            && answer_lost(error)
+        {
+            // The server may have rotated and its answer is lost: the old refresh token is all
+            // there is. Present it again at once, while a server's grace period (Cognito's
+            // `RetryGracePeriodSeconds`, Okta's, Auth0's) still accepts it; a strict server
+            // without one ends the session, as the next refresh would have.
+            tracing::warn!(%error, "the token endpoint's answer was lost; retrying once with the same refresh token");
+            answered = self.post(form).await;
+        }
+        let answer = match answered {
+            Ok(answer) => answer,
+            Err(error) => {
+                if error.is_invalid_grant() {
+                    tracing::warn!(
+                        "the session has ended (invalid_grant): the user must sign in again"
+                    );
+                    session.ended = Some(error.clone());
+                    self.status
+                        .send_modify(|status| status.ended = Some(error.clone()));
+                }
+                return Err(error);
+            }
+        };
+        // The rotation first: whatever is wrong with the rest of the answer, the server has
+        // retired the old refresh token.
+        let rotated = match parse_refresh_token(&answer.body) {
+            Some(new) if new != session.refresh_token.0 => {
+                session.refresh_token = Secret(new);
+                self.status.send_modify(|status| status.rotations += 1);
+                self.endpoint.metrics.rotation();
+                if let Some(hook) = &self.on_rotation {
+                    let new = session.refresh_token.0.as_str();
+                    if catch_unwind(AssertUnwindSafe(|| hook(new))).is_err() {
+                        tracing::warn!(
+                            "on_rotation panicked; the new refresh token is kept in memory"
+                        );
+                    }
+                }
+                true
+            }
+            _ => false,
+        };
+        tracing::debug!(rotated, "refresh_token grant answered");
+        let parsed = parse_token_response(&answer.body, answer.sent_at, answer.sent_at_wall);
+        if self.persist.is_some() && (rotated || parsed.is_ok()) {
+            let (access_token, expires_at) = match &parsed {
+                Ok((token, lifetime)) => (
+                    Some(token.access_token().clone()),
+                    answer.sent_at_wall.checked_add(*lifetime),
+                ),
+                Err(_) => (None, None),
+            };
+            let set = TokenSet {
+                refresh_token: session.refresh_token.clone(),
+                rotated,
+                access_token,
+                expires_at,
+                id_token: parse_id_token(&answer.body).map(Secret),
+            };
+            self.save(set).await;
+        }
+        parsed
+    }
+
+    /// One POST, bounded by `request_timeout` on the session thread's clock.
+    async fn post(&self, form: Bytes) -> Result<Answered, Error> {
+        let timeout = self.endpoint.request_timeout;
+        let sent_at = Instant::now();
+        let result = match tokio::time::timeout(timeout, self.endpoint.post(form, sent_at)).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::timeout("the token request", timeout)),
+        };
+        self.endpoint
+            .metrics
+            .token_request(crate::metrics::outcome(&result), sent_at.elapsed());
+        result
+    }
+
+    fn form(&self, refresh_token: &str) -> Bytes {
+        let mut form = form_urlencoded::Serializer::new(String::new());
+        form.append_pair("grant_type", "refresh_token");
+        form.append_pair("refresh_token", refresh_token);
+        let mut form = form.finish();
+        if !self.form_tail.0.is_empty() {
+            form.push('&');
+            form.push_str(&self.form_tail.0);
+        }
+        Bytes::from(form)
+    }
+}

@@ -1,0 +1,462 @@
+//! A user's session: [`RefreshTokenGrant`], the OAuth 2.0 refresh_token grant (RFC 6749 §6)
+//! with refresh-token rotation, behind the same cache, layer and replay as the
+//! client_credentials grant.
+//!
+//! A backend, CLI, desktop app or agent that acts for a signed-in user holds the refresh token
+//! the Cognito hosted UI (or any OAuth 2.0 server) gave it at sign-in. [`RefreshTokenGrant`]
+//! trades it for access tokens; [`CognitoAuthLayer`](crate::CognitoAuthLayer) puts them on
+//! requests, renews them ahead of expiry with one refresh at a time, and replays a request once
+//! after a `401`. A request made at the instant the access token expires waits for the one
+//! refresh instead of leaving with the dead token (the AWS Amplify race).
+//!
+//! A complete run against the crate's loopback servers (feature `test-util`, see
+//! [`testing`](crate::testing)), with a public app client and rotation on:
+//!
+//! ```
+//! # #[cfg(feature = "test-util")]
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower::BoxError> {
+//! use std::sync::{Arc, Mutex};
+//!
+//! use bytes::Bytes;
+//! use http_body_util::Full;
+//! use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_cognito_auth::{
+//!     CognitoAuthLayer, RefreshTokenGrant,
+//!     testing::{ProtectedApi, TokenEndpoint},
+//! };
+//!
+//! let endpoint = TokenEndpoint::builder()
+//!     .public_client(true)
+//!     .rotate_refresh_tokens(true)
+//!     .start()
+//!     .await?;
+//! let api = ProtectedApi::start(&endpoint).await?;
+//! // The refresh token the application stored when the user signed in.
+//! let stored = endpoint.new_session();
+//!
+//! let saved = Arc::new(Mutex::new(None::<String>));
+//! let http = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+//! let grant = RefreshTokenGrant::builder()
+//!     .token_url(endpoint.token_url())
+//!     .client_id(endpoint.client_id()) // a public client: no secret
+//!     .refresh_token(stored)
+//!     .on_rotation({
+//!         let saved = Arc::clone(&saved);
+//!         // Persist it: from now on only the new refresh token works.
+//!         move |new_refresh_token: &str| {
+//!             *saved.lock().unwrap() = Some(new_refresh_token.to_owned());
+//!         }
+//!     })
+//!     .http_client(http.clone())
+//!     .build()?;
+//! let auth = CognitoAuthLayer::builder().token_source(grant).build()?;
+//! let client = ServiceBuilder::new().layer(auth).service(http);
+//!
+//! let request = http::Request::get(format!("{}/me", api.url())).body(Full::default())?;
+//! let response = client.oneshot(request).await?;
+//! assert_eq!(response.status(), 200);
+//! // The server rotated the refresh token, and the application has the new one.
+//! assert_eq!(*saved.lock().unwrap(), endpoint.current_refresh_token());
+//! # Ok(())
+//! # }
+//! # #[cfg(not(feature = "test-util"))]
+//! # fn main() {}
+//! ```
+//!
+//! # Restoring a session at startup
+//!
+//! Save the session when the user signs in, and again each time the server sends a new token
+//! set: [`persist`](RefreshTokenGrantBuilder::persist) (async, may fail; it gets the refresh
+//! token, the access token with its wall-clock expiry and the `id_token`) or
+//! [`on_rotation`](RefreshTokenGrantBuilder::on_rotation) (sync, the refresh token only). At
+//! startup, pass the stored refresh token to
+//! [`refresh_token`](RefreshTokenGrantBuilder::refresh_token): the first request then
+//! refreshes. If you also stored the access token, pass it with its expiry as saved
+//! ([`access_token_expiring_at`](RefreshTokenGrantBuilder::access_token_expiring_at), a
+//! `SystemTime`) or read from the token itself
+//! ([`access_token_from_jwt`](RefreshTokenGrantBuilder::access_token_from_jwt)): it is used
+//! while it has the margins any token must have (30 s, at most a tenth of its lifetime), and
+//! the first refresh happens only when it is needed.
+//!
+//! # Rotation
+//!
+//! When a token answer carries a new `refresh_token` (Cognito's refresh-token rotation, OAuth
+//! 2.1), only the new one works from then on, and a server that sees an old one again may revoke
+//! the whole session. So:
+//! - one refresh at a time: the cache starts one fetch at a time, and each exchange holds the
+//!   session's refresh token until its answer is in, so that a fetch started while an earlier
+//!   exchange still runs waits for it and sends the newest refresh token;
+//! - the exchange runs on a thread the grant owns (a small current-thread Tokio runtime,
+//!   started by the first exchange, ended when the last clone of the grant is dropped), so that
+//!   neither a cancelled waiter, nor the cache's `refresh_deadline`, nor the shutdown of the
+//!   runtime that asked for it can drop an answer the server already sent: the new refresh
+//!   token replaces the old one, [`on_rotation`](RefreshTokenGrantBuilder::on_rotation) is
+//!   called with it and [`persist`](RefreshTokenGrantBuilder::persist) is awaited, before the
+//!   access token is handed out and whether or not anyone still waits. The fetch waits for the
+//!   answer from its runtime's blocking pool, so a runtime that shuts down (the end of
+//!   `#[tokio::main]`) waits for an exchange in flight, and a test's paused clock stands still
+//!   while one runs. [`RefreshTokenGrant::close`] waits for it explicitly;
+//! - one attempt per fetch, unless the connection was refused (the request surely never reached
+//!   the server) or the answer was lost (a timeout, a 5xx, a connection that broke): the server
+//!   may have rotated, and the old refresh token is all there is, so it is presented once more
+//!   at once. A server with a grace period (Cognito's `RetryGracePeriodSeconds`, up to 60 s;
+//!   Okta's and Auth0's reuse intervals) accepts it; past the grace period, or without one, the
+//!   server sees a reuse and ends the session, as the next refresh would have: the user must
+//!   sign in again;
+//! - an answer whose access token is unusable still rotates the refresh token;
+//! - an answer without a `refresh_token` (no rotation) keeps the current one.
+//!
+//! Give the grant an HTTP client of its own (or the default one): the connections it opens
+//! live on the session's thread, while a client shared with the application may hand it a
+//! connection that lives, and dies, with the application's runtime.
+//!
+//! # When the session ends
+//!
+//! `400 invalid_grant` means the refresh token expired, was revoked or was reused: the user must
+//! sign in again. The [`Error`] says so, [`is_permanent`](Error::is_permanent) and
+//! [`is_invalid_grant`](Error::is_invalid_grant) are true, and the grant remembers it: later
+//! fetches return the same error without a request, so requests through the layer fail at
+//! once. No other refusal (`invalid_client`, `invalid_scope`, a bare `400`) ends the session.
+//! [`RefreshTokenGrant::status`] reports the end as it happens, from a background refresh as
+//! from a request, so the application can show its sign-in screen before a request fails;
+//! after the new sign-in, [`RefreshTokenGrant::replace_refresh_token`] starts over without
+//! rebuilding the grant or the layer.
+use std::fmt;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{mpsc, watch};
+
+use super::endpoint::{ClientAuth, Endpoint, RetryPolicy, Secret};
+use crate::error::{BoxError, Error};
+use crate::source::{BoxFuture, TokenSource};
+use crate::token::{AccessToken, Token};
+
+mod builder;
+mod exchange;
+mod persist;
+mod restore;
+
+pub use builder::RefreshTokenGrantBuilder;
+use exchange::{Job, closed};
+
+/// What [`on_rotation`](RefreshTokenGrantBuilder::on_rotation) stores.
+type RotationHook = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// What [`persist`](RefreshTokenGrantBuilder::persist) stores.
+type PersistHook = Arc<dyn Fn(TokenSet) -> BoxFuture<'static, Result<(), BoxError>> + Send + Sync>;
+
+/// What the server sent in one successful exchange, as [`persist`] receives it: everything an
+/// application needs to restore the session later.
+///
+/// `Debug` prints which parts are there, never a token.
+///
+/// [`persist`]: RefreshTokenGrantBuilder::persist
+#[derive(Clone)]
+pub struct TokenSet {
+    refresh_token: Secret,
+    rotated: bool,
+    access_token: Option<AccessToken>,
+    expires_at: Option<SystemTime>,
+    id_token: Option<Secret>,
+}
+
+impl TokenSet {
+    /// The session's refresh token from now on: the rotated one when the server sent one,
+    /// else the one the exchange presented. Treat it as a password.
+    pub fn refresh_token(&self) -> &str {
+        &self.refresh_token.0
+    }
+
+    /// Whether the server rotated the refresh token in this exchange.
+    pub fn rotated(&self) -> bool {
+        self.rotated
+    }
+
+    /// The new access token, unless the answer's was unusable (the rotation still counts).
+    pub fn access_token(&self) -> Option<&AccessToken> {
+        self.access_token.as_ref()
+    }
+
+    /// When the access token expires, on the wall clock: what
+    /// [`access_token_expiring_at`](RefreshTokenGrantBuilder::access_token_expiring_at) takes
+    /// back at the next start.
+    pub fn expires_at(&self) -> Option<SystemTime> {
+        self.expires_at
+    }
+
+    /// The OpenID Connect `id_token` of the answer, if it had one (Cognito sends one). Treat it
+    /// as a password.
+    pub fn id_token(&self) -> Option<&str> {
+        self.id_token.as_ref().map(|t| t.0.as_str())
+    }
+}
+
+impl fmt::Debug for TokenSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenSet")
+            .field("refresh_token", &self.refresh_token)
+            .field("rotated", &self.rotated)
+            .field("access_token", &self.access_token)
+            .field("expires_at", &self.expires_at)
+            .field("id_token", &self.id_token)
+            .finish()
+    }
+}
+
+/// Where a user's session stands, as [`RefreshTokenGrant::status`] reports it.
+///
+/// A [`watch`] receiver sees each change: an application can show its sign-in screen when
+/// [`ended`](Self::ended) turns `Some` (a background refresh met `invalid_grant`), before a
+/// request fails.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct SessionStatus {
+    /// The error that ended the session (`invalid_grant`: the refresh token expired, was
+    /// revoked or was reused), until [`RefreshTokenGrant::replace_refresh_token`] starts a new
+    /// one. `None` while the session lives.
+    pub ended: Option<Error>,
+    /// Whether the newest token set has not been saved by
+    /// [`persist`](RefreshTokenGrantBuilder::persist) yet (its save failed and is being tried
+    /// again). The refresh token in memory is the newest either way.
+    pub unsaved: bool,
+    /// How many saves have failed or timed out so far.
+    pub save_failures: u64,
+    /// How many times the server has rotated the refresh token so far.
+    pub rotations: u64,
+}
+
+/// The OAuth 2.0 refresh_token grant for a user's session, with refresh-token rotation.
+///
+/// Each [`fetch`](TokenSource::fetch) POSTs `grant_type=refresh_token&refresh_token=…` (and
+/// `scope` when set) to the token URL. A public app client (no secret) sends `client_id` in the
+/// form and no `Authorization` header; a confidential one authenticates like
+/// [`ClientCredentials`](crate::ClientCredentials), by [`ClientAuth::Basic`] or
+/// [`ClientAuth::Post`]. See the [module docs](crate::grant::refresh_token) for rotation, restoring a session
+/// and the end of a session.
+///
+/// Plug it into the layer with
+/// [`CognitoAuthLayerBuilder::token_source`](crate::CognitoAuthLayerBuilder::token_source):
+///
+/// ```no_run
+/// use tower_cognito_auth::{CognitoAuthLayer, RefreshTokenGrant};
+/// # fn save(_: &str) {}
+/// # fn main() -> Result<(), tower::BoxError> {
+/// # let stored_refresh_token = String::new();
+/// let grant = RefreshTokenGrant::builder()
+///     .cognito_domain("my-pool", "us-east-1") // or .token_url(..)
+///     .client_id("my-app-client-id") // .client_secret(..) when the app client has one
+///     .refresh_token(stored_refresh_token)
+///     .on_rotation(|new_refresh_token: &str| save(new_refresh_token))
+///     .build()?;
+/// let auth = CognitoAuthLayer::builder().token_source(grant).build()?;
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Clone
+///
+/// Clones share one session: one refresh token, one exchange at a time, one set of hooks, one
+/// [`status`](Self::status). Give the layer a clone and keep one to
+/// [`close`](Self::close) the session or [replace](Self::replace_refresh_token) its refresh
+/// token. `Debug` shows the token URL, the client id and the scope, never the client secret,
+/// the refresh token or an access token.
+#[derive(Clone)]
+pub struct RefreshTokenGrant {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    endpoint: Endpoint,
+    /// Bumped by each new sign-in ([`TokenSource::epoch`]).
+    epoch: std::sync::atomic::AtomicU64,
+    client_id: String,
+    confidential: bool,
+    client_auth: ClientAuth,
+    scope: Option<String>,
+    /// The encoded form fields after `grant_type` and `refresh_token`: the scope, then the
+    /// client's own (with the secret in them under [`ClientAuth::Post`]).
+    form_tail: Secret,
+    /// The session's refresh token. An exchange holds this lock from before it sends the token
+    /// until the answer has been applied and saved, so that no two requests ever carry the
+    /// same token.
+    session: Arc<tokio::sync::Mutex<Session>>,
+    /// The access token restored from storage, handed out once by the first fetch.
+    stored: Mutex<Option<Token>>,
+    on_rotation: Option<RotationHook>,
+    persist: Option<PersistHook>,
+    persist_timeout: Duration,
+    /// The newest token set that is not saved yet; locked by whoever saves, so that saves
+    /// never overlap and an older set never overwrites a newer one.
+    unsaved: tokio::sync::Mutex<Option<TokenSet>>,
+    /// Whether a task is trying a failed save again.
+    retrying: AtomicBool,
+    status: watch::Sender<SessionStatus>,
+    retry: RetryPolicy,
+    /// The session's thread, started by the first exchange: see [`Worker`].
+    worker: Mutex<Option<mpsc::UnboundedSender<Job>>>,
+}
+
+struct Session {
+    refresh_token: Secret,
+    /// Set by `invalid_grant`: the session is over and its refresh token is never sent again.
+    ended: Option<Error>,
+    /// Set by [`RefreshTokenGrant::close`]: no exchange starts any more.
+    closed: bool,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl RefreshTokenGrant {
+    /// A builder; see [`RefreshTokenGrantBuilder`].
+    pub fn builder() -> RefreshTokenGrantBuilder {
+        RefreshTokenGrantBuilder::default()
+    }
+
+    /// The session's status, as a [`watch`] receiver that sees each change: the end of the
+    /// session (`invalid_grant`), failed saves, rotations. It works from any runtime, and
+    /// outside one ([`watch::Receiver::borrow`]).
+    ///
+    /// ```
+    /// # #[cfg(feature = "test-util")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tower::BoxError> {
+    /// # use tower_cognito_auth::{RefreshTokenGrant, testing::TokenEndpoint};
+    /// # let endpoint = TokenEndpoint::builder().public_client(true).start().await?;
+    /// # let grant = RefreshTokenGrant::builder()
+    /// #     .token_url(endpoint.token_url())
+    /// #     .client_id(endpoint.client_id())
+    /// #     .refresh_token(endpoint.new_session())
+    /// #     .http_client(hyper_util::client::legacy::Client::builder(
+    /// #         hyper_util::rt::TokioExecutor::new()).build_http())
+    /// #     .build()?;
+    /// let mut status = grant.status();
+    /// tokio::spawn(async move {
+    ///     // Wakes when a refresh, in the background or for a request, meets `invalid_grant`.
+    ///     if status.wait_for(|s| s.ended.is_some()).await.is_ok() {
+    ///         // show the sign-in screen
+    ///     }
+    /// });
+    /// # Ok(())
+    /// # }
+    /// # #[cfg(not(feature = "test-util"))]
+    /// # fn main() {}
+    /// ```
+    pub fn status(&self) -> watch::Receiver<SessionStatus> {
+        self.inner.status.subscribe()
+    }
+
+    /// Starts over with the refresh token of a new sign-in, without rebuilding the grant or
+    /// the layer: it replaces the session's refresh token, forgets an ended session
+    /// (`invalid_grant`) and a restored access token, and the next fetch exchanges the new
+    /// refresh token. Waits for an exchange in flight first, so that its answer cannot
+    /// overwrite the new token.
+    ///
+    /// A layer's cache that met `invalid_grant` keeps failing requests with it until its
+    /// pause ends (at most a minute, the slowest backoff), then asks the grant again.
+    ///
+    /// # Errors
+    ///
+    /// An [`Error`] of kind [`InvalidConfig`](crate::ErrorKind::InvalidConfig) when
+    /// `refresh_token` is empty, or the grant was [closed](Self::close).
+    pub async fn replace_refresh_token(
+        &self,
+        refresh_token: impl Into<String>,
+    ) -> Result<(), Error> {
+        let refresh_token = refresh_token.into();
+        if refresh_token.is_empty() {
+            return Err(Error::invalid_config("the refresh token is empty"));
+        }
+        let mut session = self.inner.session.lock().await;
+        if session.closed {
+            return Err(closed());
+        }
+        session.refresh_token = Secret(refresh_token);
+        session.ended = None;
+        lock(&self.inner.stored).take();
+        // The cache paces its refreshes after `invalid_grant`: this tells it that is old news.
+        self.inner
+            .epoch
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
+        self.inner.status.send_modify(|status| status.ended = None);
+        tracing::debug!("the session's refresh token was replaced (a new sign-in)");
+        Ok(())
+    }
+
+    /// Closes the session for this process: waits for an exchange in flight to end (its
+    /// answer read, the rotation applied, the token set saved or its save failed), tries once
+    /// more to save a token set whose save failed, and from then on refuses to exchange
+    /// (fetches fail with an error of kind [`InvalidConfig`](crate::ErrorKind::InvalidConfig)).
+    /// Call it before the application exits, so that no rotation the server has made is lost
+    /// with the process. Clones share the closed session.
+    ///
+    /// # Errors
+    ///
+    /// An [`Error`] of kind [`Internal`](crate::ErrorKind::Internal) when the newest token set
+    /// could not be saved (the hook failed or took longer than
+    /// [`persist_timeout`](RefreshTokenGrantBuilder::persist_timeout)): the application
+    /// should then keep what [`TokenSet::refresh_token`] last told it by other means.
+    pub async fn close(&self) -> Result<(), Error> {
+        let mut session = self.inner.session.lock().await;
+        session.closed = true;
+        drop(session);
+        let mut unsaved = self.inner.unsaved.lock().await;
+        match unsaved.take() {
+            None => Ok(()),
+            Some(set) => {
+                if self.inner.save_once(set.clone()).await {
+                    self.inner
+                        .status
+                        .send_modify(|status| status.unsaved = false);
+                    Ok(())
+                } else {
+                    *unsaved = Some(set);
+                    Err(Error::internal(
+                        "the session's newest token set could not be saved",
+                    ))
+                }
+            }
+        }
+    }
+}
+
+impl TokenSource for RefreshTokenGrant {
+    fn fetch(&self) -> BoxFuture<'_, Result<Token, Error>> {
+        Box::pin(Self::fetch_token(Arc::clone(&self.inner)))
+    }
+
+    fn client_id(&self) -> Option<&str> {
+        Some(&self.inner.client_id)
+    }
+
+    fn epoch(&self) -> u64 {
+        self.inner.epoch.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+impl fmt::Debug for RefreshTokenGrant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RefreshTokenGrant")
+            .field("token_url", &self.inner.endpoint.token_url)
+            .field("client_id", &self.inner.client_id)
+            .field(
+                "client_secret",
+                &self.inner.confidential.then_some("[redacted]"),
+            )
+            .field("refresh_token", &"[redacted]")
+            .field("scope", &self.inner.scope)
+            .field("client_auth", &self.inner.client_auth)
+            .field("on_rotation", &self.inner.on_rotation.is_some())
+            .field("persist", &self.inner.persist.is_some())
+            .field("request_timeout", &self.inner.endpoint.request_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests;
