@@ -146,3 +146,52 @@ fn client_secret_beside_client_secret_source_is_refused() {
     );
     assert!(!error.to_string().contains("fixed"), "{error}");
 }
+
+/// A confidential app client's user session: the grant reads its secret at each exchange, and
+/// a rewrite after `invalid_client` heals on the next request.
+#[tokio::test(start_paused = true)]
+async fn a_session_reads_its_client_secret_at_each_exchange() {
+    let endpoint = TokenEndpoint::builder()
+        .lifetime(std::time::Duration::from_secs(300))
+        .start()
+        .await
+        .unwrap();
+    let path = secret_path("session");
+    std::fs::write(&path, "a-wrong-secret\n").unwrap();
+    let grant = tower_cognito_auth::RefreshTokenGrant::builder()
+        .token_url(endpoint.token_url())
+        .client_id(endpoint.client_id())
+        .client_secret_source(ClientSecret::from_file(&path))
+        .refresh_token(endpoint.new_session())
+        .http_client(http())
+        .build()
+        .unwrap();
+    let auth = CognitoAuthLayer::builder()
+        .token_source(grant)
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        assert!(auth.token().await.unwrap_err().is_invalid_client());
+    }
+    assert_eq!(endpoint.request_count(), 1);
+
+    std::fs::write(&path, format!("{}\n", endpoint.client_secret())).unwrap();
+    auth.token().await.unwrap();
+    assert_eq!(endpoint.request_count(), 2);
+    assert_eq!(
+        endpoint.requests()[1].basic_credentials().unwrap().1,
+        endpoint.client_secret()
+    );
+    assert!(!endpoint.is_session_revoked());
+
+    let both = tower_cognito_auth::RefreshTokenGrant::builder()
+        .token_url(endpoint.token_url())
+        .client_id(endpoint.client_id())
+        .client_secret("fixed")
+        .client_secret_source(ClientSecret::from_file(&path))
+        .refresh_token("r")
+        .http_client(http())
+        .build()
+        .unwrap_err();
+    assert_eq!(both.kind(), ErrorKind::InvalidConfig);
+}

@@ -260,17 +260,11 @@ impl Endpoint {
         }
     }
 
-    /// One POST of `form` to the token endpoint. A `2xx` answer is read (at most
+    /// One POST of `form` to the token endpoint, with `authorization` (the grant's client
+    /// authentication for this request) as its `Authorization` header. A `2xx` answer is read (at most
     /// [`MAX_RESPONSE_BODY`]) and returned; anything else becomes an [`Error`]: `429` rate
     /// limited, `5xx` unavailable (both with `Retry-After`), other statuses rejected with the
     /// OAuth error of the body, if any.
-    pub(crate) async fn post(&self, form: Bytes, sent_at: Instant) -> Result<Answered, Error> {
-        self.post_authorized(form, self.authorization.as_ref(), sent_at)
-            .await
-    }
-
-    /// [`post`](Self::post) with this request's own `Authorization` header (a client secret
-    /// read for this request), instead of the endpoint's.
     pub(crate) async fn post_authorized(
         &self,
         form: Bytes,

@@ -20,6 +20,7 @@ use super::{
 };
 use crate::backoff::Backoff;
 use crate::error::{BoxError, Error};
+use crate::grant::client_secret::{ClientSecret, SecretCell};
 use crate::grant::endpoint::{
     ClientAuth, Endpoint, HttpClient, RetryPolicy, Secret, TokenUrl, client_authentication,
     client_or_default, erase_client, join_scopes, never_sent, require_client_id,
@@ -42,6 +43,7 @@ pub struct RefreshTokenGrantBuilder {
     token_url: Option<TokenUrl>,
     client_id: Option<String>,
     client_secret: Option<Secret>,
+    secret_source: Option<ClientSecret>,
     scopes: Vec<String>,
     client_auth: ClientAuth,
     refresh_token: Option<Secret>,
@@ -59,6 +61,7 @@ impl fmt::Debug for RefreshTokenGrantBuilder {
             .field("token_url", &self.token_url)
             .field("client_id", &self.client_id)
             .field("client_secret", &self.client_secret)
+            .field("client_secret_source", &self.secret_source)
             .field("scopes", &self.scopes)
             .field("client_auth", &self.client_auth)
             .field("refresh_token", &self.refresh_token)
@@ -101,6 +104,15 @@ impl RefreshTokenGrantBuilder {
     /// never appears in `Debug` output, logs or errors.
     pub fn client_secret(mut self, client_secret: impl Into<String>) -> Self {
         self.client_secret = Some(Secret(client_secret.into()));
+        self
+    }
+
+    /// Where to read the app client's secret at each exchange (a file rewritten when it
+    /// rotates, or a function of yours), for a confidential client; instead of
+    /// [`client_secret`](Self::client_secret). `build()` does not read it. See
+    /// [`ClientSecret`].
+    pub fn client_secret_source(mut self, source: ClientSecret) -> Self {
+        self.secret_source = Some(source);
         self
     }
 
@@ -284,7 +296,8 @@ impl RefreshTokenGrantBuilder {
     ///   (`user:pass@`), or is `http://` for a host that is not loopback, or neither http nor https;
     /// - a Cognito domain prefix is not 1 to 63 of `a-z`, `0-9`, `-` (not at either end), or the
     ///   region does not look like `us-east-1`;
-    /// - the client id is missing or empty, or a client secret was given empty;
+    /// - the client id is missing or empty, or a client secret was given empty, or both
+    ///   `client_secret` and `client_secret_source` are set (a secret source is not read here);
     /// - the refresh token is missing or empty;
     /// - the restored access token is empty, longer than 16 KiB, or has characters that cannot
     ///   go into an HTTP header, or [`access_token_from_jwt`](Self::access_token_from_jwt) was
@@ -295,13 +308,19 @@ impl RefreshTokenGrantBuilder {
     pub fn build(self) -> Result<RefreshTokenGrant, Error> {
         let token_url = TokenUrl::resolve(self.token_url)?;
         let client_id = require_client_id(self.client_id)?;
-        let secret = match self.client_secret {
-            Some(Secret(s)) if s.is_empty() => {
-                return Err(Error::invalid_config("the client secret is empty"));
+        let source = match (self.client_secret, self.secret_source) {
+            (Some(_), Some(_)) => {
+                return Err(Error::invalid_config(
+                    "both `client_secret` and `client_secret_source` are set: keep one",
+                ));
             }
-            Some(Secret(s)) => Some(s),
-            None => None,
+            (Some(Secret(s)), None) => Some(ClientSecret::new(s)),
+            (None, source) => source,
         };
+        let secret = source.as_ref().and_then(ClientSecret::fixed);
+        if secret.is_some_and(str::is_empty) {
+            return Err(Error::invalid_config("the client secret is empty"));
+        }
         let refresh_token = match self.refresh_token {
             Some(token) if !token.0.is_empty() => token,
             Some(_) => return Err(Error::invalid_config("the refresh token is empty")),
@@ -330,8 +349,12 @@ impl RefreshTokenGrantBuilder {
         if let Some(scope) = &scope {
             tail.append_pair("scope", scope);
         }
-        let authorization =
-            client_authentication(&mut tail, self.client_auth, &client_id, secret.as_deref())?;
+        // A secret read at each exchange authenticates it there; a fixed one (or none, a
+        // public client) goes into the form's tail or the header now.
+        let authorization = match (&source, secret) {
+            (Some(_), None) => None,
+            (_, secret) => client_authentication(&mut tail, self.client_auth, &client_id, secret)?,
+        };
         Ok(RefreshTokenGrant {
             inner: Arc::new(Inner {
                 epoch: std::sync::atomic::AtomicU64::new(0),
@@ -343,7 +366,8 @@ impl RefreshTokenGrantBuilder {
                     metrics: crate::metrics::Metrics::new(&client_id),
                 },
                 client_id,
-                confidential: secret.is_some(),
+                confidential: source.is_some(),
+                secret: source.map(SecretCell::new),
                 client_auth: self.client_auth,
                 scope,
                 form_tail: Secret(tail.finish()),

@@ -13,8 +13,9 @@ use tokio::time::Instant;
 
 use super::{Inner, RefreshTokenGrant, Session, TokenSet, lock};
 use crate::error::{Error, ErrorKind};
-use crate::grant::endpoint::{Answered, Secret, never_sent};
+use crate::grant::endpoint::{Answered, Secret, client_authentication, never_sent};
 use crate::token::{Token, parse_id_token, parse_refresh_token, parse_token_response};
+use http::HeaderValue;
 
 /// An exchange, as the session's thread runs it.
 pub(super) type Job = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -159,8 +160,9 @@ impl Inner {
             tracing::debug!("the session has ended; its refresh token is not sent again");
             return Err(error.clone());
         }
-        let form = self.form(&session.refresh_token.0);
-        let mut answered = self.post(form.clone()).await;
+        let (form, authorization) = self.form(&session.refresh_token.0)?;
+        let authorization = authorization.as_ref();
+        let mut answered = self.post(form.clone(), authorization).await;
         if let Err(error) = &answered
             && answer_lost(error)
         {
@@ -169,7 +171,10 @@ impl Inner {
             // `RetryGracePeriodSeconds`, Okta's, Auth0's) still accepts it; a strict server
             // without one ends the session, as the next refresh would have.
             tracing::warn!(%error, "the token endpoint's answer was lost; retrying once with the same refresh token");
-            answered = self.post(form).await;
+            answered = self.post(form, authorization).await;
+        }
+        if let Some(cell) = &self.secret {
+            cell.note(matches!(&answered, Err(error) if error.is_permanent()));
         }
         let answer = match answered {
             Ok(answer) => answer,
@@ -227,10 +232,15 @@ impl Inner {
     }
 
     /// One POST, bounded by `request_timeout` on the session thread's clock.
-    async fn post(&self, form: Bytes) -> Result<Answered, Error> {
+    async fn post(
+        &self,
+        form: Bytes,
+        authorization: Option<&HeaderValue>,
+    ) -> Result<Answered, Error> {
         let timeout = self.endpoint.request_timeout;
         let sent_at = Instant::now();
-        let result = match tokio::time::timeout(timeout, self.endpoint.post(form, sent_at)).await {
+        let post = self.endpoint.post_authorized(form, authorization, sent_at);
+        let result = match tokio::time::timeout(timeout, post).await {
             Ok(result) => result,
             Err(_) => Err(Error::timeout("the token request", timeout)),
         };
@@ -240,15 +250,24 @@ impl Inner {
         result
     }
 
-    fn form(&self, refresh_token: &str) -> Bytes {
+    /// The form of an exchange, and its `Authorization` header: the endpoint's, or, for a
+    /// secret read at each request ([`ClientSecret`](crate::ClientSecret)), one made now (no
+    /// request without a secret).
+    fn form(&self, refresh_token: &str) -> Result<(Bytes, Option<HeaderValue>), Error> {
         let mut form = form_urlencoded::Serializer::new(String::new());
         form.append_pair("grant_type", "refresh_token");
         form.append_pair("refresh_token", refresh_token);
+        let mut authorization = self.endpoint.authorization.clone();
+        if let Some(cell) = self.secret.as_ref().filter(|cell| cell.fixed().is_none()) {
+            let secret = cell.read().inspect_err(|_| cell.note(true))?;
+            authorization =
+                client_authentication(&mut form, self.client_auth, &self.client_id, Some(&secret))?;
+        }
         let mut form = form.finish();
         if !self.form_tail.0.is_empty() {
             form.push('&');
             form.push_str(&self.form_tail.0);
         }
-        Bytes::from(form)
+        Ok((Bytes::from(form), authorization))
     }
 }

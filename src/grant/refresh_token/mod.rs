@@ -130,6 +130,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, watch};
 
+use super::client_secret::SecretCell;
 use super::endpoint::{ClientAuth, Endpoint, RetryPolicy, Secret};
 use crate::error::{BoxError, Error};
 use crate::source::{BoxFuture, TokenSource};
@@ -275,6 +276,9 @@ struct Inner {
     epoch: std::sync::atomic::AtomicU64,
     client_id: String,
     confidential: bool,
+    /// A confidential client's secret; one that is read at each exchange authenticates it
+    /// there, a fixed one is already in `form_tail` or the endpoint's header.
+    secret: Option<SecretCell>,
     client_auth: ClientAuth,
     scope: Option<String>,
     /// The encoded form fields after `grant_type` and `refresh_token`: the scope, then the
@@ -434,8 +438,14 @@ impl TokenSource for RefreshTokenGrant {
         Some(&self.inner.client_id)
     }
 
+    /// Bumped by each new sign-in, and by a change of a client secret read from a file or a
+    /// function.
     fn epoch(&self) -> u64 {
-        self.inner.epoch.load(std::sync::atomic::Ordering::Acquire)
+        let secret = self.inner.secret.as_ref().map_or(0, SecretCell::epoch);
+        self.inner
+            .epoch
+            .load(std::sync::atomic::Ordering::Acquire)
+            .wrapping_add(secret)
     }
 }
 
