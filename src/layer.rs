@@ -221,7 +221,9 @@ impl CognitoAuthLayerBuilder {
         self
     }
 
-    /// The app client's secret. Required, unless [`token_source`](Self::token_source) is used.
+    /// The app client's secret. Required, unless [`token_source`](Self::token_source),
+    /// [`client_secret_source`](Self::client_secret_source) or [`ClientAuth::PrivateKeyJwt`]
+    /// is used.
     /// It never appears in `Debug` output, logs or errors.
     pub fn client_secret(mut self, client_secret: impl Into<String>) -> Self {
         self.credentials = self.credentials.client_secret(client_secret);
@@ -270,7 +272,9 @@ impl CognitoAuthLayerBuilder {
         self
     }
 
-    /// HTTP Basic (the default) or the client id and secret in the form body.
+    /// HTTP Basic (the default), the client id and secret in the form body, or a signed JWT
+    /// instead of the secret ([`ClientAuth::PrivateKeyJwt`] with a key and no secret,
+    /// [`ClientAuth::ClientSecretJwt`]). See [`ClientCredentialsBuilder::client_auth`].
     pub fn client_auth(mut self, client_auth: ClientAuth) -> Self {
         self.credentials = self.credentials.client_auth(client_auth);
         self.credential_settings.push("client_auth");

@@ -148,9 +148,9 @@ pub mod trailers;
 
 pub use cache::{CachedToken, Generation, Stats, TokenCache, TokenCacheBuilder};
 pub use error::{Error, ErrorKind};
-pub use grant::ClientSecret;
 pub use grant::refresh_token as session;
 pub use grant::{BoxFuture, SharedIdentity, TokenSource};
+pub use grant::{ClientAssertionKey, ClientSecret};
 pub use grant::{
     ClientAuth, ClientCredentials, ClientCredentialsBuilder, RefreshTokenGrant,
     RefreshTokenGrantBuilder, SessionStatus, TokenSet,

@@ -62,12 +62,15 @@ struct Inner {
     client_id: String,
     scope: Option<String>,
     client_auth: ClientAuth,
-    /// Read at each fetch (and kept for [`SharedIdentity`] when fixed); never printed.
-    secret: SecretCell,
+    /// Read at each fetch (and kept for [`SharedIdentity`] when fixed); never printed. None
+    /// under [`ClientAuth::PrivateKeyJwt`].
+    secret: Option<SecretCell>,
     /// The key that seals the token in a shared store when the secret is not fixed.
     store_key: Option<Secret>,
     /// The form without the client's authentication: `grant_type` and `scope`.
     form_head: String,
+    /// The token URL, an assertion's `aud`.
+    audience: String,
     retry: RetryPolicy,
 }
 
@@ -79,9 +82,9 @@ impl ClientCredentials {
 
     async fn fetch_with_retries(inner: Arc<Inner>) -> Result<Token, Error> {
         let result = Self::fetch_with_secret(&inner).await;
-        inner
-            .secret
-            .note(matches!(&result, Err(error) if error.is_permanent()));
+        if let Some(secret) = &inner.secret {
+            secret.note(matches!(&result, Err(error) if error.is_permanent()));
+        }
         result
     }
 
@@ -89,13 +92,14 @@ impl ClientCredentials {
     /// the policy says.
     async fn fetch_with_secret(inner: &Inner) -> Result<Token, Error> {
         let (body, authorization) = {
-            let secret = inner.secret.read()?;
+            let secret = inner.secret.as_ref().map(SecretCell::read).transpose()?;
             let mut form = form_urlencoded::Serializer::for_suffix(inner.form_head.clone(), 0);
             let authorization = client_authentication(
                 &mut form,
-                inner.client_auth,
+                &inner.client_auth,
                 &inner.client_id,
-                Some(&secret),
+                secret.as_deref(),
+                &inner.audience,
             )?;
             (Bytes::from(form.finish()), authorization)
         };
@@ -128,7 +132,7 @@ impl TokenSource for ClientCredentials {
     /// (`None` without one: a secret that rotates cannot seal a token that outlives it).
     fn shared_identity(&self) -> Option<SharedIdentity> {
         let inner = &self.inner;
-        let key = match (&inner.store_key, inner.secret.fixed()) {
+        let key = match (&inner.store_key, inner.secret.as_ref()?.fixed()) {
             (Some(key), _) => key.0.as_str(),
             (None, Some(secret)) => secret,
             (None, None) => return None,
@@ -144,7 +148,7 @@ impl TokenSource for ClientCredentials {
 
     /// Changes when a secret read from a file or a function does (see [`ClientSecret`]).
     fn epoch(&self) -> u64 {
-        self.inner.secret.epoch()
+        self.inner.secret.as_ref().map_or(0, SecretCell::epoch)
     }
 }
 
@@ -271,7 +275,9 @@ impl ClientCredentialsBuilder {
         self
     }
 
-    /// How the client authenticates. Default is [`ClientAuth::Basic`].
+    /// How the client authenticates: with the secret ([`ClientAuth::Basic`], [`ClientAuth::Post`],
+    /// [`ClientAuth::ClientSecretJwt`]) or with a private key ([`ClientAuth::PrivateKeyJwt`],
+    /// which needs no secret). Default is [`ClientAuth::Basic`].
     pub fn client_auth(mut self, client_auth: ClientAuth) -> Self {
         self.client_auth = client_auth;
         self
@@ -337,7 +343,8 @@ impl ClientCredentialsBuilder {
     /// - a Cognito domain prefix is not 1 to 63 of `a-z`, `0-9`, `-` (not at either end), or the
     ///   region does not look like `us-east-1`;
     /// - the client id is missing or empty, or the client secret is missing or empty, or both
-    ///   `client_secret` and `client_secret_source` are set (a secret source is not read here);
+    ///   `client_secret` and `client_secret_source` are set (a secret source is not read here),
+    ///   or a client secret is set beside [`ClientAuth::PrivateKeyJwt`] (which needs none);
     /// - a `shared_store_key` is shorter than 32 bytes;
     /// - a scope is empty or has characters RFC 6749 §3.3 does not allow (space, `"`, `\`);
     /// - `request_timeout`, `fetch_deadline` or `max_attempts` is zero;
@@ -345,21 +352,29 @@ impl ClientCredentialsBuilder {
     pub fn build(self) -> Result<ClientCredentials, Error> {
         let token_url = TokenUrl::resolve(self.token_url)?;
         let client_id = require_client_id(self.client_id)?;
+        let keyed = matches!(self.client_auth, ClientAuth::PrivateKeyJwt(_));
         let secret = match (self.client_secret, self.secret_source) {
             (Some(_), Some(_)) => {
                 return Err(Error::invalid_config(
                     "both `client_secret` and `client_secret_source` are set: keep one",
                 ));
             }
-            (Some(Secret(s)), None) => ClientSecret::new(s),
-            (None, Some(source)) => source,
+            (Some(_), None) | (None, Some(_)) if keyed => {
+                return Err(Error::invalid_config(
+                    "ClientAuth::PrivateKeyJwt signs with a key: a client secret would not be used",
+                ));
+            }
+            (Some(Secret(s)), None) => Some(ClientSecret::new(s)),
+            (None, Some(source)) => Some(source),
+            (None, None) if keyed => None,
             (None, None) => {
                 return Err(Error::invalid_config(
                     "no client secret: call `client_secret` or `client_secret_source`",
                 ));
             }
         };
-        if secret.fixed().is_some_and(str::is_empty) {
+        let fixed = secret.as_ref().and_then(ClientSecret::fixed);
+        if fixed.is_some_and(str::is_empty) {
             return Err(Error::invalid_config("the client secret is empty"));
         }
         if self.store_key.as_ref().is_some_and(|k| k.0.len() < 32) {
@@ -383,15 +398,17 @@ impl ClientCredentialsBuilder {
         if let Some(scope) = &scope {
             form.append_pair("scope", scope);
         }
-        if let Some(fixed) = secret.fixed() {
+        if let Some(fixed) = fixed.filter(|_| !self.client_auth.is_assertion()) {
             // Found out now rather than at the first request: a secret a header cannot carry.
             client_authentication(
                 &mut form_urlencoded::Serializer::new(String::new()),
-                self.client_auth,
+                &self.client_auth,
                 &client_id,
                 Some(fixed),
+                "",
             )?;
         }
+        let audience = token_url.to_string();
         Ok(ClientCredentials {
             inner: Arc::new(Inner {
                 endpoint: Endpoint {
@@ -406,9 +423,10 @@ impl ClientCredentialsBuilder {
                 client_id,
                 scope,
                 client_auth: self.client_auth,
-                secret: SecretCell::new(secret),
+                secret: secret.map(SecretCell::new),
                 store_key: self.store_key,
                 form_head: form.finish(),
+                audience,
                 retry: RetryPolicy {
                     max_attempts,
                     deadline,

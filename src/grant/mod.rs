@@ -11,6 +11,7 @@
 //! [loopback endpoint](crate::testing). What they share (the URL rules, client
 //! authentication, the retries, reading the answer) is in `endpoint.rs`.
 
+pub mod client_assertion;
 pub mod client_credentials;
 pub mod client_secret;
 pub(crate) mod endpoint;
@@ -19,6 +20,7 @@ mod https;
 pub mod refresh_token;
 mod source;
 
+pub use client_assertion::ClientAssertionKey;
 pub use client_credentials::{ClientCredentials, ClientCredentialsBuilder};
 pub use client_secret::ClientSecret;
 pub use endpoint::ClientAuth;

@@ -351,9 +351,18 @@ impl RefreshTokenGrantBuilder {
         }
         // A secret read at each exchange authenticates it there; a fixed one (or none, a
         // public client) goes into the form's tail or the header now.
-        let authorization = match (&source, secret) {
-            (Some(_), None) => None,
-            (_, secret) => client_authentication(&mut tail, self.client_auth, &client_id, secret)?,
+        if self.client_auth == ClientAuth::ClientSecretJwt && source.is_none() {
+            return Err(Error::invalid_config(
+                "ClientAuth::ClientSecretJwt needs a client secret",
+            ));
+        }
+        let per_request_auth =
+            self.client_auth.is_assertion() || (source.is_some() && secret.is_none());
+        let audience = token_url.to_string();
+        let authorization = if per_request_auth {
+            None
+        } else {
+            client_authentication(&mut tail, &self.client_auth, &client_id, secret, &audience)?
         };
         Ok(RefreshTokenGrant {
             inner: Arc::new(Inner {
@@ -366,8 +375,9 @@ impl RefreshTokenGrantBuilder {
                     metrics: crate::metrics::Metrics::new(&client_id),
                 },
                 client_id,
-                confidential: source.is_some(),
                 secret: source.map(SecretCell::new),
+                per_request_auth,
+                audience,
                 client_auth: self.client_auth,
                 scope,
                 form_tail: Secret(tail.finish()),

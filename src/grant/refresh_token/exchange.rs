@@ -251,17 +251,25 @@ impl Inner {
     }
 
     /// The form of an exchange, and its `Authorization` header: the endpoint's, or, for a
-    /// secret read at each request ([`ClientSecret`](crate::ClientSecret)), one made now (no
-    /// request without a secret).
+    /// secret read at each request ([`ClientSecret`](crate::ClientSecret)) or a signed
+    /// assertion, one made now (no request without a secret).
     fn form(&self, refresh_token: &str) -> Result<(Bytes, Option<HeaderValue>), Error> {
         let mut form = form_urlencoded::Serializer::new(String::new());
         form.append_pair("grant_type", "refresh_token");
         form.append_pair("refresh_token", refresh_token);
         let mut authorization = self.endpoint.authorization.clone();
-        if let Some(cell) = self.secret.as_ref().filter(|cell| cell.fixed().is_none()) {
-            let secret = cell.read().inspect_err(|_| cell.note(true))?;
-            authorization =
-                client_authentication(&mut form, self.client_auth, &self.client_id, Some(&secret))?;
+        if self.per_request_auth {
+            let secret = match &self.secret {
+                Some(cell) => Some(cell.read().inspect_err(|_| cell.note(true))?),
+                None => None,
+            };
+            authorization = client_authentication(
+                &mut form,
+                &self.client_auth,
+                &self.client_id,
+                secret.as_deref(),
+                &self.audience,
+            )?;
         }
         let mut form = form.finish();
         if !self.form_tail.0.is_empty() {

@@ -275,10 +275,14 @@ struct Inner {
     /// Bumped by each new sign-in ([`TokenSource::epoch`]).
     epoch: std::sync::atomic::AtomicU64,
     client_id: String,
-    confidential: bool,
     /// A confidential client's secret; one that is read at each exchange authenticates it
     /// there, a fixed one is already in `form_tail` or the endpoint's header.
     secret: Option<SecretCell>,
+    /// Whether each exchange authenticates the client anew (a secret read at each request, a
+    /// signed assertion), rather than with `form_tail` and the endpoint's header.
+    per_request_auth: bool,
+    /// The token URL, an assertion's `aud`.
+    audience: String,
     client_auth: ClientAuth,
     scope: Option<String>,
     /// The encoded form fields after `grant_type` and `refresh_token`: the scope, then the
@@ -454,10 +458,7 @@ impl fmt::Debug for RefreshTokenGrant {
         f.debug_struct("RefreshTokenGrant")
             .field("token_url", &self.inner.endpoint.token_url)
             .field("client_id", &self.inner.client_id)
-            .field(
-                "client_secret",
-                &self.inner.confidential.then_some("[redacted]"),
-            )
+            .field("client_secret", &self.inner.secret)
             .field("refresh_token", &"[redacted]")
             .field("scope", &self.inner.scope)
             .field("client_auth", &self.inner.client_auth)
