@@ -168,6 +168,33 @@ async fn a_wrong_key_or_secret_is_a_clear_permanent_error() {
     .unwrap();
     assert!(other_client.fetch().await.unwrap_err().is_invalid_client());
 
+    // A key file rewritten after the refusal: the next request through the layer is served
+    // (a new credential ends the minute's pause that invalid_client starts).
+    let dir = std::env::temp_dir().join(format!(
+        "tower-cognito-auth-oidc-wrong-{}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("client-key.pem");
+    std::fs::write(&path, &provider.wrong_pem).unwrap();
+    let layer = CognitoAuthLayer::builder()
+        .token_url(&provider.token_url)
+        .client_id("es256-client")
+        .client_auth(ClientAuth::PrivateKeyJwt(
+            ClientAssertionKey::from_file(&path).key_id("ec-1"),
+        ))
+        .max_attempts(1)
+        .http_client(common::http())
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        assert!(layer.token().await.unwrap_err().is_invalid_client());
+    }
+    assert_eq!(layer.stats().token_requests, 1, "paced");
+    std::fs::write(&path, &provider.ec_pem).unwrap();
+    layer.token().await.unwrap();
+    assert_eq!(layer.stats().token_requests, 2);
+
     let wrong_secret = client(&provider, "hs256-client", ClientAuth::ClientSecretJwt)
         .client_secret("not-the-secret-of-this-client-at-all")
         .build()

@@ -105,6 +105,14 @@ impl ClientAssertionKey {
         self
     }
 
+    /// The file the key is read from, if it is read at each request.
+    pub(crate) fn file(&self) -> Option<&Path> {
+        match &self.source {
+            KeySource::File(path) => Some(path),
+            KeySource::Loaded(_) => None,
+        }
+    }
+
     /// A signed assertion for one token request.
     pub(crate) fn assertion(&self, client_id: &str, audience: &str) -> Result<String, Error> {
         let key = match &self.source {

@@ -65,6 +65,9 @@ struct Inner {
     /// Read at each fetch (and kept for [`SharedIdentity`] when fixed); never printed. None
     /// under [`ClientAuth::PrivateKeyJwt`].
     secret: Option<SecretCell>,
+    /// A [`ClientAssertionKey::from_file`](crate::ClientAssertionKey::from_file)'s file,
+    /// watched as a secret is: a rewritten key is a new credential.
+    key_file: Option<SecretCell>,
     /// The key that seals the token in a shared store when the secret is not fixed.
     store_key: Option<Secret>,
     /// The form without the client's authentication: `grant_type` and `scope`.
@@ -81,9 +84,14 @@ impl ClientCredentials {
     }
 
     async fn fetch_with_retries(inner: Arc<Inner>) -> Result<Token, Error> {
+        if let Some(key_file) = &inner.key_file {
+            // Only to see a change: the key itself is read and parsed where it signs.
+            let _ = key_file.read();
+        }
         let result = Self::fetch_with_secret(&inner).await;
-        if let Some(secret) = &inner.secret {
-            secret.note(matches!(&result, Err(error) if error.is_permanent()));
+        let failed_for_good = matches!(&result, Err(error) if error.is_permanent());
+        for cell in [&inner.secret, &inner.key_file].into_iter().flatten() {
+            cell.note(failed_for_good);
         }
         result
     }
@@ -146,9 +154,12 @@ impl TokenSource for ClientCredentials {
         ))
     }
 
-    /// Changes when a secret read from a file or a function does (see [`ClientSecret`]).
+    /// Changes when a secret read from a file or a function does (see [`ClientSecret`]), or a
+    /// key read from a file.
     fn epoch(&self) -> u64 {
-        self.inner.secret.as_ref().map_or(0, SecretCell::epoch)
+        let inner = &self.inner;
+        let secret = inner.secret.as_ref().map_or(0, SecretCell::epoch);
+        secret.wrapping_add(inner.key_file.as_ref().map_or(0, SecretCell::epoch))
     }
 }
 
@@ -409,6 +420,12 @@ impl ClientCredentialsBuilder {
             )?;
         }
         let audience = token_url.to_string();
+        let key_file = match &self.client_auth {
+            ClientAuth::PrivateKeyJwt(key) => key
+                .file()
+                .map(|path| SecretCell::new(ClientSecret::from_file(path))),
+            _ => None,
+        };
         Ok(ClientCredentials {
             inner: Arc::new(Inner {
                 endpoint: Endpoint {
@@ -424,6 +441,7 @@ impl ClientCredentialsBuilder {
                 scope,
                 client_auth: self.client_auth,
                 secret: secret.map(SecretCell::new),
+                key_file,
                 store_key: self.store_key,
                 form_head: form.finish(),
                 audience,
