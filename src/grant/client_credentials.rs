@@ -86,7 +86,7 @@ impl ClientCredentials {
     async fn fetch_with_retries(inner: Arc<Inner>) -> Result<Token, Error> {
         if let Some(key_file) = &inner.key_file {
             // Only to see a change: the key itself is read and parsed where it signs.
-            let _ = key_file.read();
+            let _ = key_file.read().await;
         }
         let result = Self::fetch_with_secret(&inner).await;
         let failed_for_good = matches!(&result, Err(error) if error.is_permanent());
@@ -99,8 +99,11 @@ impl ClientCredentials {
     /// Reads the secret (no request without one), then sends the token request, retried as
     /// the policy says.
     async fn fetch_with_secret(inner: &Inner) -> Result<Token, Error> {
+        let secret = match &inner.secret {
+            Some(cell) => Some(cell.read().await?),
+            None => None,
+        };
         let (body, authorization) = {
-            let secret = inner.secret.as_ref().map(SecretCell::read).transpose()?;
             let mut form = form_urlencoded::Serializer::for_suffix(inner.form_head.clone(), 0);
             let authorization = client_authentication(
                 &mut form,

@@ -62,6 +62,8 @@ enum Provider {
     Fixed(Arc<str>),
     File(Arc<Path>),
     Fn(Arc<SecretFn>),
+    #[cfg(feature = "aws-secrets-manager")]
+    Aws(Arc<super::aws_secrets_manager::SecretsManagerCache>),
 }
 
 impl ClientSecret {
@@ -117,6 +119,19 @@ impl ClientSecret {
         }
     }
 
+    /// A secret kept in AWS Secrets Manager (feature `aws-secrets-manager`): cached, read
+    /// again every few minutes and after an `invalid_client`, never more than once at a time.
+    /// See [`AwsSecretsManager`](crate::AwsSecretsManager).
+    #[cfg(feature = "aws-secrets-manager")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "aws-secrets-manager")))]
+    pub fn from_aws_secrets_manager(source: crate::AwsSecretsManager) -> Self {
+        Self {
+            provider: Provider::Aws(Arc::new(
+                super::aws_secrets_manager::SecretsManagerCache::new(source),
+            )),
+        }
+    }
+
     /// The secret when it never changes.
     pub(crate) fn fixed(&self) -> Option<&str> {
         match &self.provider {
@@ -125,13 +140,33 @@ impl ClientSecret {
         }
     }
 
-    /// Reads the secret now.
-    fn read(&self) -> Result<String, Error> {
-        let mut secret = match &self.provider {
-            Provider::Fixed(secret) => return non_empty(secret.to_string(), || self.empty()),
+    /// Reads the secret for a token request.
+    async fn read(&self) -> Result<String, Error> {
+        match &self.provider {
+            #[cfg(feature = "aws-secrets-manager")]
+            Provider::Aws(cache) => self.finish(cache.get().await?),
+            _ => self.read_now(false),
+        }
+    }
+
+    /// Reads the secret without waiting: a file, a function, or Secrets Manager's cached value
+    /// (after a failure for good, `recheck`, with a read started in the background).
+    fn read_now(&self, recheck: bool) -> Result<String, Error> {
+        let secret = match &self.provider {
+            Provider::Fixed(secret) => secret.to_string(),
             Provider::File(path) => read_file(path)?,
             Provider::Fn(provider) => provider()?,
+            #[cfg(feature = "aws-secrets-manager")]
+            Provider::Aws(cache) => cache.peek(recheck).ok_or_else(|| {
+                Error::invalid_config("no client secret read from AWS Secrets Manager yet")
+            })?,
         };
+        let _ = recheck;
+        self.finish(secret)
+    }
+
+    /// Trims a secret read; none left is an error.
+    fn finish(&self, mut secret: String) -> Result<String, Error> {
         secret.truncate(secret.trim_end().len());
         non_empty(secret, || self.empty())
     }
@@ -142,6 +177,8 @@ impl ClientSecret {
             Provider::Fixed(_) => "the client secret is empty".to_owned(),
             Provider::File(path) => format!("the client secret file {} is empty", path.display()),
             Provider::Fn(_) => "the client secret provider returned an empty secret".to_owned(),
+            #[cfg(feature = "aws-secrets-manager")]
+            Provider::Aws(_) => "the client secret in AWS Secrets Manager is empty".to_owned(),
         }
     }
 }
@@ -191,6 +228,8 @@ impl fmt::Debug for ClientSecret {
             Provider::Fixed(_) => f.write_str("ClientSecret([redacted])"),
             Provider::File(path) => f.debug_tuple("ClientSecret::File").field(path).finish(),
             Provider::Fn(_) => f.write_str("ClientSecret::Fn"),
+            #[cfg(feature = "aws-secrets-manager")]
+            Provider::Aws(cache) => f.debug_tuple("ClientSecret::Aws").field(cache).finish(),
         }
     }
 }
@@ -235,9 +274,15 @@ impl SecretCell {
     }
 
     /// Reads the secret for a token request.
-    pub(crate) fn read(&self) -> Result<String, Error> {
-        let result = self.source.read();
-        let now = match &result {
+    pub(crate) async fn read(&self) -> Result<String, Error> {
+        let result = self.source.read().await;
+        self.observe(&result);
+        result
+    }
+
+    /// Notes what a read saw; a change bumps the epoch.
+    fn observe(&self, result: &Result<String, Error>) {
+        let now = match result {
             Ok(secret) => Seen::Secret(self.hasher.hash_one(secret.as_bytes())),
             Err(_) => Seen::Missing,
         };
@@ -246,7 +291,6 @@ impl SecretCell {
             self.epoch.fetch_add(1, Ordering::AcqRel);
         }
         *seen = now;
-        result
     }
 
     /// Records how a token request with the secret ended: a permanent failure makes the next
@@ -255,14 +299,18 @@ impl SecretCell {
         if self.source.fixed().is_none() {
             self.recheck.store(failed_for_good, Ordering::Release);
         }
+        #[cfg(feature = "aws-secrets-manager")]
+        if let (true, Provider::Aws(cache)) = (failed_for_good, &self.source.provider) {
+            cache.refused();
+        }
     }
 
     /// A number that changes when the secret does. Reads the secret only while the last token
     /// request failed for good, when a rewrite is what the cache waits for.
     pub(crate) fn epoch(&self) -> u64 {
         if self.recheck.load(Ordering::Acquire) {
-            // The outcome is seen by `read` itself; an error stays for the token request.
-            let _ = self.read();
+            // An error stays for the token request.
+            self.observe(&self.source.read_now(true));
         }
         self.epoch.load(Ordering::Acquire)
     }

@@ -12,58 +12,62 @@ fn temp_file(name: &str) -> PathBuf {
     dir.join("client-secret")
 }
 
-#[test]
-fn a_file_is_read_each_time_and_trimmed() {
+#[tokio::test]
+async fn a_file_is_read_each_time_and_trimmed() {
     let path = temp_file("read");
     std::fs::write(&path, "first-secret\n").unwrap();
     let cell = SecretCell::new(ClientSecret::from_file(&path));
-    assert_eq!(cell.read().unwrap(), "first-secret");
+    assert_eq!(cell.read().await.unwrap(), "first-secret");
     std::fs::write(&path, "second secret \r\n\t").unwrap();
-    assert_eq!(cell.read().unwrap(), "second secret", "inner spaces kept");
+    assert_eq!(
+        cell.read().await.unwrap(),
+        "second secret",
+        "inner spaces kept"
+    );
 }
 
-#[test]
-fn missing_empty_and_oversized_files_name_the_path_not_the_content() {
+#[tokio::test]
+async fn missing_empty_and_oversized_files_name_the_path_not_the_content() {
     let path = temp_file("errors");
     let _ = std::fs::remove_file(&path);
     let cell = SecretCell::new(ClientSecret::from_file(&path));
     let shown = path.display().to_string();
 
-    let missing = cell.read().unwrap_err();
+    let missing = cell.read().await.unwrap_err();
     assert_eq!(missing.kind(), crate::ErrorKind::InvalidConfig);
     assert!(missing.to_string().contains(&shown), "{missing}");
     assert!(missing.to_string().contains("does not exist"), "{missing}");
 
     std::fs::write(&path, " \n\n").unwrap();
-    let empty = cell.read().unwrap_err();
+    let empty = cell.read().await.unwrap_err();
     assert!(empty.to_string().contains(&shown), "{empty}");
     assert!(empty.to_string().ends_with("is empty"), "{empty}");
 
     std::fs::write(&path, "x".repeat(64 * 1024 + 1)).unwrap();
-    let large = cell.read().unwrap_err();
+    let large = cell.read().await.unwrap_err();
     assert!(!large.to_string().contains("xxx"), "{large}");
     assert!(large.to_string().contains("64 KiB"), "{large}");
 
     std::fs::write(&path, [0xff, 0xfe, b'a']).unwrap();
-    let binary = cell.read().unwrap_err();
+    let binary = cell.read().await.unwrap_err();
     assert!(binary.to_string().contains("not UTF-8"), "{binary}");
 }
 
-#[test]
-fn the_epoch_moves_when_the_secret_changes_and_only_then() {
+#[tokio::test]
+async fn the_epoch_moves_when_the_secret_changes_and_only_then() {
     let path = temp_file("epoch");
     std::fs::write(&path, "one").unwrap();
     let cell = SecretCell::new(ClientSecret::from_file(&path));
     assert_eq!(cell.epoch(), 0);
-    cell.read().unwrap();
-    cell.read().unwrap();
+    cell.read().await.unwrap();
+    cell.read().await.unwrap();
     assert_eq!(cell.epoch(), 0, "the same secret twice is no change");
 
     // Without a failure on record, `epoch` does not read: the rewrite is seen by the next
     // token request's read.
     std::fs::write(&path, "two").unwrap();
     assert_eq!(cell.epoch(), 0);
-    cell.read().unwrap();
+    cell.read().await.unwrap();
     assert_eq!(cell.epoch(), 1);
 
     // After a permanent failure, `epoch` reads the file itself.
@@ -78,8 +82,8 @@ fn the_epoch_moves_when_the_secret_changes_and_only_then() {
     assert_eq!(cell.epoch(), 3, "no failure on record: no read");
 }
 
-#[test]
-fn a_function_is_called_each_time_and_its_error_kept() {
+#[tokio::test]
+async fn a_function_is_called_each_time_and_its_error_kept() {
     let calls = Arc::new(AtomicU64::new(0));
     let counted = Arc::clone(&calls);
     let cell = SecretCell::new(ClientSecret::from_fn(move || {
@@ -92,13 +96,13 @@ fn a_function_is_called_each_time_and_its_error_kept() {
             )),
         }
     }));
-    assert_eq!(cell.read().unwrap(), "from-fn");
-    let empty = cell.read().unwrap_err();
+    assert_eq!(cell.read().await.unwrap(), "from-fn");
+    let empty = cell.read().await.unwrap_err();
     assert_eq!(
         empty.to_string(),
         "invalid configuration: the client secret provider returned an empty secret"
     );
-    let away = cell.read().unwrap_err();
+    let away = cell.read().await.unwrap_err();
     assert!(away.is_retryable(), "the provider's own kind");
     assert_eq!(calls.load(Ordering::SeqCst), 3);
 }

@@ -160,7 +160,7 @@ impl Inner {
             tracing::debug!("the session has ended; its refresh token is not sent again");
             return Err(error.clone());
         }
-        let (form, authorization) = self.form(&session.refresh_token.0)?;
+        let (form, authorization) = self.form(&session.refresh_token.0).await?;
         let authorization = authorization.as_ref();
         let mut answered = self.post(form.clone(), authorization).await;
         if let Err(error) = &answered
@@ -253,16 +253,18 @@ impl Inner {
     /// The form of an exchange, and its `Authorization` header: the endpoint's, or, for a
     /// secret read at each request ([`ClientSecret`](crate::ClientSecret)) or a signed
     /// assertion, one made now (no request without a secret).
-    fn form(&self, refresh_token: &str) -> Result<(Bytes, Option<HeaderValue>), Error> {
+    async fn form(&self, refresh_token: &str) -> Result<(Bytes, Option<HeaderValue>), Error> {
+        let secret = match &self.secret {
+            Some(cell) if self.per_request_auth => {
+                Some(cell.read().await.inspect_err(|_| cell.note(true))?)
+            }
+            _ => None,
+        };
         let mut form = form_urlencoded::Serializer::new(String::new());
         form.append_pair("grant_type", "refresh_token");
         form.append_pair("refresh_token", refresh_token);
         let mut authorization = self.endpoint.authorization.clone();
         if self.per_request_auth {
-            let secret = match &self.secret {
-                Some(cell) => Some(cell.read().inspect_err(|_| cell.note(true))?),
-                None => None,
-            };
             authorization = client_authentication(
                 &mut form,
                 &self.client_auth,
