@@ -202,3 +202,53 @@ async fn a_wrong_key_or_secret_is_a_clear_permanent_error() {
     let error = wrong_secret.fetch().await.unwrap_err();
     assert!(error.is_invalid_client() && error.is_permanent(), "{error}");
 }
+
+/// A user session's exchanges sign a new assertion each (the loopback token endpoint does not
+/// verify assertions: it refuses them as `invalid_client`, and records what was sent).
+#[tokio::test]
+async fn a_session_sends_a_new_assertion_at_each_exchange() {
+    use base64::Engine as _;
+    let endpoint = tower_cognito_auth::testing::TokenEndpoint::start()
+        .await
+        .unwrap();
+    let generated = rcgen::KeyPair::generate().unwrap();
+    let grant = tower_cognito_auth::RefreshTokenGrant::builder()
+        .token_url(endpoint.token_url())
+        .client_id(endpoint.client_id())
+        .client_auth(ClientAuth::PrivateKeyJwt(
+            ClientAssertionKey::from_pkcs8_pem(generated.serialize_pem())
+                .unwrap()
+                .key_id("k1"),
+        ))
+        .refresh_token(endpoint.new_session())
+        .http_client(common::http())
+        .build()
+        .unwrap();
+    for _ in 0..2 {
+        assert!(grant.fetch().await.unwrap_err().is_invalid_client());
+    }
+    let claims: Vec<serde_json::Value> = endpoint
+        .requests()
+        .iter()
+        .map(|request| {
+            assert_eq!(
+                request.form_value("client_assertion_type").as_deref(),
+                Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+            );
+            assert!(request.headers.get("authorization").is_none());
+            let jwt = request.form_value("client_assertion").unwrap();
+            let payload = jwt.split('.').nth(1).unwrap();
+            let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .unwrap();
+            serde_json::from_slice(&bytes).unwrap()
+        })
+        .collect();
+    assert_eq!(claims.len(), 2);
+    for claim in &claims {
+        assert_eq!(claim["aud"], endpoint.token_url().as_str());
+        assert_eq!(claim["iss"], endpoint.client_id());
+        assert_eq!(claim["sub"], endpoint.client_id());
+    }
+    assert_ne!(claims[0]["jti"], claims[1]["jti"]);
+}
