@@ -153,7 +153,8 @@ impl ClientSecret {
     /// (after a failure for good, `recheck`, with a read started in the background).
     fn read_now(&self, recheck: bool) -> Result<String, Error> {
         let secret = match &self.provider {
-            Provider::Fixed(secret) => secret.to_string(),
+            // Taken as given: trailing whitespace is trimmed only from what is read.
+            Provider::Fixed(secret) => return non_empty(secret.to_string(), || self.empty()),
             Provider::File(path) => read_file(path)?,
             Provider::Fn(provider) => provider()?,
             #[cfg(feature = "aws-secrets-manager")]

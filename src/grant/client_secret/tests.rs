@@ -121,3 +121,11 @@ fn debug_never_shows_a_secret() {
         "ClientSecret::File(\"/run/secrets/x\")"
     );
 }
+
+#[tokio::test]
+async fn a_fixed_secret_is_taken_as_given() {
+    // Trailing whitespace is trimmed only from what is read (a file's newline): a secret given
+    // as a string may end with a space.
+    let cell = SecretCell::new(ClientSecret::new("ends with a space "));
+    assert_eq!(cell.read().await.unwrap(), "ends with a space ");
+}
