@@ -113,6 +113,8 @@
 //!   (`redis://`, or `rediss://` over rustls with the ring provider).
 //! - `reqwest`: [`CognitoAuthLayer::reqwest_middleware`], the same tokens for a reqwest
 //!   client through reqwest-middleware (see [`reqwest_auth`]).
+//! - `aws-secrets-manager`: [`ClientSecret::from_aws_secrets_manager`], the client secret
+//!   read from AWS Secrets Manager (cached, read again after `invalid_client`).
 //! - `metrics`: counters, a histogram and a gauge through the `metrics` facade, for your own
 //!   exporter (see [`metrics`] for the names).
 //! - `test-util`: [`testing`], a Cognito-compatible token endpoint and a protected API on
@@ -148,8 +150,12 @@ pub mod trailers;
 
 pub use cache::{CachedToken, Generation, Stats, TokenCache, TokenCacheBuilder};
 pub use error::{Error, ErrorKind};
+#[cfg(feature = "aws-secrets-manager")]
+#[cfg_attr(docsrs, doc(cfg(feature = "aws-secrets-manager")))]
+pub use grant::AwsSecretsManager;
 pub use grant::refresh_token as session;
 pub use grant::{BoxFuture, SharedIdentity, TokenSource};
+pub use grant::{ClientAssertionKey, ClientSecret};
 pub use grant::{
     ClientAuth, ClientCredentials, ClientCredentialsBuilder, RefreshFlow, RefreshTokenGrant,
     RefreshTokenGrantBuilder, SessionStatus, TokenSet,

@@ -23,6 +23,7 @@ use tower::ServiceExt as _;
 use tower::util::BoxCloneSyncService;
 use tower_service::Service;
 
+use super::client_assertion::ClientAssertionKey;
 use crate::backoff::{Backoff, parse_retry_after};
 use crate::error::{BoxError, Error};
 
@@ -31,7 +32,7 @@ pub(crate) type HttpClient =
     BoxCloneSyncService<Request<Full<Bytes>>, Response<UnsyncBoxBody<Bytes, BoxError>>, BoxError>;
 
 /// How the client authenticates to the token endpoint.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ClientAuth {
     /// HTTP Basic: `Authorization: Basic base64(urlencode(id) ":" urlencode(secret))`
@@ -41,6 +42,25 @@ pub enum ClientAuth {
     /// `client_id` and `client_secret` as form fields in the request body, as many guides
     /// and many curl examples do.
     Post,
+    /// `private_key_jwt` (RFC 7523 §2.2, OpenID Connect Core §9): a JWT signed with this key
+    /// (RS256 or ES256) in the form's `client_assertion`, new for every token request; no
+    /// client secret. Okta, Entra ID, Auth0 and Keycloak support it (Cognito does not). See
+    /// [`ClientAssertionKey`].
+    PrivateKeyJwt(ClientAssertionKey),
+    /// `client_secret_jwt` (OpenID Connect Core §9): a JWT signed HS256 with the client secret
+    /// in the form's `client_assertion`, new for every token request, so the secret itself
+    /// never crosses the network.
+    ClientSecretJwt,
+}
+
+impl ClientAuth {
+    /// Whether the client sends a signed assertion, made anew for each request.
+    pub(crate) fn is_assertion(&self) -> bool {
+        matches!(
+            self,
+            ClientAuth::PrivateKeyJwt(_) | ClientAuth::ClientSecretJwt
+        )
+    }
 }
 
 /// The most of a token endpoint's answer that is read.
@@ -131,19 +151,31 @@ fn is_scope_char(b: u8) -> bool {
 
 /// How the client authenticates to the token endpoint.
 ///
-/// With a secret: [`ClientAuth::Basic`] gives the `Authorization` header to send, and
-/// [`ClientAuth::Post`] appends `client_id` and `client_secret` to the form. Without one (a
+/// With a secret: [`ClientAuth::Basic`] gives the `Authorization` header to send,
+/// [`ClientAuth::Post`] appends `client_id` and `client_secret` to the form, and
+/// [`ClientAuth::ClientSecretJwt`] an assertion signed with it for `audience` (the token URL).
+/// [`ClientAuth::PrivateKeyJwt`] appends an assertion signed with its key. Without a secret (a
 /// public client): `client_id` goes into the form and there is no header.
 pub(crate) fn client_authentication(
     form: &mut form_urlencoded::Serializer<'_, String>,
-    client_auth: ClientAuth,
+    client_auth: &ClientAuth,
     client_id: &str,
     secret: Option<&str>,
+    audience: &str,
 ) -> Result<Option<HeaderValue>, Error> {
-    match (secret, client_auth) {
+    let assertion = match (secret, client_auth) {
+        (_, ClientAuth::PrivateKeyJwt(key)) => key.assertion(client_id, audience)?,
+        (Some(secret), ClientAuth::ClientSecretJwt) => {
+            super::client_assertion::secret_assertion(secret, client_id, audience)?
+        }
+        (None, ClientAuth::ClientSecretJwt) => {
+            return Err(Error::invalid_config(
+                "ClientAuth::ClientSecretJwt needs a client secret",
+            ));
+        }
         (None, _) => {
             form.append_pair("client_id", client_id);
-            Ok(None)
+            return Ok(None);
         }
         (Some(secret), ClientAuth::Basic) => {
             let encode =
@@ -156,14 +188,21 @@ pub(crate) fn client_authentication(
             let mut value = HeaderValue::try_from(value)
                 .map_err(|_| Error::invalid_config("the client credentials cannot be encoded"))?;
             value.set_sensitive(true);
-            Ok(Some(value))
+            return Ok(Some(value));
         }
         (Some(secret), ClientAuth::Post) => {
             form.append_pair("client_id", client_id);
             form.append_pair("client_secret", secret);
-            Ok(None)
+            return Ok(None);
         }
-    }
+    };
+    form.append_pair("client_id", client_id);
+    form.append_pair(
+        "client_assertion_type",
+        super::client_assertion::ASSERTION_TYPE,
+    );
+    form.append_pair("client_assertion", &assertion);
+    Ok(None)
 }
 
 /// A `2xx` answer of the token endpoint, read in full, with when its request was sent.
@@ -254,13 +293,26 @@ impl Endpoint {
         }
     }
 
-    /// One POST of `form` to the token endpoint. A `2xx` answer is read (at most
+    /// One POST of `form` to the token endpoint, with `authorization` (the grant's client
+    /// authentication for this request) as its `Authorization` header. A `2xx` answer is read (at most
     /// [`MAX_RESPONSE_BODY`]) and returned; anything else becomes an [`Error`]: `429` rate
     /// limited, `5xx` unavailable (both with `Retry-After`), other statuses rejected with the
     /// OAuth error of the body, if any.
-    pub(crate) async fn post(&self, form: Bytes, sent_at: Instant) -> Result<Answered, Error> {
+    pub(crate) async fn post_authorized(
+        &self,
+        form: Bytes,
+        authorization: Option<&HeaderValue>,
+        sent_at: Instant,
+    ) -> Result<Answered, Error> {
         let sent_at_wall = SystemTime::now();
-        let request = self.request(form, "application/x-www-form-urlencoded");
+        let mut request = self.request(form, "application/x-www-form-urlencoded");
+        // The grant's client authentication for this request (a secret read now, an
+        // assertion), in place of the endpoint's.
+        let headers = request.headers_mut();
+        headers.remove(AUTHORIZATION);
+        if let Some(authorization) = authorization {
+            headers.insert(AUTHORIZATION, authorization.clone());
+        }
         let response = self.send(request).await?;
         let status = response.status();
         if status.is_success() {

@@ -21,6 +21,7 @@ use super::{
 use crate::backoff::Backoff;
 use crate::error::{BoxError, Error};
 use crate::grant::cognito_api::{RefreshFlow, UserPoolApi, api_url, parse_api_url};
+use crate::grant::client_secret::{ClientSecret, SecretCell};
 use crate::grant::endpoint::{
     ClientAuth, Endpoint, HttpClient, RetryPolicy, Secret, TokenUrl, client_authentication,
     client_or_default, erase_client, join_scopes, never_sent, require_client_id,
@@ -43,6 +44,7 @@ pub struct RefreshTokenGrantBuilder {
     token_url: Option<TokenUrl>,
     client_id: Option<String>,
     client_secret: Option<Secret>,
+    secret_source: Option<ClientSecret>,
     scopes: Vec<String>,
     client_auth: ClientAuth,
     refresh_token: Option<Secret>,
@@ -72,6 +74,7 @@ impl fmt::Debug for RefreshTokenGrantBuilder {
             .field("token_url", &self.token_url)
             .field("client_id", &self.client_id)
             .field("client_secret", &self.client_secret)
+            .field("client_secret_source", &self.secret_source)
             .field("scopes", &self.scopes)
             .field("client_auth", &self.client_auth)
             .field("refresh_token", &self.refresh_token)
@@ -199,6 +202,15 @@ impl RefreshTokenGrantBuilder {
     /// never appears in `Debug` output, logs or errors.
     pub fn client_secret(mut self, client_secret: impl Into<String>) -> Self {
         self.client_secret = Some(Secret(client_secret.into()));
+        self
+    }
+
+    /// Where to read the app client's secret at each exchange (a file rewritten when it
+    /// rotates, or a function of yours), for a confidential client; instead of
+    /// [`client_secret`](Self::client_secret). `build()` does not read it. See
+    /// [`ClientSecret`].
+    pub fn client_secret_source(mut self, source: ClientSecret) -> Self {
+        self.secret_source = Some(source);
         self
     }
 
@@ -420,7 +432,10 @@ impl RefreshTokenGrantBuilder {
     ///   the app client has a secret, the flow is [`RefreshFlow::RefreshTokenAuth`], and
     ///   neither [`username`](Self::username) nor a restored access token with a `username`
     ///   claim says whose `SECRET_HASH` to send (the message names `.username(..)`);
-    /// - the client id is missing or empty, or a client secret was given empty;
+    /// - with the user-pool API: a client authentication by assertion
+    ///   ([`ClientAuth::PrivateKeyJwt`], [`ClientAuth::ClientSecretJwt`]), which it does not take;
+    /// - the client id is missing or empty, or a client secret was given empty, or both
+    ///   `client_secret` and `client_secret_source` are set (a secret source is not read here);
     /// - the refresh token is missing or empty;
     /// - the restored access token is empty, longer than 16 KiB, or has characters that cannot
     ///   go into an HTTP header, or [`access_token_from_jwt`](Self::access_token_from_jwt) was
@@ -447,13 +462,19 @@ impl RefreshTokenGrantBuilder {
             (url, None) => TokenUrl::resolve(url)?,
         };
         let client_id = require_client_id(self.client_id)?;
-        let secret = match self.client_secret {
-            Some(Secret(s)) if s.is_empty() => {
-                return Err(Error::invalid_config("the client secret is empty"));
+        let source = match (self.client_secret, self.secret_source) {
+            (Some(_), Some(_)) => {
+                return Err(Error::invalid_config(
+                    "both `client_secret` and `client_secret_source` are set: keep one",
+                ));
             }
-            Some(Secret(s)) => Some(s),
-            None => None,
+            (Some(Secret(s)), None) => Some(ClientSecret::new(s)),
+            (None, source) => source,
         };
+        let secret = source.as_ref().and_then(ClientSecret::fixed);
+        if secret.is_some_and(str::is_empty) {
+            return Err(Error::invalid_config("the client secret is empty"));
+        }
         let refresh_token = match self.refresh_token {
             Some(token) if !token.0.is_empty() => token,
             Some(_) => return Err(Error::invalid_config("the refresh token is empty")),
@@ -493,7 +514,7 @@ impl RefreshTokenGrantBuilder {
                 if let Some(token) = &stored {
                     api.saw_access_token(token.token.secret());
                 }
-                api.check_username(secret.is_some())?;
+                api.check_username(source.is_some())?;
                 Some(api)
             }
         };
@@ -514,12 +535,28 @@ impl RefreshTokenGrantBuilder {
         if let Some(scope) = &scope {
             tail.append_pair("scope", scope);
         }
-        // The user-pool API authenticates the client in its body, never in a header.
-        let authorization = match &user_pool_api {
-            Some(_) => None,
-            None => {
-                client_authentication(&mut tail, self.client_auth, &client_id, secret.as_deref())?
-            }
+        // A secret read at each exchange authenticates it there; a fixed one (or none, a
+        // public client) goes into the form's tail or the header now.
+        if self.client_auth == ClientAuth::ClientSecretJwt && source.is_none() {
+            return Err(Error::invalid_config(
+                "ClientAuth::ClientSecretJwt needs a client secret",
+            ));
+        }
+        let per_request_auth =
+            self.client_auth.is_assertion() || (source.is_some() && secret.is_none());
+        let audience = token_url.to_string();
+        if user_pool_api.is_some() && self.client_auth.is_assertion() {
+            return Err(Error::invalid_config(
+                "Cognito's user-pool API takes the client secret in its body: client assertions \
+                 (`ClientAuth::PrivateKeyJwt`, `ClientAuth::ClientSecretJwt`) are for token endpoints",
+            ));
+        }
+        // The user-pool API authenticates the client in its body (read at each exchange),
+        // never in a header.
+        let authorization = if per_request_auth || user_pool_api.is_some() {
+            None
+        } else {
+            client_authentication(&mut tail, &self.client_auth, &client_id, secret, &audience)?
         };
         Ok(RefreshTokenGrant {
             inner: Arc::new(Inner {
@@ -532,12 +569,13 @@ impl RefreshTokenGrantBuilder {
                     metrics: crate::metrics::Metrics::new(&client_id),
                 },
                 client_id,
-                confidential: secret.is_some(),
+                secret: source.map(SecretCell::new),
+                per_request_auth,
+                audience,
                 client_auth: self.client_auth,
                 scope,
                 form_tail: Secret(tail.finish()),
                 user_pool_api,
-                client_secret: secret.map(Secret),
                 session: Arc::new(tokio::sync::Mutex::new(Session {
                     refresh_token,
                     ended: None,

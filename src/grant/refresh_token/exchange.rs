@@ -13,8 +13,9 @@ use super::executor::EXCHANGES;
 use super::restore::{Kept, KeptExpiry};
 use super::{Inner, RefreshTokenGrant, Session, TokenSet, lock};
 use crate::error::{Error, ErrorKind};
-use crate::grant::endpoint::{Answered, Secret, never_sent};
+use crate::grant::endpoint::{Answered, Secret, client_authentication, never_sent};
 use crate::token::{Token, parse_id_token, parse_refresh_token, parse_token_response};
+use http::HeaderValue;
 
 /// What an exchange answers its caller: the token (on the exchange thread's clock) and the
 /// lifetime it was issued with, from which the caller dates it on its own clock.
@@ -178,6 +179,9 @@ impl Inner {
             tracing::warn!(%error, "the token endpoint's answer was lost; retrying once with the same refresh token");
             answered = self.post(&session.refresh_token.0).await;
         }
+        if let Some(cell) = &self.secret {
+            cell.note(matches!(&answered, Err(error) if error.is_permanent()));
+        }
         let answer = match answered {
             Ok(answer) => answer,
             Err(error) => {
@@ -238,32 +242,57 @@ impl Inner {
     }
 
     /// One POST of the refresh token, to the token endpoint or to Cognito's user-pool API,
-    /// bounded by `request_timeout` on the session thread's clock.
+    /// bounded by `request_timeout` on the exchange thread's clock. A secret read at each
+    /// request is read here, and an assertion signed here: a retry gets a fresh one.
     async fn post(&self, refresh_token: &str) -> Result<Answered, Error> {
         let limit = self.endpoint.request_timeout;
         match &self.user_pool_api {
             Some(api) => {
-                let secret = self.client_secret.as_ref().map(|s| s.0.as_str());
-                let call = api.post(&self.endpoint, refresh_token, secret);
+                let secret = match &self.secret {
+                    Some(cell) => Some(cell.read().await.inspect_err(|_| cell.note(true))?),
+                    None => None,
+                };
+                let call = api.post(&self.endpoint, refresh_token, secret.as_deref());
                 self.endpoint.timed(limit, call).await
             }
             None => {
-                let form = self.form(refresh_token);
-                let call = self.endpoint.post(form, Instant::now());
+                let (form, authorization) = self.form(refresh_token).await?;
+                let call =
+                    self.endpoint
+                        .post_authorized(form, authorization.as_ref(), Instant::now());
                 self.endpoint.timed(limit, call).await
             }
         }
     }
 
-    fn form(&self, refresh_token: &str) -> Bytes {
+    /// The form of an exchange, and its `Authorization` header: the endpoint's, or, for a
+    /// secret read at each request ([`ClientSecret`](crate::ClientSecret)) or a signed
+    /// assertion, one made now (no request without a secret).
+    async fn form(&self, refresh_token: &str) -> Result<(Bytes, Option<HeaderValue>), Error> {
+        let secret = match &self.secret {
+            Some(cell) if self.per_request_auth => {
+                Some(cell.read().await.inspect_err(|_| cell.note(true))?)
+            }
+            _ => None,
+        };
         let mut form = form_urlencoded::Serializer::new(String::new());
         form.append_pair("grant_type", "refresh_token");
         form.append_pair("refresh_token", refresh_token);
+        let mut authorization = self.endpoint.authorization.clone();
+        if self.per_request_auth {
+            authorization = client_authentication(
+                &mut form,
+                &self.client_auth,
+                &self.client_id,
+                secret.as_deref(),
+                &self.audience,
+            )?;
+        }
         let mut form = form.finish();
         if !self.form_tail.0.is_empty() {
             form.push('&');
             form.push_str(&self.form_tail.0);
         }
-        Bytes::from(form)
+        Ok((Bytes::from(form), authorization))
     }
 }

@@ -146,6 +146,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 
 use super::cognito_api::UserPoolApi;
+use super::client_secret::SecretCell;
 use super::endpoint::{ClientAuth, Endpoint, RetryPolicy, Secret};
 use crate::error::{BoxError, Error};
 use crate::source::{BoxFuture, TokenSource};
@@ -298,7 +299,14 @@ struct Inner {
     /// Bumped by each new sign-in ([`TokenSource::epoch`]).
     epoch: std::sync::atomic::AtomicU64,
     client_id: String,
-    confidential: bool,
+    /// A confidential client's secret; one that is read at each exchange authenticates it
+    /// there, a fixed one is already in `form_tail` or the endpoint's header.
+    secret: Option<SecretCell>,
+    /// Whether each exchange authenticates the client anew (a secret read at each request, a
+    /// signed assertion), rather than with `form_tail` and the endpoint's header.
+    per_request_auth: bool,
+    /// The token URL, an assertion's `aud`.
+    audience: String,
     client_auth: ClientAuth,
     scope: Option<String>,
     /// The encoded form fields after `grant_type` and `refresh_token`: the scope, then the
@@ -307,9 +315,6 @@ struct Inner {
     /// Cognito's user-pool API in place of the token endpoint, when configured
     /// ([`user_pool_api`](RefreshTokenGrantBuilder::user_pool_api)).
     user_pool_api: Option<UserPoolApi>,
-    /// The client secret, for the user-pool API's bodies (the token endpoint's form and
-    /// `Authorization` header hold their own copy).
-    client_secret: Option<Secret>,
     /// The session's refresh token. An exchange holds this lock from before it sends the token
     /// until the answer has been applied and saved, so that no two requests ever carry the
     /// same token.
@@ -458,8 +463,14 @@ impl TokenSource for RefreshTokenGrant {
         Some(&self.inner.client_id)
     }
 
+    /// Bumped by each new sign-in, and by a change of a client secret read from a file or a
+    /// function.
     fn epoch(&self) -> u64 {
-        self.inner.epoch.load(std::sync::atomic::Ordering::Acquire)
+        let secret = self.inner.secret.as_ref().map_or(0, SecretCell::epoch);
+        self.inner
+            .epoch
+            .load(std::sync::atomic::Ordering::Acquire)
+            .wrapping_add(secret)
     }
 }
 
@@ -469,10 +480,7 @@ impl fmt::Debug for RefreshTokenGrant {
             .field("token_url", &self.inner.endpoint.token_url)
             .field("user_pool_api", &self.inner.user_pool_api)
             .field("client_id", &self.inner.client_id)
-            .field(
-                "client_secret",
-                &self.inner.confidential.then_some("[redacted]"),
-            )
+            .field("client_secret", &self.inner.secret)
             .field("refresh_token", &"[redacted]")
             .field("scope", &self.inner.scope)
             .field("client_auth", &self.inner.client_auth)

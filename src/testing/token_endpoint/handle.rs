@@ -119,9 +119,37 @@ impl TokenEndpoint {
         &self.handle.state.client_id
     }
 
-    /// The client secret it accepts.
+    /// The client secret it was built with, accepted until
+    /// [`set_client_secrets`](Self::set_client_secrets) changes the accepted set.
     pub fn client_secret(&self) -> &str {
         &self.handle.state.client_secret
+    }
+
+    /// Replaces the client secrets it accepts, from the next request on, as a Cognito app
+    /// client's secrets change during a rotation (`AddUserPoolClientSecret` adds a second one,
+    /// `DeleteUserPoolClientSecret` removes the old one). Tokens issued before stay valid, as
+    /// Cognito's do. An empty set refuses every client with `invalid_client`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// use tower_cognito_auth::testing::TokenEndpoint;
+    ///
+    /// let endpoint = TokenEndpoint::start().await?;
+    /// let old = endpoint.client_secret().to_owned();
+    /// endpoint.set_client_secrets([old.as_str(), "the-new-secret"]); // both, for a while
+    /// endpoint.set_client_secrets(["the-new-secret"]); // then only the new one
+    /// assert_eq!(endpoint.client_secrets(), ["the-new-secret"]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn set_client_secrets<S: Into<String>>(&self, secrets: impl IntoIterator<Item = S>) {
+        lock(&self.handle.state.inner).secrets = secrets.into_iter().map(Into::into).collect();
+    }
+
+    /// The client secrets it accepts now.
+    pub fn client_secrets(&self) -> Vec<String> {
+        lock(&self.handle.state.inner).secrets.clone()
     }
 
     /// How many HTTP requests it has received, whatever their outcome.

@@ -89,6 +89,8 @@ struct EndpointInner {
     /// How many of the next answers to processed requests are lost (see
     /// [`TokenEndpoint::lose_answers`]).
     lose_answers: usize,
+    /// The client secrets accepted now (see [`TokenEndpoint::set_client_secrets`]).
+    secrets: Vec<String>,
 }
 
 /// A user's session as the endpoint keeps it: only its current refresh token works (and the
