@@ -1,13 +1,16 @@
-//! A user's session, restored from a file, kept alive through the layer, and every new token
-//! set written back to the file by an async `persist` hook.
+//! A user's session in a pool without a domain, refreshed through Cognito's user-pool API
+//! (`GetTokensFromRefreshToken`, as Amplify and the AWS SDKs do), restored from a file, kept
+//! alive through the layer, and every new token set written back to the file by an async
+//! `persist` hook.
 //!
 //! ```text
 //! cargo run --example user_session
 //! ```
 //!
-//! Starts, in this process on 127.0.0.1, a Cognito-compatible token endpoint for a public app
-//! client (no secret) that rotates refresh tokens on every use and revokes a session whose old
-//! refresh token is presented again, with access tokens that live 2 s; and an API that accepts
+//! Starts, in this process on 127.0.0.1, the `testing` kit's Cognito user-pool API (what
+//! `RefreshTokenGrant::builder().user_pool_api("us-east-1")` talks to in production) for a
+//! public app client (no secret) that rotates refresh tokens on every use and revokes a session
+//! whose old refresh token is presented again, with access tokens that live 2 s; and an API that accepts
 //! only live access tokens. A first run signs in, refreshes once and saves the session (refresh
 //! token, access token and its wall-clock expiry) to a file under the temporary directory. The
 //! example then restores the session from that file (the access token is used while it has
@@ -41,7 +44,7 @@ const PAUSE: Duration = Duration::from_millis(250);
 
 #[tokio::main]
 async fn main() -> BoxResult<()> {
-    // The identity provider and the API.
+    // The identity provider (its user-pool API at `endpoint.user_pool_api_url()`) and the API.
     let endpoint = TokenEndpoint::builder()
         .public_client(true)
         .rotate_refresh_tokens(true)
@@ -71,7 +74,7 @@ async fn main() -> BoxResult<()> {
 /// An earlier run: the user signed in, one refresh, the session saved to the file.
 async fn first_run(endpoint: &TokenEndpoint, file: &Path) -> BoxResult<()> {
     let grant = RefreshTokenGrant::builder()
-        .token_url(endpoint.token_url())
+        .user_pool_api_url(endpoint.user_pool_api_url())
         .client_id(endpoint.client_id())
         .refresh_token(endpoint.new_session())
         .persist(persist_to(file, Arc::default()))
@@ -139,7 +142,7 @@ async fn run(endpoint: &TokenEndpoint, api: &ProtectedApi, file: &Path) -> BoxRe
     let started = Instant::now();
     let http = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let mut builder = RefreshTokenGrant::builder()
-        .token_url(endpoint.token_url())
+        .user_pool_api_url(endpoint.user_pool_api_url())
         .client_id(endpoint.client_id())
         .refresh_token(refresh_token)
         .persist(persist_to(file, Arc::clone(&saves)))

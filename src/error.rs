@@ -36,6 +36,9 @@ pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The longest OAuth `error` / `error_description` text kept from a token endpoint's answer.
 const MAX_OAUTH_TEXT: usize = 256;
 
+/// The longest message kept from [`Error::new`].
+const MAX_MESSAGE: usize = 1024;
+
 /// What kind of failure an [`Error`] is.
 #[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -95,6 +98,13 @@ enum Repr {
     InvalidConfig(Cow<'static, str>),
     #[error("{0}")]
     Internal(&'static str),
+    #[error("{message}")]
+    Custom {
+        kind: ErrorKind,
+        message: Box<str>,
+        #[source]
+        source: Option<BoxError>,
+    },
 }
 
 struct OAuthSuffix<'a>(Option<&'a OAuthError>);
@@ -163,8 +173,61 @@ impl fmt::Display for RetryAfterSuffix {
 pub struct Error(Arc<Repr>);
 
 impl Error {
-    fn new(repr: Repr) -> Self {
+    fn from_repr(repr: Repr) -> Self {
         Self(Arc::new(repr))
+    }
+
+    /// An error of this kind, for a custom [`TokenSource`](crate::TokenSource) (or a
+    /// [`ClientSecret`](crate::ClientSecret) provider) to report what went wrong.
+    ///
+    /// The cache treats it as its own errors of that kind: a permanent kind
+    /// ([`Rejected`](ErrorKind::Rejected), [`InvalidConfig`](ErrorKind::InvalidConfig)) is
+    /// retried only at the slowest backoff rate, as `invalid_client` is; the others by the
+    /// usual backoff (1 s doubling to 60 s), and a retryable one
+    /// ([`RateLimited`](ErrorKind::RateLimited), [`Unavailable`](ErrorKind::Unavailable),
+    /// [`Timeout`](ErrorKind::Timeout), [`Internal`](ErrorKind::Internal)) behind a usable
+    /// token stays invisible. `message` is the whole [`Display`](std::fmt::Display): say what
+    /// failed, and never put a secret in it. Control characters are dropped and it is cut at
+    /// 1,024 characters.
+    ///
+    /// ```
+    /// use tower_cognito_auth::{Error, ErrorKind};
+    ///
+    /// let e = Error::new(ErrorKind::Rejected, "the identity provider refused our key");
+    /// assert!(e.is_permanent());
+    /// assert_eq!(e.to_string(), "the identity provider refused our key");
+    /// ```
+    pub fn new(kind: ErrorKind, message: impl AsRef<str>) -> Self {
+        Self::from_repr(Repr::Custom {
+            kind,
+            message: sanitize_to(message.as_ref(), MAX_MESSAGE),
+            source: None,
+        })
+    }
+
+    /// Like [`new`](Error::new), with the underlying error as its
+    /// [`source()`](std::error::Error::source) (which `Display` does not repeat; `Debug`
+    /// shows it, so it must not hold a secret either).
+    ///
+    /// ```
+    /// use std::error::Error as _;
+    /// use tower_cognito_auth::{Error, ErrorKind};
+    ///
+    /// let io = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+    /// let e = Error::with_source(ErrorKind::Unavailable, "the key service broke off", io);
+    /// assert!(e.is_retryable());
+    /// assert!(e.source().is_some());
+    /// ```
+    pub fn with_source(
+        kind: ErrorKind,
+        message: impl AsRef<str>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self::from_repr(Repr::Custom {
+            kind,
+            message: sanitize_to(message.as_ref(), MAX_MESSAGE),
+            source: Some(source.into()),
+        })
     }
 
     pub(crate) fn rejected(
@@ -176,15 +239,15 @@ impl Error {
             error: sanitize(error),
             description: description.map(sanitize),
         });
-        Self::new(Repr::Rejected { status, oauth })
+        Self::from_repr(Repr::Rejected { status, oauth })
     }
 
     pub(crate) fn rate_limited(retry_after: Option<Duration>) -> Self {
-        Self::new(Repr::RateLimited { retry_after })
+        Self::from_repr(Repr::RateLimited { retry_after })
     }
 
     pub(crate) fn server_error(status: StatusCode, retry_after: Option<Duration>) -> Self {
-        Self::new(Repr::ServerError {
+        Self::from_repr(Repr::ServerError {
             status,
             retry_after,
         })
@@ -192,30 +255,30 @@ impl Error {
 
     /// The token endpoint at `host` could not be reached; `source` says why.
     pub(crate) fn connect(host: &str, source: BoxError) -> Self {
-        Self::new(Repr::Connect {
+        Self::from_repr(Repr::Connect {
             host: sanitize(host),
             source,
         })
     }
 
     pub(crate) fn broken_response(source: BoxError) -> Self {
-        Self::new(Repr::BrokenResponse(source))
+        Self::from_repr(Repr::BrokenResponse(source))
     }
 
     pub(crate) fn timeout(what: &'static str, after: Duration) -> Self {
-        Self::new(Repr::Timeout { what, after })
+        Self::from_repr(Repr::Timeout { what, after })
     }
 
     pub(crate) fn invalid_response(why: impl Into<Cow<'static, str>>) -> Self {
-        Self::new(Repr::InvalidResponse(why.into()))
+        Self::from_repr(Repr::InvalidResponse(why.into()))
     }
 
     pub(crate) fn invalid_config(why: impl Into<Cow<'static, str>>) -> Self {
-        Self::new(Repr::InvalidConfig(why.into()))
+        Self::from_repr(Repr::InvalidConfig(why.into()))
     }
 
     pub(crate) fn internal(why: &'static str) -> Self {
-        Self::new(Repr::Internal(why))
+        Self::from_repr(Repr::Internal(why))
     }
 
     /// What kind of failure this is.
@@ -230,6 +293,7 @@ impl Error {
             Repr::InvalidResponse(_) => ErrorKind::InvalidResponse,
             Repr::InvalidConfig(_) => ErrorKind::InvalidConfig,
             Repr::Internal(_) => ErrorKind::Internal,
+            Repr::Custom { kind, .. } => *kind,
         }
     }
 
@@ -316,7 +380,13 @@ impl fmt::Debug for Error {
         let mut d = f.debug_struct("Error");
         d.field("kind", &self.kind());
         d.field("message", &format_args!("{self}"));
-        if let Repr::Connect { source, .. } | Repr::BrokenResponse(source) = &*self.0 {
+        if let Repr::Connect { source, .. }
+        | Repr::BrokenResponse(source)
+        | Repr::Custom {
+            source: Some(source),
+            ..
+        } = &*self.0
+        {
             d.field("source", source);
         }
         d.finish()
@@ -325,10 +395,11 @@ impl fmt::Debug for Error {
 
 /// Keeps server-sent text short and printable, so that it cannot flood logs or forge lines.
 fn sanitize(text: &str) -> Box<str> {
-    text.chars()
-        .filter(|c| !c.is_control())
-        .take(MAX_OAUTH_TEXT)
-        .collect()
+    sanitize_to(text, MAX_OAUTH_TEXT)
+}
+
+fn sanitize_to(text: &str, max: usize) -> Box<str> {
+    text.chars().filter(|c| !c.is_control()).take(max).collect()
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use tower::Service;
 use crate::cache::{Stats, TokenCache, TokenCacheBuilder};
 use crate::error::{BoxError, Error};
 use crate::grant::TokenSource;
-use crate::grant::{ClientAuth, ClientCredentialsBuilder};
+use crate::grant::{ClientAuth, ClientCredentialsBuilder, ClientSecret};
 use crate::replay::Replay;
 use crate::service::CognitoAuth;
 use crate::token::AccessToken;
@@ -221,11 +221,47 @@ impl CognitoAuthLayerBuilder {
         self
     }
 
-    /// The app client's secret. Required, unless [`token_source`](Self::token_source) is used.
+    /// The app client's secret. Required, unless [`token_source`](Self::token_source),
+    /// [`client_secret_source`](Self::client_secret_source) or [`ClientAuth::PrivateKeyJwt`]
+    /// is used.
     /// It never appears in `Debug` output, logs or errors.
     pub fn client_secret(mut self, client_secret: impl Into<String>) -> Self {
         self.credentials = self.credentials.client_secret(client_secret);
         self.credential_settings.push("client_secret");
+        self
+    }
+
+    /// Where to read the app client's secret at each token request (a file that is rewritten
+    /// when the secret rotates, or a function of yours); instead of
+    /// [`client_secret`](Self::client_secret). `build()` does not read it; a changed secret is
+    /// used from the next token request on, and heals an `invalid_client` at once. See
+    /// [`ClientSecret`] and [`ClientCredentialsBuilder::client_secret_source`].
+    ///
+    /// ```no_run
+    /// use tower_cognito_auth::{ClientSecret, CognitoAuthLayer};
+    ///
+    /// # fn main() -> Result<(), tower_cognito_auth::Error> {
+    /// let auth = CognitoAuthLayer::builder()
+    ///     .cognito_domain("my-pool", "us-east-1")
+    ///     .client_id("my-client-id")
+    ///     .client_secret_source(ClientSecret::from_file("/run/secrets/cognito-client-secret"))
+    ///     .build()?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn client_secret_source(mut self, source: ClientSecret) -> Self {
+        self.credentials = self.credentials.client_secret_source(source);
+        self.credential_settings.push("client_secret_source");
+        self
+    }
+
+    /// The key that seals the token in the [shared store](Self::shared_store) when the secret
+    /// comes from [`client_secret_source`](Self::client_secret_source): at least 32 random
+    /// bytes, the same in every process. See [`ClientCredentialsBuilder::shared_store_key`].
+    /// Default is none.
+    pub fn shared_store_key(mut self, key: impl Into<String>) -> Self {
+        self.credentials = self.credentials.shared_store_key(key);
+        self.credential_settings.push("shared_store_key");
         self
     }
 
@@ -236,7 +272,9 @@ impl CognitoAuthLayerBuilder {
         self
     }
 
-    /// HTTP Basic (the default) or the client id and secret in the form body.
+    /// HTTP Basic (the default), the client id and secret in the form body, or a signed JWT
+    /// instead of the secret ([`ClientAuth::PrivateKeyJwt`] with a key and no secret,
+    /// [`ClientAuth::ClientSecretJwt`]). See [`ClientCredentialsBuilder::client_auth`].
     pub fn client_auth(mut self, client_auth: ClientAuth) -> Self {
         self.credentials = self.credentials.client_auth(client_auth);
         self.credential_settings.push("client_auth");
@@ -417,8 +455,8 @@ impl CognitoAuthLayerBuilder {
     ///
     /// An [`Error`] of kind [`InvalidConfig`](crate::ErrorKind::InvalidConfig) for anything
     /// [`ClientCredentialsBuilder::build`] rejects (no token URL, `http://` for a host that is
-    /// not loopback, a malformed Cognito domain or region, a missing client id or secret, an
-    /// invalid scope, a zero timeout), for a zero `refresh_deadline`, and for credential
+    /// not loopback, a malformed Cognito domain or region, a missing client id or secret, both
+    /// `client_secret` and `client_secret_source`, an invalid scope, a zero timeout), for a zero `refresh_deadline`, and for credential
     /// setters called beside [`token_source`](Self::token_source).
     pub fn build(self) -> Result<CognitoAuthLayer, Error> {
         let source: Box<dyn TokenSource> = match self.source {

@@ -117,6 +117,8 @@
 //! - `reqwest`: [`CognitoAuthLayer::reqwest_middleware`], the same tokens for a reqwest
 //!   client through reqwest-middleware (see [`reqwest_auth`]), and `reqwest_client` on the
 //!   builders, for token requests through the application's own `reqwest::Client`.
+//! - `aws-secrets-manager`: [`ClientSecret::from_aws_secrets_manager`], the client secret
+//!   read from AWS Secrets Manager (cached, read again after `invalid_client`).
 //! - `metrics`: counters, a histogram and a gauge through the `metrics` facade, for your own
 //!   exporter (see `metrics` for the names).
 //! - `test-util`: [`testing`], a Cognito-compatible token endpoint and a protected API on
@@ -154,9 +156,13 @@ pub mod trailers;
 
 pub use cache::{CachedToken, Generation, Stats, TokenCache, TokenCacheBuilder};
 pub use error::{Error, ErrorKind};
+#[cfg(feature = "aws-secrets-manager")]
+#[cfg_attr(docsrs, doc(cfg(feature = "aws-secrets-manager")))]
+pub use grant::AwsSecretsManager;
 pub use grant::{BoxFuture, SharedIdentity, TokenSource};
+pub use grant::{ClientAssertionKey, ClientSecret};
 pub use grant::{
-    ClientAuth, ClientCredentials, ClientCredentialsBuilder, RefreshTokenGrant,
+    ClientAuth, ClientCredentials, ClientCredentialsBuilder, RefreshFlow, RefreshTokenGrant,
     RefreshTokenGrantBuilder, SessionStatus, TokenSet,
 };
 pub use layer::{CognitoAuthLayer, CognitoAuthLayerBuilder, DEFAULT_REPLAY_BODY_LIMIT};

@@ -21,7 +21,7 @@ pub(crate) const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
 /// Longer lifetimes are cut to this, so that no deadline computation can overflow.
 pub(crate) const MAX_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 /// The longest access token accepted. Cognito's are about 1 KiB.
-const MAX_TOKEN_LEN: usize = 16 * 1024;
+pub(crate) const MAX_TOKEN_LEN: usize = 16 * 1024;
 
 /// An OAuth 2.0 access token: the secret that goes into `Authorization: Bearer`.
 ///

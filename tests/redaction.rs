@@ -9,7 +9,7 @@
 use base64::Engine as _;
 use http::StatusCode;
 use tower_cognito_auth::testing::{Reply, TokenEndpoint};
-use tower_cognito_auth::{ClientAuth, TokenSource};
+use tower_cognito_auth::{ClientAuth, ClientCredentials, ClientSecret, TokenSource};
 
 mod common;
 
@@ -67,6 +67,44 @@ async fn trace_output_never_holds_the_secret_or_a_token() {
     #[cfg(not(feature = "rustls"))]
     let proxied = String::new();
 
+    // Secrets read from a file and from a function, good and wrong: neither the secret nor
+    // the file's content shows in logs, errors or `Debug`.
+    const FILE_SECRET: &str = "rotated-secret-from-a-file";
+    let dir = std::env::temp_dir().join(format!(
+        "tower-cognito-auth-redaction-{}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("client-secret");
+    std::fs::write(&path, format!("{FILE_SECRET}\n")).unwrap();
+    let from_file = |secret: ClientSecret| {
+        ClientCredentials::builder()
+            .token_url(endpoint.token_url())
+            .client_id(endpoint.client_id())
+            .client_secret_source(secret)
+            .http_client(http())
+            .build()
+            .unwrap()
+    };
+    let wrong_file = from_file(ClientSecret::from_file(&path));
+    let refused = wrong_file.fetch().await.unwrap_err();
+    std::fs::write(&path, format!("{SECRET}\n")).unwrap();
+    tokens.push(wrong_file.fetch().await.unwrap());
+    let from_fn = from_file(ClientSecret::from_fn(|| Ok(SECRET.to_owned())));
+    tokens.push(from_fn.fetch().await.unwrap());
+    let wrong_fn = from_file(ClientSecret::from_fn(|| {
+        Ok("a-wrong-secret-from-fn".to_owned())
+    }));
+    let refused_fn = wrong_fn.fetch().await.unwrap_err();
+    let shown =
+        format!("{refused} {refused:?} {refused_fn} {refused_fn:?} {wrong_file:?} {from_fn:?}");
+    for needle in [SECRET, FILE_SECRET, "a-wrong-secret-from-fn"] {
+        assert!(
+            !shown.contains(needle),
+            "a secret leaked into an error or Debug: {shown}"
+        );
+    }
+
     let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
     assert!(
         logs.contains("token request succeeded"),
@@ -90,6 +128,8 @@ async fn trace_output_never_holds_the_secret_or_a_token() {
         "another-secret-value",
         basic.as_str(),
         via_layer.secret(),
+        FILE_SECRET,
+        "a-wrong-secret-from-fn",
     ]
     .into_iter()
     .chain(tokens.iter().map(|t| t.access_token().secret()))

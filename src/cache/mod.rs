@@ -295,7 +295,8 @@ impl TokenCacheBuilder {
                 let identity = self.source.shared_identity().ok_or_else(|| {
                     Error::invalid_config(
                         "shared_store: this token source cannot be shared (its \
-                         `TokenSource::shared_identity` is None)",
+                         `TokenSource::shared_identity` is None; a client secret from \
+                         `client_secret_source` needs a `shared_store_key`)",
                     )
                 })?;
                 Some(

@@ -93,3 +93,30 @@ fn error_is_send_sync_clone() {
     fn check<T: Send + Sync + Clone + 'static>() {}
     check::<Error>();
 }
+
+#[test]
+fn a_custom_error_keeps_its_kind_message_and_source() {
+    let e = Error::new(ErrorKind::Rejected, "the key service\nrefused us");
+    assert_eq!(e.kind(), ErrorKind::Rejected);
+    assert!(e.is_permanent() && !e.is_retryable());
+    assert_eq!(
+        e.to_string(),
+        "the key servicerefused us",
+        "no forged log line"
+    );
+    assert!(std::error::Error::source(&e).is_none());
+    assert_eq!(e.oauth_error(), None);
+
+    let io = std::io::Error::from(std::io::ErrorKind::TimedOut);
+    let e = Error::with_source(ErrorKind::Timeout, "the key service timed out", io);
+    assert!(e.is_timeout() && e.is_retryable() && !e.is_permanent());
+    let source = std::error::Error::source(&e).expect("the source is kept");
+    assert!(source.downcast_ref::<std::io::Error>().is_some());
+    assert!(format!("{e:?}").contains("TimedOut"), "{e:?}");
+    assert_eq!(
+        Error::new(ErrorKind::Internal, "x".repeat(5000))
+            .to_string()
+            .len(),
+        1024
+    );
+}

@@ -32,6 +32,7 @@ use http_body::Body;
 use http_body_util::Full;
 use tower::Service;
 
+use super::client_secret::{ClientSecret, SecretCell};
 use super::endpoint::{
     ClientAuth, Endpoint, HttpClient, HttpsOptions, RetryPolicy, Secret, TokenUrl,
     client_authentication, client_or_built_in, erase_client, join_scopes, require_client_id,
@@ -61,10 +62,18 @@ struct Inner {
     client_id: String,
     scope: Option<String>,
     client_auth: ClientAuth,
-    /// Kept for [`SharedIdentity`]; never printed.
-    secret: Secret,
-    /// The form body, with the secret in it under [`ClientAuth::Post`].
-    body: Bytes,
+    /// Read at each fetch (and kept for [`SharedIdentity`] when fixed); never printed. None
+    /// under [`ClientAuth::PrivateKeyJwt`].
+    secret: Option<SecretCell>,
+    /// A [`ClientAssertionKey::from_file`](crate::ClientAssertionKey::from_file)'s file,
+    /// watched as a secret is: a rewritten key is a new credential.
+    key_file: Option<SecretCell>,
+    /// The key that seals the token in a shared store when the secret is not fixed.
+    store_key: Option<Secret>,
+    /// The form without the client's authentication: `grant_type` and `scope`.
+    form_head: String,
+    /// The token URL, an assertion's `aud`.
+    audience: String,
     retry: RetryPolicy,
 }
 
@@ -75,11 +84,43 @@ impl ClientCredentials {
     }
 
     async fn fetch_with_retries(inner: Arc<Inner>) -> Result<Token, Error> {
+        if let Some(key_file) = &inner.key_file {
+            // Only to see a change: the key itself is read and parsed where it signs.
+            let _ = key_file.read().await;
+        }
+        let result = Self::fetch_with_secret(&inner).await;
+        let failed_for_good = matches!(&result, Err(error) if error.is_permanent());
+        for cell in [&inner.secret, &inner.key_file].into_iter().flatten() {
+            cell.note(failed_for_good);
+        }
+        result
+    }
+
+    /// Reads the secret (no request without one), then sends the token request, retried as
+    /// the policy says.
+    async fn fetch_with_secret(inner: &Inner) -> Result<Token, Error> {
+        let secret = match &inner.secret {
+            Some(cell) => Some(cell.read().await?),
+            None => None,
+        };
+        let (body, authorization) = {
+            let mut form = form_urlencoded::Serializer::for_suffix(inner.form_head.clone(), 0);
+            let authorization = client_authentication(
+                &mut form,
+                &inner.client_auth,
+                &inner.client_id,
+                secret.as_deref(),
+                &inner.audience,
+            )?;
+            (Bytes::from(form.finish()), authorization)
+        };
         let endpoint = &inner.endpoint;
-        let body = &inner.body;
+        let (body, authorization) = (&body, &authorization);
         endpoint
             .with_retries(&inner.retry, |sent_at| async move {
-                let answer = endpoint.post(body.clone(), sent_at).await?;
+                let answer = endpoint
+                    .post_authorized(body.clone(), authorization.as_ref(), sent_at)
+                    .await?;
                 let (token, _lifetime) =
                     parse_token_response(&answer.body, answer.sent_at, answer.sent_at_wall)?;
                 Ok(token)
@@ -97,16 +138,31 @@ impl TokenSource for ClientCredentials {
         Some(&self.inner.client_id)
     }
 
-    /// The token URL, the client id and the scopes, keyed by the client secret.
+    /// The token URL, the client id and the scopes, keyed by the client secret when it is
+    /// fixed, else by the [`shared_store_key`](ClientCredentialsBuilder::shared_store_key)
+    /// (`None` without one: a secret that rotates cannot seal a token that outlives it).
     fn shared_identity(&self) -> Option<SharedIdentity> {
         let inner = &self.inner;
+        let key = match (&inner.store_key, inner.secret.as_ref()?.fixed()) {
+            (Some(key), _) => key.0.as_str(),
+            (None, Some(secret)) => secret,
+            (None, None) => return None,
+        };
         let scopes = inner.scope.as_deref().unwrap_or_default().split(' ');
         Some(SharedIdentity::client_credentials(
             &inner.endpoint.token_url.to_string(),
             &inner.client_id,
             scopes.filter(|s| !s.is_empty()),
-            &inner.secret.0,
+            key,
         ))
+    }
+
+    /// Changes when a secret read from a file or a function does (see [`ClientSecret`]), or a
+    /// key read from a file.
+    fn epoch(&self) -> u64 {
+        let inner = &self.inner;
+        let secret = inner.secret.as_ref().map_or(0, SecretCell::epoch);
+        secret.wrapping_add(inner.key_file.as_ref().map_or(0, SecretCell::epoch))
     }
 }
 
@@ -115,7 +171,7 @@ impl fmt::Debug for ClientCredentials {
         f.debug_struct("ClientCredentials")
             .field("token_url", &self.inner.endpoint.token_url)
             .field("client_id", &self.inner.client_id)
-            .field("client_secret", &"[redacted]")
+            .field("client_secret", &self.inner.secret)
             .field("scope", &self.inner.scope)
             .field("client_auth", &self.inner.client_auth)
             .field("request_timeout", &self.inner.endpoint.request_timeout)
@@ -131,6 +187,8 @@ pub struct ClientCredentialsBuilder {
     token_url: Option<TokenUrl>,
     client_id: Option<String>,
     client_secret: Option<Secret>,
+    secret_source: Option<ClientSecret>,
+    store_key: Option<Secret>,
     scopes: Vec<String>,
     client_auth: ClientAuth,
     http: Option<HttpClient>,
@@ -147,6 +205,7 @@ impl fmt::Debug for ClientCredentialsBuilder {
             .field("token_url", &self.token_url)
             .field("client_id", &self.client_id)
             .field("client_secret", &self.client_secret)
+            .field("client_secret_source", &self.secret_source)
             .field("scopes", &self.scopes)
             .field("client_auth", &self.client_auth)
             .field("https", &self.https)
@@ -182,9 +241,45 @@ impl ClientCredentialsBuilder {
         self
     }
 
-    /// The app client's secret. Required. It never appears in `Debug` output, logs or errors.
+    /// The app client's secret. Required, unless
+    /// [`client_secret_source`](Self::client_secret_source) is set. It never appears in `Debug`
+    /// output, logs or errors.
     pub fn client_secret(mut self, client_secret: impl Into<String>) -> Self {
         self.client_secret = Some(Secret(client_secret.into()));
+        self
+    }
+
+    /// Where to read the app client's secret at each token request: a file rewritten when it
+    /// rotates (Kubernetes, the Secrets Store CSI driver, Vault agent), or a function of yours.
+    /// `build()` does not read it. Instead of [`client_secret`](Self::client_secret), not beside
+    /// it. See [`ClientSecret`].
+    ///
+    /// ```no_run
+    /// use tower_cognito_auth::{ClientCredentials, ClientSecret};
+    ///
+    /// # fn main() -> Result<(), tower_cognito_auth::Error> {
+    /// let source = ClientCredentials::builder()
+    ///     .cognito_domain("my-pool", "us-east-1")
+    ///     .client_id("my-client-id")
+    ///     .client_secret_source(ClientSecret::from_file("/run/secrets/cognito-client-secret"))
+    ///     .build()?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn client_secret_source(mut self, source: ClientSecret) -> Self {
+        self.secret_source = Some(source);
+        self
+    }
+
+    /// The key that seals the token in a fleet's shared store (feature `store`) when the
+    /// secret comes from [`client_secret_source`](Self::client_secret_source): at least 32
+    /// random bytes, the same in every process of the fleet. A fixed client secret seals the
+    /// token itself and needs none. A secret that rotates cannot: processes on the old and the
+    /// new secret would seal with different keys and not see each other's tokens while the
+    /// rotation lasts, so the sealing key must be one that does not rotate with it. Whoever
+    /// can read the store but lacks this key learns nothing from it. Default is none.
+    pub fn shared_store_key(mut self, key: impl Into<String>) -> Self {
+        self.store_key = Some(Secret(key.into()));
         self
     }
 
@@ -196,7 +291,9 @@ impl ClientCredentialsBuilder {
         self
     }
 
-    /// How the client authenticates. Default is [`ClientAuth::Basic`].
+    /// How the client authenticates: with the secret ([`ClientAuth::Basic`], [`ClientAuth::Post`],
+    /// [`ClientAuth::ClientSecretJwt`]) or with a private key ([`ClientAuth::PrivateKeyJwt`],
+    /// which needs no secret). Default is [`ClientAuth::Basic`].
     pub fn client_auth(mut self, client_auth: ClientAuth) -> Self {
         self.client_auth = client_auth;
         self
@@ -348,7 +445,10 @@ impl ClientCredentialsBuilder {
     ///   (`user:pass@`), or is `http://` for a host that is not loopback, or neither http nor https;
     /// - a Cognito domain prefix is not 1 to 63 of `a-z`, `0-9`, `-` (not at either end), or the
     ///   region does not look like `us-east-1`;
-    /// - the client id is missing or empty, or the client secret is missing or empty;
+    /// - the client id is missing or empty, or the client secret is missing or empty, or both
+    ///   `client_secret` and `client_secret_source` are set (a secret source is not read here),
+    ///   or a client secret is set beside [`ClientAuth::PrivateKeyJwt`] (which needs none);
+    /// - a `shared_store_key` is shorter than 32 bytes;
     /// - a scope is empty or has characters RFC 6749 §3.3 does not allow (space, `"`, `\`);
     /// - `request_timeout`, `fetch_deadline` or `max_attempts` is zero;
     /// - no HTTP client was given and the feature `rustls` is off;
@@ -359,15 +459,36 @@ impl ClientCredentialsBuilder {
     pub fn build(self) -> Result<ClientCredentials, Error> {
         let token_url = TokenUrl::resolve(self.token_url)?;
         let client_id = require_client_id(self.client_id)?;
-        let secret = match self.client_secret {
-            Some(Secret(s)) if !s.is_empty() => s,
-            Some(_) => return Err(Error::invalid_config("the client secret is empty")),
-            None => {
+        let keyed = matches!(self.client_auth, ClientAuth::PrivateKeyJwt(_));
+        let secret = match (self.client_secret, self.secret_source) {
+            (Some(_), Some(_)) => {
                 return Err(Error::invalid_config(
-                    "no client secret: call `client_secret`",
+                    "both `client_secret` and `client_secret_source` are set: keep one",
+                ));
+            }
+            (Some(_), None) | (None, Some(_)) if keyed => {
+                return Err(Error::invalid_config(
+                    "ClientAuth::PrivateKeyJwt signs with a key: a client secret would not be used",
+                ));
+            }
+            (Some(Secret(s)), None) => Some(ClientSecret::new(s)),
+            (None, Some(source)) => Some(source),
+            (None, None) if keyed => None,
+            (None, None) => {
+                return Err(Error::invalid_config(
+                    "no client secret: call `client_secret` or `client_secret_source`",
                 ));
             }
         };
+        let fixed = secret.as_ref().and_then(ClientSecret::fixed);
+        if fixed.is_some_and(str::is_empty) {
+            return Err(Error::invalid_config("the client secret is empty"));
+        }
+        if self.store_key.as_ref().is_some_and(|k| k.0.len() < 32) {
+            return Err(Error::invalid_config(
+                "the shared_store_key is shorter than 32 bytes",
+            ));
+        }
         let scope = join_scopes(&self.scopes)?;
         let request_timeout = self.request_timeout.unwrap_or(Duration::from_secs(10));
         let deadline = self.deadline.unwrap_or(Duration::from_secs(20));
@@ -384,13 +505,28 @@ impl ClientCredentialsBuilder {
         if let Some(scope) = &scope {
             form.append_pair("scope", scope);
         }
-        let authorization =
-            client_authentication(&mut form, self.client_auth, &client_id, Some(&secret))?;
+        if let Some(fixed) = fixed.filter(|_| !self.client_auth.is_assertion()) {
+            // Found out now rather than at the first request: a secret a header cannot carry.
+            client_authentication(
+                &mut form_urlencoded::Serializer::new(String::new()),
+                &self.client_auth,
+                &client_id,
+                Some(fixed),
+                "",
+            )?;
+        }
+        let audience = token_url.to_string();
+        let key_file = match &self.client_auth {
+            ClientAuth::PrivateKeyJwt(key) => key
+                .file()
+                .map(|path| SecretCell::new(ClientSecret::from_file(path))),
+            _ => None,
+        };
         Ok(ClientCredentials {
             inner: Arc::new(Inner {
                 endpoint: Endpoint {
                     token_url,
-                    authorization,
+                    authorization: None,
                     http,
                     request_timeout,
                     metrics: crate::metrics::Metrics::new(
@@ -400,8 +536,11 @@ impl ClientCredentialsBuilder {
                 client_id,
                 scope,
                 client_auth: self.client_auth,
-                secret: Secret(secret),
-                body: Bytes::from(form.finish()),
+                secret: secret.map(SecretCell::new),
+                key_file,
+                store_key: self.store_key,
+                form_head: form.finish(),
+                audience,
                 retry: RetryPolicy {
                     max_attempts,
                     deadline,

@@ -23,6 +23,7 @@ use tower::Service;
 use tower::ServiceExt as _;
 use tower::util::BoxCloneSyncService;
 
+use super::client_assertion::ClientAssertionKey;
 use crate::backoff::{Backoff, parse_retry_after};
 use crate::error::{BoxError, Error};
 
@@ -31,7 +32,7 @@ pub(crate) type HttpClient =
     BoxCloneSyncService<Request<Full<Bytes>>, Response<UnsyncBoxBody<Bytes, BoxError>>, BoxError>;
 
 /// How the client authenticates to the token endpoint.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ClientAuth {
     /// HTTP Basic: `Authorization: Basic base64(urlencode(id) ":" urlencode(secret))`
@@ -41,6 +42,25 @@ pub enum ClientAuth {
     /// `client_id` and `client_secret` as form fields in the request body, as many guides
     /// and many curl examples do.
     Post,
+    /// `private_key_jwt` (RFC 7523 §2.2, OpenID Connect Core §9): a JWT signed with this key
+    /// (RS256 or ES256) in the form's `client_assertion`, new for every token request; no
+    /// client secret. Okta, Entra ID, Auth0 and Keycloak support it (Cognito does not). See
+    /// [`ClientAssertionKey`].
+    PrivateKeyJwt(ClientAssertionKey),
+    /// `client_secret_jwt` (OpenID Connect Core §9): a JWT signed HS256 with the client secret
+    /// in the form's `client_assertion`, new for every token request, so the secret itself
+    /// never crosses the network.
+    ClientSecretJwt,
+}
+
+impl ClientAuth {
+    /// Whether the client sends a signed assertion, made anew for each request.
+    pub(crate) fn is_assertion(&self) -> bool {
+        matches!(
+            self,
+            ClientAuth::PrivateKeyJwt(_) | ClientAuth::ClientSecretJwt
+        )
+    }
 }
 
 /// The most of a token endpoint's answer that is read.
@@ -131,19 +151,31 @@ fn is_scope_char(b: u8) -> bool {
 
 /// How the client authenticates to the token endpoint.
 ///
-/// With a secret: [`ClientAuth::Basic`] gives the `Authorization` header to send, and
-/// [`ClientAuth::Post`] appends `client_id` and `client_secret` to the form. Without one (a
+/// With a secret: [`ClientAuth::Basic`] gives the `Authorization` header to send,
+/// [`ClientAuth::Post`] appends `client_id` and `client_secret` to the form, and
+/// [`ClientAuth::ClientSecretJwt`] an assertion signed with it for `audience` (the token URL).
+/// [`ClientAuth::PrivateKeyJwt`] appends an assertion signed with its key. Without a secret (a
 /// public client): `client_id` goes into the form and there is no header.
 pub(crate) fn client_authentication(
     form: &mut form_urlencoded::Serializer<'_, String>,
-    client_auth: ClientAuth,
+    client_auth: &ClientAuth,
     client_id: &str,
     secret: Option<&str>,
+    audience: &str,
 ) -> Result<Option<HeaderValue>, Error> {
-    match (secret, client_auth) {
+    let assertion = match (secret, client_auth) {
+        (_, ClientAuth::PrivateKeyJwt(key)) => key.assertion(client_id, audience)?,
+        (Some(secret), ClientAuth::ClientSecretJwt) => {
+            super::client_assertion::secret_assertion(secret, client_id, audience)?
+        }
+        (None, ClientAuth::ClientSecretJwt) => {
+            return Err(Error::invalid_config(
+                "ClientAuth::ClientSecretJwt needs a client secret",
+            ));
+        }
         (None, _) => {
             form.append_pair("client_id", client_id);
-            Ok(None)
+            return Ok(None);
         }
         (Some(secret), ClientAuth::Basic) => {
             let encode =
@@ -156,14 +188,21 @@ pub(crate) fn client_authentication(
             let mut value = HeaderValue::try_from(value)
                 .map_err(|_| Error::invalid_config("the client credentials cannot be encoded"))?;
             value.set_sensitive(true);
-            Ok(Some(value))
+            return Ok(Some(value));
         }
         (Some(secret), ClientAuth::Post) => {
             form.append_pair("client_id", client_id);
             form.append_pair("client_secret", secret);
-            Ok(None)
+            return Ok(None);
         }
-    }
+    };
+    form.append_pair("client_id", client_id);
+    form.append_pair(
+        "client_assertion_type",
+        super::client_assertion::ASSERTION_TYPE,
+    );
+    form.append_pair("client_assertion", &assertion);
+    Ok(None)
 }
 
 /// A `2xx` answer of the token endpoint, read in full, with when its request was sent.
@@ -223,14 +262,8 @@ impl Endpoint {
                     .min(deadline.saturating_duration_since(sent_at)),
                 None => self.request_timeout,
             };
-            let result = match tokio::time::timeout(per_attempt, attempt(sent_at)).await {
-                Ok(result) => result,
-                Err(_) => Err(Error::timeout("the token request", per_attempt)),
-            };
-            let took = sent_at.elapsed();
-            self.metrics
-                .token_request(crate::metrics::outcome(&result), took);
-            let elapsed_ms = took.as_millis() as u64;
+            let result = self.timed(per_attempt, attempt(sent_at)).await;
+            let elapsed_ms = sent_at.elapsed().as_millis() as u64;
             let error = match result {
                 Ok(value) => {
                     tracing::debug!(
@@ -260,32 +293,28 @@ impl Endpoint {
         }
     }
 
-    /// One POST of `form` to the token endpoint. A `2xx` answer is read (at most
+    /// One POST of `form` to the token endpoint, with `authorization` (the grant's client
+    /// authentication for this request) as its `Authorization` header. A `2xx` answer is read (at most
     /// [`MAX_RESPONSE_BODY`]) and returned; anything else becomes an [`Error`]: `429` rate
     /// limited, `5xx` unavailable (both with `Retry-After`), other statuses rejected with the
     /// OAuth error of the body, if any.
-    pub(crate) async fn post(&self, form: Bytes, sent_at: Instant) -> Result<Answered, Error> {
+    pub(crate) async fn post_authorized(
+        &self,
+        form: Bytes,
+        authorization: Option<&HeaderValue>,
+        sent_at: Instant,
+    ) -> Result<Answered, Error> {
         let sent_at_wall = SystemTime::now();
-        let mut request = Request::new(Full::new(form));
-        *request.method_mut() = Method::POST;
-        *request.uri_mut() = self.token_url.clone();
+        let mut request = self.request(form, "application/x-www-form-urlencoded");
+        // The grant's client authentication for this request (a secret read now, an
+        // assertion), in place of the endpoint's.
         let headers = request.headers_mut();
-        headers.insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("application/x-www-form-urlencoded"),
-        );
-        headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
-        if let Some(authorization) = &self.authorization {
+        headers.remove(AUTHORIZATION);
+        if let Some(authorization) = authorization {
             headers.insert(AUTHORIZATION, authorization.clone());
         }
-        let response = self
-            .http
-            .clone()
-            .oneshot(request)
-            .await
-            .map_err(|e| Error::connect(self.token_url.host().unwrap_or_default(), e))?;
+        let response = self.send(request).await?;
         let status = response.status();
-        tracing::trace!(status = status.as_u16(), "token endpoint answered");
         if status.is_success() {
             let body = read_limited(response).await?;
             return Ok(Answered {
@@ -294,10 +323,7 @@ impl Endpoint {
                 sent_at_wall,
             });
         }
-        let retry_after = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| parse_retry_after(v, sent_at_wall));
+        let retry_after = retry_after(&response, sent_at_wall);
         if status == StatusCode::TOO_MANY_REQUESTS {
             return Err(Error::rate_limited(retry_after));
         }
@@ -315,11 +341,72 @@ impl Endpoint {
         };
         Err(Error::rejected(status, error, description))
     }
+
+    /// A POST of `body` to the endpoint's URL, as `content_type`, with `Accept:
+    /// application/json` and the client's `Authorization` header, if it has one.
+    pub(crate) fn request(&self, body: Bytes, content_type: &'static str) -> Request<Full<Bytes>> {
+        let mut request = Request::new(Full::new(body));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = self.token_url.clone();
+        let headers = request.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+        headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
+        if let Some(authorization) = &self.authorization {
+            headers.insert(AUTHORIZATION, authorization.clone());
+        }
+        request
+    }
+
+    /// Sends a request through the client; a failure to get an answer is a connect error that
+    /// names the host.
+    pub(crate) async fn send(
+        &self,
+        request: Request<Full<Bytes>>,
+    ) -> Result<Response<UnsyncBoxBody<Bytes, BoxError>>, Error> {
+        let response = self
+            .http
+            .clone()
+            .oneshot(request)
+            .await
+            .map_err(|e| Error::connect(self.token_url.host().unwrap_or_default(), e))?;
+        tracing::trace!(
+            status = response.status().as_u16(),
+            "token endpoint answered"
+        );
+        Ok(response)
+    }
+
+    /// Runs one request bounded by `limit`, and counts it in the metrics with its outcome and
+    /// how long it took.
+    pub(crate) async fn timed<T>(
+        &self,
+        limit: Duration,
+        request: impl Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        let sent_at = Instant::now();
+        let result = match tokio::time::timeout(limit, request).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::timeout("the token request", limit)),
+        };
+        self.metrics
+            .token_request(crate::metrics::outcome(&result), sent_at.elapsed());
+        result
+    }
+}
+
+/// The `Retry-After` of an answer, as a delay from `sent_at_wall`.
+pub(crate) fn retry_after<B>(response: &Response<B>, sent_at_wall: SystemTime) -> Option<Duration> {
+    response
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|v| parse_retry_after(v, sent_at_wall))
 }
 
 /// Reads at most [`MAX_RESPONSE_BODY`] bytes; a longer body is an error, found from
 /// `Content-Length` before reading when the server sends one.
-async fn read_limited(response: Response<UnsyncBoxBody<Bytes, BoxError>>) -> Result<Bytes, Error> {
+pub(crate) async fn read_limited(
+    response: Response<UnsyncBoxBody<Bytes, BoxError>>,
+) -> Result<Bytes, Error> {
     const TOO_LARGE: &str = "the response body is larger than 64 KiB";
     let declared = response
         .headers()
@@ -346,39 +433,47 @@ async fn read_limited(response: Response<UnsyncBoxBody<Bytes, BoxError>>) -> Res
 }
 
 pub(crate) fn parse_token_url(url: &str) -> Result<Uri, Error> {
+    parse_endpoint_url(url, "token URL")
+}
+
+/// Checks an endpoint's URL (`what` names it in errors: "token URL"): `https://` for any host,
+/// `http://` only for loopback hosts (`localhost` pinned to `127.0.0.1`), no credentials.
+pub(crate) fn parse_endpoint_url(url: &str, what: &'static str) -> Result<Uri, Error> {
     let uri: Uri = url
         .parse()
-        .map_err(|_| Error::invalid_config("the token URL does not parse as a URL"))?;
+        .map_err(|_| Error::invalid_config(format!("the {what} does not parse as a URL")))?;
     let authority = uri
         .authority()
-        .ok_or_else(|| Error::invalid_config("the token URL has no host"))?;
+        .ok_or_else(|| Error::invalid_config(format!("the {what} has no host")))?;
     if authority.as_str().contains('@') {
-        return Err(Error::invalid_config(
-            "the token URL must not carry credentials (`user:pass@`): use client_id and client_secret",
-        ));
+        return Err(Error::invalid_config(format!(
+            "the {what} must not carry credentials (`user:pass@`): use client_id and client_secret"
+        )));
     }
     match uri.scheme_str() {
         Some("https") => Ok(uri),
-        Some("http") if authority.host().eq_ignore_ascii_case("localhost") => pin_localhost(&uri),
+        Some("http") if authority.host().eq_ignore_ascii_case("localhost") => {
+            pin_localhost(&uri, what)
+        }
         Some("http") if is_loopback(authority.host()) => Ok(uri),
-        Some("http") => Err(Error::invalid_config(
-            "the token URL must use https (http is allowed only for loopback hosts such as 127.0.0.1): \
-             the client secret would cross the network in clear text",
-        )),
-        _ => Err(Error::invalid_config(
-            "the token URL must be an https:// URL",
-        )),
+        Some("http") => Err(Error::invalid_config(format!(
+            "the {what} must use https (http is allowed only for loopback hosts such as \
+             127.0.0.1): the client secret would cross the network in clear text"
+        ))),
+        _ => Err(Error::invalid_config(format!(
+            "the {what} must be an https:// URL"
+        ))),
     }
 }
 
 /// `http://localhost…` with the name replaced by `127.0.0.1`: the system resolver may map
 /// `localhost` elsewhere, and the secret would then cross a network in clear text.
-fn pin_localhost(uri: &Uri) -> Result<Uri, Error> {
+fn pin_localhost(uri: &Uri, what: &'static str) -> Result<Uri, Error> {
     let authority = match uri.port_u16() {
         Some(port) => format!("127.0.0.1:{port}"),
         None => "127.0.0.1".to_owned(),
     };
-    let unparsable = || Error::invalid_config("the token URL does not parse as a URL");
+    let unparsable = || Error::invalid_config(format!("the {what} does not parse as a URL"));
     let mut parts = uri.clone().into_parts();
     parts.authority = Some(authority.parse().map_err(|_| unparsable())?);
     Uri::from_parts(parts).map_err(|_| unparsable())
@@ -410,6 +505,14 @@ pub(crate) fn cognito_url(domain: &str, region: &str) -> Result<Uri, Error> {
             "the Cognito domain prefix must be 1 to 63 of a-z, 0-9 and '-', not starting or ending with '-'",
         ));
     }
+    check_region(region)?;
+    format!("https://{domain}.auth.{region}.amazoncognito.com/oauth2/token")
+        .parse()
+        .map_err(|_| Error::invalid_config("the Cognito domain does not form a valid URL"))
+}
+
+/// Checks an AWS region name: it must look like `us-east-1` (lower-case words, then digits).
+pub(crate) fn check_region(region: &str) -> Result<(), Error> {
     let parts: Vec<&str> = region.split('-').collect();
     let region_ok = parts.len() >= 3
         && parts.iter().all(|p| !p.is_empty())
@@ -417,14 +520,13 @@ pub(crate) fn cognito_url(domain: &str, region: &str) -> Result<Uri, Error> {
             .iter()
             .all(|p| p.bytes().all(|b| b.is_ascii_lowercase()))
         && parts[parts.len() - 1].bytes().all(|b| b.is_ascii_digit());
-    if !region_ok {
-        return Err(Error::invalid_config(
+    if region_ok {
+        Ok(())
+    } else {
+        Err(Error::invalid_config(
             "the AWS region must look like `us-east-1`",
-        ));
+        ))
     }
-    format!("https://{domain}.auth.{region}.amazoncognito.com/oauth2/token")
-        .parse()
-        .map_err(|_| Error::invalid_config("the Cognito domain does not form a valid URL"))
 }
 
 pub(crate) fn erase_client<S, ResBody>(client: S) -> HttpClient
@@ -458,6 +560,11 @@ impl HttpsOptions {
     pub(crate) fn is_default(&self) -> bool {
         true
     }
+}
+
+/// The given client, or the built-in HTTPS client with its default settings.
+pub(crate) fn client_or_default(http: Option<HttpClient>) -> Result<HttpClient, Error> {
+    client_or_built_in(http, &HttpsOptions::default())
 }
 
 /// The given client, or the built-in HTTPS client configured by `https`. Settings of the

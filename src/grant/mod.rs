@@ -10,7 +10,13 @@
 //! [loopback endpoint](crate::testing). What they share (the URL rules, client
 //! authentication, the retries, reading the answer) is in `endpoint.rs`.
 
+#[cfg(feature = "aws-secrets-manager")]
+#[cfg_attr(docsrs, doc(cfg(feature = "aws-secrets-manager")))]
+pub mod aws_secrets_manager;
+pub mod client_assertion;
 pub mod client_credentials;
+pub mod client_secret;
+mod cognito_api;
 pub(crate) mod endpoint;
 #[cfg(feature = "rustls")]
 mod https;
@@ -19,7 +25,12 @@ pub mod refresh_token;
 mod reqwest_client;
 mod source;
 
+#[cfg(feature = "aws-secrets-manager")]
+pub use aws_secrets_manager::AwsSecretsManager;
+pub use client_assertion::ClientAssertionKey;
 pub use client_credentials::{ClientCredentials, ClientCredentialsBuilder};
+pub use client_secret::ClientSecret;
+pub use cognito_api::RefreshFlow;
 pub use endpoint::ClientAuth;
 pub use refresh_token::{RefreshTokenGrant, RefreshTokenGrantBuilder, SessionStatus, TokenSet};
 pub use source::{BoxFuture, SharedIdentity, TokenSource};

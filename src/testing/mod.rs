@@ -11,7 +11,10 @@
 //!   and a JSON answer with `access_token`, `expires_in` and `token_type`. It also serves the
 //!   `refresh_token` grant for user sessions ([`TokenEndpoint::new_session`]), optionally with
 //!   strict rotation and reuse detection (a reused refresh token revokes the session) and for a
-//!   public client without a secret. Tokens are opaque
+//!   public client without a secret. It also answers Cognito's user-pool API at `POST /`
+//!   ([`TokenEndpoint::user_pool_api_url`]: `GetTokensFromRefreshToken`, `InitiateAuth`
+//!   `REFRESH_TOKEN_AUTH` with its `SECRET_HASH` check, `RevokeToken`, `GlobalSignOut`), over
+//!   the same sessions and tokens, for pools without a domain. Tokens are opaque
 //!   random strings or, on request, JWT-shaped. The endpoint records every request it receives,
 //!   counts the tokens it issues, and can be made slow ([`TokenEndpoint::set_delay`]) or made to
 //!   answer with any status, headers and body ([`TokenEndpoint::push_reply`],

@@ -10,6 +10,8 @@ use hyper_util::rt::TokioExecutor;
 use tower_cognito_auth::testing::TokenEndpoint;
 use tower_cognito_auth::{ClientCredentials, ClientCredentialsBuilder};
 
+pub mod moto;
+
 /// A plain HTTP/1 client for the loopback servers.
 pub fn http() -> Client<HttpConnector, Full<Bytes>> {
     Client::builder(TokioExecutor::new()).build_http()

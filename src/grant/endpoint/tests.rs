@@ -64,7 +64,8 @@ fn cognito_domain_rules() {
 fn client_authentication_forms() {
     let run = |auth, secret: Option<&str>| {
         let mut form = form_urlencoded::Serializer::new(String::new());
-        let header = client_authentication(&mut form, auth, "id:1", secret).unwrap();
+        let header =
+            client_authentication(&mut form, &auth, "id:1", secret, "https://a/token").unwrap();
         (header, form.finish())
     };
     let (header, form) = run(ClientAuth::Basic, None);

@@ -20,10 +20,12 @@ use super::{
 };
 use crate::backoff::Backoff;
 use crate::error::{BoxError, Error};
+use crate::grant::client_secret::{ClientSecret, SecretCell};
+use crate::grant::cognito_api::{RefreshFlow, UserPoolApi, api_url, parse_api_url};
 use crate::grant::endpoint::{
     ClientAuth, Endpoint, HttpClient, HttpsOptions, RetryPolicy, Secret, TokenUrl,
-    client_authentication, client_or_built_in, erase_client, join_scopes, never_sent,
-    require_client_id,
+    client_authentication, client_or_built_in, client_or_default, erase_client, join_scopes,
+    never_sent, require_client_id,
 };
 
 /// Builds a [`RefreshTokenGrant`]. Every setter takes and returns `Self` and states its
@@ -43,6 +45,7 @@ pub struct RefreshTokenGrantBuilder {
     token_url: Option<TokenUrl>,
     client_id: Option<String>,
     client_secret: Option<Secret>,
+    secret_source: Option<ClientSecret>,
     scopes: Vec<String>,
     client_auth: ClientAuth,
     refresh_token: Option<Secret>,
@@ -54,6 +57,17 @@ pub struct RefreshTokenGrantBuilder {
     http: Option<HttpClient>,
     https: HttpsOptions,
     request_timeout: Option<Duration>,
+    user_pool_api: Option<ApiUrl>,
+    refresh_flow: RefreshFlow,
+    username: Option<String>,
+    device_key: Option<Secret>,
+}
+
+/// Where Cognito's user-pool API is, as the builder was told.
+#[derive(Debug)]
+enum ApiUrl {
+    Region(String),
+    Url(String),
 }
 
 impl fmt::Debug for RefreshTokenGrantBuilder {
@@ -62,6 +76,7 @@ impl fmt::Debug for RefreshTokenGrantBuilder {
             .field("token_url", &self.token_url)
             .field("client_id", &self.client_id)
             .field("client_secret", &self.client_secret)
+            .field("client_secret_source", &self.secret_source)
             .field("scopes", &self.scopes)
             .field("client_auth", &self.client_auth)
             .field("refresh_token", &self.refresh_token)
@@ -69,6 +84,10 @@ impl fmt::Debug for RefreshTokenGrantBuilder {
             .field("on_rotation", &self.on_rotation.is_some())
             .field("persist", &self.persist.is_some())
             .field("https", &self.https)
+            .field("user_pool_api", &self.user_pool_api)
+            .field("refresh_flow", &self.refresh_flow)
+            .field("username", &self.username)
+            .field("device_key", &self.device_key)
             .finish_non_exhaustive()
     }
 }
@@ -94,6 +113,87 @@ impl RefreshTokenGrantBuilder {
         self
     }
 
+    /// Refreshes through Cognito's user-pool API in `region`
+    /// (`https://cognito-idp.{region}.amazonaws.com/`, `.amazonaws.com.cn` in the China
+    /// regions) instead of a token endpoint, as Amplify
+    /// and the AWS SDKs do: the way for a pool without a domain, and the only way to rotate
+    /// refresh tokens outside the hosted domain. See [`refresh_flow`](Self::refresh_flow) for
+    /// the operation, [`username`](Self::username) and [`device_key`](Self::device_key).
+    /// Default is none: the token endpoint of [`token_url`](Self::token_url) or
+    /// [`cognito_domain`](Self::cognito_domain) (set one or the other, not both). The region
+    /// is checked by [`build`](Self::build).
+    ///
+    /// The API's errors map as the token endpoint's do: `NotAuthorizedException` (the refresh
+    /// token expired, was revoked or was reused, or the secret is wrong) ends the session like
+    /// `invalid_grant` ([`Error::is_invalid_grant`] is true), `TooManyRequestsException` is
+    /// [`RateLimited`](crate::ErrorKind::RateLimited), `InternalErrorException` and 5xx are
+    /// [`Unavailable`](crate::ErrorKind::Unavailable), any other refusal is permanent with
+    /// Cognito's error type in the message. [`scope`](Self::scope) and
+    /// [`client_auth`](Self::client_auth) do not apply.
+    ///
+    /// ```no_run
+    /// use tower_cognito_auth::{CognitoAuthLayer, RefreshFlow, RefreshTokenGrant};
+    /// # fn main() -> Result<(), tower::BoxError> {
+    /// # let stored_refresh_token = String::new();
+    /// let grant = RefreshTokenGrant::builder()
+    ///     .user_pool_api("us-east-1")
+    ///     .client_id("my-app-client-id") // .client_secret(..) when the app client has one
+    ///     .refresh_token(stored_refresh_token)
+    ///     .refresh_flow(RefreshFlow::GetTokensFromRefreshToken) // the default
+    ///     .build()?;
+    /// let auth = CognitoAuthLayer::builder().token_source(grant).build()?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn user_pool_api(mut self, region: impl Into<String>) -> Self {
+        self.user_pool_api = Some(ApiUrl::Region(region.into()));
+        self
+    }
+
+    /// Like [`user_pool_api`](Self::user_pool_api), at a URL given as it is: a VPC endpoint,
+    /// or an emulator ([`testing::TokenEndpoint::user_pool_api_url`](crate::testing), moto).
+    /// `https://` for any host, `http://` only for loopback hosts, as for
+    /// [`token_url`](Self::token_url). Default is none.
+    pub fn user_pool_api_url(mut self, url: impl AsRef<str>) -> Self {
+        self.user_pool_api = Some(ApiUrl::Url(url.as_ref().to_owned()));
+        self
+    }
+
+    /// Which operation of the user-pool API refreshes: [`RefreshFlow::GetTokensFromRefreshToken`]
+    /// (the default; rotation when the app client has it on) or
+    /// [`RefreshFlow::RefreshTokenAuth`] (`InitiateAuth`, no rotation). Used only with
+    /// [`user_pool_api`](Self::user_pool_api).
+    pub fn refresh_flow(mut self, flow: RefreshFlow) -> Self {
+        self.refresh_flow = flow;
+        self
+    }
+
+    /// The user's name in the pool, for the `SECRET_HASH` that
+    /// [`RefreshFlow::RefreshTokenAuth`] sends when the app client has a secret
+    /// (Base64(HMAC-SHA256(key: client secret, message: username + client id))). Default is
+    /// none: the `username` claim of the latest access token, restored
+    /// ([`access_token_from_jwt`](Self::access_token_from_jwt) and the like) or received.
+    ///
+    /// It must be the name Cognito keeps, the access token's `username` claim (for a pool
+    /// that signs in by email, a UUID), not the email the user typed: a hash over another
+    /// name is refused with `NotAuthorizedException`, which ends the session. With a secret,
+    /// this flow, no username and no restored access token with that claim,
+    /// [`build`](Self::build) fails and says to call this. Not used by
+    /// [`RefreshFlow::GetTokensFromRefreshToken`], which sends the secret itself.
+    pub fn username(mut self, username: impl Into<String>) -> Self {
+        self.username = Some(username.into());
+        self
+    }
+
+    /// The device key of a pool with device tracking, captured at sign-in
+    /// (`NewDeviceMetadata.DeviceKey`): sent as `DeviceKey` (or `DEVICE_KEY` under
+    /// [`RefreshFlow::RefreshTokenAuth`]). Default is none. Used only with
+    /// [`user_pool_api`](Self::user_pool_api).
+    pub fn device_key(mut self, device_key: impl Into<String>) -> Self {
+        self.device_key = Some(Secret(device_key.into()));
+        self
+    }
+
     /// The app client's id. Required.
     pub fn client_id(mut self, client_id: impl Into<String>) -> Self {
         self.client_id = Some(client_id.into());
@@ -105,6 +205,15 @@ impl RefreshTokenGrantBuilder {
     /// never appears in `Debug` output, logs or errors.
     pub fn client_secret(mut self, client_secret: impl Into<String>) -> Self {
         self.client_secret = Some(Secret(client_secret.into()));
+        self
+    }
+
+    /// Where to read the app client's secret at each exchange (a file rewritten when it
+    /// rotates, or a function of yours), for a confidential client; instead of
+    /// [`client_secret`](Self::client_secret). `build()` does not read it. See
+    /// [`ClientSecret`].
+    pub fn client_secret_source(mut self, source: ClientSecret) -> Self {
+        self.secret_source = Some(source);
         self
     }
 
@@ -358,9 +467,19 @@ impl RefreshTokenGrantBuilder {
     /// An [`Error`] of kind [`InvalidConfig`](crate::ErrorKind::InvalidConfig), saying why, when:
     /// - no token URL was set, or it does not parse, has no host, carries credentials
     ///   (`user:pass@`), or is `http://` for a host that is not loopback, or neither http nor https;
+    ///   the same rules for [`user_pool_api_url`](Self::user_pool_api_url);
     /// - a Cognito domain prefix is not 1 to 63 of `a-z`, `0-9`, `-` (not at either end), or the
-    ///   region does not look like `us-east-1`;
-    /// - the client id is missing or empty, or a client secret was given empty;
+    ///   region (here or in [`user_pool_api`](Self::user_pool_api)) does not look like
+    ///   `us-east-1`;
+    /// - both a token endpoint and the user-pool API were set;
+    /// - with the user-pool API: a scope was set; the username or device key is empty; or
+    ///   the app client has a secret, the flow is [`RefreshFlow::RefreshTokenAuth`], and
+    ///   neither [`username`](Self::username) nor a restored access token with a `username`
+    ///   claim says whose `SECRET_HASH` to send (the message names `.username(..)`);
+    /// - with the user-pool API: a client authentication by assertion
+    ///   ([`ClientAuth::PrivateKeyJwt`], [`ClientAuth::ClientSecretJwt`]), which it does not take;
+    /// - the client id is missing or empty, or a client secret was given empty, or both
+    ///   `client_secret` and `client_secret_source` are set (a secret source is not read here);
     /// - the refresh token is missing or empty;
     /// - the restored access token is empty, longer than 16 KiB, or has characters that cannot
     ///   go into an HTTP header, or [`access_token_from_jwt`](Self::access_token_from_jwt) was
@@ -371,15 +490,37 @@ impl RefreshTokenGrantBuilder {
     /// - the proxy URL or the root certificates cannot be used, or they were set beside
     ///   `http_client` (see [`ClientCredentialsBuilder::build`](crate::ClientCredentialsBuilder::build)).
     pub fn build(self) -> Result<RefreshTokenGrant, Error> {
-        let token_url = TokenUrl::resolve(self.token_url)?;
-        let client_id = require_client_id(self.client_id)?;
-        let secret = match self.client_secret {
-            Some(Secret(s)) if s.is_empty() => {
-                return Err(Error::invalid_config("the client secret is empty"));
+        let token_url = match (self.token_url, &self.user_pool_api) {
+            (Some(_), Some(_)) => {
+                return Err(Error::invalid_config(
+                    "both a token endpoint (`token_url` or `cognito_domain`) and Cognito's \
+                     user-pool API (`user_pool_api` or `user_pool_api_url`) were set: set one",
+                ));
             }
-            Some(Secret(s)) => Some(s),
-            None => None,
+            (None, Some(ApiUrl::Region(region))) => api_url(region)?,
+            (None, Some(ApiUrl::Url(url))) => parse_api_url(url)?,
+            (None, None) => {
+                return Err(Error::invalid_config(
+                    "no endpoint: call `token_url`, `cognito_domain`, `user_pool_api` or \
+                     `user_pool_api_url`",
+                ));
+            }
+            (url, None) => TokenUrl::resolve(url)?,
         };
+        let client_id = require_client_id(self.client_id)?;
+        let source = match (self.client_secret, self.secret_source) {
+            (Some(_), Some(_)) => {
+                return Err(Error::invalid_config(
+                    "both `client_secret` and `client_secret_source` are set: keep one",
+                ));
+            }
+            (Some(Secret(s)), None) => Some(ClientSecret::new(s)),
+            (None, source) => source,
+        };
+        let secret = source.as_ref().and_then(ClientSecret::fixed);
+        if secret.is_some_and(str::is_empty) {
+            return Err(Error::invalid_config("the client secret is empty"));
+        }
         let refresh_token = match self.refresh_token {
             Some(token) if !token.0.is_empty() => token,
             Some(_) => return Err(Error::invalid_config("the refresh token is empty")),
@@ -394,6 +535,35 @@ impl RefreshTokenGrantBuilder {
             None => None,
         };
         let scope = join_scopes(&self.scopes)?;
+        let user_pool_api = match self.user_pool_api {
+            None => None,
+            Some(_) => {
+                if scope.is_some() {
+                    return Err(Error::invalid_config(
+                        "Cognito's user-pool API takes no scope: a refresh gets the sign-in's",
+                    ));
+                }
+                let username = match self.username {
+                    Some(name) if name.is_empty() => {
+                        return Err(Error::invalid_config("the username is empty"));
+                    }
+                    other => other,
+                };
+                let device_key = match self.device_key {
+                    Some(Secret(key)) if key.is_empty() => {
+                        return Err(Error::invalid_config("the device key is empty"));
+                    }
+                    other => other.map(|Secret(key)| key),
+                };
+                let api =
+                    UserPoolApi::new(self.refresh_flow, client_id.clone(), username, device_key);
+                if let Some(token) = &stored {
+                    api.saw_access_token(token.token.secret());
+                }
+                api.check_username(source.is_some())?;
+                Some(api)
+            }
+        };
         let request_timeout = self.request_timeout.unwrap_or(Duration::from_secs(10));
         if request_timeout.is_zero() {
             return Err(Error::invalid_config("request_timeout must not be zero"));
@@ -412,8 +582,29 @@ impl RefreshTokenGrantBuilder {
         if let Some(scope) = &scope {
             tail.append_pair("scope", scope);
         }
-        let authorization =
-            client_authentication(&mut tail, self.client_auth, &client_id, secret.as_deref())?;
+        // A secret read at each exchange authenticates it there; a fixed one (or none, a
+        // public client) goes into the form's tail or the header now.
+        if self.client_auth == ClientAuth::ClientSecretJwt && source.is_none() {
+            return Err(Error::invalid_config(
+                "ClientAuth::ClientSecretJwt needs a client secret",
+            ));
+        }
+        let per_request_auth =
+            self.client_auth.is_assertion() || (source.is_some() && secret.is_none());
+        let audience = token_url.to_string();
+        if user_pool_api.is_some() && self.client_auth.is_assertion() {
+            return Err(Error::invalid_config(
+                "Cognito's user-pool API takes the client secret in its body: client assertions \
+                 (`ClientAuth::PrivateKeyJwt`, `ClientAuth::ClientSecretJwt`) are for token endpoints",
+            ));
+        }
+        // The user-pool API authenticates the client in its body (read at each exchange),
+        // never in a header.
+        let authorization = if per_request_auth || user_pool_api.is_some() {
+            None
+        } else {
+            client_authentication(&mut tail, &self.client_auth, &client_id, secret, &audience)?
+        };
         Ok(RefreshTokenGrant {
             inner: Arc::new(Inner {
                 epoch: std::sync::atomic::AtomicU64::new(0),
@@ -425,10 +616,13 @@ impl RefreshTokenGrantBuilder {
                     metrics: crate::metrics::Metrics::new(&client_id),
                 },
                 client_id,
-                confidential: secret.is_some(),
+                secret: source.map(SecretCell::new),
+                per_request_auth,
+                audience,
                 client_auth: self.client_auth,
                 scope,
                 form_tail: Secret(tail.finish()),
+                user_pool_api,
                 session: Arc::new(tokio::sync::Mutex::new(Session {
                     refresh_token,
                     ended: None,
@@ -466,7 +660,7 @@ fn shared_default_client() -> Result<HttpClient, Error> {
     if let Some(client) = shared.as_ref() {
         return Ok(client.clone());
     }
-    let client = client_or_built_in(None, &HttpsOptions::default())?;
+    let client = client_or_default(None)?;
     *shared = Some(client.clone());
     Ok(client)
 }

@@ -13,8 +13,9 @@ use super::executor::EXCHANGES;
 use super::restore::{Kept, KeptExpiry};
 use super::{Inner, RefreshTokenGrant, Session, TokenSet, lock};
 use crate::error::{Error, ErrorKind};
-use crate::grant::endpoint::{Answered, Secret, never_sent};
+use crate::grant::endpoint::{Answered, Secret, client_authentication, never_sent};
 use crate::token::{Token, parse_id_token, parse_refresh_token, parse_token_response};
+use http::HeaderValue;
 
 /// What an exchange answers its caller: the token (on the exchange thread's clock) and the
 /// lifetime it was issued with, from which the caller dates it on its own clock.
@@ -171,8 +172,7 @@ impl Inner {
             tracing::debug!("the session has ended; its refresh token is not sent again");
             return Err(error.clone());
         }
-        let form = self.form(&session.refresh_token.0);
-        let mut answered = self.post(form.clone()).await;
+        let mut answered = self.post(&session.refresh_token.0).await;
         if let Err(error) = &answered
             && answer_lost(error)
         {
@@ -181,7 +181,10 @@ impl Inner {
             // `RetryGracePeriodSeconds`, Okta's, Auth0's) still accepts it; a strict server
             // without one ends the session, as the next refresh would have.
             tracing::warn!(%error, "the token endpoint's answer was lost; retrying once with the same refresh token");
-            answered = self.post(form).await;
+            answered = self.post(&session.refresh_token.0).await;
+        }
+        if let Some(cell) = &self.secret {
+            cell.note(matches!(&answered, Err(error) if error.is_permanent()));
         }
         let answer = match answered {
             Ok(answer) => answer,
@@ -242,29 +245,58 @@ impl Inner {
         parsed
     }
 
-    /// One POST, bounded by `request_timeout` on the exchange thread's clock.
-    async fn post(&self, form: Bytes) -> Result<Answered, Error> {
-        let timeout = self.endpoint.request_timeout;
-        let sent_at = Instant::now();
-        let result = match tokio::time::timeout(timeout, self.endpoint.post(form, sent_at)).await {
-            Ok(result) => result,
-            Err(_) => Err(Error::timeout("the token request", timeout)),
-        };
-        self.endpoint
-            .metrics
-            .token_request(crate::metrics::outcome(&result), sent_at.elapsed());
-        result
+    /// One POST of the refresh token, to the token endpoint or to Cognito's user-pool API,
+    /// bounded by `request_timeout` on the exchange thread's clock. A secret read at each
+    /// request is read here, and an assertion signed here: a retry gets a fresh one.
+    async fn post(&self, refresh_token: &str) -> Result<Answered, Error> {
+        let limit = self.endpoint.request_timeout;
+        match &self.user_pool_api {
+            Some(api) => {
+                let secret = match &self.secret {
+                    Some(cell) => Some(cell.read().await.inspect_err(|_| cell.note(true))?),
+                    None => None,
+                };
+                let call = api.post(&self.endpoint, refresh_token, secret.as_deref());
+                self.endpoint.timed(limit, call).await
+            }
+            None => {
+                let (form, authorization) = self.form(refresh_token).await?;
+                let call =
+                    self.endpoint
+                        .post_authorized(form, authorization.as_ref(), Instant::now());
+                self.endpoint.timed(limit, call).await
+            }
+        }
     }
 
-    fn form(&self, refresh_token: &str) -> Bytes {
+    /// The form of an exchange, and its `Authorization` header: the endpoint's, or, for a
+    /// secret read at each request ([`ClientSecret`](crate::ClientSecret)) or a signed
+    /// assertion, one made now (no request without a secret).
+    async fn form(&self, refresh_token: &str) -> Result<(Bytes, Option<HeaderValue>), Error> {
+        let secret = match &self.secret {
+            Some(cell) if self.per_request_auth => {
+                Some(cell.read().await.inspect_err(|_| cell.note(true))?)
+            }
+            _ => None,
+        };
         let mut form = form_urlencoded::Serializer::new(String::new());
         form.append_pair("grant_type", "refresh_token");
         form.append_pair("refresh_token", refresh_token);
+        let mut authorization = self.endpoint.authorization.clone();
+        if self.per_request_auth {
+            authorization = client_authentication(
+                &mut form,
+                &self.client_auth,
+                &self.client_id,
+                secret.as_deref(),
+                &self.audience,
+            )?;
+        }
         let mut form = form.finish();
         if !self.form_tail.0.is_empty() {
             form.push('&');
             form.push_str(&self.form_tail.0);
         }
-        Bytes::from(form)
+        Ok((Bytes::from(form), authorization))
     }
 }

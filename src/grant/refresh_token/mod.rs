@@ -128,8 +128,9 @@
 //!
 //! # When the session ends
 //!
-//! `400 invalid_grant` means the refresh token expired, was revoked or was reused: the user must
-//! sign in again. The [`Error`] says so, [`is_permanent`](Error::is_permanent) and
+//! `400 invalid_grant` (on Cognito's user-pool API, `NotAuthorizedException` or
+//! `RefreshTokenReuseException`) means the refresh token expired, was revoked or was reused
+//! (or, there, that the secret or `SECRET_HASH` is wrong): the user must sign in again. The [`Error`] says so, [`is_permanent`](Error::is_permanent) and
 //! [`is_invalid_grant`](Error::is_invalid_grant) are true, and the grant remembers it: later
 //! fetches return the same error without a request, so requests through the layer fail at
 //! once. No other refusal (`invalid_client`, `invalid_scope`, a bare `400`) ends the session.
@@ -144,6 +145,8 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 
+use super::client_secret::SecretCell;
+use super::cognito_api::UserPoolApi;
 use super::endpoint::{ClientAuth, Endpoint, RetryPolicy, Secret};
 use crate::error::{BoxError, Error};
 use crate::grant::{BoxFuture, TokenSource};
@@ -254,7 +257,10 @@ pub struct SessionStatus {
 /// `scope` when set) to the token URL. A public app client (no secret) sends `client_id` in the
 /// form and no `Authorization` header; a confidential one authenticates like
 /// [`ClientCredentials`](crate::ClientCredentials), by [`ClientAuth::Basic`] or
-/// [`ClientAuth::Post`]. See the [module docs](crate::grant::refresh_token) for rotation, restoring a session
+/// [`ClientAuth::Post`]. With [`user_pool_api`](RefreshTokenGrantBuilder::user_pool_api) it
+/// calls Cognito's user-pool API instead (`GetTokensFromRefreshToken`, or `InitiateAuth`
+/// `REFRESH_TOKEN_AUTH`: see [`RefreshFlow`](crate::RefreshFlow)), under the same rules. See
+/// the [module docs](crate::grant::refresh_token) for rotation, restoring a session
 /// and the end of a session.
 ///
 /// Plug it into the layer with
@@ -293,12 +299,22 @@ struct Inner {
     /// Bumped by each new sign-in ([`TokenSource::epoch`]).
     epoch: std::sync::atomic::AtomicU64,
     client_id: String,
-    confidential: bool,
+    /// A confidential client's secret; one that is read at each exchange authenticates it
+    /// there, a fixed one is already in `form_tail` or the endpoint's header.
+    secret: Option<SecretCell>,
+    /// Whether each exchange authenticates the client anew (a secret read at each request, a
+    /// signed assertion), rather than with `form_tail` and the endpoint's header.
+    per_request_auth: bool,
+    /// The token URL, an assertion's `aud`.
+    audience: String,
     client_auth: ClientAuth,
     scope: Option<String>,
     /// The encoded form fields after `grant_type` and `refresh_token`: the scope, then the
     /// client's own (with the secret in them under [`ClientAuth::Post`]).
     form_tail: Secret,
+    /// Cognito's user-pool API in place of the token endpoint, when configured
+    /// ([`user_pool_api`](RefreshTokenGrantBuilder::user_pool_api)).
+    user_pool_api: Option<UserPoolApi>,
     /// The session's refresh token. An exchange holds this lock from before it sends the token
     /// until the answer has been applied and saved, so that no two requests ever carry the
     /// same token.
@@ -447,8 +463,14 @@ impl TokenSource for RefreshTokenGrant {
         Some(&self.inner.client_id)
     }
 
+    /// Bumped by each new sign-in, and by a change of a client secret read from a file or a
+    /// function.
     fn epoch(&self) -> u64 {
-        self.inner.epoch.load(std::sync::atomic::Ordering::Acquire)
+        let secret = self.inner.secret.as_ref().map_or(0, SecretCell::epoch);
+        self.inner
+            .epoch
+            .load(std::sync::atomic::Ordering::Acquire)
+            .wrapping_add(secret)
     }
 }
 
@@ -456,11 +478,9 @@ impl fmt::Debug for RefreshTokenGrant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RefreshTokenGrant")
             .field("token_url", &self.inner.endpoint.token_url)
+            .field("user_pool_api", &self.inner.user_pool_api)
             .field("client_id", &self.inner.client_id)
-            .field(
-                "client_secret",
-                &self.inner.confidential.then_some("[redacted]"),
-            )
+            .field("client_secret", &self.inner.secret)
             .field("refresh_token", &"[redacted]")
             .field("scope", &self.inner.scope)
             .field("client_auth", &self.inner.client_auth)

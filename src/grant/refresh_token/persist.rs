@@ -30,6 +30,14 @@ impl Inner {
         }
         session.refresh_token = set.refresh_token.clone();
         session.ended = None;
+        // The new sign-in may be another user's: its `SECRET_HASH` must not take the old name,
+        // only the new access token's, if the set brings one.
+        if let Some(api) = &self.user_pool_api {
+            api.forget_username_claim();
+            if let Some(access_token) = &set.access_token {
+                api.saw_access_token(access_token.secret());
+            }
+        }
         *lock(&self.stored) = stored;
         self.status.send_modify(|status| {
             status.ended = None;

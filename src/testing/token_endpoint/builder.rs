@@ -144,7 +144,7 @@ impl TokenEndpointBuilder {
         let (listener, addr) = bind_loopback().await?;
         let state = Arc::new(EndpointState {
             client_id: self.client_id,
-            client_secret: self.client_secret,
+            client_secret: self.client_secret.clone(),
             jwt: self.jwt,
             omit_expires_in: self.omit_expires_in,
             public_client: self.public_client,
@@ -166,6 +166,7 @@ impl TokenEndpointBuilder {
                 refresh_tokens: HashMap::new(),
                 rotations: 0,
                 lose_answers: 0,
+                secrets: vec![self.client_secret.clone()],
             }),
         });
         let server_state = Arc::clone(&state);

@@ -30,10 +30,42 @@ use super::*;
 /// it is answered, whatever its outcome. A request is decided when it arrives (a token issued,
 /// a refresh token rotated); the [delay](TokenEndpoint::set_delay) holds back only its answer.
 ///
+/// # Cognito's user-pool API
+///
+/// The same server answers Cognito's user-pool API at `POST /` ([`user_pool_api_url`]), as
+/// `cognito-idp.{region}.amazonaws.com` does for a pool with or without a domain: `Content-Type:
+/// application/x-amz-json-1.1`, the operation in `X-Amz-Target:
+/// AWSCognitoIdentityProviderService.<Operation>`, JSON in and out, errors as `400
+/// {"__type": …, "message": …}`. It shares the sessions, tokens, rotation, grace period,
+/// delays, canned replies and lost answers of the token endpoint, and always issues JWT
+/// access tokens with the session's `username` claim (see
+/// [`new_session_for`](TokenEndpoint::new_session_for)):
+///
+/// - `GetTokensFromRefreshToken` `{ClientId, ClientSecret?, RefreshToken, DeviceKey?}`: the
+///   client secret itself (required for a client with one, refused for a public one); with
+///   [rotation](TokenEndpointBuilder::rotate_refresh_tokens) the answer carries the new
+///   `RefreshToken`, and the old one works on within the grace period; past it, its reuse is
+///   `RefreshTokenReuseException` and revokes the session;
+/// - `InitiateAuth` with `AuthFlow` `REFRESH_TOKEN_AUTH` (or `REFRESH_TOKEN`) and
+///   `AuthParameters {REFRESH_TOKEN, SECRET_HASH?, DEVICE_KEY?}`: never rotates; a client
+///   with a secret must send `SECRET_HASH` = Base64(HMAC-SHA256(client secret, username +
+///   client id)) over the session's username, else `NotAuthorizedException` (`Unable to
+///   verify secret hash for client …`);
+/// - `RevokeToken` `{Token, ClientId, ClientSecret?}`: revokes the refresh token's session and
+///   the access tokens issued to it; `GlobalSignOut` `{AccessToken}`: revokes every session of
+///   that access token's user.
+///
+/// Unknown or revoked refresh tokens get `NotAuthorizedException` (`Invalid Refresh Token`,
+/// `Refresh Token has been revoked`), a wrong client id `ResourceNotFoundException`, an
+/// unknown operation `UnknownOperationException`; script the rest (say
+/// `TooManyRequestsException`) with [`Reply::cognito_error`] and
+/// [`push_reply`](TokenEndpoint::push_reply).
+///
 /// The handle is cheap to clone; the server stops when the last clone is dropped. Its [`Debug`]
 /// output does not show the client secret.
 ///
 /// [`requests`]: TokenEndpoint::requests
+/// [`user_pool_api_url`]: TokenEndpoint::user_pool_api_url
 #[derive(Clone)]
 pub struct TokenEndpoint {
     pub(in crate::testing) handle: Arc<EndpointHandle>,
@@ -70,6 +102,13 @@ impl TokenEndpoint {
         format!("http://{}{}", self.handle.addr, TOKEN_PATH)
     }
 
+    /// The URL of its Cognito user-pool API, `http://127.0.0.1:PORT/`, for
+    /// [`user_pool_api_url`](crate::RefreshTokenGrantBuilder::user_pool_api_url); see the
+    /// [type docs](TokenEndpoint#cognitos-user-pool-api) for what it answers.
+    pub fn user_pool_api_url(&self) -> String {
+        format!("http://{}/", self.handle.addr)
+    }
+
     /// The address the endpoint listens on.
     pub fn addr(&self) -> SocketAddr {
         self.handle.addr
@@ -80,9 +119,37 @@ impl TokenEndpoint {
         &self.handle.state.client_id
     }
 
-    /// The client secret it accepts.
+    /// The client secret it was built with, accepted until
+    /// [`set_client_secrets`](Self::set_client_secrets) changes the accepted set.
     pub fn client_secret(&self) -> &str {
         &self.handle.state.client_secret
+    }
+
+    /// Replaces the client secrets it accepts, from the next request on, as a Cognito app
+    /// client's secrets change during a rotation (`AddUserPoolClientSecret` adds a second one,
+    /// `DeleteUserPoolClientSecret` removes the old one). Tokens issued before stay valid, as
+    /// Cognito's do. An empty set refuses every client with `invalid_client`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// use tower_cognito_auth::testing::TokenEndpoint;
+    ///
+    /// let endpoint = TokenEndpoint::start().await?;
+    /// let old = endpoint.client_secret().to_owned();
+    /// endpoint.set_client_secrets([old.as_str(), "the-new-secret"]); // both, for a while
+    /// endpoint.set_client_secrets(["the-new-secret"]); // then only the new one
+    /// assert_eq!(endpoint.client_secrets(), ["the-new-secret"]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn set_client_secrets<S: Into<String>>(&self, secrets: impl IntoIterator<Item = S>) {
+        lock(&self.handle.state.inner).secrets = secrets.into_iter().map(Into::into).collect();
+    }
+
+    /// The client secrets it accepts now.
+    pub fn client_secrets(&self) -> Vec<String> {
+        lock(&self.handle.state.inner).secrets.clone()
     }
 
     /// How many HTTP requests it has received, whatever their outcome.
@@ -160,8 +227,10 @@ impl TokenEndpoint {
     /// Starts a user's session, as a sign-in through the hosted UI would, and returns its first
     /// refresh token, for the refresh_token grant. The accessors below that speak of "the
     /// session" mean the one started last.
+    /// Its user's name is `user-{n}` (`n` counting sessions from 0); see
+    /// [`new_session_for`](TokenEndpoint::new_session_for).
     pub fn new_session(&self) -> String {
-        self.handle.state.new_session(None)
+        self.handle.state.new_session(None, None)
     }
 
     /// Starts a user's session whose first refresh token is `refresh_token`, as if the user had
@@ -199,7 +268,17 @@ impl TokenEndpoint {
     /// # fn main() {}
     /// ```
     pub fn new_session_with(&self, refresh_token: impl Into<String>) -> String {
-        self.handle.state.new_session(Some(refresh_token.into()))
+        self.handle
+            .state
+            .new_session(None, Some(refresh_token.into()))
+    }
+
+    /// Like [`new_session`](TokenEndpoint::new_session), for the user named `username` in
+    /// the pool: the `username` claim of the session's JWT access tokens, and the name a
+    /// `SECRET_HASH` of the [user-pool API](TokenEndpoint::user_pool_api_url) must be computed
+    /// over. (For a pool that signs in by email, Cognito's name is a UUID, not the email.)
+    pub fn new_session_for(&self, username: &str) -> String {
+        self.handle.state.new_session(Some(username), None)
     }
 
     /// The refresh token that works now for the session started last: the one

@@ -37,6 +37,7 @@ mod builder;
 mod handle;
 mod reply;
 mod serve;
+mod user_pool_api;
 
 pub use builder::TokenEndpointBuilder;
 pub use handle::TokenEndpoint;
@@ -88,11 +89,16 @@ struct EndpointInner {
     /// How many of the next answers to processed requests are lost (see
     /// [`TokenEndpoint::lose_answers`]).
     lose_answers: usize,
+    /// The client secrets accepted now (see [`TokenEndpoint::set_client_secrets`]).
+    secrets: Vec<String>,
 }
 
 /// A user's session as the endpoint keeps it: only its current refresh token works (and the
 /// one it replaced, within the grace period).
 struct UserSession {
+    /// The user's name in the pool: the `username` claim of its access tokens, and what a
+    /// `SECRET_HASH` of Cognito's API is computed over.
+    username: String,
     current: String,
     /// The refresh token rotated out last, and when.
     previous: Option<(String, Instant)>,
@@ -147,22 +153,34 @@ impl EndpointState {
     /// Issues a new token for a request with this scope: registers it and builds the JSON answer.
     fn issue(&self, scope: &str) -> Response<Full<Bytes>> {
         let mut inner = lock(&self.inner);
-        let answer = self.issue_locked(&mut inner, scope, None);
+        let answer = self.issue_locked(&mut inner, scope, None, false);
         drop(inner);
         json_response(StatusCode::OK, &serde_json::Value::Object(answer))
     }
 
-    /// Registers a new access token (of `session`, if any) and returns the answer's fields.
+    /// Registers a new access token (of `session`, if any) and returns the answer's fields. A
+    /// session's JWT carries its `username`; `jwt` asks for a JWT whatever the builder said
+    /// (Cognito's user-pool API issues nothing else).
     fn issue_locked(
         &self,
         inner: &mut EndpointInner,
         scope: &str,
         session: Option<usize>,
+        jwt: bool,
     ) -> serde_json::Map<String, serde_json::Value> {
         let lifetime = inner.lifetime;
         let expires_in = lifetime.as_secs().max(1);
-        let token = if self.jwt {
-            jwt_token(&self.client_id, "access", scope, expires_in)
+        let username = session
+            .and_then(|id| inner.sessions.get(id))
+            .map(|session| session.username.clone());
+        let token = if self.jwt || jwt {
+            jwt_token(
+                &self.client_id,
+                "access",
+                scope,
+                expires_in,
+                username.as_deref(),
+            )
         } else {
             random_alphanumeric(OPAQUE_TOKEN_LEN)
         };
@@ -187,13 +205,15 @@ impl EndpointState {
         answer
     }
 
-    /// A new user session, with this first refresh token or a random one; returns it.
-    fn new_session(&self, refresh_token: Option<String>) -> String {
+    /// A new user session of `username` (default `user-{n}`), with this first refresh token or
+    /// a random one; returns the refresh token.
+    fn new_session(&self, username: Option<&str>, refresh_token: Option<String>) -> String {
         let mut inner = lock(&self.inner);
         let id = inner.sessions.len();
         let refresh_token = refresh_token.unwrap_or_else(new_refresh_token);
         inner.refresh_tokens.insert(refresh_token.clone(), id);
         inner.sessions.push(UserSession {
+            username: username.map_or_else(|| format!("user-{id}"), str::to_owned),
             current: refresh_token.clone(),
             previous: None,
             revoked: false,
@@ -217,9 +237,23 @@ impl EndpointState {
     /// a live session gets a new access token (and, with rotation, a new refresh token); any
     /// other gets `invalid_grant`, and an old one of a live session revokes that session.
     fn refresh(&self, refresh_token: Option<&str>, scope: &str) -> Response<Full<Bytes>> {
+        match self.refresh_session(refresh_token, scope, Via::TokenEndpoint) {
+            Ok(answer) => json_response(StatusCode::OK, &serde_json::Value::Object(answer)),
+            Err(_) => oauth_error("invalid_grant"),
+        }
+    }
+
+    /// A refresh of a session, by whichever door it came: the answer's fields in the token
+    /// endpoint's shape, or why it was refused.
+    fn refresh_session(
+        &self,
+        refresh_token: Option<&str>,
+        scope: &str,
+        via: Via,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, Refusal> {
         let mut inner = lock(&self.inner);
         let Some(id) = refresh_token.and_then(|t| inner.refresh_tokens.get(t).copied()) else {
-            return oauth_error("invalid_grant");
+            return Err(Refusal::Unknown);
         };
         let (current, previous, revoked) = match inner.sessions.get(id) {
             Some(session) => (
@@ -227,10 +261,10 @@ impl EndpointState {
                 session.previous.clone(),
                 session.revoked,
             ),
-            None => return oauth_error("invalid_grant"),
+            None => return Err(Refusal::Unknown),
         };
         if revoked {
-            return oauth_error("invalid_grant");
+            return Err(Refusal::Revoked);
         }
         let within_grace = previous.is_some_and(|(token, rotated_at)| {
             refresh_token == Some(token.as_str()) && rotated_at.elapsed() < self.grace_period
@@ -246,18 +280,31 @@ impl EndpointState {
                 "an old refresh token was reused: revoking the session"
             );
             Self::revoke_session(&mut inner, id);
-            return oauth_error("invalid_grant");
+            return Err(Refusal::Reused);
+        }
+        if let Via::SecretHash(check) = &via {
+            let username = inner
+                .sessions
+                .get(id)
+                .map(|session| session.username.clone())
+                .unwrap_or_default();
+            if !check(&username) {
+                return Err(Refusal::SecretHash);
+            }
         }
         // Cognito's token endpoint reads `scope` for client_credentials only: a refresh gets
         // the sign-in's scopes (none here) whatever it asks for.
         let scope = if self.honour_refresh_scope { scope } else { "" };
-        let mut answer = self.issue_locked(&mut inner, scope, Some(id));
+        let api = !matches!(via, Via::TokenEndpoint);
+        let mut answer = self.issue_locked(&mut inner, scope, Some(id), api);
         let expires_in = inner.lifetime.as_secs().max(1);
         answer.insert(
             "id_token".into(),
-            jwt_token(&format!("user-{id}"), "id", "", expires_in).into(),
+            jwt_token(&format!("user-{id}"), "id", "", expires_in, None).into(),
         );
-        if self.rotate_refresh_tokens {
+        // REFRESH_TOKEN_AUTH never rotates.
+        let rotates = !matches!(via, Via::SecretHash(_) | Via::InitiateAuth);
+        if self.rotate_refresh_tokens && rotates {
             let next = new_refresh_token();
             inner.refresh_tokens.insert(next.clone(), id);
             if let Some(session) = inner.sessions.get_mut(id) {
@@ -267,9 +314,35 @@ impl EndpointState {
             inner.rotations += 1;
             answer.insert("refresh_token".into(), next.into());
         }
-        drop(inner);
-        json_response(StatusCode::OK, &serde_json::Value::Object(answer))
+        Ok(answer)
     }
+}
+
+/// By which door a refresh came.
+enum Via<'a> {
+    /// The OAuth token endpoint's refresh_token grant.
+    TokenEndpoint,
+    /// The user-pool API's `GetTokensFromRefreshToken`.
+    GetTokens,
+    /// The user-pool API's `InitiateAuth` `REFRESH_TOKEN_AUTH` of a public client.
+    InitiateAuth,
+    /// The same, of a client with a secret: the check of its `SECRET_HASH` against the
+    /// session's username.
+    SecretHash(&'a dyn Fn(&str) -> bool),
+}
+
+/// Why a refresh was refused: the token endpoint says `invalid_grant` to all of them, the
+/// user-pool API tells them apart.
+#[derive(Debug)]
+enum Refusal {
+    /// Not a refresh token this endpoint issued.
+    Unknown,
+    /// The session was revoked (reuse, sign-out, revocation).
+    Revoked,
+    /// A refresh token rotation replaced, past the grace period: the session is now revoked.
+    Reused,
+    /// A `SECRET_HASH` over another name or with another secret.
+    SecretHash,
 }
 
 fn new_refresh_token() -> String {
@@ -283,13 +356,20 @@ fn random_alphanumeric(len: usize) -> String {
 }
 
 /// A JWT-shaped token: header and claims are real base64url JSON, the signature is random bytes.
-fn jwt_token(subject: &str, token_use: &str, scope: &str, lifetime_secs: u64) -> String {
+/// A session's access token also carries its `username`, as Cognito's do.
+fn jwt_token(
+    subject: &str,
+    token_use: &str,
+    scope: &str,
+    lifetime_secs: u64,
+    username: Option<&str>,
+) -> String {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let header = serde_json::json!({ "alg": "RS256", "kid": "test" });
-    let claims = serde_json::json!({
+    let mut claims = serde_json::json!({
         "sub": subject,
         "token_use": token_use,
         "scope": scope,
@@ -297,6 +377,10 @@ fn jwt_token(subject: &str, token_use: &str, scope: &str, lifetime_secs: u64) ->
         "exp": now.saturating_add(lifetime_secs),
         "jti": random_alphanumeric(16),
     });
+    if let (Some(username), Some(claims)) = (username, claims.as_object_mut()) {
+        claims.insert("username".into(), username.into());
+        claims.insert("client_id".into(), subject.into());
+    }
     let mut signature = [0u8; 32];
     fastrand::fill(&mut signature);
     format!(

@@ -14,6 +14,7 @@ use super::*;
 ///
 /// - `Reply::status(StatusCode::TOO_MANY_REQUESTS).header("retry-after", "2")`
 /// - `Reply::oauth_error(StatusCode::BAD_REQUEST, "invalid_client")`
+/// - `Reply::cognito_error(StatusCode::BAD_REQUEST, "TooManyRequestsException", "Rate exceeded")`
 /// - `Reply::status(StatusCode::OK).json(serde_json::json!({"access_token": "x"}))`
 #[derive(Clone, Debug)]
 pub struct Reply {
@@ -78,6 +79,21 @@ impl Reply {
     /// application/json` and the body `{"error": error}`.
     pub fn oauth_error(status: StatusCode, error: &str) -> Reply {
         Reply::status(status).json(serde_json::json!({ "error": error }))
+    }
+
+    /// An error of Cognito's user-pool API, as Cognito sends it: this status (400 for the
+    /// client's errors, 500 for `InternalErrorException`), `content-type:
+    /// application/x-amz-json-1.1` and the body `{"__type": error_type, "message": message}`,
+    /// e.g. `Reply::cognito_error(StatusCode::BAD_REQUEST, "TooManyRequestsException", "Rate
+    /// exceeded")`.
+    pub fn cognito_error(status: StatusCode, error_type: &str, message: &str) -> Reply {
+        let mut reply = Reply::status(status)
+            .json(serde_json::json!({ "__type": error_type, "message": message }));
+        reply.headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static(super::user_pool_api::AMZ_JSON),
+        );
+        reply
     }
 
     pub(super) fn into_response(self) -> Response<Full<Bytes>> {

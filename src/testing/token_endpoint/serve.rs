@@ -88,6 +88,9 @@ fn answer_token_request(
     parts: &http::request::Parts,
     body: &Bytes,
 ) -> Response<Full<Bytes>> {
+    if parts.uri.path() == "/" && parts.method == Method::POST {
+        return super::user_pool_api::answer_api_request(state, parts, body);
+    }
     if parts.uri.path() != TOKEN_PATH {
         return empty_response(StatusCode::NOT_FOUND);
     }
@@ -120,6 +123,7 @@ fn answer_token_request(
         return oauth_error("unsupported_grant_type");
     }
 
+    let accepted = |secret: &str| lock(&state.inner).secrets.iter().any(|s| s == secret);
     let authenticated = if state.public_client {
         // A public client has no secret: it names itself in the form, and nothing else.
         parts.headers.get(AUTHORIZATION).is_none()
@@ -128,10 +132,10 @@ fn answer_token_request(
             && grant == Some("refresh_token")
     } else if has_basic_scheme(&parts.headers) {
         basic_credentials(&parts.headers)
-            .is_some_and(|(id, secret)| id == state.client_id && secret == state.client_secret)
+            .is_some_and(|(id, secret)| id == state.client_id && accepted(&secret))
     } else {
         field("client_id") == Some(state.client_id.as_str())
-            && field("client_secret") == Some(state.client_secret.as_str())
+            && field("client_secret").is_some_and(accepted)
     };
     if !authenticated {
         return oauth_error("invalid_client");
