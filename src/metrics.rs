@@ -230,6 +230,11 @@ mod enabled {
             }
         }
 
+        /// `future`, run under this one's label (see [`in_scope`](Self::in_scope)).
+        pub(crate) fn labelling<F: Future>(&self, future: F) -> impl Future<Output = F::Output> {
+            LABEL.scope(self.client.clone(), future)
+        }
+
         /// Runs `fetch` (its synchronous part and its future) under this cache's label.
         pub(crate) fn scoped<'a, T: 'a>(
             &self,
@@ -330,6 +335,9 @@ impl Metrics {
         fetch: impl FnOnce() -> std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>,
     ) -> std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>> {
         fetch()
+    }
+    pub(crate) fn labelling<F: Future>(&self, future: F) -> F {
+        future
     }
     pub(crate) fn token_request(&self, _outcome: &'static str, _took: std::time::Duration) {}
     pub(crate) fn refresh_failure(&self, _outcome: &'static str) {}

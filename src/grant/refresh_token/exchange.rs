@@ -59,8 +59,12 @@ impl RefreshTokenGrant {
         // Under the metrics label of the cache that fetches (this task's), on the exchanges'
         // thread too.
         let labelled = inner.endpoint.metrics.in_scope();
-        EXCHANGES
-            .spawn(labelled.scoped(|| Box::pin(exchange(Arc::clone(inner), session, reply))))?;
+        EXCHANGES.spawn(Box::pin(exchange(
+            Arc::clone(inner),
+            session,
+            reply,
+            labelled,
+        )))?;
         let (serial, result) = wait(answer).await;
         // The exchange kept its token for a fetch that no longer waits; this one does.
         {
@@ -116,11 +120,12 @@ async fn exchange(
     inner: Arc<Inner>,
     mut session: OwnedMutexGuard<Session>,
     reply: oneshot::Sender<Answer>,
+    labelled: crate::metrics::Metrics,
 ) {
     session.exchanges += 1;
     let serial = session.exchanges;
     let sent_wall = SystemTime::now();
-    let result = inner.exchange(&mut session).await;
+    let result = labelled.labelling(inner.exchange(&mut session)).await;
     if let Ok((token, lifetime)) = &result
         && let Some(expires) = sent_wall.checked_add(*lifetime)
     {
