@@ -41,7 +41,7 @@ use tower::BoxError;
 use super::TokenStore;
 use super::seal::{Sealer, TAG_LEN};
 use crate::error::Error;
-use crate::source::{BoxFuture, SharedIdentity, TokenSource};
+use crate::grant::{BoxFuture, SharedIdentity, TokenSource};
 use crate::token::{AccessToken, Token};
 
 /// How the fleet coordinates: derived from the cache's refresh deadline by

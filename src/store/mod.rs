@@ -80,10 +80,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use tower::BoxError;
 
-use crate::source::BoxFuture;
+use crate::grant::BoxFuture;
 
-#[doc(no_inline)]
-pub use crate::source::SharedIdentity;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use redis::RedisStore;

@@ -17,7 +17,7 @@ use tower::BoxError;
 
 use super::{Stored, TokenStore};
 use crate::error::Error;
-use crate::source::BoxFuture;
+use crate::grant::BoxFuture;
 
 /// The default time one command may take, connecting included.
 const DEFAULT_TIMEOUT: Duration = Duration::from_millis(200);
@@ -201,6 +201,9 @@ impl Shared {
 /// A rustls client configuration with ring, passed in: the process-wide default provider is
 /// neither read nor installed.
 fn tls_config(roots: rustls::RootCertStore) -> Result<Arc<rustls::ClientConfig>, Error> {
+    // Deprecated by rustls 0.23.48 (ring has no post-quantum key exchange), with no other
+    // constructor for ring's provider; see `grant/https.rs`.
+    #[allow(deprecated)]
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
