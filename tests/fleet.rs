@@ -47,6 +47,14 @@ fn builder(endpoint: &TokenEndpoint) -> CognitoAuthLayerBuilder {
 }
 
 async fn get(layer: &CognitoAuthLayer, api: &ProtectedApi) -> StatusCode {
+    match try_get(layer, api).await {
+        Ok(status) => status,
+        Err(error) => panic!("request failed: {error}"),
+    }
+}
+
+/// A request through `layer`: its status, or why it failed.
+async fn try_get(layer: &CognitoAuthLayer, api: &ProtectedApi) -> Result<StatusCode, String> {
     let client = ServiceBuilder::new()
         .layer(layer.clone())
         .service(common::http());
@@ -54,8 +62,8 @@ async fn get(layer: &CognitoAuthLayer, api: &ProtectedApi) -> StatusCode {
         .body(Full::<Bytes>::default())
         .unwrap();
     match client.oneshot(request).await {
-        Ok(response) => response.status(),
-        Err(error) => panic!("request failed: {error}"),
+        Ok(response) => Ok(response.status()),
+        Err(error) => Err(error.to_string()),
     }
 }
 
@@ -306,10 +314,11 @@ fn a_source_that_cannot_be_shared_is_refused() {
     assert!(error.to_string().contains("shared_identity"), "{error}");
 }
 
-/// Defect 1 of issue 21: the lease and the wait come from the cache's `refresh_deadline`. A
-/// holder that hangs mid-fetch (as one killed would) holds the lease; another process with a
-/// 3 s refresh deadline still gets its token on its first refresh, inside that deadline (with a
-/// fixed 10 s lease it waited until its refresh timed out, and the request failed).
+/// Defect 1 of issue 21: the lease comes from the cache's `refresh_deadline`. A holder that
+/// died mid-fetch leaves its lease (a third of the deadline) and nobody extends it; another
+/// process with a 3 s refresh deadline still gets its token on its first refresh, inside that
+/// deadline (with a fixed 10 s lease it waited until its refresh timed out, and the request
+/// failed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_refresh_deadline_leaves_a_waiter_time_to_fetch() {
     let redis = redis();
@@ -335,6 +344,28 @@ async fn a_short_refresh_deadline_leaves_a_waiter_time_to_fetch() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(endpoint.request_count(), 1, "the holder's request hangs");
+    // The holder dies: its lease stays for its time to live, and is no longer its own to
+    // extend or release.
+    let mut raw = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let leases: Vec<String> = redis::cmd("KEYS")
+        .arg("*:lease")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(leases.len(), 1, "{leases:?}");
+    let _: () = redis::cmd("SET")
+        .arg(&leases[0])
+        .arg("a-dead-holder")
+        .arg("PX")
+        .arg((deadline / 3).as_millis() as u64)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    hanging.abort();
     endpoint.set_delay(Duration::ZERO);
     let other = member();
     let start = std::time::Instant::now();
@@ -342,7 +373,7 @@ async fn a_short_refresh_deadline_leaves_a_waiter_time_to_fetch() {
     let took = start.elapsed();
     assert!(token.is_ok(), "{token:?} after {took:?}");
     assert!(took < deadline, "{took:?}");
-    hanging.abort();
+    assert_eq!(other.stats().lease_fetches, 1, "took the lease over");
 }
 
 /// `build()` refuses a refresh deadline too short to share a token through a store.
@@ -360,4 +391,54 @@ fn a_refresh_deadline_too_short_for_a_store_is_refused() {
         .unwrap_err();
     assert_eq!(error.kind(), tower_cognito_auth::ErrorKind::InvalidConfig);
     assert!(error.to_string().contains("refresh_deadline"), "{error}");
+}
+
+/// Defect 1 of issue 29: a token endpoint whose answers take longer than the lease (and
+/// longer than half the refresh deadline) costs the fleet one token request, and fails no
+/// caller. Refresh deadline 6 s: the lease is 2 s; each answer takes 4 s. Before the fix the
+/// lease lapsed while its holder fetched, a second process took it, and the rest fell back at
+/// half the deadline: one token request per process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_endpoint_slower_than_the_lease_costs_the_fleet_one_request() {
+    let redis = redis();
+    let endpoint = TokenEndpoint::builder()
+        .delay(Duration::from_secs(4))
+        .start()
+        .await
+        .unwrap();
+    let api = ProtectedApi::start(&endpoint).await.unwrap();
+    let fleet: Vec<_> = (0..8)
+        .map(|_| {
+            builder(&endpoint)
+                .refresh_deadline(Duration::from_secs(6))
+                .shared_store(RedisStore::new(redis.url()).unwrap())
+                .build()
+                .unwrap()
+        })
+        .collect();
+    let requests: Vec<_> = fleet
+        .iter()
+        .map(|layer| {
+            let (layer, api) = (layer.clone(), api.clone());
+            tokio::spawn(async move { try_get(&layer, &api).await })
+        })
+        .collect();
+    let mut failed = Vec::new();
+    for request in requests {
+        match request.await.unwrap() {
+            Ok(StatusCode::OK) => {}
+            Ok(status) => failed.push(status.to_string()),
+            Err(error) => failed.push(error),
+        }
+    }
+    let lease_fetches: u64 = fleet.iter().map(|l| l.stats().lease_fetches).sum();
+    let fallbacks: u64 = fleet.iter().map(|l| l.stats().store_fallbacks).sum();
+    let adopted: u64 = fleet.iter().map(|l| l.stats().adopted).sum();
+    assert_eq!(
+        (endpoint.request_count(), failed.as_slice()),
+        (1, [].as_slice()),
+        "token requests, failed requests (lease fetches {lease_fetches}, fallbacks \
+         {fallbacks}, adopted {adopted})"
+    );
+    assert_eq!((lease_fetches, fallbacks, adopted), (1, 0, 7));
 }

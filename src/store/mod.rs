@@ -159,6 +159,22 @@ pub trait TokenStore: Send + Sync + 'static {
         Box::pin(async { Err("this store does not notify writes".into()) })
     }
 
+    /// Extends the lease `key` to expire after `ttl` from now, only if `holder` still holds it
+    /// (compare and `PEXPIRE`, atomically). Returns whether it did. A holder calls it while
+    /// its fetch runs, so that a slow token endpoint never lets a second holder in.
+    ///
+    /// The default extends nothing (`Ok(false)`): a lease then lasts its first time to live,
+    /// and a fetch slower than that lets another process take the lease and fetch too.
+    fn extend_lease(
+        &self,
+        key: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<bool, BoxError>> {
+        let _ = (key, holder, ttl);
+        Box::pin(async { Ok(false) })
+    }
+
     /// Releases the lease `key` if `holder` still holds it (compare and delete, atomically); a
     /// lease that expired and was taken by another holder is left alone.
     fn release_lease(&self, key: &str, holder: &str) -> BoxFuture<'_, Result<(), BoxError>>;

@@ -75,6 +75,14 @@ end
 return 0
 ";
 
+/// `PEXPIRE` only if the lease still names this holder.
+const EXTEND_LEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+";
+
 /// `DEL` only if the lease still names this holder.
 const RELEASE_LEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -216,6 +224,7 @@ struct Scripts {
     remove_if_prefix: Script,
     remove_if_equal: Script,
     release_lease: Script,
+    extend_lease: Script,
 }
 
 impl Scripts {
@@ -226,6 +235,7 @@ impl Scripts {
             remove_if_prefix: Script::new(REMOVE_IF_PREFIX),
             remove_if_equal: Script::new(REMOVE_IF_EQUAL),
             release_lease: Script::new(RELEASE_LEASE),
+            extend_lease: Script::new(EXTEND_LEASE),
         }
     }
 }
@@ -834,6 +844,32 @@ impl TokenStore for RedisStore {
                 Value::SimpleString(s) if s == "OK" => Ok(true),
                 _ => Err(StoreError::Unexpected("SET NX").into()),
             }
+        })
+    }
+
+    fn extend_lease(
+        &self,
+        key: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<bool, BoxError>> {
+        let key = key.to_owned();
+        let holder = holder.to_owned();
+        Box::pin(async move {
+            let ms = millis(ttl).max(1);
+            let extended: i64 = self
+                .run("extend_lease", |mut conn| async move {
+                    self.shared
+                        .scripts
+                        .extend_lease
+                        .key(&key)
+                        .arg(&holder)
+                        .arg(ms)
+                        .invoke_async(&mut conn)
+                        .await
+                })
+                .await?;
+            Ok(extended == 1)
         })
     }
 
