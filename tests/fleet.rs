@@ -442,3 +442,31 @@ async fn a_token_endpoint_slower_than_the_lease_costs_the_fleet_one_request() {
     );
     assert_eq!((lease_fetches, fallbacks, adopted), (1, 0, 7));
 }
+
+/// Defect 6 of issue 29: a refresh deadline without bound (`Duration::MAX`) still shares the
+/// token. Before the fix the lease was a third of it, a `PX` Redis refuses, and every refresh
+/// fell back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unbounded_refresh_deadline_still_shares_the_token() {
+    let redis = redis();
+    let endpoint = TokenEndpoint::start().await.unwrap();
+    let fleet: Vec<_> = (0..3)
+        .map(|_| {
+            builder(&endpoint)
+                .refresh_deadline(Duration::MAX)
+                .shared_store(RedisStore::new(redis.url()).unwrap())
+                .build()
+                .unwrap()
+        })
+        .collect();
+    for layer in &fleet {
+        layer.token().await.unwrap();
+    }
+    let fallbacks: u64 = fleet.iter().map(|l| l.stats().store_fallbacks).sum();
+    let adopted: u64 = fleet.iter().map(|l| l.stats().adopted).sum();
+    assert_eq!(
+        (endpoint.tokens_issued(), fallbacks, adopted),
+        (1, 0, 2),
+        "token requests, fallbacks, adoptions"
+    );
+}

@@ -76,6 +76,12 @@ impl Proxy {
         state.mode = mode;
     }
 
+    /// New connections go to `target`; the old ones keep going to the old server, as after a
+    /// failover that moved a DNS name and left the old primary reachable (demoted).
+    fn retarget(&self, target: SocketAddr) {
+        self.state.lock().unwrap().target = target;
+    }
+
     /// New connections go to `target`; the old ones hang, as after a failover that moved the
     /// address while the old server's connections were never closed.
     fn fail_over(&self, target: SocketAddr) {
@@ -518,4 +524,71 @@ async fn a_waiting_process_costs_redis_a_few_commands_per_second() {
         );
     }
     assert_eq!(endpoint.tokens_issued(), 5, "shared in every round");
+}
+
+/// A raw connection to `redis`, for what the store does not do.
+async fn raw(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// `REPLICAOF` on `server`: `Some(primary)` makes it a replica, `None` a primary.
+async fn replica_of(server: &RedisServer, primary: Option<&RedisServer>) {
+    let mut conn = raw(server).await;
+    let mut cmd = redis::cmd("REPLICAOF");
+    match primary {
+        Some(primary) => cmd
+            .arg(primary.addr().ip().to_string())
+            .arg(primary.addr().port()),
+        None => cmd.arg("NO").arg("ONE"),
+    };
+    let _: () = cmd.query_async(&mut conn).await.unwrap();
+}
+
+/// Defect 2 of issue 29: a failover that demotes the primary and leaves it reachable (the
+/// name now points to the promoted replica; the old connection still reaches the old server,
+/// which answers `READONLY`). The store drops its connection on that answer and the next
+/// command goes to the new primary: one failed command, not every command until a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demoted_primary_is_left_for_the_new_one() {
+    let (old, new) = (redis(), redis());
+    replica_of(&new, Some(&old)).await;
+    let proxy = Proxy::start(old.addr()).await;
+    let store = store(&proxy.url());
+    assert!(
+        store
+            .try_lease("a-lease", "before", Duration::from_secs(60))
+            .await
+            .unwrap()
+    );
+    // The failover: the replica is promoted, the old primary demoted, the name moved.
+    replica_of(&new, None).await;
+    replica_of(&old, Some(&new)).await;
+    proxy.retarget(new.addr());
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        let answer = store
+            .try_lease("b-lease", "after", Duration::from_secs(60))
+            .await
+            .map_err(|e| e.to_string());
+        let done = answer.is_ok();
+        answers.push(answer);
+        if done {
+            break;
+        }
+    }
+    assert!(
+        matches!(answers.last(), Some(Ok(true))) && answers.len() <= 2,
+        "{answers:?}"
+    );
+    // Written to the new primary.
+    let held: Option<String> = redis::cmd("GET")
+        .arg("b-lease")
+        .query_async(&mut raw(&new).await)
+        .await
+        .unwrap();
+    assert_eq!(held.as_deref(), Some("after"));
 }

@@ -258,7 +258,7 @@ struct ConnState {
     live: Option<Live>,
     /// The connection attempt in flight; commands wait on it.
     connecting: Option<watch::Receiver<ConnectOutcome>>,
-    /// When the last attempt started.
+    /// When the last attempt started, until one succeeds.
     last_attempt: Option<Instant>,
     /// The number of the next connection.
     next_id: u64,
@@ -431,12 +431,18 @@ impl RedisStore {
                     || error.is_unrecoverable_error()
                     || error.is_timeout()
                 {
-                    self.shared.discard(id, "it failed");
+                    self.shared.discard(id, "it failed", true);
+                } else if not_the_primary(&error) {
+                    self.shared.discard(
+                        id,
+                        "the server is no longer a primary that answers",
+                        false,
+                    );
                 }
                 Err(StoreError::Redis(error).into())
             }
             Err(_) => {
-                self.shared.discard(id, "a command timed out");
+                self.shared.discard(id, "a command timed out", true);
                 Err(StoreError::Timeout(self.timeout).into())
             }
         }
@@ -564,12 +570,20 @@ impl Shared {
         self.conn.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Drops connection `id` if it is still the one in use, closing its socket.
-    fn discard(&self, id: u64, why: &'static str) {
+    /// Drops connection `id` if it is still the one in use, closing its socket. With `pace`,
+    /// the next attempt waits [`RECONNECT_INTERVAL`] (a broken or silent connection: the
+    /// server may be struggling); without, the next command connects at once (the server
+    /// answered that it is not the primary).
+    fn discard(&self, id: u64, why: &'static str, pace: bool) {
         let live = {
             let mut state = self.lock();
             match &state.live {
-                Some(live) if live.id == id => state.live.take(),
+                Some(live) if live.id == id => {
+                    if pace {
+                        state.last_attempt = Some(Instant::now());
+                    }
+                    state.live.take()
+                }
                 _ => None,
             }
         };
@@ -596,6 +610,9 @@ async fn connect(
         let mut state = shared.lock();
         state.connecting = None;
         result.map(|(conn, driver)| {
+            // Paced only after a failed attempt: a connection dropped for an answer (say,
+            // `READONLY`) is made again by the next command.
+            state.last_attempt = None;
             let id = state.next_id;
             state.next_id += 1;
             if let Some(old) = state.live.replace(Live {
@@ -713,6 +730,22 @@ where
         .map_err(StoreError::Redis)?;
     let driver = tokio::spawn(driver).abort_handle();
     Ok((conn, driver))
+}
+
+/// Whether `error` says the server at the other end is not (or not yet) the primary that
+/// serves this address: `READONLY` (a primary demoted by a failover, still reachable, while
+/// the name now points to the new one), `MASTERDOWN` (a replica cut off from its primary),
+/// `LOADING` (a restarted server loading its data). The connection is dropped, so that the next
+/// command connects anew, resolving the name again.
+fn not_the_primary(error: &RedisError) -> bool {
+    matches!(
+        error.kind(),
+        ::redis::ErrorKind::Server(
+            ::redis::ServerErrorKind::ReadOnly
+                | ::redis::ServerErrorKind::MasterDown
+                | ::redis::ServerErrorKind::BusyLoading
+        )
+    )
 }
 
 /// PX wants whole, positive milliseconds.
