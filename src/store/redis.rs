@@ -1,12 +1,14 @@
 //! [`RedisStore`]: a [`TokenStore`] on one Redis (or Valkey) server.
 
-use std::collections::HashMap;
+mod subscriber;
+
 use std::fmt;
 use std::future::Future;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use ::redis::aio::{MultiplexedConnection, PubSub, PubSubSink, PubSubStream};
+use ::redis::aio::MultiplexedConnection;
 use ::redis::{AsyncConnectionConfig, Client, ConnectionAddr, RedisError, Script, Value};
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -43,12 +45,13 @@ return {v, redis.call('PTTL', KEYS[1])}
 ";
 
 /// `SET .. PX` only if the key is absent, has no expiry, or expires sooner; then `PUBLISH` on
-/// the key's channel (its name, see [`channel`]), so that waiting processes wake.
+/// the key's channel (its name, see [`channel`]), so that waiting processes wake. The
+/// `PUBLISH` is a `pcall`: an ACL without the channel refuses it, and the write still happened.
 const SAVE_IF_LONGER: &str = r"
 local pttl = redis.call('PTTL', KEYS[1])
 if pttl >= 0 and pttl >= tonumber(ARGV[2]) then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-redis.call('PUBLISH', ARGV[3], '')
+redis.pcall('PUBLISH', ARGV[3], '')
 return 1
 ";
 
@@ -144,44 +147,9 @@ struct Shared {
     scripts: Scripts,
     conn: Mutex<ConnState>,
     /// The subscriber connection through which [`TokenStore::watch`] hears of writes.
-    subs: Mutex<SubState>,
-}
-
-/// The subscriber connection, made on the first `watch`, and the channels it listens to.
-#[derive(Default)]
-struct SubState {
-    /// The connection's sink (to subscribe) and its number.
-    sink: Option<(u64, PubSubSink)>,
-    /// The task reading its messages.
-    reader: Option<AbortHandle>,
-    /// Per channel subscribed on the current connection: the number of messages seen.
-    channels: HashMap<String, watch::Sender<u64>>,
-    next_id: u64,
-}
-
-impl SubState {
-    /// Forgets connection `id` (if current): its channels' watchers see an error and poll.
-    fn drop_connection(&mut self, id: u64) {
-        if self
-            .sink
-            .as_ref()
-            .is_some_and(|(current, _)| *current == id)
-        {
-            self.sink = None;
-            self.channels.clear();
-            if let Some(reader) = self.reader.take() {
-                reader.abort();
-            }
-        }
-    }
-}
-
-impl Drop for SubState {
-    fn drop(&mut self) {
-        if let Some(reader) = self.reader.take() {
-            reader.abort();
-        }
-    }
+    subs: Mutex<subscriber::SubState>,
+    /// Whether a refused `SUBSCRIBE` was reported (once, until one is accepted).
+    subscribe_refused: AtomicBool,
 }
 
 impl Shared {
@@ -201,7 +169,8 @@ impl Shared {
             has_credentials,
             scripts: Scripts::new(),
             conn: Mutex::new(ConnState::default()),
-            subs: Mutex::new(SubState::default()),
+            subs: Mutex::new(subscriber::SubState::default()),
+            subscribe_refused: AtomicBool::new(false),
         }
     }
 }
@@ -277,6 +246,8 @@ enum StoreError {
     NotYet,
     #[error("redis: the connection attempt ended without a result")]
     Lost,
+    #[error("redis: SUBSCRIBE refused (NOPERM): no notifications, the caller polls")]
+    Refused,
     #[error("redis: {0}")]
     Io(Arc<str>),
     #[error("redis: unexpected reply to {0}")]
@@ -486,86 +457,7 @@ impl RedisStore {
     }
 }
 
-impl RedisStore {
-    /// Subscribes to `channel` on the subscriber connection (made if needed) and returns a
-    /// watcher of its message count.
-    async fn subscribe(&self, channel: String) -> Result<watch::Receiver<u64>, StoreError> {
-        let (id, mut sink) = self.subscriber().await?;
-        let result = tokio::time::timeout(self.timeout, sink.subscribe(&channel)).await;
-        let mut subs = self.shared.lock_subs();
-        match result {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => {
-                subs.drop_connection(id);
-                return Err(StoreError::Redis(error));
-            }
-            Err(_) => {
-                subs.drop_connection(id);
-                return Err(StoreError::Timeout(self.timeout));
-            }
-        }
-        if subs.sink.as_ref().map(|(current, _)| *current) != Some(id) {
-            return Err(StoreError::Lost);
-        }
-        Ok(subs
-            .channels
-            .entry(channel)
-            .or_insert_with(|| watch::channel(0).0)
-            .subscribe())
-    }
-
-    /// The subscriber connection's sink and number, connecting it if there is none. Its
-    /// messages are counted per channel by a task that holds the store weakly; the connection
-    /// is forgotten when it ends or a subscription fails, and made anew by the next `watch`.
-    async fn subscriber(&self) -> Result<(u64, PubSubSink), StoreError> {
-        if let Some((id, sink)) = &self.shared.lock_subs().sink {
-            return Ok((*id, sink.clone()));
-        }
-        let (sink, stream) =
-            match tokio::time::timeout(self.connect_timeout, open_subscriber(&self.shared)).await {
-                Ok(opened) => opened?,
-                Err(_) => return Err(StoreError::ConnectTimeout(self.connect_timeout)),
-            };
-        let mut subs = self.shared.lock_subs();
-        if let Some((id, sink)) = &subs.sink {
-            // Another watcher connected meanwhile: ours is dropped.
-            return Ok((*id, sink.clone()));
-        }
-        let id = subs.next_id;
-        subs.next_id += 1;
-        let weak = Arc::downgrade(&self.shared);
-        let reader = tokio::spawn(read_messages(weak, stream, id)).abort_handle();
-        subs.sink = Some((id, sink.clone()));
-        subs.reader = Some(reader);
-        tracing::debug!(addr = %self.shared.addr, "subscribed to the fleet's notifications");
-        Ok((id, sink))
-    }
-}
-
-/// Counts the messages of subscriber connection `id` per channel, until it ends.
-async fn read_messages(shared: Weak<Shared>, stream: PubSubStream, id: u64) {
-    let mut stream = std::pin::pin!(stream);
-    while let Some(message) =
-        std::future::poll_fn(|cx| futures_core::Stream::poll_next(stream.as_mut(), cx)).await
-    {
-        let Some(shared) = shared.upgrade() else {
-            return;
-        };
-        let subs = shared.lock_subs();
-        if let Some(count) = subs.channels.get(message.get_channel_name()) {
-            count.send_modify(|n| *n = n.wrapping_add(1));
-        }
-    }
-    if let Some(shared) = shared.upgrade() {
-        shared.lock_subs().drop_connection(id);
-    }
-}
-
 impl Shared {
-    fn lock_subs(&self) -> MutexGuard<'_, SubState> {
-        self.subs.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     fn lock(&self) -> MutexGuard<'_, ConnState> {
         self.conn.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -641,16 +533,6 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 async fn open(shared: &Shared) -> Result<(MultiplexedConnection, AbortHandle), StoreError> {
     let stream = stream(shared).await?;
     handshake(shared, stream).await
-}
-
-/// A subscriber connection (`AUTH` and `SELECT` done), split into its sink and its stream.
-async fn open_subscriber(shared: &Shared) -> Result<(PubSubSink, PubSubStream), StoreError> {
-    let stream = stream(shared).await?;
-    let settings = shared.client.get_connection_info().redis_settings();
-    let pubsub = PubSub::new(settings, stream)
-        .await
-        .map_err(StoreError::Redis)?;
-    Ok(pubsub.split())
 }
 
 /// The byte stream to the server, TLS done.
@@ -932,26 +814,7 @@ impl TokenStore for RedisStore {
         timeout: Duration,
     ) -> BoxFuture<'_, Result<u64, BoxError>> {
         let channel = channel(key);
-        Box::pin(async move {
-            let existing = self
-                .shared
-                .lock_subs()
-                .channels
-                .get(&channel)
-                .map(watch::Sender::subscribe);
-            let mut rx = match existing {
-                Some(rx) => rx,
-                None => self.subscribe(channel).await?,
-            };
-            let Some(seen) = seen else {
-                return Ok(*rx.borrow_and_update());
-            };
-            match tokio::time::timeout(timeout, rx.wait_for(|n| *n > seen)).await {
-                Ok(Ok(n)) => Ok(*n),
-                Ok(Err(_)) => Err(StoreError::Lost.into()),
-                Err(_) => Ok(seen),
-            }
-        })
+        Box::pin(async move { Ok(self.watch_channel(channel, seen, timeout).await?) })
     }
 }
 
