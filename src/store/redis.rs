@@ -1,6 +1,7 @@
 //! [`RedisStore`]: a [`TokenStore`] on one Redis (or Valkey) server.
 
 mod subscriber;
+mod tls;
 
 use std::fmt;
 use std::future::Future;
@@ -141,7 +142,7 @@ struct Shared {
     addr: String,
     /// For `rediss://`: the rustls configuration, ring passed in (never installed
     /// process-wide), with the bundled Mozilla roots or the authorities given.
-    tls: Option<Arc<rustls::ClientConfig>>,
+    tls: Option<tls::Tls>,
     db: i64,
     has_credentials: bool,
     scripts: Scripts,
@@ -155,7 +156,7 @@ struct Shared {
 impl Shared {
     /// What a store keeps of its client: the address and database for `Debug`, its TLS
     /// configuration, whether it has credentials (never which).
-    fn new(client: Client, tls: Option<Arc<rustls::ClientConfig>>) -> Shared {
+    fn new(client: Client, tls: Option<tls::Tls>) -> Shared {
         let info = client.get_connection_info();
         let addr = info.addr().to_string();
         let settings = info.redis_settings();
@@ -173,18 +174,6 @@ impl Shared {
             subscribe_refused: AtomicBool::new(false),
         }
     }
-}
-
-/// A rustls client configuration with ring, passed in: the process-wide default provider is
-/// neither read nor installed.
-fn tls_config(roots: rustls::RootCertStore) -> Result<Arc<rustls::ClientConfig>, Error> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|_| Error::internal("rustls refused its default protocol versions"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
 }
 
 struct Scripts {
@@ -296,10 +285,7 @@ impl RedisStore {
             Error::invalid_config("the Redis URL does not parse (expected redis://[[user]:password@]host[:port][/db])")
         })?;
         let tls = if tls {
-            let roots = rustls::RootCertStore {
-                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-            };
-            Some(tls_config(roots)?)
+            Some(tls::Tls::bundled()?)
         } else {
             None
         };
@@ -345,38 +331,62 @@ impl RedisStore {
     /// An [`Error`] of kind [`InvalidConfig`](crate::ErrorKind::InvalidConfig) when the URL is
     /// not `rediss://`, or `pem` holds no certificate, or one that does not parse.
     pub fn root_certificates(self, pem: impl AsRef<[u8]>) -> Result<Self, Error> {
-        use rustls::pki_types::CertificateDer;
-        use rustls::pki_types::pem::PemObject as _;
-
-        if self.shared.tls.is_none() {
+        let Some(tls) = &self.shared.tls else {
             return Err(Error::invalid_config(
                 "root certificates are for a rediss:// URL",
             ));
-        }
-        let pem = pem.as_ref();
-        let parsed: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(pem).collect();
-        let invalid = || {
-            Error::invalid_config(
-                "the root certificates hold no PEM certificate, or one that does not parse",
-            )
         };
-        let certificates = parsed.map_err(|_| invalid())?;
-        if certificates.is_empty() {
-            return Err(invalid());
-        }
-        let mut roots = rustls::RootCertStore::empty();
-        for certificate in certificates {
-            roots
-                .add(certificate)
-                .map_err(|_| Error::invalid_config("the root certificates were not accepted"))?;
-        }
-        Ok(RedisStore {
-            shared: Arc::new(Shared::new(
-                self.shared.client.clone(),
-                Some(tls_config(roots)?),
-            )),
+        let tls = tls.with_roots(pem.as_ref())?;
+        Ok(self.with_tls(tls))
+    }
+
+    /// Presents this client certificate for `rediss://`, for a Redis that asks for one (Redis
+    /// and Valkey do by default, `tls-auth-clients yes`; so does a proxy doing mutual TLS).
+    /// `chain_pem` holds the client's certificate first, then any intermediates (`CERTIFICATE`
+    /// blocks); `key_pem` its private key (`PRIVATE KEY`, `RSA PRIVATE KEY` or `EC PRIVATE
+    /// KEY`). Composes with [`root_certificates`](Self::root_certificates), in either order.
+    /// The store returned has a connection of its own: clones made before the call keep what
+    /// they had. `Debug` never shows the key.
+    ///
+    /// ```no_run
+    /// # use tower_cognito_auth::store::RedisStore;
+    /// # fn main() -> Result<(), tower::BoxError> {
+    /// let store = RedisStore::new("rediss://cache.internal:6380")?
+    ///     .root_certificates(std::fs::read("/etc/redis/ca.pem")?)?
+    ///     .client_certificate(
+    ///         std::fs::read("/etc/redis/client.pem")?,
+    ///         std::fs::read("/etc/redis/client.key")?,
+    ///     )?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// An [`Error`] of kind [`InvalidConfig`](crate::ErrorKind::InvalidConfig) when the URL is
+    /// not `rediss://`, `chain_pem` holds no certificate or one that does not parse, `key_pem`
+    /// holds no private key that parses, or the key does not suit the certificate. The message
+    /// never quotes the key.
+    pub fn client_certificate(
+        self,
+        chain_pem: impl AsRef<[u8]>,
+        key_pem: impl AsRef<[u8]>,
+    ) -> Result<Self, Error> {
+        let Some(tls) = &self.shared.tls else {
+            return Err(Error::invalid_config(
+                "a client certificate is for a rediss:// URL",
+            ));
+        };
+        let tls = tls.with_client(chain_pem.as_ref(), key_pem.as_ref())?;
+        Ok(self.with_tls(tls))
+    }
+
+    /// The same store with `tls`, on a connection of its own.
+    fn with_tls(self, tls: tls::Tls) -> Self {
+        RedisStore {
+            shared: Arc::new(Shared::new(self.shared.client.clone(), Some(tls))),
             ..self
-        })
+        }
     }
 
     /// Runs one command under the timeout. A command that times out, or finds the connection
@@ -548,7 +558,7 @@ async fn stream(shared: &Shared) -> Result<Box<dyn Io>, StoreError> {
                         rustls::pki_types::ServerName::try_from(host.clone()).map_err(|_| {
                             StoreError::Io("the host is not a valid TLS server name".into())
                         })?;
-                    let stream = tokio_rustls::TlsConnector::from(Arc::clone(config))
+                    let stream = tokio_rustls::TlsConnector::from(Arc::clone(config.config()))
                         .connect(name, tcp)
                         .await
                         .map_err(|error| StoreError::Io(format!("TLS: {error}").into()))?;
