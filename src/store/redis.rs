@@ -109,7 +109,10 @@ return 0
 /// a host that went silent, or a failover that moved the address to another server while the
 /// old connection hangs, costs one timeout, not one per refresh until the kernel gives up on
 /// the socket. TCP keepalive (5 s, then every 2 s, 3 probes) and, on Linux, `TCP_USER_TIMEOUT`
-/// (10 s) let the kernel close such a socket too.
+/// (10 s) let the kernel close such a socket too. An answer saying the server is not the
+/// primary (`READONLY` from a primary a failover demoted but left reachable, `MASTERDOWN`,
+/// `LOADING`) drops the connection too, and the next command connects at once, resolving the
+/// name again.
 ///
 /// The Lua scripts are sent by `EVALSHA`, falling back to `EVAL` when the server does not know
 /// them yet (after a restart, say).
@@ -121,7 +124,9 @@ return 0
 /// its own. The server's certificate is checked against the Mozilla roots that `webpki-roots`
 /// bundles (as for the token endpoint's HTTPS client: no system certificate store is read), or
 /// only against the authorities given to [`root_certificates`](RedisStore::root_certificates)
-/// (a private CA). There is no mode without verification.
+/// (a private CA). There is no mode without verification. A Redis that asks for a client
+/// certificate (`tls-auth-clients yes`) is given the one set by
+/// [`client_certificate`](RedisStore::client_certificate).
 ///
 /// # Clone
 ///
