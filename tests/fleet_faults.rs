@@ -226,7 +226,7 @@ async fn a_store_moves_to_the_new_server_after_a_failover() {
             break;
         }
         assert!(
-            start.elapsed() < 3 * bound,
+            start.elapsed() < bound,
             "the store still fails {:?} after the failover",
             start.elapsed()
         );
@@ -415,9 +415,10 @@ async fn a_refusing_endpoint_sees_the_fleet_as_one_process() {
     }
     for (name, fleet_sent, lone_sent) in phases {
         assert!(lone_sent > 0, "{name}: one process sent nothing");
-        // Each of the 12 alone would send about 12 times what one sends.
+        // Each of the 12 alone would send about 12 times what one sends; the fleet sends what
+        // one process sends, give or take the holder that sees the refusal end.
         assert!(
-            fleet_sent <= 2 * lone_sent,
+            fleet_sent <= lone_sent + 1,
             "{name}: the fleet of 12 sent {fleet_sent} token requests, one process {lone_sent}"
         );
     }
