@@ -593,3 +593,73 @@ async fn a_demoted_primary_is_left_for_the_new_one() {
         .unwrap();
     assert_eq!(held.as_deref(), Some("after"));
 }
+
+/// Defect 4 of issue 29: under an ACL without channels (Redis 7's default `resetchannels`:
+/// `SUBSCRIBE` and the write's `PUBLISH` refused with `NOPERM`), a waiting process polls at
+/// the fleet's usual fallback pace, once a second, not every 10 to 50 ms; and the fleet still
+/// shares one token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_channel_permissions_a_waiting_process_polls_once_a_second() {
+    const POLL: Duration = Duration::from_secs(1);
+    /// Commands per poll: the load script (`EVALSHA`, `GET`, `PTTL`) and the lease's `SET NX`.
+    const PER_POLL: u64 = 4;
+    let redis = redis();
+    let () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("fleet")
+        .arg(&[
+            "on",
+            ">fleet-pw",
+            "~tower-cognito-auth:*",
+            "resetchannels",
+            "-@all",
+            "+get",
+            "+set",
+            "+del",
+            "+pttl",
+            "+pexpire",
+            "+publish",
+            "+subscribe",
+            "+evalsha",
+            "+eval",
+            "+script|load",
+        ])
+        .query_async(&mut raw(&redis).await)
+        .await
+        .unwrap();
+    let url = format!("redis://fleet:fleet-pw@{}", redis.addr());
+    let endpoint = TokenEndpoint::start().await.unwrap();
+    endpoint.set_delay(Duration::from_secs(4));
+    let deadline = Duration::from_secs(30);
+    let holder = member_with(&endpoint, store(&url), deadline);
+    let waiter = member_with(&endpoint, store(&url), deadline);
+    let held = tokio::spawn(async move { holder.token().await.unwrap() });
+    for _ in 0..200 {
+        if endpoint.request_count() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(endpoint.request_count(), 1, "the holder is fetching");
+    let waited = {
+        let waiter = waiter.clone();
+        tokio::spawn(async move { waiter.token().await.unwrap() })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let window = Duration::from_secs(2);
+    let before = redis_commands(&redis).await;
+    tokio::time::sleep(window).await;
+    let spent = redis_commands(&redis).await - before;
+    let polls = window.as_secs() / POLL.as_secs() + 1;
+    assert!(
+        spent <= polls * PER_POLL,
+        "a waiting process cost Redis {spent} commands in {window:?}"
+    );
+    let (held, waited) = (held.await.unwrap(), waited.await.unwrap());
+    assert_eq!(held.secret(), waited.secret());
+    assert_eq!(
+        (endpoint.tokens_issued(), waiter.stats().adopted),
+        (1, 1),
+        "shared"
+    );
+}
