@@ -214,6 +214,14 @@ struct Live {
     driver: AbortHandle,
 }
 
+/// Why the connection is kept by hand rather than by the `redis` crate's `ConnectionManager`
+/// (reconnect with backoff) and its `TcpSettings`: both connect through the crate's own
+/// connect path, and for `rediss://` that is its `tls-rustls` feature, which builds its rustls
+/// configuration with `rustls::ClientConfig::builder()`, reading (and needing) the
+/// process-wide `CryptoProvider` this crate promises never to read or install. What remains is
+/// small: one connection, one attempt in flight, a pause of a second after a failed attempt,
+/// and dropping the connection on a timeout, a broken socket or a server that is no longer the
+/// primary (`READONLY`, `MASTERDOWN`, `LOADING`).
 #[derive(Default)]
 struct ConnState {
     /// The connection, once made. A command that times out or sees it broken discards it: the
