@@ -44,6 +44,8 @@ struct State {
 struct Proxy {
     addr: SocketAddr,
     state: Arc<Mutex<State>>,
+    /// Connections accepted so far.
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Proxy {
@@ -56,12 +58,23 @@ impl Proxy {
             epoch: 0,
         }));
         let shared = Arc::clone(&state);
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = Arc::clone(&accepted);
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 tokio::spawn(relay(client, Arc::clone(&shared)));
             }
         });
-        Proxy { addr, state }
+        Proxy {
+            addr,
+            state,
+            accepted,
+        }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn url(&self) -> String {
@@ -662,4 +675,35 @@ async fn without_channel_permissions_a_waiting_process_polls_once_a_second() {
         (1, 1),
         "shared"
     );
+}
+
+/// Defect 6 of issue 29: replies slower than the store's timeout (300 ms against 200 ms), as in
+/// a latency spike, fail those commands but do not make the store reconnect: the connection
+/// still answers (a `PING` probe says so), and 1,000 processes reconnecting at once (TLS
+/// included) would only add to the spike. Before the fix every timeout dropped the shared
+/// connection and the next command reconnected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_replies_do_not_make_the_store_reconnect() {
+    let redis = redis();
+    let proxy = Proxy::start(redis.addr()).await;
+    let store = store(&proxy.url());
+    assert_eq!(store.load("k").await.unwrap(), None);
+    assert_eq!(proxy.accepted(), 1);
+    proxy.set(Mode::Delay(TIMEOUT + TIMEOUT / 2));
+    for _ in 0..10 {
+        assert!(store.load("k").await.is_err(), "slower than the timeout");
+        tokio::time::sleep(TIMEOUT / 2).await;
+    }
+    proxy.set(Mode::Forward);
+    // The delayed replies drain; then commands answer on the same connection.
+    let mut answered = false;
+    for _ in 0..50 {
+        if store.load("k").await.is_ok() {
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(answered, "the store answers again");
+    assert_eq!(proxy.accepted(), 1, "reconnected for slow replies");
 }

@@ -5,7 +5,7 @@ mod tls;
 
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -105,10 +105,11 @@ return 0
 /// by a later command, at most one at a time and no more often than once a second. Every
 /// command has a short timeout (see [`timeout`](RedisStore::timeout)), so a slow or unreachable
 /// Redis costs a refresh at most that long before the process fetches for itself. A command
-/// that times out or finds the connection broken drops it, and the next command connects anew:
-/// a host that went silent, or a failover that moved the address to another server while the
-/// old connection hangs, costs one timeout, not one per refresh until the kernel gives up on
-/// the socket. TCP keepalive (5 s, then every 2 s, 3 probes) and, on Linux, `TCP_USER_TIMEOUT`
+/// that finds the connection broken drops it, and the next command connects anew; a command
+/// that times out has a `PING` probe the connection, which is dropped unless it answers within
+/// a second: a host that went silent, or a failover that moved the address to another server
+/// while the old connection hangs, costs a timeout and a second, not one timeout per refresh
+/// until the kernel gives up on the socket, while a slow server keeps its connection. TCP keepalive (5 s, then every 2 s, 3 probes) and, on Linux, `TCP_USER_TIMEOUT`
 /// (10 s) let the kernel close such a socket too. An answer saying the server is not the
 /// primary (`READONLY` from a primary a failover demoted but left reachable, `MASTERDOWN`,
 /// `LOADING`) drops the connection too, and the next command connects at once, resolving the
@@ -212,6 +213,8 @@ struct Live {
     id: u64,
     conn: MultiplexedConnection,
     driver: AbortHandle,
+    /// Set while a `PING` probes it after a command timed out.
+    probing: Arc<AtomicBool>,
 }
 
 /// Why the connection is kept by hand rather than by the `redis` crate's `ConnectionManager`
@@ -220,8 +223,8 @@ struct Live {
 /// configuration with `rustls::ClientConfig::builder()`, reading (and needing) the
 /// process-wide `CryptoProvider` this crate promises never to read or install. What remains is
 /// small: one connection, one attempt in flight, a pause of a second after a failed attempt,
-/// and dropping the connection on a timeout, a broken socket or a server that is no longer the
-/// primary (`READONLY`, `MASTERDOWN`, `LOADING`).
+/// and dropping the connection on a broken socket, a timeout its `PING` probe confirms, or a
+/// server that is no longer the primary (`READONLY`, `MASTERDOWN`, `LOADING`).
 #[derive(Default)]
 struct ConnState {
     /// The connection, once made. A command that times out or sees it broken discards it: the
@@ -416,6 +419,7 @@ impl RedisStore {
             Ok(Err(error)) => return Err(error.into()),
             Err(_) => return Err(StoreError::Timeout(self.timeout).into()),
         };
+        let probe = conn.clone();
         match tokio::time::timeout_at(deadline, command(conn)).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(error)) => {
@@ -436,7 +440,7 @@ impl RedisStore {
                 Err(StoreError::Redis(error).into())
             }
             Err(_) => {
-                self.shared.discard(id, "a command timed out", true);
+                Shared::probe(&self.shared, id, probe);
                 Err(StoreError::Timeout(self.timeout).into())
             }
         }
@@ -485,6 +489,34 @@ impl Shared {
         self.conn.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// After a command on connection `id` timed out: a `PING` on it, from a task of its own
+    /// (one at a time), decides. Answered within [`RECONNECT_INTERVAL`], the connection is
+    /// kept: the server is slow, not gone, and reconnecting (every process of a fleet at once,
+    /// TLS included) would only add to a latency spike. Not answered, the connection is
+    /// dropped (a silent host, a failover that left the old connection hanging) and the next
+    /// command connects anew.
+    fn probe(shared: &Arc<Shared>, id: u64, mut conn: MultiplexedConnection) {
+        let probing = match &shared.lock().live {
+            Some(live) if live.id == id => Arc::clone(&live.probing),
+            _ => return,
+        };
+        if probing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let shared = Arc::clone(shared);
+        tokio::spawn(async move {
+            let ping = ::redis::cmd("PING");
+            let ping = ping.query_async::<Value>(&mut conn);
+            match tokio::time::timeout(RECONNECT_INTERVAL, ping).await {
+                Ok(Ok(_)) => {
+                    probing.store(false, Ordering::Release);
+                    tracing::debug!(addr = %shared.addr, "a redis command timed out, but the connection answers a PING: kept");
+                }
+                _ => shared.discard(id, "a command timed out and a PING went unanswered", false),
+            }
+        });
+    }
+
     /// Drops connection `id` if it is still the one in use, closing its socket. With `pace`,
     /// the next attempt waits [`RECONNECT_INTERVAL`] (a broken or silent connection: the
     /// server may be struggling); without, the next command connects at once (the server
@@ -531,6 +563,7 @@ async fn connect(
             let id = state.next_id;
             state.next_id += 1;
             if let Some(old) = state.live.replace(Live {
+                probing: Arc::new(AtomicBool::new(false)),
                 id,
                 conn: conn.clone(),
                 driver,
