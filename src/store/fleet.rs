@@ -12,8 +12,10 @@
 //!    (so a valid token written since is left alone), so that a fetched token can take its
 //!    place.
 //! 3. Otherwise the lease is tried. Its holder reads once more (the token may have been stored
-//!    between the read and the lease), fetches, stores the token if it expires later than the
-//!    stored one, and releases the lease. A fetch error the endpoint answered with (a 429 or a
+//!    between the read and the lease), fetches while a watchdog extends the lease every third of
+//!    its time to live ([`TokenStore::extend_lease`]), stores the token if it expires later than
+//!    the stored one, and releases the lease. A refresh dropped while the store may hold its
+//!    lease (mid-`SET NX`, mid-fetch) releases it from a task of its own. A fetch error the endpoint answered with (a 429 or a
 //!    5xx) is recorded as the fleet's refusal (see [`Refusal`]); then the lease is released and
 //!    the error returned. While a refusal holds, every process (before the lease, and a new
 //!    holder before its fetch) returns that error without fetching.
@@ -21,13 +23,14 @@
 //!    (jittered) as a fallback, or, when the store cannot notify, after 10 ms, the pause
 //!    doubling to 50 ms (jittered): they adopt the token once it is stored, and
 //!    try the lease on each poll, so they take over as soon as the holder released it after a
-//!    failure or its lease expired (it died). Waiting is bounded: reading, waiting and trying
-//!    the lease take at most `max_wait` (half the cache's refresh deadline, less up to a
-//!    quarter of jitter so that the waiters do not fall back together), after which the
-//!    process fetches for itself with the other half.
+//!    failure or its lease expired (it died: nobody extends it, and it lapses within one time
+//!    to live). They wait as long as the lease is held, however slow the holder's fetch: the
+//!    cache's refresh deadline ends a wait (`max_wait`, the same deadline, bounds it for a
+//!    caller without one).
 //!
 //! The store never makes the refresh fail: any store error or timeout falls back to fetching for
-//! this process, warning once per outage.
+//! this process, warning once per outage; the token it fetches is stored for the others from a
+//! task of its own.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -109,7 +112,7 @@ impl FleetConfig {
         if refresh_deadline < MIN_REFRESH_DEADLINE {
             return Err(Error::invalid_config(
                 "with a shared store, refresh_deadline must be at least 1 second (a third of it \
-                 is the fleet's lease, half of it the most a process waits for another's fetch)",
+                 is the fleet's lease, which a process whose holder died waits out)",
             ));
         }
         Ok(Self {
