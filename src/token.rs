@@ -108,6 +108,10 @@ pub struct Token {
     /// The lifetime the token was issued with, when known (a shared store keeps it, so that
     /// margins are computed from it and not from the remaining life).
     lifetime: Option<Duration>,
+    /// Offered rather than fetched (an access token a session kept or restored): a cache
+    /// whose margins it does not meet asks the source again at once, without counting it as
+    /// a failure.
+    kept: bool,
 }
 
 impl Token {
@@ -118,7 +122,19 @@ impl Token {
             expires_at,
             scope: None,
             lifetime: None,
+            kept: false,
         }
+    }
+
+    /// Marks the token as offered rather than fetched (see `kept`).
+    pub(crate) fn kept(mut self) -> Self {
+        self.kept = true;
+        self
+    }
+
+    /// Whether the token was offered rather than fetched.
+    pub(crate) fn is_kept(&self) -> bool {
+        self.kept
     }
 
     /// Records the lifetime the token was issued with.
@@ -252,17 +268,7 @@ pub(crate) fn jwt_exp(token: &str) -> Option<u64> {
 /// The `iat` and `exp` claims of a JWT-shaped token (unverified, as [`jwt_exp`]); `None` when
 /// the token is not a JWT.
 pub(crate) fn jwt_times(token: &str) -> Option<(Option<u64>, Option<u64>)> {
-    let mut parts = token.split('.');
-    let (_header, payload, _signature) = (parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some() || payload.len() > MAX_TOKEN_LEN {
-        return None;
-    }
-    const LENIENT: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
-        &base64::alphabet::URL_SAFE,
-        base64::engine::GeneralPurposeConfig::new()
-            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
-    );
-    let json = LENIENT.decode(payload).ok()?;
+    let json = jwt_payload(token)?;
     #[derive(serde::Deserialize)]
     struct Claims {
         #[serde(default)]
@@ -324,3 +330,25 @@ pub(crate) fn parse_oauth_error(body: &[u8]) -> Option<(String, Option<String>)>
 
 #[cfg(test)]
 mod tests;
+
+/// The decoded payload of a JWT-shaped token (three dot-separated parts, base64url), not
+/// verified; `None` for anything else.
+fn jwt_payload(token: &str) -> Option<Vec<u8>> {
+    let mut parts = token.split('.');
+    let (_header, payload, _signature) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || payload.len() > MAX_TOKEN_LEN {
+        return None;
+    }
+    const LENIENT: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+        &base64::alphabet::URL_SAFE,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+    );
+    LENIENT.decode(payload).ok()
+}
+
+/// The claims of a JWT-shaped token, **not verified**: `None` when it is not a JWT whose
+/// payload is a JSON object.
+pub(crate) fn jwt_claims(token: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
+    serde_json::from_slice(&jwt_payload(token)?).ok()
+}

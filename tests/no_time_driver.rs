@@ -1,5 +1,7 @@
-//! Core defect 7, in a file of its own: it installs a global panic hook.
+//! Core defect 7 and issue 28's core item 1, in a file of their own: they install a global
+//! panic hook (and take turns at it).
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -18,6 +20,9 @@ impl TokenSource for OneHour {
 
 static HOOK_CALLS: AtomicUsize = AtomicUsize::new(0);
 
+/// The panic hook is the process's: one test at a time sets it.
+static HOOK: Mutex<()> = Mutex::new(());
+
 /// Core defect 7: a runtime without a time driver is found out without a panic on the hot
 /// path, and with one probe (Tokio's panic, caught) per request that needs a refresh: Tokio
 /// has no way to ask a runtime whether it has timers (tokio-rs/tokio#8361), so that one probe
@@ -25,6 +30,10 @@ static HOOK_CALLS: AtomicUsize = AtomicUsize::new(0);
 /// waiter). The request gets its error, naming `enable_time`.
 #[test]
 fn a_runtime_without_a_time_driver_gets_an_error_and_one_probe_at_most() {
+    let _turn = HOOK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    HOOK_CALLS.store(0, Ordering::SeqCst);
     let cache = TokenCache::builder(OneHour).build().unwrap();
     let without_timers = tokio::runtime::Builder::new_current_thread()
         .build()
@@ -59,5 +68,59 @@ fn a_runtime_without_a_time_driver_gets_an_error_and_one_probe_at_most() {
     assert_eq!(
         hot_path_panics, 0,
         "the hot path panicked {hot_path_panics} times"
+    );
+}
+
+/// Issue 28, core item 1: with the background refresher on, a cache built outside any runtime
+/// and requests on a runtime without a time driver, no request on the hot path runs the timer
+/// probe (Tokio's panic, caught): a panic hook (Sentry and the like) would record one panic
+/// per request. The refresher finds out on its own, once for that runtime.
+#[test]
+fn a_background_refresher_without_timers_costs_the_hot_path_no_panic() {
+    let _turn = HOOK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let cache = TokenCache::builder(OneHour)
+        .background_refresh(true)
+        .build()
+        .unwrap();
+    let without_timers = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    // A token, fetched on a runtime with timers that then goes away, and the background
+    // refresher it ran with it.
+    let with_timers = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let fetched = with_timers.block_on(cache.token());
+    drop(with_timers);
+    let previous = std::panic::take_hook();
+    HOOK_CALLS.store(0, Ordering::SeqCst);
+    std::panic::set_hook(Box::new(|_| {
+        HOOK_CALLS.fetch_add(1, Ordering::SeqCst);
+    }));
+    let served: Vec<_> = (0..100)
+        .map(|_| {
+            without_timers.block_on(async {
+                let token = cache.token().await;
+                // Whatever the requests spawned runs now.
+                for _ in 0..3 {
+                    tokio::task::yield_now().await;
+                }
+                token
+            })
+        })
+        .collect();
+    let panics = HOOK_CALLS.load(Ordering::SeqCst);
+    std::panic::set_hook(previous);
+
+    assert_eq!(fetched.unwrap().secret(), "token-1");
+    assert!(served.iter().all(Result::is_ok));
+    // One: the refresher's task, spawned by the first request, found no timers and ended;
+    // no request probed, and none spawned it again.
+    assert_eq!(
+        panics, 1,
+        "{panics} panics for 100 requests served from the cache"
     );
 }

@@ -216,6 +216,14 @@ async fn a_cancelled_fetch_does_not_lose_the_rotation() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(rotations.all(), [endpoint.current_refresh_token().unwrap()]);
 
+    // The access token that exchange obtained is handed out (issue 26, defect 7); the next
+    // exchange sends the rotated refresh token.
+    let kept = grant.fetch().await.unwrap();
+    assert_eq!(
+        endpoint.last_token().as_deref(),
+        Some(kept.access_token().secret())
+    );
+    assert_eq!(sent_refresh_tokens(&endpoint), std::slice::from_ref(&first));
     grant.fetch().await.unwrap();
     let sent = sent_refresh_tokens(&endpoint);
     assert_eq!(sent, [first, rotations.all()[0].clone()]);
@@ -290,6 +298,10 @@ async fn a_refresh_deadline_after_the_server_rotated_keeps_the_new_token() {
     // Past the cache's backoff (the clock moves once the first exchange has ended): the next
     // refresh sends the token that exchange's answer carried, not the old one.
     tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(env.get().await.unwrap(), StatusCode::OK);
+    // The access token that exchange obtained serves (issue 26, defect 7): no new request.
+    assert_eq!(env.sent_refresh_tokens(), std::slice::from_ref(&first));
+    tokio::time::sleep(Duration::from_secs(60)).await;
     assert_eq!(env.get().await.unwrap(), StatusCode::OK);
     assert_eq!(env.sent_refresh_tokens(), [first, rotated.clone()]);
     assert_eq!(env.rotations.all()[0], rotated);
@@ -572,6 +584,10 @@ fn a_runtime_shut_down_mid_exchange_loses_no_rotation() {
         .build()
         .unwrap();
     later.block_on(async {
+        // The access token the exchange obtained (issue 26, defect 7), then a refresh.
+        let token = grant.fetch().await;
+        assert!(token.is_ok(), "{token:?}");
+        assert_eq!(sent_refresh_tokens(&endpoint), std::slice::from_ref(&first));
         let token = grant.fetch().await;
         assert!(token.is_ok(), "{token:?}");
     });

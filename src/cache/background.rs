@@ -10,14 +10,22 @@
 //! stop sender lives in the cache). It is spawned on the runtime `build` runs in, or on the
 //! first request's; when that runtime goes away the task is dropped with it, and the next
 //! request on another runtime starts it again.
+//!
+//! A request never probes its runtime for a time driver on the hot path (the probe is Tokio's
+//! panic, caught, which a panic hook would record): a request served at once spawns the
+//! refresher without asking, and the task looks for itself. On a runtime without timers it
+//! marks itself *blocked* and ends; requests served at once then leave it alone, and a request
+//! that reaches the policy on a runtime with timers (it has probed that one anyway) starts it
+//! there.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
+use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::policy::{Decision, Event};
+use super::policy::Event;
 use super::{Shared, Step};
 
 /// Whether the refresher is on, whether its task lives, and the handle that stops it.
@@ -26,6 +34,9 @@ pub(super) struct Control {
     enabled: bool,
     /// Cleared by the task itself when it ends or is dropped with its runtime.
     alive: AtomicBool,
+    /// Set by the task when its runtime had no time driver (before it clears `alive`); cleared
+    /// by a request that found timers on its own runtime.
+    blocked: AtomicBool,
     /// Dropping it (with the cache) stops the task.
     stop: Mutex<Option<oneshot::Sender<()>>>,
 }
@@ -35,33 +46,58 @@ impl Control {
         Self {
             enabled,
             alive: AtomicBool::new(false),
+            blocked: AtomicBool::new(false),
             stop: Mutex::new(None),
         }
     }
 
-    /// Starts the task again if it is configured and gone. One load of a flag on the hot path.
+    /// The hot path's check: starts the task again on this thread's runtime if it is
+    /// configured, gone, and not blocked. Loads of flags, and never a probe.
     #[inline]
     pub(super) fn check(&self, shared: &Arc<Shared>) {
-        if self.enabled && !self.alive.load(Ordering::Relaxed) {
-            ensure(shared);
+        // `Acquire`: a task that set `blocked` and then cleared `alive` is seen blocked.
+        if self.enabled
+            && !self.alive.load(Ordering::Acquire)
+            && !self.blocked.load(Ordering::Relaxed)
+            && let Ok(runtime) = Handle::try_current()
+        {
+            spawn(shared, &runtime);
+        }
+    }
+
+    /// Whether the task lives, and whether it found its runtime without timers.
+    #[cfg(test)]
+    pub(super) fn state(&self) -> (bool, bool) {
+        (
+            self.alive.load(Ordering::Acquire),
+            self.blocked.load(Ordering::Relaxed),
+        )
+    }
+
+    /// A request found that `runtime` has timers: the task may run there.
+    pub(super) fn resume(&self, shared: &Arc<Shared>, runtime: &Handle) {
+        if self.enabled {
+            if self.blocked.load(Ordering::Relaxed) {
+                self.blocked.store(false, Ordering::Relaxed);
+            }
+            if !self.alive.load(Ordering::Acquire) {
+                spawn(shared, runtime);
+            }
         }
     }
 }
 
-/// Spawns the background refresher if it is configured and not running, on the current
-/// runtime if there is one with timers. Takes no cache lock.
-pub(super) fn ensure(shared: &Arc<Shared>) {
+/// Spawns the background refresher on `runtime` if it is configured and not running. Takes
+/// no cache lock, and does not probe the runtime: the task does.
+#[cold]
+#[inline(never)]
+pub(super) fn spawn(shared: &Arc<Shared>, runtime: &Handle) {
     let control = &shared.background;
-    if !control.enabled {
-        return;
-    }
-    let Ok(runtime) = super::flight::runtime_with_timers() else {
-        return;
-    };
-    if control
-        .alive
-        .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
-        .is_err()
+    if !control.enabled
+        || control
+            .alive
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
     {
         return;
     }
@@ -89,6 +125,13 @@ enum Next {
 }
 
 async fn run(shared: Weak<Shared>, mut stopped: oneshot::Receiver<()>, _alive: Alive) {
+    if !super::flight::timers_enabled() {
+        // Off every request's path: once per spawn, and requests then stop spawning it.
+        if let Some(shared) = shared.upgrade() {
+            shared.background.blocked.store(true, Ordering::Relaxed);
+        }
+        return;
+    }
     loop {
         let Some(next) = shared.upgrade().map(|shared| step(&shared)) else {
             return;
@@ -109,33 +152,16 @@ async fn run(shared: Weak<Shared>, mut stopped: oneshot::Receiver<()>, _alive: A
 /// The policy's `Background` decision, carried out.
 fn step(shared: &Arc<Shared>) -> Next {
     let now = Instant::now();
+    let later = super::policy::later(now, shared.config.refresh_deadline);
     // The task was spawned on a runtime with timers, and runs on it.
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        return Next::Sleep(super::policy::later(now, shared.config.refresh_deadline));
+    let Ok(runtime) = Handle::try_current() else {
+        return Next::Sleep(later);
     };
-    let mut core = shared.lock();
-    let (next, launch) = match shared.decide(&mut core, now, Event::Background) {
-        Decision::Sleep(until) => (Next::Sleep(until), None),
-        Decision::Wait(wait) => (waiting(core.waiter(wait), now, shared), None),
-        Decision::StartAndWait(start, wait) => {
-            let launch = shared.launch(&mut core, start, runtime);
-            (waiting(core.waiter(wait), now, shared), Some(launch))
-        }
-        _ => (
-            Next::Sleep(super::policy::later(now, shared.config.refresh_deadline)),
-            None,
-        ),
-    };
-    drop(core);
-    if let Some(launch) = launch {
-        launch.spawn();
-    }
-    next
-}
-
-fn waiting(step: Step, now: Instant, shared: &Shared) -> Next {
-    match step {
+    match shared.carry_out(now, Event::Background, Some(runtime)) {
+        Step::Sleep(until) => Next::Sleep(until),
         Step::Wait(waiter) => Next::Wait(waiter),
-        _ => Next::Sleep(super::policy::later(now, shared.config.refresh_deadline)),
+        // Not a decision for the refresher, or a refresh its runtime refused (shutting down,
+        // and this task with it): look again later, never spin.
+        Step::Ready(_) | Step::Failed(_) => Next::Sleep(later),
     }
 }

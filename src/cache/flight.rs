@@ -4,8 +4,9 @@
 //! (its request timed out, say) does not cancel it for the others. It reports its end to the
 //! policy and then to its waiters, whatever happens to it:
 //! - it finished, with a token or an error (its deadline included): `Finished`;
-//! - the token source panicked: the panic is caught around each poll of the fetch, and it is
-//!   `Finished` with an error, which the policy paces like any failure;
+//! - the token source panicked, in the call to `fetch()` or in a poll of its future, with or
+//!   without a shared store: the panic is caught, and it is `Finished` with an error, which the
+//!   policy paces like any failure;
 //! - its runtime dropped it (shutting down, before or after it started, even while its thread
 //!   unwinds from another panic): `Abandoned`, which says nothing of the token endpoint, so
 //!   nobody is paced and whoever waited looks again.
@@ -54,9 +55,13 @@ impl Launch {
         }
     }
 
-    /// Spawns the refresh. Call it with the cache's lock released.
-    pub(super) fn spawn(self) {
+    /// Spawns the refresh. Call it with the cache's lock released. `false` when the runtime
+    /// dropped it at once, never to run: it is shutting down.
+    pub(super) fn spawn(self) -> bool {
+        let mut rx = self.task.tx.subscribe();
         self.runtime.spawn(self.task.run());
+        // Only the task's drop publishes `Abandoned`, and nothing else can have ended it yet.
+        !matches!(*rx.borrow_and_update(), Some(Outcome::Abandoned))
     }
 }
 
@@ -71,8 +76,11 @@ struct Flight {
 impl Flight {
     async fn run(mut self) {
         let shared = Arc::clone(&self.shared);
+        // Counted once it runs: a runtime that drops it unrun (shutting down) fetched nothing.
+        shared.count_refresh(self.start.ahead);
         let limit = shared.config.refresh_deadline;
-        let fetch = CatchPanic(shared.fetch(self.start.rejected.take()));
+        let rejected = self.start.rejected.take();
+        let fetch = CatchPanic::new(|| shared.fetch(rejected));
         let result = match self.start.deadline {
             Some(deadline) => tokio::time::timeout_at(deadline, fetch)
                 .await
@@ -98,21 +106,34 @@ impl Drop for Flight {
     }
 }
 
-/// The fetch, with a panic inside its `poll` caught and turned into an error, so that the
-/// refresh reports it as a failure of the source. (Where panics abort, there is nothing to
-/// catch.)
-struct CatchPanic<'a>(BoxFuture<'a, Result<Token, Error>>);
+/// The fetch, with a panic caught and turned into an error, so that the refresh reports it as
+/// a failure of the source: a panic in the call that makes the future (the synchronous part
+/// of `TokenSource::fetch`) as well as one inside its `poll`, with or without a shared store.
+/// (Where panics abort, there is nothing to catch.)
+struct CatchPanic<'a>(Option<BoxFuture<'a, Result<Token, Error>>>);
+
+impl<'a> CatchPanic<'a> {
+    fn new(fetch: impl FnOnce() -> BoxFuture<'a, Result<Token, Error>>) -> Self {
+        Self(std::panic::catch_unwind(AssertUnwindSafe(fetch)).ok())
+    }
+}
 
 impl Future for CatchPanic<'_> {
     type Output = Result<Token, Error>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let fetch = &mut self.0;
+        let Some(fetch) = self.0.as_mut() else {
+            return Poll::Ready(Err(panicked()));
+        };
         match std::panic::catch_unwind(AssertUnwindSafe(|| fetch.as_mut().poll(cx))) {
             Ok(poll) => poll,
-            Err(_) => Poll::Ready(Err(Error::internal("the token source panicked"))),
+            Err(_) => Poll::Ready(Err(panicked())),
         }
     }
+}
+
+fn panicked() -> Error {
+    Error::internal("the token source panicked")
 }
 
 /// A request's place in the queue for a refresh's outcome, with its own deadline.
@@ -173,10 +194,10 @@ pub(super) fn runtime_with_timers() -> Result<Handle, Error> {
 /// Whether this thread's runtime has a time driver.
 ///
 /// Tokio has no way to ask (tokio-rs/tokio#8361): creating a timer without one panics. The
-/// panic is caught here, off the hot path (only when a refresh starts or a request waits),
-/// and only on a runtime built without `enable_time`. Where panics abort, it cannot be caught:
+/// panic is caught here, off the hot path (when a request reaches the policy, and in the
+/// background refresher's task), and only on a runtime built without `enable_time`. Where panics abort, it cannot be caught:
 /// timers are assumed, and such a runtime fails as Tokio makes it fail.
-fn timers_enabled() -> bool {
+pub(super) fn timers_enabled() -> bool {
     #[cfg(panic = "unwind")]
     {
         std::panic::catch_unwind(|| drop(tokio::time::sleep(Duration::ZERO))).is_ok()

@@ -11,8 +11,9 @@
 //! each time the policy replaces or drops the token: a copy whose version is not the cache's
 //! is taken again before it is used. The version is read before the token, so a change in
 //! between can only make the next request take a copy again, never serve an older token under
-//! a newer version. A copy is used only while its token is fresh, on Tokio's clock; the
-//! refresh-ahead window and everything after go to the policy.
+//! a newer version. A copy is used only until the moment the policy published with the token
+//! (`serve_until`: while it is fresh, or usable while nothing new can start), on Tokio's
+//! clock; everything after goes to the policy.
 
 use std::cell::RefCell;
 
@@ -45,14 +46,20 @@ struct Copy {
     cache: u64,
     /// The cache's version the copy was taken at.
     version: u64,
-    /// `None` when the cache had no token then.
+    /// The header, its generation and until when it is served; `None` when the cache had no
+    /// token then.
     token: Option<(HeaderValue, Generation, Instant)>,
 }
 
-/// The fresh token's header and generation from this thread's copy, taken anew if the cache's
-/// version moved; `None` when there is no fresh token (or the thread is being torn down).
+/// The token's header and generation from this thread's copy, taken anew if the cache's
+/// version moved, while the policy serves it without a decision; `None` otherwise (or when
+/// the thread is being torn down).
 #[inline]
 pub(super) fn fresh_header(shared: &Shared) -> Option<(HeaderValue, Generation)> {
+    // A new sign-in since the token was published: the policy drops it first.
+    if !shared.same_source() {
+        return None;
+    }
     let version = shared.version();
     let now = Instant::now();
     COPIES
@@ -60,7 +67,7 @@ pub(super) fn fresh_header(shared: &Shared) -> Option<(HeaderValue, Generation)>
             let mut copies = copies.try_borrow_mut().ok()?;
             let slot = copies.slot(shared.id, version, shared)?;
             match &slot.token {
-                Some((header, generation, fresh_until)) if now < *fresh_until => {
+                Some((header, generation, serve_until)) if now < *serve_until => {
                     Some((header.clone(), *generation))
                 }
                 _ => None,
@@ -99,11 +106,11 @@ impl Copies {
 #[cold]
 #[inline(never)]
 fn copy(cache: u64, version: u64, shared: &Shared) -> Copy {
-    let token = shared.current.load_full().and_then(|entry| {
-        let bytes = Bytes::copy_from_slice(entry.header.as_bytes());
+    let token = shared.current.load_full().and_then(|published| {
+        let bytes = Bytes::copy_from_slice(published.entry.header.as_bytes());
         let mut header = HeaderValue::from_maybe_shared(bytes).ok()?;
         header.set_sensitive(true);
-        Some((header, entry.generation(), entry.fresh_until))
+        Some((header, published.entry.generation(), published.serve_until))
     });
     Copy {
         cache,

@@ -79,7 +79,7 @@ mod tests;
 
 use flight::{Launch, Waiter};
 pub(crate) use policy::Entry;
-use policy::{Config, Decision, Event, FlightId, Outcome, Policy, Start, Wait};
+use policy::{Config, Decision, Event, FlightId, Outcome, Policy, Published, Wait};
 pub use stats::Stats;
 use stats::{Counters, bump};
 
@@ -136,17 +136,17 @@ pub struct TokenCache {
 pub(crate) struct Shared {
     /// This cache's number, for the threads' copies of its header (see `local`): never reused.
     id: u64,
-    /// The token handed out on the hot path: one atomic load, no lock. A copy of the policy's
-    /// current token, replaced under the lock after each decision that changes it.
-    current: ArcSwapOption<Entry>,
+    /// What the hot path serves: one atomic load, no lock. The policy's current token and
+    /// [until when](Policy::serve_until) a request is served it without a decision, replaced
+    /// under the lock after each decision that changes either.
+    current: ArcSwapOption<Published>,
     /// Changes each time `current` does (after it does): the threads' copies of the header
     /// are taken anew when it moves.
     version: AtomicU64,
-    /// The policy's [`quiet_until`](Policy::quiet_until), in nanoseconds after `epoch` (`0`:
-    /// a refresh may start now): requests in the refresh-ahead window read it, and take the
-    /// lock only when a refresh may start.
-    quiet: AtomicU64,
-    epoch: Instant,
+    /// The token source's [epoch](TokenSource::epoch) the published token belongs to, stored
+    /// after the token: the hot path serves it only while the source's epoch is still this
+    /// one, so that no request after a new sign-in carries the previous session's token.
+    source_epoch: AtomicU64,
     core: Mutex<Core>,
     /// The policy's settings, for the shared store and the background refresher.
     config: Config,
@@ -316,8 +316,7 @@ impl TokenCacheBuilder {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             current: ArcSwapOption::empty(),
             version: AtomicU64::new(0),
-            quiet: AtomicU64::new(0),
-            epoch: Instant::now(),
+            source_epoch: AtomicU64::new(self.source.epoch()),
             core: Mutex::new(Core {
                 policy: Policy::new(self.config, fastrand::Rng::new()),
                 source_epoch: self.source.epoch(),
@@ -333,7 +332,9 @@ impl TokenCacheBuilder {
             #[cfg(test)]
             locks: AtomicU64::new(0),
         });
-        background::ensure(&shared);
+        if let Ok(runtime) = Handle::try_current() {
+            background::spawn(&shared, &runtime);
+        }
         Ok(TokenCache { shared })
     }
 }
@@ -407,7 +408,9 @@ impl TokenCache {
     /// generation.
     pub(crate) fn invalidate_token(&self, header: &http::HeaderValue) -> bool {
         let generation = match self.shared.current.load().as_deref() {
-            Some(entry) if entry.header.as_bytes() == header.as_bytes() => entry.generation(),
+            Some(published) if published.entry.header.as_bytes() == header.as_bytes() => {
+                published.entry.generation()
+            }
             _ => return false,
         };
         self.invalidate(generation)
@@ -446,20 +449,19 @@ impl TokenCache {
 
     /// What a request does about its token. A fresh token costs a clock read and one atomic
     /// load, and so does a usable one while a refresh runs or a backoff holds: the policy's
-    /// first rows, read from what it published. Anything else asks the policy, under the
-    /// lock.
+    /// first rows, read from what it published ([`Policy::serve_until`]). Anything else asks
+    /// the policy, under the lock.
     #[inline]
     pub(crate) fn lookup<T>(&self, project: impl FnOnce(&Entry) -> T) -> Lookup<T> {
         let now = Instant::now();
-        {
+        // The source's epoch before the token (see `Shared::source_epoch`).
+        if self.shared.same_source() {
             let current = self.shared.current.load();
-            if let Some(entry) = current.as_deref()
-                && (now < entry.fresh_until
-                    || (now < entry.usable_until
-                        && self.shared.nanos(now) < self.shared.quiet.load(Ordering::Acquire)))
+            if let Some(published) = current.as_deref()
+                && now < published.serve_until
             {
                 self.shared.background.check(&self.shared);
-                return Lookup::Ready(project(entry));
+                return Lookup::Ready(project(&published.entry));
             }
         }
         self.shared.want(now, project)
@@ -490,37 +492,60 @@ impl Shared {
         self.version.load(Ordering::Acquire)
     }
 
-    /// `now` as `quiet` counts it.
-    fn nanos(&self, now: Instant) -> u64 {
-        u64::try_from(now.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+    /// Whether the published token still belongs to the source's credentials (no new sign-in
+    /// since). Read before the token.
+    #[inline]
+    fn same_source(&self) -> bool {
+        self.source_epoch.load(Ordering::Acquire) == self.source.epoch()
     }
 
-    /// Asks the policy, and publishes what changed for the hot path: the current token (before
-    /// the quiet mark, so that no request sees the mark without the token it covers) and the
-    /// quiet mark. Called with the lock held.
+    /// Asks the policy, and publishes what changed for the hot path: the current token and
+    /// until when it is served without a decision, in one object. Called with the lock held.
     fn decide(&self, core: &mut Core, now: Instant, event: Event) -> Decision {
+        // A new sign-in first: the policy then forgets the previous session's token and drops
+        // what its refresh in flight brings back.
+        let source_epoch = self.source.epoch();
+        let changed = source_epoch != core.source_epoch;
+        if changed {
+            core.source_epoch = source_epoch;
+            core.policy.decide(now, Event::SourceChanged);
+        }
         let decision = core.policy.decide(now, event);
-        let current = core.policy.current();
+        let next = core.policy.serve_until(now);
         let published = self.current.load();
-        let same = match (published.as_ref(), current) {
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-            (None, None) => true,
-            _ => false,
+        let (same_token, same) = match (published.as_deref(), next) {
+            (Some(p), Some((entry, until))) => {
+                let same_token = Arc::ptr_eq(&p.entry, entry);
+                (same_token, same_token && p.serve_until == until)
+            }
+            (None, None) => (true, true),
+            _ => (false, false),
         };
         if !same {
-            self.current.store(current.cloned());
+            self.current.store(next.map(|(entry, serve_until)| {
+                Arc::new(Published {
+                    entry: Arc::clone(entry),
+                    serve_until,
+                })
+            }));
             self.version.fetch_add(1, Ordering::Release);
-            if let Some(entry) = current {
+            if let (false, Some((entry, _))) = (same_token, next) {
                 self.metrics
                     .expiry(entry.token.expires_at.saturating_duration_since(now));
             }
         }
-        let quiet = core
-            .policy
-            .quiet_until(now)
-            .map_or(0, |at| self.nanos(at).max(1));
-        self.quiet.store(quiet, Ordering::Release);
+        if changed {
+            // After the token: a request that sees the new epoch sees what replaced the token.
+            self.source_epoch.store(source_epoch, Ordering::Release);
+        }
         decision
+    }
+
+    /// The token published for the hot path, if it is usable now.
+    fn usable(&self, now: Instant) -> Option<Arc<Entry>> {
+        let published = self.current.load();
+        let entry = &published.as_deref()?.entry;
+        entry.usable_at(now).then(|| Arc::clone(entry))
     }
 
     /// A request with no token it can use at once: the policy decides.
@@ -535,60 +560,79 @@ impl Shared {
                 Lookup::Wait(Box::pin(Arc::clone(self).wait(waiter)))
             }
             Step::Failed(error) => Lookup::Failed(error),
+            Step::Sleep(_) => Lookup::Failed(unexpected_step()),
         }
     }
 
-    /// The policy's answer to a request, carried out: a refresh it starts is spawned once the
-    /// lock is released (a runtime that is shutting down drops the task on the spot, and its
-    /// drop takes the lock to report that).
+    /// The policy's answer to a request, carried out.
     fn want_step(self: &Arc<Self>, now: Instant) -> Step {
-        self.background.check(self);
         // Whether this caller's runtime can run a refresh and time a wait, found out before
         // the lock is taken: a runtime that cannot is that caller's problem, not the
         // endpoint's, and the policy paces nobody for it.
-        let runtime = flight::runtime_with_timers();
-        let unable = runtime.as_ref().err().cloned();
-        let epoch = self.source.epoch();
+        let (unable, runtime) = match flight::runtime_with_timers() {
+            Ok(runtime) => {
+                self.background.resume(self, &runtime);
+                (None, Some(runtime))
+            }
+            Err(error) => (Some(error), None),
+        };
+        self.carry_out(now, Event::Want { unable }, runtime)
+    }
+
+    /// Asks the policy about a request or the background refresher and carries the decision
+    /// out: the one place a refresh is launched. `runtime` (which has timers) runs the refresh
+    /// a decision starts; the policy starts none for a caller without one. The refresh is
+    /// spawned once the lock is released (a runtime that is shutting down drops the task on
+    /// the spot, and its drop takes the lock to report that): a caller that would wait for a
+    /// refresh its runtime refused is told the runtime is shutting down.
+    fn carry_out(self: &Arc<Self>, now: Instant, event: Event, runtime: Option<Handle>) -> Step {
+        // (`decide` tells the policy of a new sign-in first.)
         let mut core = self.lock();
-        if epoch != core.source_epoch {
-            core.source_epoch = epoch;
-            self.decide(&mut core, now, Event::SourceChanged);
+        // A step now, or a wait for the refresh in flight: queued once a start is launched.
+        enum Then {
+            Step(Step),
+            Wait(Wait),
         }
-        let (step, launch) = match (self.decide(&mut core, now, Event::Want { unable }), runtime) {
-            (Decision::Serve(entry), _) => (Step::Ready(entry), None),
-            (Decision::ServeAndStart(entry, start), Ok(runtime)) => {
-                // Nobody waits on it.
-                (
-                    Step::Ready(entry),
-                    Some(self.launch(&mut core, start, runtime)),
-                )
+        let (start, then) = match self.decide(&mut core, now, event) {
+            Decision::Serve(entry) => (None, Then::Step(Step::Ready(entry))),
+            // Nobody waits on it.
+            Decision::ServeAndStart(entry, start) => (Some(start), Then::Step(Step::Ready(entry))),
+            Decision::Wait(wait) => (None, Then::Wait(wait)),
+            Decision::StartAndWait(start, wait) => (Some(start), Then::Wait(wait)),
+            Decision::Sleep(until) => (None, Then::Step(Step::Sleep(until))),
+            Decision::Fail(error) => (None, Then::Step(Step::Failed(error))),
+            other => (None, Then::Step(Step::Failed(unexpected(&other)))),
+        };
+        let launch = match (start, runtime) {
+            (None, _) => None,
+            (Some(start), Some(runtime)) => {
+                let (tx, rx) = watch::channel(None);
+                core.channel = Some((start.flight, rx));
+                Some(Launch::new(runtime, Arc::clone(self), tx, start))
             }
-            (Decision::Wait(wait), _) => (core.waiter(wait), None),
-            (Decision::StartAndWait(start, wait), Ok(runtime)) => {
-                let launch = self.launch(&mut core, start, runtime);
-                (core.waiter(wait), Some(launch))
-            }
-            (Decision::Fail(error), _) => (Step::Failed(error), None),
-            (other, _) => (Step::Failed(unexpected(&other)), None),
+            // The policy starts nothing for a caller that cannot run it: never here.
+            (Some(_), None) => return Step::Failed(unexpected_step()),
+        };
+        let step = match then {
+            Then::Step(step) => step,
+            Then::Wait(wait) => core.waiter(wait),
         };
         drop(core);
-        if let Some(launch) = launch {
-            launch.spawn();
+        if let Some(launch) = launch
+            && !launch.spawn()
+            && matches!(step, Step::Wait(_))
+        {
+            return Step::Failed(shutting_down());
         }
         step
     }
 
-    /// Readies the refresh a decision started, on the caller's runtime (which has timers: the
-    /// policy starts none for a caller that said it cannot run one); spawned by the caller once
-    /// the lock is released.
-    fn launch(self: &Arc<Self>, core: &mut Core, start: Start, runtime: Handle) -> Launch {
-        let (tx, rx) = watch::channel(None);
-        core.channel = Some((start.flight, rx));
+    /// A refresh began to run.
+    fn count_refresh(&self, ahead: bool) {
         bump(&self.stats.refreshes);
-        if start.ahead {
+        if ahead {
             bump(&self.stats.refresh_ahead);
         }
-        Launch::new(runtime, Arc::clone(self), tx, start)
     }
 
     /// Carries a refresh's end to the policy, then to those who waited for it.
@@ -647,13 +691,10 @@ impl Shared {
     async fn wait(self: Arc<Self>, mut waiter: Waiter) -> Result<Arc<Entry>, Error> {
         for _ in 0..3 {
             match waiter.outcome().await {
-                Outcome::Token(entry) if Instant::now() < entry.usable_until => return Ok(entry),
+                Outcome::Token(entry) if entry.usable_at(Instant::now()) => return Ok(entry),
                 Outcome::Failed(error) => {
                     // A usable token may have come meanwhile (a late refresh's): it serves.
-                    return match self.current.load_full() {
-                        Some(entry) if Instant::now() < entry.usable_until => Ok(entry),
-                        _ => Err(error),
-                    };
+                    return self.usable(Instant::now()).ok_or(error);
                 }
                 Outcome::Token(_) | Outcome::Abandoned => {}
             }
@@ -661,6 +702,7 @@ impl Shared {
                 Step::Ready(entry) => return Ok(entry),
                 Step::Wait(next) => waiter = next,
                 Step::Failed(error) => return Err(error),
+                Step::Sleep(_) => return Err(unexpected_step()),
             }
         }
         Err(Error::internal(
@@ -669,11 +711,13 @@ impl Shared {
     }
 }
 
-/// What a request does, as the cache carries it out.
+/// A decision for a request or the background refresher, as the cache carries it out.
 enum Step {
     Ready(Arc<Entry>),
     Wait(Waiter),
     Failed(Error),
+    /// The background refresher sleeps until then.
+    Sleep(Instant),
 }
 
 impl Core {
@@ -698,6 +742,17 @@ pub(crate) fn test_runtime(paused: bool) -> tokio::runtime::Runtime {
         .start_paused(paused)
         .build()
         .expect("a test runtime")
+}
+
+/// The error of a request whose runtime dropped the refresh it started, unrun.
+fn shutting_down() -> Error {
+    Error::internal("the Tokio runtime is shutting down: no token refresh can run on it")
+}
+
+/// A step the cache does not take for that caller (a request told to sleep, a refresh to
+/// start with no runtime): an internal error, never a panic.
+fn unexpected_step() -> Error {
+    Error::internal("the token cache's policy made an unexpected decision")
 }
 
 /// A decision the policy does not make for that event: an internal error, never a panic.

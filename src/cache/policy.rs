@@ -23,19 +23,20 @@
 //! | `Want` | usable, a refresh live or paced, or the caller cannot run one | `Serve` |
 //! | `Want` | usable, otherwise | `ServeAndStart` (refresh-ahead) |
 //! | `Want` | not usable, the caller cannot run a refresh | `Fail` with the caller's error |
-//! | `Want` | not usable, refresh live | `Wait` until it would be abandoned |
+//! | `Want` | not usable, refresh live | `Wait` until it would be abandoned (its deadline and the grace) |
 //! | `Want` | not usable, paced, an error on record | `Fail` with that error |
 //! | `Want` | not usable, otherwise | `StartAndWait` |
 //! | `Background` | refresh live | `Wait` until it is abandoned |
 //! | `Background` | fresh | `Sleep` until it is not |
 //! | `Background` | paced | `Sleep` until the backoff ends |
 //! | `Background` | otherwise | `StartAndWait` |
-//! | `Finished(Ok)` | | the live refresh's token replaces the current one; a late refresh's only if it is newer (or the current one is unusable) and no rejection is pending; backoff reset; `Settled` |
+//! | `Finished(Ok)` | | the rejected token, or one not usable on arrival: as `Finished(Err)`; else the own refresh's token replaces the current one, a late refresh's only if it is newer (or the current one is unusable) and no rejection is pending; the own refresh's end clears the error on record and the rejection it carried, and resets the backoff (or paces like a failure if its token is no newer); `Settled` |
+//! | `Finished(Ok)` of a kept token (restored by a session) these margins refuse | | as `Abandoned`: its waiters ask again, the source fetches |
 //! | `Finished(Err)` | | backoff (the slowest for a permanent error, at least `Retry-After`); `Settled` |
 //! | `Abandoned` | | the refresh is forgotten, no backoff: its runtime went away, which says nothing of the endpoint; `Settled` |
-//! | `Rejected(g)` | `g` current, not throttled | the token is dropped and remembered as rejected until a refresh succeeds; backoff cleared; `Dropped(true)` |
+//! | `Rejected(g)` | `g` current, not throttled | the token is dropped and remembered as rejected until a refresh succeeds; backoff cleared, but for what the endpoint asked (a `Retry-After`, a permanent error's pause); `Dropped(true)` |
 //! | `Rejected(g)` | otherwise | `Dropped(false)` |
-//! | `SourceChanged` | | backoff and the error on record forgotten (a new sign-in); `Noted` |
+//! | `SourceChanged` | | a new sign-in: the current token, the refresh in flight (its result is dropped when it ends), the pending rejection, the backoff and the error on record are all forgotten; `Noted` |
 //!
 //! `Finished` and `Abandoned` of a refresh that is no longer the live one (it was abandoned
 //! at its deadline and finished late) change no backoff; a late token is still taken if it
@@ -98,12 +99,58 @@ pub(crate) struct Entry {
 }
 
 impl Entry {
+    /// Whether the token may be handed out at `now`: at least its `min_validity` left. The
+    /// one definition of *usable*, for the policy and the shell alike.
+    pub(crate) fn usable_at(&self, now: Instant) -> bool {
+        now < self.usable_until
+    }
+
+    /// Whether the token is *fresh* at `now`: no refresh is due.
+    pub(crate) fn fresh_at(&self, now: Instant) -> bool {
+        now < self.fresh_until
+    }
+
     pub(crate) fn generation(&self) -> Generation {
         self.token.generation
     }
 
     pub(crate) fn access_token(&self) -> &AccessToken {
         &self.token.access_token
+    }
+}
+
+/// What the shell publishes for the hot path after each decision, from
+/// [`Policy::serve_until`]: a request before `serve_until` is served `entry` without asking
+/// the policy.
+#[derive(Debug)]
+pub(crate) struct Published {
+    pub(crate) entry: Arc<Entry>,
+    pub(crate) serve_until: Instant,
+}
+
+/// The margins scaled to one token's lifetime, so that a token is used for at least half its
+/// life: `refresh_ahead` to at most half of it, `min_validity` and the refresh jitter to at
+/// most a tenth. The one formula, for the cache's tokens and the fleet's stored ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Scaled {
+    pub(crate) refresh_ahead: Duration,
+    pub(crate) min_validity: Duration,
+    /// The largest jitter subtracted from the refresh moment.
+    pub(crate) max_jitter: Duration,
+}
+
+impl Scaled {
+    /// The configured `refresh_ahead` and `min_validity`, scaled to `lifetime`.
+    pub(crate) fn margins(
+        refresh_ahead: Duration,
+        min_validity: Duration,
+        lifetime: Duration,
+    ) -> Self {
+        Self {
+            refresh_ahead: refresh_ahead.min(lifetime / 2),
+            min_validity: min_validity.min(lifetime / 10),
+            max_jitter: lifetime / 10,
+        }
     }
 }
 
@@ -200,10 +247,16 @@ pub(crate) struct Policy {
     last_error: Option<Error>,
     /// No refresh starts before this (a failure's backoff).
     retry_at: Option<Instant>,
+    /// The part of `retry_at` that the endpoint asked for: a `Retry-After`, a permanent
+    /// error's pause. A rejection clears the backoff but not this.
+    held_until: Option<Instant>,
     /// The last rejection that dropped a token (throttles them).
     last_rejection: Option<Instant>,
     /// The token the last rejection dropped, until a refresh succeeds.
     rejected: Option<AccessToken>,
+    /// Refreshes numbered below this were started before the source's credentials changed:
+    /// what they bring back belongs to the previous session and is dropped.
+    stale_before: u64,
 }
 
 impl Policy {
@@ -218,8 +271,10 @@ impl Policy {
             failures: 0,
             last_error: None,
             retry_at: None,
+            held_until: None,
             last_rejection: None,
             rejected: None,
+            stale_before: 0,
         }
     }
 
@@ -228,14 +283,28 @@ impl Policy {
     }
 
     /// The current token, whatever its state.
+    #[cfg(test)]
     pub(crate) fn current(&self) -> Option<&Arc<Entry>> {
         self.current.as_ref()
     }
 
-    /// Until when a request with a usable, stale token is served without a decision: a live
-    /// refresh or a backoff means nothing new can start before then. `None` when a refresh
-    /// may start now. The hot path reads this (published in an atomic) so that requests in
-    /// the refresh-ahead window take no lock while a refresh runs or the endpoint is down.
+    /// The current token and until when a `Want` is answered `Serve` with it, if no other
+    /// event comes first: while it is fresh, and while it is usable and nothing new can start
+    /// (a refresh is live, or a backoff holds). The moment may be past. The first rows of the
+    /// table, in one place: [`want`](Self::want) reads them here, and the shell publishes them
+    /// for the hot path, which then serves without a lock while a refresh runs or the
+    /// endpoint is down.
+    pub(crate) fn serve_until(&self, now: Instant) -> Option<(&Arc<Entry>, Instant)> {
+        let entry = self.current.as_ref()?;
+        let until = match self.quiet_until(now) {
+            Some(quiet) => entry.fresh_until.max(quiet.min(entry.usable_until)),
+            None => entry.fresh_until,
+        };
+        Some((entry, until))
+    }
+
+    /// Until when nothing new can start: a live refresh (until it would be abandoned) or a
+    /// backoff. `None` when a refresh may start now; else a moment after `now`.
     pub(crate) fn quiet_until(&self, now: Instant) -> Option<Instant> {
         let live = self.live_flight(now).map(|f| self.abandon_at(f));
         let paced = self.retry_at.filter(|at| now < *at);
@@ -264,8 +333,16 @@ impl Policy {
             }
             Event::Rejected { generation } => Decision::Dropped(self.rejected(now, generation)),
             Event::SourceChanged => {
+                // A new sign-in, maybe another user: nothing of the previous session is
+                // served again, not even a token still fresh or one a refresh brings back.
+                self.current = None;
+                self.flight = None;
+                self.stale_before = self.next_flight;
+                self.rejected = None;
+                self.last_rejection = None;
                 self.failures = 0;
                 self.retry_at = None;
+                self.held_until = None;
                 self.last_error = None;
                 Decision::Noted
             }
@@ -273,9 +350,14 @@ impl Policy {
     }
 
     fn want(&mut self, now: Instant, unable: Option<Error>) -> Decision {
-        if let Some(entry) = self.current.as_ref().filter(|e| now < e.usable_until) {
+        if let Some((entry, until)) = self.serve_until(now)
+            && now < until
+        {
+            return Decision::Serve(Arc::clone(entry));
+        }
+        if let Some(entry) = self.current.as_ref().filter(|e| e.usable_at(now)) {
             let entry = Arc::clone(entry);
-            if now < entry.fresh_until || self.quiet_until(now).is_some() || unable.is_some() {
+            if unable.is_some() {
                 return Decision::Serve(entry);
             }
             let start = self.start(now, true);
@@ -310,13 +392,13 @@ impl Policy {
                 until: self.abandon_at(flight),
             });
         }
-        if let Some(entry) = self.current.as_ref().filter(|e| now < e.fresh_until) {
+        if let Some(entry) = self.current.as_ref().filter(|e| e.fresh_at(now)) {
             return Decision::Sleep(entry.fresh_until);
         }
         if let Some(at) = self.retry_at.filter(|at| now < *at) {
             return Decision::Sleep(at);
         }
-        let ahead = self.current.as_ref().is_some_and(|e| now < e.usable_until);
+        let ahead = self.current.as_ref().is_some_and(|e| e.usable_at(now));
         let start = self.start(now, ahead);
         let until = start
             .deadline
@@ -329,11 +411,18 @@ impl Policy {
     }
 
     fn finished(&mut self, now: Instant, id: FlightId, result: Result<Token, Error>) -> Decision {
+        if id.0 < self.stale_before {
+            // Started before the source's credentials changed: its waiters ask again.
+            return Decision::Settled {
+                outcome: Outcome::Abandoned,
+            };
+        }
         let own = self.is_own(id);
         let carried = own && self.flight.as_ref().is_some_and(|f| f.carries_rejection);
         if own {
             self.flight = None;
         }
+        let kept = result.as_ref().is_ok_and(Token::is_kept);
         let result = result.and_then(|token| {
             // A rejected token is never served again, whoever brings it back (a shared store,
             // an endpoint that hands out a cached token).
@@ -356,7 +445,7 @@ impl Policy {
                 // the current one is no longer usable; never while a rejection is pending: its
                 // token may have been fetched before that rejection.
                 let late_ok = self.rejected.is_none()
-                    && (newer || previous.is_some_and(|p| now >= p.usable_until));
+                    && (newer || previous.is_some_and(|p| !p.usable_at(now)));
                 if own || late_ok {
                     self.current = Some(Arc::clone(&entry));
                 }
@@ -369,6 +458,7 @@ impl Policy {
                     if newer {
                         self.failures = 0;
                         self.retry_at = None;
+                        self.held_until = None;
                     } else {
                         // The endpoint handed back a token that expires no later than the one
                         // we had (a cache in front of it, say): asking again at once would get
@@ -378,6 +468,14 @@ impl Policy {
                 }
                 Decision::Settled {
                     outcome: Outcome::Token(entry),
+                }
+            }
+            Err(_) if kept => {
+                // A token the source kept (restored from storage, say) that these margins do
+                // not allow: no failure of the endpoint; the waiters ask again, and the
+                // source fetches.
+                Decision::Settled {
+                    outcome: Outcome::Abandoned,
                 }
             }
             Err(error) => {
@@ -397,15 +495,26 @@ impl Policy {
     /// asked, clamped to the cap so that one header cannot stop every refresh for a day.
     fn pace_after_failure(&mut self, now: Instant, error: Option<&Error>) {
         let backoff = self.config.backoff;
-        let mut delay = match error {
+        // What the endpoint asked for, which no rejection shortens.
+        let mut held = match error {
             Some(error) if error.is_permanent() => backoff.cap(),
-            _ => backoff.delay_with(self.failures, &mut self.rng),
+            _ => Duration::ZERO,
         };
         if let Some(asked) = error.and_then(Error::retry_after) {
-            delay = delay.max(asked.min(backoff.cap()));
+            held = held.max(asked.min(backoff.cap()));
         }
+        let delay = if error.is_some_and(Error::is_permanent) {
+            held
+        } else {
+            backoff.delay_with(self.failures, &mut self.rng).max(held)
+        };
         self.failures = self.failures.saturating_add(1);
         self.retry_at = now.checked_add(delay);
+        self.held_until = if held.is_zero() {
+            None
+        } else {
+            now.checked_add(held)
+        };
     }
 
     fn rejected(&mut self, now: Instant, generation: Generation) -> bool {
@@ -422,8 +531,9 @@ impl Policy {
             }
         }
         self.last_rejection = Some(now);
-        // A rejection is news the backoff did not know of: let the next request refresh.
-        self.retry_at = None;
+        // A rejection is news the backoff did not know of: let the next request refresh, once
+        // the endpoint allows it (its `Retry-After`, a permanent error's pause).
+        self.retry_at = self.held_until.filter(|at| now < *at);
         self.rejected = self.current.take().map(|e| e.access_token().clone());
         true
     }
@@ -474,10 +584,17 @@ impl Policy {
         let lifetime = token
             .lifetime()
             .unwrap_or_else(|| expires_at.saturating_duration_since(now));
-        let refresh_ahead = self.config.refresh_ahead.min(lifetime / 2);
-        let min_validity = self.config.min_validity.min(lifetime / 10);
+        let Scaled {
+            refresh_ahead,
+            min_validity,
+            max_jitter,
+        } = Scaled::margins(
+            self.config.refresh_ahead,
+            self.config.min_validity,
+            lifetime,
+        );
         let jitter = if self.config.refresh_jitter {
-            let max = u64::try_from((lifetime / 10).as_nanos()).unwrap_or(u64::MAX);
+            let max = u64::try_from(max_jitter.as_nanos()).unwrap_or(u64::MAX);
             Duration::from_nanos(self.rng.u64(0..=max))
         } else {
             Duration::ZERO

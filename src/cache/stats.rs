@@ -14,7 +14,9 @@ pub struct Stats {
     /// separately.) Without a shared store, one per refresh; with one, only the refreshes that
     /// fetched (`lease_fetches + store_fallbacks`), not those that adopted a stored token.
     pub token_requests: u64,
-    /// Refreshes started, whether they fetched a token or adopted one from the shared store.
+    /// Refreshes started, whether they fetched a token or adopted one from the shared store;
+    /// counted when the refresh's task first runs (one its runtime dropped unrun, shutting
+    /// down, asked nothing of anyone and is not counted).
     pub refreshes: u64,
     /// Refreshes that failed.
     pub token_failures: u64,

@@ -10,6 +10,8 @@ enum Mode {
     Ok,
     Fail(Error),
     Panic,
+    /// `fetch()` itself panics, before it returns a future.
+    PanicAtOnce,
     Hang,
     /// A token that always expires at this moment (an endpoint or sidecar that hands out
     /// one cached token until it dies).
@@ -51,6 +53,11 @@ impl TestSource {
 
 impl TokenSource for TestSource {
     fn fetch(&self) -> BoxFuture<'_, Result<Token, Error>> {
+        let mode = self.mode.lock().unwrap().clone();
+        if let Mode::PanicAtOnce = mode {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            panic!("the test source panics before it returns a future");
+        }
         Box::pin(async move {
             let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
             let running = self.running.fetch_add(1, Ordering::SeqCst) + 1;
@@ -71,7 +78,7 @@ impl TokenSource for TestSource {
                     sent + self.lifetime,
                 )),
                 Mode::Fail(e) => Err(e),
-                Mode::Panic => panic!("the test source panics"),
+                Mode::Panic | Mode::PanicAtOnce => panic!("the test source panics"),
                 Mode::Hang => std::future::pending().await,
                 Mode::Fixed(at) => Ok(Token::new(AccessToken::new("fixed")?, at)),
             }
@@ -567,7 +574,7 @@ async fn no_second_refresh_right_after_a_refresh_ahead() {
     advance(Duration::from_secs(3310)).await;
     // A request loads the old token (stale, still usable) ...
     let old = cache.shared.current.load_full().unwrap();
-    assert!(Instant::now() >= old.fresh_until);
+    assert!(Instant::now() >= old.serve_until);
     // ... meanwhile another request starts the refresh-ahead, which completes.
     cache.get().await.unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -808,4 +815,153 @@ fn a_refresh_dropped_while_its_thread_unwinds_is_abandoned() {
         token.expect("no backoff for an abandoned refresh").secret(),
         "token-2"
     );
+}
+
+/// Issue #28, core item 2: a token source whose `fetch()` panics before it returns its future
+/// is a failure of the source, caught and paced like a panic inside the future: one fetch,
+/// an error that says so, and no second fetch before the backoff ends.
+#[tokio::test(start_paused = true)]
+async fn a_source_that_panics_before_its_future_is_paced() {
+    let source = TestSource::new(Duration::ZERO, HOUR);
+    source.set(Mode::PanicAtOnce);
+    let cache = source.cache().build().unwrap();
+    let error = cache.token().await.unwrap_err();
+    assert_eq!(error.kind(), crate::ErrorKind::Internal);
+    assert!(error.to_string().contains("panicked"), "{error}");
+    assert_eq!(source.calls(), 1, "one fetch for one request");
+    let again = cache.token().await.unwrap_err();
+    assert!(again.to_string().contains("panicked"), "{again}");
+    assert_eq!(source.calls(), 1, "no fetch before the backoff ends");
+    assert_eq!(cache.stats().token_failures, 1);
+    // After the backoff (1 s, no jitter), the source is asked again.
+    source.set(Mode::Ok);
+    advance(Duration::from_secs(1)).await;
+    assert_eq!(cache.token().await.unwrap().secret(), "token-2");
+}
+
+/// Issue #28, core item 3: a rejection drops the token but does not shorten the pause a
+/// server's `Retry-After` asked for, nor a permanent error's: with the API answering 401 and
+/// the token endpoint answering 429, no token request goes out before the endpoint allows it.
+#[tokio::test(start_paused = true)]
+async fn a_rejection_does_not_shorten_a_retry_after_or_a_permanent_pause() {
+    let cases = [
+        (
+            Error::rate_limited(Some(Duration::from_secs(40))),
+            Duration::from_secs(40),
+        ),
+        (
+            Error::rejected(http::StatusCode::BAD_REQUEST, Some("invalid_client"), None),
+            Duration::from_secs(60),
+        ),
+    ];
+    for (error, pause) in cases {
+        let source = TestSource::new(Duration::ZERO, HOUR);
+        let cache = source.cache().build().unwrap();
+        let first = cache.get().await.unwrap();
+        // Into the refresh-ahead window (fresh for 3300 s without jitter): the refresh ahead
+        // fails, unseen by the callers, who keep the current token.
+        source.set(Mode::Fail(error.clone()));
+        advance(Duration::from_secs(3301)).await;
+        assert_eq!(cache.get().await.unwrap().generation(), first.generation());
+        for _ in 0..10 {
+            if cache.stats().token_failures == 1 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(cache.stats().token_failures, 1, "the refresh ahead failed");
+        assert_eq!(source.calls(), 2);
+        // The API rejects the current token: dropped, and the pause still holds.
+        assert!(cache.invalidate(first.generation()));
+        let refused = cache.get().await.unwrap_err();
+        assert_eq!(refused.kind(), error.kind(), "{refused}");
+        assert_eq!(
+            source.calls(),
+            2,
+            "a token request before the pause of {pause:?} ended ({error})"
+        );
+        advance(pause - Duration::from_millis(1)).await;
+        assert!(cache.get().await.is_err());
+        assert_eq!(source.calls(), 2, "a token request within the pause");
+        source.set(Mode::Ok);
+        advance(Duration::from_millis(1)).await;
+        assert_eq!(cache.token().await.unwrap().secret(), "token-3");
+    }
+}
+
+/// Issue #28, core item 4: a request on a runtime that is shutting down (which drops a
+/// spawned refresh on the spot) is told so at once, and no refresh is counted for a fetch
+/// that never ran.
+#[test]
+fn a_request_on_a_runtime_shutting_down_is_told_so() {
+    let source = TestSource::new(Duration::ZERO, HOUR);
+    let cache = source.cache().build().unwrap();
+    // A current-thread runtime shuts down in its drop, on this thread: its handle then
+    // refuses every task.
+    let dying = test_runtime(false);
+    let handle = dying.handle().clone();
+    drop(dying);
+    let _entered = handle.enter();
+    let error = match cache.lookup(|_| ()) {
+        Lookup::Failed(error) => error,
+        Lookup::Wait(mut wait) => {
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            match wait.as_mut().poll(&mut cx) {
+                std::task::Poll::Ready(Err(error)) => error,
+                other => panic!("the request was not answered at once: {other:?}"),
+            }
+        }
+        Lookup::Ready(()) => panic!("a token without a fetch"),
+    };
+    assert_eq!(error.kind(), crate::ErrorKind::Internal);
+    assert!(error.to_string().contains("shutting down"), "{error}");
+    assert_eq!(source.calls(), 0);
+    let stats = cache.stats();
+    assert_eq!(
+        stats.refreshes, 0,
+        "refreshes counted with no fetch: {stats:?}"
+    );
+    assert_eq!(stats.token_requests, 0, "{stats:?}");
+}
+
+/// Issue #28, core item 1: a background refresher spawned by a request served at once on a
+/// runtime without timers finds out in its own task and blocks itself (no request probes);
+/// requests served at once then leave it alone, and a request that reaches the policy on a
+/// runtime with timers starts it there.
+#[test]
+fn a_blocked_background_refresher_resumes_on_a_runtime_with_timers() {
+    let source = TestSource::new(Duration::ZERO, HOUR);
+    let cache = source.cache().background_refresh(true).build().unwrap();
+    assert_eq!(
+        cache.shared.background.state(),
+        (false, false),
+        "built outside a runtime"
+    );
+    // A token, fetched on a runtime with timers that then goes away with the refresher.
+    test_runtime(false).block_on(cache.token()).unwrap();
+    assert_eq!(cache.shared.background.state(), (false, false));
+    let no_timers = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    no_timers.block_on(async {
+        cache.token().await.unwrap();
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+    });
+    assert_eq!(cache.shared.background.state(), (false, true), "blocked");
+    let with_timers = test_runtime(false);
+    with_timers.block_on(async {
+        // Served at once: the blocked refresher is left alone.
+        cache.token().await.unwrap();
+        assert_eq!(cache.shared.background.state(), (false, true));
+        // A request that reaches the policy has probed its runtime: the refresher starts.
+        assert!(matches!(
+            cache.shared.want_step(Instant::now()),
+            Step::Ready(_)
+        ));
+        assert_eq!(cache.shared.background.state(), (true, false), "resumed");
+    });
+    drop(with_timers);
+    assert_eq!(source.calls(), 1);
 }

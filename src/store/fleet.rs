@@ -765,13 +765,13 @@ impl Fleet {
 /// once, and re-adopted in a loop), and the minimum validity, both scaled to its lifetime as the
 /// cache scales them.
 pub(crate) fn adoptable(ttl: Duration, lifetime: Duration, margins: Margins) -> bool {
-    let jitter = lifetime / 10;
-    let stale = margins
-        .refresh_ahead
-        .min(lifetime / 2)
-        .saturating_add(jitter);
-    let unusable = margins.min_validity.min(lifetime / 10);
-    ttl > stale && ttl > unusable
+    let scaled = crate::cache::policy::Scaled::margins(
+        margins.refresh_ahead,
+        margins.min_validity,
+        lifetime,
+    );
+    let stale = scaled.refresh_ahead.saturating_add(scaled.max_jitter);
+    ttl > stale && ttl > scaled.min_validity
 }
 
 /// A random id for one lease.

@@ -51,6 +51,7 @@ pub struct RefreshTokenGrantBuilder {
     on_rotation: Option<RotationHook>,
     persist: Option<PersistHook>,
     persist_timeout: Option<Duration>,
+    max_unsaved_rotations: Option<u64>,
     http: Option<HttpClient>,
     request_timeout: Option<Duration>,
 }
@@ -148,12 +149,13 @@ impl RefreshTokenGrantBuilder {
     /// [`access_token_expiring_at`](Self::access_token_expiring_at) and
     /// [`access_token_from_jwt`](Self::access_token_from_jwt).
     ///
-    /// The first fetch hands it out without a request only if the cache's default margins
-    /// allow it: more than `min_validity` (30 s, at most a tenth of its lifetime) left, its
-    /// lifetime read from the JWT's `exp − iat`, or taken as an hour for an opaque token (a
-    /// token restored with 10 s left is not used: a request that cannot be replayed would
-    /// leave with a dying token). The cache's margins then apply as to any token, so it is
-    /// renewed ahead of its expiry. Every later fetch refreshes. See [Restoring a session at
+    /// The first fetch hands it out without a request if it has not expired, and the cache
+    /// judges it by its own margins, as any token: it is used while more than the layer's
+    /// `min_validity` (at most a tenth of its lifetime) is left, its lifetime read from the
+    /// JWT's `exp − iat`, or taken as an hour for an opaque token; one with less left is not
+    /// used (a request that cannot be replayed would leave with a dying token), and the cache
+    /// fetches at once, without counting a failure. It is renewed ahead of its expiry like
+    /// any token. See [Restoring a session at
     /// startup](crate::grant::refresh_token#restoring-a-session-at-startup).
     pub fn access_token(mut self, access_token: impl Into<String>, expires_at: Instant) -> Self {
         self.access_token = Some((Secret(access_token.into()), Expiry::Tokio(expires_at)));
@@ -162,7 +164,12 @@ impl RefreshTokenGrantBuilder {
 
     /// Like [`access_token`](Self::access_token), with the expiry on the wall clock, as
     /// [`TokenSet::expires_at`] gave it and a file or database keeps it. It is converted to
-    /// Tokio's clock once, by [`build`](Self::build). Default is none.
+    /// Tokio's clock when the first fetch hands it out. Default is none.
+    ///
+    /// The expiry is compared with this machine's clock: a clock that runs behind the
+    /// server's by more than the layer's `min_validity` hands out a token the server already
+    /// counts as expired. The API then answers `401`, and the layer drops the token and
+    /// replays the request once with a new one.
     pub fn access_token_expiring_at(
         mut self,
         access_token: impl Into<String>,
@@ -175,7 +182,10 @@ impl RefreshTokenGrantBuilder {
     /// Like [`access_token`](Self::access_token), with the expiry read from the token itself,
     /// a JWT (its `exp` claim, unverified: the API verifies it), as Cognito's access tokens
     /// are. Default is none. [`build`](Self::build) refuses a token that is not a JWT with an
-    /// `exp`.
+    /// `exp`, and one whose `token_use` claim, when it has one, is not `access` (Cognito's
+    /// `id_token` is a JWT with an `exp` too, and is not accepted by APIs that want an access
+    /// token). An `exp` beyond what the platform's clock can represent counts as the longest
+    /// lifetime the crate accepts.
     pub fn access_token_from_jwt(mut self, access_token: impl Into<String>) -> Self {
         self.access_token = Some((Secret(access_token.into()), Expiry::Jwt));
         self
@@ -186,7 +196,7 @@ impl RefreshTokenGrantBuilder {
     /// database, a keychain), use [`persist`](Self::persist).
     ///
     /// It is called once per rotation, in rotation order and never twice at once, on the
-    /// grant's session thread, before the new access token is handed out, and also when
+    /// session exchange threads, before the new access token is handed out, and also when
     /// nobody waits for that token any more. Keep it short (write a file, send on a channel);
     /// while it runs no refresh can start. A panic in it is caught and logged, and the new
     /// token is still used, when panics unwind; under `panic = "abort"` it aborts the process,
@@ -199,16 +209,21 @@ impl RefreshTokenGrantBuilder {
     /// Saves each new [`TokenSet`] (the refresh token, rotated or not, the access token and
     /// its wall-clock expiry, the `id_token`): an async hook that may fail. Default is none.
     ///
-    /// After each successful exchange, on the grant's session thread (a Tokio runtime of its
-    /// own) and after [`on_rotation`](Self::on_rotation), the grant awaits the hook's future
-    /// before the new access token is handed out, at most
+    /// After each successful exchange (and after a new sign-in), on the process's session
+    /// exchange threads and after [`on_rotation`](Self::on_rotation), the grant awaits the
+    /// hook's future before the new access token is handed out, at most
     /// [`persist_timeout`](Self::persist_timeout). Calls never overlap, and come in the order
-    /// of the exchanges. When it fails, times out or panics, the exchange still succeeds: the
-    /// new refresh token stays in memory (never the old one), the failure is reported
-    /// ([`SessionStatus::unsaved`] and [`save_failures`](SessionStatus::save_failures) in
-    /// [`RefreshTokenGrant::status`], a warning in the logs), and the newest set is saved again
-    /// after 1 s, doubling to 60 s, until it is saved, a later exchange saves a newer one, or
-    /// the grant is dropped. [`RefreshTokenGrant::close`] tries once more.
+    /// of the exchanges: a call that times out is not stopped (blocking work it started, a
+    /// `tokio::fs` write or rename, could not be stopped anyway), and the next call waits for
+    /// it first, at most `persist_timeout` more. When it fails, times out or panics, the
+    /// exchange still succeeds: the new refresh token stays in memory (never the old one), the
+    /// failure is reported ([`SessionStatus::unsaved`],
+    /// [`unsaved_rotations`](SessionStatus::unsaved_rotations) and
+    /// [`save_failures`](SessionStatus::save_failures) in [`RefreshTokenGrant::status`], a
+    /// warning in the logs), and the newest set is saved again after 1 s, doubling to 60 s,
+    /// until it is saved, a later exchange saves a newer one, or the grant is dropped (with a
+    /// warning). [`RefreshTokenGrant::close`] tries once more. To stop refreshing while saves
+    /// fail, see [`max_unsaved_rotations`](Self::max_unsaved_rotations).
     ///
     /// Write it so that a crash cannot leave half a token: write a temporary file and rename
     /// it over the old one, or update a database row in one statement.
@@ -245,10 +260,27 @@ impl RefreshTokenGrantBuilder {
     }
 
     /// How long one call of the [`persist`](Self::persist) hook may take before it counts as
-    /// failed (it is then dropped, and tried again later). It also bounds how much a slow save
-    /// delays the new access token. Default is 10 seconds.
+    /// failed (it is tried again later; the call itself is left to finish, and the next one
+    /// waits for it). It also bounds how much a slow save delays the new access token.
+    /// Default is 10 seconds.
     pub fn persist_timeout(mut self, timeout: Duration) -> Self {
         self.persist_timeout = Some(timeout);
+        self
+    }
+
+    /// Stops refreshing while this many rotations of the refresh token are unsaved
+    /// ([`SessionStatus::unsaved_rotations`]): each one is a refresh token that exists only in
+    /// memory, lost with the process. Default is none: the session keeps refreshing, and
+    /// [`RefreshTokenGrant::status`] reports the risk.
+    ///
+    /// Once reached, fetches fail with an error of kind
+    /// [`Internal`](crate::ErrorKind::Internal) and no request, until a save succeeds (the
+    /// failed save is tried again, 1 s doubling to 60 s, and by
+    /// [`close`](RefreshTokenGrant::close)) or a new sign-in starts over. Requests keep the
+    /// access token they have until it expires. Only counted with
+    /// [`persist`](Self::persist); `0` counts as `1`.
+    pub fn max_unsaved_rotations(mut self, max: u64) -> Self {
+        self.max_unsaved_rotations = Some(max.max(1));
         self
     }
 
@@ -343,7 +375,10 @@ impl RefreshTokenGrantBuilder {
         if persist_timeout.is_zero() {
             return Err(Error::invalid_config("persist_timeout must not be zero"));
         }
-        let http = client_or_default(self.http)?;
+        let http = match self.http {
+            Some(http) => http,
+            None => shared_default_client()?,
+        };
 
         let mut tail = form_urlencoded::Serializer::new(String::new());
         if let Some(scope) = &scope {
@@ -385,6 +420,7 @@ impl RefreshTokenGrantBuilder {
                     refresh_token,
                     ended: None,
                     closed: false,
+                    exchanges: 0,
                 })),
                 stored: Mutex::new(stored),
                 on_rotation: self.on_rotation,
@@ -392,8 +428,9 @@ impl RefreshTokenGrantBuilder {
                 persist_timeout,
                 unsaved: tokio::sync::Mutex::new(None),
                 retrying: AtomicBool::new(false),
+                late_save: Mutex::new(None),
+                max_unsaved_rotations: self.max_unsaved_rotations,
                 status: watch::Sender::new(SessionStatus::default()),
-                worker: Mutex::new(None),
                 retry: RetryPolicy {
                     max_attempts: 3,
                     deadline: request_timeout.saturating_add(Duration::from_secs(1)),
@@ -403,4 +440,20 @@ impl RefreshTokenGrantBuilder {
             }),
         })
     }
+}
+
+/// The built-in HTTPS client, one for every session of the process that was given none: one
+/// TLS configuration, one connection pool, one set of resumable TLS sessions. Built by the
+/// first session that needs it.
+fn shared_default_client() -> Result<HttpClient, Error> {
+    static SHARED: Mutex<Option<HttpClient>> = Mutex::new(None);
+    let mut shared = SHARED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(client) = shared.as_ref() {
+        return Ok(client.clone());
+    }
+    let client = client_or_default(None)?;
+    *shared = Some(client.clone());
+    Ok(client)
 }

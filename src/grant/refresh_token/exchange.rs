@@ -1,28 +1,28 @@
-//! The exchange: one refresh at a time on the session's thread, the answer applied (rotation,
+//! The exchange: one refresh at a time on the exchange threads, the answer applied (rotation,
 //! save) whether or not anyone still waits for it.
 
-use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use tokio::sync::{OwnedMutexGuard, mpsc, oneshot};
+use tokio::sync::{OwnedMutexGuard, oneshot};
 use tokio::time::Instant;
 
+use super::executor::EXCHANGES;
+use super::restore::{Kept, KeptExpiry};
 use super::{Inner, RefreshTokenGrant, Session, TokenSet, lock};
 use crate::error::{Error, ErrorKind};
 use crate::grant::endpoint::{Answered, Secret, client_authentication, never_sent};
 use crate::token::{Token, parse_id_token, parse_refresh_token, parse_token_response};
 use http::HeaderValue;
 
-/// An exchange, as the session's thread runs it.
-pub(super) type Job = Pin<Box<dyn Future<Output = ()> + Send>>;
-
-/// What an exchange answers its caller: the token (on the session thread's clock) and the
+/// What an exchange answers its caller: the token (on the exchange thread's clock) and the
 /// lifetime it was issued with, from which the caller dates it on its own clock.
 type Exchanged = Result<(Token, Duration), Error>;
+
+/// What the fetch receives: the exchange's number (to claim the token it kept) and its result.
+type Answer = (Option<u64>, Exchanged);
 
 impl RefreshTokenGrant {
     pub(super) async fn fetch_token(inner: Arc<Inner>) -> Result<Token, Error> {
@@ -45,22 +45,27 @@ impl RefreshTokenGrant {
         }
     }
 
-    /// One exchange: takes the session, hands it to the session's thread, and waits for the
+    /// One exchange: takes the session, hands it to the exchange threads, and waits for the
     /// answer. Once the exchange is handed over, nothing that happens to this future or its
     /// runtime stops it.
     async fn attempt(inner: &Arc<Inner>) -> Result<Token, Error> {
         // Waits for an earlier exchange that is still running (one whose fetch was dropped at
         // the cache's deadline, say), so that this one sends the refresh token it left.
         let session = Arc::clone(&inner.session).lock_owned().await;
-        let jobs = inner.worker()?;
         let sent_at = Instant::now();
         let (reply, answer) = oneshot::channel();
         // No await between taking the lock and handing the exchange over: once this fetch
         // holds the session, the exchange runs to its end whatever happens to the fetch.
-        let job: Job = Box::pin(exchange(Arc::clone(inner), session, reply));
-        jobs.send(job)
-            .map_err(|_| Error::internal("the session's exchange thread has stopped"))?;
-        let (token, lifetime) = wait(answer).await?;
+        EXCHANGES.spawn(Box::pin(exchange(Arc::clone(inner), session, reply)))?;
+        let (serial, result) = wait(answer).await;
+        // The exchange kept its token for a fetch that no longer waits; this one does.
+        {
+            let mut kept = lock(&inner.stored);
+            if serial.is_some() && kept.as_ref().is_some_and(|k| k.exchange == serial) {
+                kept.take();
+            }
+        }
+        let (token, lifetime) = result?;
         // Dated on this runtime's clock (which a test may have paused), from when the
         // exchange was handed over: never later than the server's own count.
         let expires_at = sent_at
@@ -78,34 +83,53 @@ impl RefreshTokenGrant {
 /// Waits for an exchange's answer. On a Tokio runtime the wait happens on its blocking pool:
 /// a runtime that shuts down (dropped, or at the end of `#[tokio::main]`) then waits for the
 /// exchange to end, and a runtime whose clock a test paused does not jump ahead while the
-/// exchange runs on the session's thread (Tokio does not auto-advance a paused clock while a
+/// exchange runs on an exchange thread (Tokio does not auto-advance a paused clock while a
 /// blocking task runs). The exchange itself never depends on this wait.
-async fn wait(answer: oneshot::Receiver<Exchanged>) -> Exchanged {
+async fn wait(answer: oneshot::Receiver<Answer>) -> Answer {
     let lost = || {
-        Error::internal(
-            "the refresh_token exchange's answer was not delivered (the runtime is shutting \
-             down); the exchange itself ran to its end",
+        (
+            None,
+            Err(Error::internal(
+                "the refresh_token exchange's answer was not delivered (the runtime is \
+                 shutting down); the exchange itself ran to its end",
+            )),
         )
     };
     match tokio::runtime::Handle::try_current() {
         Ok(runtime) => match runtime.spawn_blocking(move || answer.blocking_recv()).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) | Err(_) => Err(lost()),
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) | Err(_) => lost(),
         },
-        Err(_) => answer.await.unwrap_or_else(|_| Err(lost())),
+        Err(_) => answer.await.unwrap_or_else(|_| lost()),
     }
 }
 
-/// An exchange on the session's thread: it holds the session from before the request leaves
-/// until its answer is applied and saved, then answers whoever still waits.
+/// An exchange on an exchange thread: it holds the session from before the request leaves
+/// until its answer is applied and saved, keeps the access token for the next fetch (claimed
+/// at once by the fetch that waits for it, if it still does: one the cache's deadline dropped
+/// does not), then answers whoever still waits.
 async fn exchange(
     inner: Arc<Inner>,
     mut session: OwnedMutexGuard<Session>,
-    reply: oneshot::Sender<Exchanged>,
+    reply: oneshot::Sender<Answer>,
 ) {
+    session.exchanges += 1;
+    let serial = session.exchanges;
+    let sent_wall = SystemTime::now();
     let result = inner.exchange(&mut session).await;
+    if let Ok((token, lifetime)) = &result
+        && let Some(expires) = sent_wall.checked_add(*lifetime)
+    {
+        *lock(&inner.stored) = Some(Kept {
+            token: token.access_token().clone(),
+            scope: token.scope().map(str::to_owned),
+            lifetime: Some(*lifetime),
+            expiry: KeptExpiry::Wall(expires),
+            exchange: Some(serial),
+        });
+    }
     drop(session);
-    if reply.send(result).is_err() {
+    if reply.send((Some(serial), result)).is_err() {
         tracing::debug!("nobody waits for the exchange's answer any more; it was applied");
     }
 }
@@ -123,38 +147,22 @@ pub(super) fn closed() -> Error {
 }
 
 impl Inner {
-    /// The session's thread: a current-thread runtime that runs every exchange, so that an
-    /// exchange whose request left is carried to its end whatever happens to the runtime that
-    /// asked for it. Started by the first exchange; it ends when the last handle to the grant
-    /// is dropped (the job channel closes) and what it runs has ended.
-    fn worker(&self) -> Result<mpsc::UnboundedSender<Job>, Error> {
-        let mut slot = lock(&self.worker);
-        if let Some(jobs) = slot.as_ref().filter(|jobs| !jobs.is_closed()) {
-            return Ok(jobs.clone());
-        }
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|_| Error::internal("could not build the session's runtime"))?;
-        let (jobs, mut queue) = mpsc::unbounded_channel::<Job>();
-        std::thread::Builder::new()
-            .name("cognito-session".into())
-            .spawn(move || {
-                runtime.block_on(async move {
-                    while let Some(job) = queue.recv().await {
-                        tokio::spawn(job);
-                    }
-                });
-            })
-            .map_err(|_| Error::internal("could not start the session's thread"))?;
-        *slot = Some(jobs.clone());
-        Ok(jobs)
-    }
-
-    /// The exchange proper, on the session's thread.
+    /// The exchange proper, on an exchange thread.
     async fn exchange(self: &Arc<Self>, session: &mut Session) -> Exchanged {
         if session.closed {
             return Err(closed());
+        }
+        if let Some(max) = self.max_unsaved_rotations
+            && self.status.borrow().unsaved_rotations >= max
+        {
+            tracing::warn!(
+                max,
+                "not refreshing: that many rotations of the refresh token are unsaved"
+            );
+            return Err(Error::internal(
+                "too many rotations of the refresh token are unsaved (the persist hook keeps \
+                 failing; see max_unsaved_rotations): not refreshing until a save succeeds",
+            ));
         }
         if let Some(error) = &session.ended {
             tracing::debug!("the session has ended; its refresh token is not sent again");
@@ -195,7 +203,11 @@ impl Inner {
         let rotated = match parse_refresh_token(&answer.body) {
             Some(new) if new != session.refresh_token.0 => {
                 session.refresh_token = Secret(new);
-                self.status.send_modify(|status| status.rotations += 1);
+                let counted = self.persist.is_some();
+                self.status.send_modify(|status| {
+                    status.rotations += 1;
+                    status.unsaved_rotations += u64::from(counted);
+                });
                 self.endpoint.metrics.rotation();
                 if let Some(hook) = &self.on_rotation {
                     let new = session.refresh_token.0.as_str();
@@ -231,7 +243,7 @@ impl Inner {
         parsed
     }
 
-    /// One POST, bounded by `request_timeout` on the session thread's clock.
+    /// One POST, bounded by `request_timeout` on the exchange thread's clock.
     async fn post(
         &self,
         form: Bytes,

@@ -77,8 +77,8 @@
 //! ([`access_token_expiring_at`](RefreshTokenGrantBuilder::access_token_expiring_at), a
 //! `SystemTime`) or read from the token itself
 //! ([`access_token_from_jwt`](RefreshTokenGrantBuilder::access_token_from_jwt)): it is used
-//! while it has the margins any token must have (30 s, at most a tenth of its lifetime), and
-//! the first refresh happens only when it is needed.
+//! while it has the margins the layer gives any token (its `min_validity`, at most a tenth of
+//! the token's lifetime), and the first refresh happens only when it is needed.
 //!
 //! # Rotation
 //!
@@ -88,16 +88,17 @@
 //! - one refresh at a time: the cache starts one fetch at a time, and each exchange holds the
 //!   session's refresh token until its answer is in, so that a fetch started while an earlier
 //!   exchange still runs waits for it and sends the newest refresh token;
-//! - the exchange runs on a thread the grant owns (a small current-thread Tokio runtime,
-//!   started by the first exchange, ended when the last clone of the grant is dropped), so that
-//!   neither a cancelled waiter, nor the cache's `refresh_deadline`, nor the shutdown of the
-//!   runtime that asked for it can drop an answer the server already sent: the new refresh
-//!   token replaces the old one, [`on_rotation`](RefreshTokenGrantBuilder::on_rotation) is
-//!   called with it and [`persist`](RefreshTokenGrantBuilder::persist) is awaited, before the
-//!   access token is handed out and whether or not anyone still waits. The fetch waits for the
-//!   answer from its runtime's blocking pool, so a runtime that shuts down (the end of
-//!   `#[tokio::main]`) waits for an exchange in flight, and a test's paused clock stands still
-//!   while one runs. [`RefreshTokenGrant::close`] waits for it explicitly;
+//! - the exchange runs on the process's exchange threads (two threads, each with a
+//!   current-thread Tokio runtime, started by the first exchange of the process and shared by
+//!   every session in it), so that neither a cancelled waiter, nor the cache's
+//!   `refresh_deadline`, nor the shutdown of the runtime that asked for it can drop an answer
+//!   the server already sent: the new refresh token replaces the old one,
+//!   [`on_rotation`](RefreshTokenGrantBuilder::on_rotation) is called with it and
+//!   [`persist`](RefreshTokenGrantBuilder::persist) is awaited, before the access token is
+//!   handed out and whether or not anyone still waits. The fetch waits for the answer from its
+//!   runtime's blocking pool, so a runtime that shuts down (the end of `#[tokio::main]`) waits
+//!   for an exchange in flight, and a test's paused clock stands still while one runs.
+//!   [`RefreshTokenGrant::close`] waits for it explicitly;
 //! - one attempt per fetch, unless the connection was refused (the request surely never reached
 //!   the server) or the answer was lost (a timeout, a 5xx, a connection that broke): the server
 //!   may have rotated, and the old refresh token is all there is, so it is presented once more
@@ -108,9 +109,22 @@
 //! - an answer whose access token is unusable still rotates the refresh token;
 //! - an answer without a `refresh_token` (no rotation) keeps the current one.
 //!
-//! Give the grant an HTTP client of its own (or the default one): the connections it opens
-//! live on the session's thread, while a client shared with the application may hand it a
-//! connection that lives, and dies, with the application's runtime.
+//! # Many sessions in one process
+//!
+//! A server that acts for its signed-in users (a backend-for-frontend, a gateway) holds one
+//! grant per user: a session costs memory (under 2 KiB; about 3 KiB with a layer holding its
+//! token, see BENCHMARKS.md), not a
+//! thread, a runtime or a socket. Every grant built without
+//! [`http_client`](RefreshTokenGrantBuilder::http_client) shares one built-in HTTPS client
+//! (one TLS configuration, one connection pool), and every exchange runs on the same two
+//! threads. While an exchange runs, the fetch waiting for it holds one thread of its own
+//! runtime's blocking pool (bounded by that runtime's `max_blocking_threads`): threads follow
+//! the exchanges in flight, never the number of sessions.
+//!
+//! Give the grants an HTTP client that is not shared with the application's own requests (or
+//! the default one): the connections it opens live on the exchange threads, while a client
+//! shared with the application may hand an exchange a connection that lives, and dies, with
+//! the application's runtime.
 //!
 //! # When the session ends
 //!
@@ -128,7 +142,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use super::client_secret::SecretCell;
 use super::endpoint::{ClientAuth, Endpoint, RetryPolicy, Secret};
@@ -138,11 +152,11 @@ use crate::token::{AccessToken, Token};
 
 mod builder;
 mod exchange;
+mod executor;
 mod persist;
 mod restore;
 
 pub use builder::RefreshTokenGrantBuilder;
-use exchange::{Job, closed};
 
 /// What [`on_rotation`](RefreshTokenGrantBuilder::on_rotation) stores.
 type RotationHook = Arc<dyn Fn(&str) + Send + Sync>;
@@ -224,6 +238,11 @@ pub struct SessionStatus {
     /// [`persist`](RefreshTokenGrantBuilder::persist) yet (its save failed and is being tried
     /// again). The refresh token in memory is the newest either way.
     pub unsaved: bool,
+    /// How many times the server has rotated the refresh token since the newest token set
+    /// that [`persist`](RefreshTokenGrantBuilder::persist) saved: `0` while saves succeed.
+    /// Each one is a refresh token that exists only in memory; see
+    /// [`max_unsaved_rotations`](RefreshTokenGrantBuilder::max_unsaved_rotations).
+    pub unsaved_rotations: u64,
     /// How many saves have failed or timed out so far.
     pub save_failures: u64,
     /// How many times the server has rotated the refresh token so far.
@@ -292,8 +311,9 @@ struct Inner {
     /// until the answer has been applied and saved, so that no two requests ever carry the
     /// same token.
     session: Arc<tokio::sync::Mutex<Session>>,
-    /// The access token restored from storage, handed out once by the first fetch.
-    stored: Mutex<Option<Token>>,
+    /// The access token kept for the next fetch (restored from storage, or obtained by an
+    /// exchange nobody waited for any more), handed out once.
+    stored: Mutex<Option<restore::Kept>>,
     on_rotation: Option<RotationHook>,
     persist: Option<PersistHook>,
     persist_timeout: Duration,
@@ -302,10 +322,13 @@ struct Inner {
     unsaved: tokio::sync::Mutex<Option<TokenSet>>,
     /// Whether a task is trying a failed save again.
     retrying: AtomicBool,
+    /// A call of the persist hook that timed out and may still be running (its blocking work
+    /// cannot be stopped): the next call waits for it, so that calls never overlap.
+    late_save: Mutex<Option<tokio::task::JoinHandle<Result<(), BoxError>>>>,
+    /// No exchange starts while this many rotations are unsaved.
+    max_unsaved_rotations: Option<u64>,
     status: watch::Sender<SessionStatus>,
     retry: RetryPolicy,
-    /// The session's thread, started by the first exchange: see [`Worker`].
-    worker: Mutex<Option<mpsc::UnboundedSender<Job>>>,
 }
 
 struct Session {
@@ -314,6 +337,8 @@ struct Session {
     ended: Option<Error>,
     /// Set by [`RefreshTokenGrant::close`]: no exchange starts any more.
     closed: bool,
+    /// How many exchanges have run: tells the one whose token is kept.
+    exchanges: u64,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -365,6 +390,13 @@ impl RefreshTokenGrant {
     /// refresh token. Waits for an exchange in flight first, so that its answer cannot
     /// overwrite the new token.
     ///
+    /// No request after it carries the previous session's access token: a layer's cache drops
+    /// it at once (its next request refreshes), and what a refresh of the previous session
+    /// still in flight brings back is dropped. A save of the previous session that failed is
+    /// forgotten, and the new refresh token is handed to
+    /// [`persist`](RefreshTokenGrantBuilder::persist) (a [`TokenSet`] without an access token)
+    /// before this returns.
+    ///
     /// A layer's cache that met `invalid_grant` keeps failing requests with it until its
     /// pause ends (at most a minute, the slowest backoff), then asks the grant again.
     ///
@@ -380,20 +412,14 @@ impl RefreshTokenGrant {
         if refresh_token.is_empty() {
             return Err(Error::invalid_config("the refresh token is empty"));
         }
-        let mut session = self.inner.session.lock().await;
-        if session.closed {
-            return Err(closed());
-        }
-        session.refresh_token = Secret(refresh_token);
-        session.ended = None;
-        lock(&self.inner.stored).take();
-        // The cache paces its refreshes after `invalid_grant`: this tells it that is old news.
-        self.inner
-            .epoch
-            .fetch_add(1, std::sync::atomic::Ordering::Release);
-        self.inner.status.send_modify(|status| status.ended = None);
-        tracing::debug!("the session's refresh token was replaced (a new sign-in)");
-        Ok(())
+        let set = TokenSet {
+            refresh_token: Secret(refresh_token),
+            rotated: false,
+            access_token: None,
+            expires_at: None,
+            id_token: None,
+        };
+        self.inner.start_over(set, None).await
     }
 
     /// Closes the session for this process: waits for an exchange in flight to end (its
@@ -413,23 +439,10 @@ impl RefreshTokenGrant {
         let mut session = self.inner.session.lock().await;
         session.closed = true;
         drop(session);
-        let mut unsaved = self.inner.unsaved.lock().await;
-        match unsaved.take() {
-            None => Ok(()),
-            Some(set) => {
-                if self.inner.save_once(set.clone()).await {
-                    self.inner
-                        .status
-                        .send_modify(|status| status.unsaved = false);
-                    Ok(())
-                } else {
-                    *unsaved = Some(set);
-                    Err(Error::internal(
-                        "the session's newest token set could not be saved",
-                    ))
-                }
-            }
-        }
+        // On the exchange threads, as every save: its timeout runs on their clock, not on a
+        // caller's that a test may have paused.
+        let inner = Arc::clone(&self.inner);
+        executor::run(async move { inner.save_unsaved().await }).await?
     }
 }
 

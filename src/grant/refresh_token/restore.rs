@@ -1,5 +1,6 @@
-//! Restoring a session: an access token saved earlier, dated on Tokio's clock once and handed
-//! out by the first fetch if it has the margins any token must have.
+//! Restoring a session: an access token kept for later (restored from storage, or obtained by
+//! an exchange nobody waited for any more), dated on the fetching runtime's clock when it is
+//! handed out. The cache judges it by its own margins (`min_validity`).
 
 use std::time::{Duration, SystemTime};
 
@@ -7,10 +8,7 @@ use tokio::time::Instant;
 
 use super::{Inner, lock};
 use crate::error::Error;
-use crate::token::{AccessToken, DEFAULT_LIFETIME, MAX_LIFETIME, Token, jwt_times};
-
-/// The crate's default `min_validity`, by which a restored access token is judged.
-const RESTORED_MIN_VALIDITY: Duration = Duration::from_secs(30);
+use crate::token::{AccessToken, DEFAULT_LIFETIME, MAX_LIFETIME, Token, jwt_claims, jwt_times};
 
 /// How a restored access token's expiry was given.
 pub(super) enum Expiry {
@@ -20,45 +18,92 @@ pub(super) enum Expiry {
     Jwt,
 }
 
+/// When a kept token expires: on Tokio's clock (of whoever restored it), or on the wall clock
+/// (dated on the fetching runtime's clock when it is handed out).
+#[derive(Clone, Copy)]
+pub(super) enum KeptExpiry {
+    Tokio(Instant),
+    Wall(SystemTime),
+}
+
+/// An access token the session holds for its next fetch.
+pub(super) struct Kept {
+    pub(super) token: AccessToken,
+    pub(super) scope: Option<String>,
+    /// The lifetime it was issued with, when known: its margins are computed from it.
+    pub(super) lifetime: Option<Duration>,
+    pub(super) expiry: KeptExpiry,
+    /// The exchange that obtained it, whose own fetch claims it when it gets the answer;
+    /// `None` for a restored token.
+    pub(super) exchange: Option<u64>,
+}
+
 impl Inner {
-    /// The access token restored from storage, once, if the cache's default margins let it
-    /// be handed out: more than `min_validity` (30 s, a tenth of its lifetime at most) left.
+    /// The access token the session kept, once, unless it has expired. The cache judges it
+    /// by its own margins; one they do not allow makes it fetch again at once.
     pub(super) fn take_stored(&self) -> Option<Token> {
-        let token = lock(&self.stored).take()?;
-        let lifetime = token.lifetime().unwrap_or(DEFAULT_LIFETIME);
-        let margin = RESTORED_MIN_VALIDITY.min(lifetime / 10);
-        let left = token.expires_at().saturating_duration_since(Instant::now());
-        if left > margin {
-            tracing::debug!("using the stored access token");
-            Some(token)
-        } else {
-            tracing::debug!("the stored access token has too little life left; refreshing");
-            None
+        let kept = lock(&self.stored).take()?;
+        let now = Instant::now();
+        let expires_at = match kept.expiry {
+            KeptExpiry::Tokio(at) => at,
+            KeptExpiry::Wall(at) => {
+                let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+                now.checked_add(left.min(MAX_LIFETIME)).unwrap_or(now)
+            }
+        };
+        let left = expires_at.saturating_duration_since(now);
+        if left.is_zero() {
+            tracing::debug!("the kept access token has expired; refreshing");
+            return None;
         }
+        tracing::debug!("handing out the kept access token");
+        let lifetime = kept
+            .lifetime
+            .unwrap_or_else(|| DEFAULT_LIFETIME.max(left))
+            .min(MAX_LIFETIME);
+        let mut token = Token::new(kept.token, expires_at)
+            .with_lifetime(lifetime)
+            .kept();
+        if let Some(scope) = kept.scope {
+            token = token.with_scope(scope);
+        }
+        Some(token)
     }
 }
 
-/// A restored access token, dated on Tokio's clock once, with the lifetime its margins are
-/// computed from: the JWT's `exp − iat` when it has both, else an hour (or its remaining life,
-/// if longer).
-pub(super) fn restored(text: String, expiry: Expiry) -> Result<Token, Error> {
+/// A restored access token, checked: a header-safe value, and for
+/// [`Expiry::Jwt`] a JWT with an `exp` claim that is not an `id_token`. Its lifetime is the
+/// JWT's `exp − iat` when it has both.
+pub(super) fn restored(text: String, expiry: Expiry) -> Result<Kept, Error> {
     let times = jwt_times(&text);
+    if let Some(token_use) = jwt_claims(&text)
+        .as_ref()
+        .and_then(|claims| claims.get("token_use"))
+        .and_then(|value| value.as_str())
+        && token_use != "access"
+    {
+        return Err(Error::invalid_config(format!(
+            "the stored access token is not an access token (its `token_use` is `{}`): pass \
+             the access token, not the id_token",
+            token_use.chars().take(16).collect::<String>()
+        )));
+    }
     let access_token = AccessToken::new(text).map_err(|_| {
         Error::invalid_config(
             "the stored access token is empty, longer than 16 KiB, or has characters that \
              cannot go into an HTTP header",
         )
     })?;
-    let now = Instant::now();
-    let wall = |at: SystemTime| {
-        let left = at.duration_since(SystemTime::now()).unwrap_or_default();
-        now.checked_add(left.min(MAX_LIFETIME)).unwrap_or(now)
-    };
-    let expires_at = match expiry {
-        Expiry::Tokio(at) => at,
-        Expiry::Wall(at) => wall(at),
+    let expiry = match expiry {
+        Expiry::Tokio(at) => KeptExpiry::Tokio(at),
+        Expiry::Wall(at) => KeptExpiry::Wall(at),
         Expiry::Jwt => match times.and_then(|(_, exp)| exp) {
-            Some(exp) => wall(SystemTime::UNIX_EPOCH + Duration::from_secs(exp.min(u64::MAX / 2))),
+            // An `exp` beyond what the platform's clock can hold is as good as never.
+            Some(exp) => KeptExpiry::Wall(
+                SystemTime::UNIX_EPOCH
+                    .checked_add(Duration::from_secs(exp))
+                    .unwrap_or_else(far_future),
+            ),
             None => {
                 return Err(Error::invalid_config(
                     "access_token_from_jwt: the stored access token is not a JWT with an `exp` claim",
@@ -66,13 +111,23 @@ pub(super) fn restored(text: String, expiry: Expiry) -> Result<Token, Error> {
             }
         },
     };
-    let issued_for = match times {
-        Some((Some(iat), Some(exp))) if exp > iat => Some(Duration::from_secs(exp - iat)),
+    let lifetime = match times {
+        Some((Some(iat), Some(exp))) if exp > iat => {
+            Some(Duration::from_secs(exp - iat).min(MAX_LIFETIME))
+        }
         _ => None,
     };
-    let left = expires_at.saturating_duration_since(now);
-    let lifetime = issued_for
-        .unwrap_or_else(|| DEFAULT_LIFETIME.max(left))
-        .min(MAX_LIFETIME);
-    Ok(Token::new(access_token, expires_at).with_lifetime(lifetime))
+    Ok(Kept {
+        token: access_token,
+        scope: None,
+        lifetime,
+        expiry,
+        exchange: None,
+    })
+}
+
+/// The latest expiry a kept token can have: [`MAX_LIFETIME`] from now.
+fn far_future() -> SystemTime {
+    let now = SystemTime::now();
+    now.checked_add(MAX_LIFETIME).unwrap_or(now)
 }

@@ -250,10 +250,9 @@ async fn invalid_grant_ends_the_session() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn stored_access_token_is_used_once_while_it_has_its_margin() {
+async fn stored_access_token_is_used_once_while_it_has_not_expired() {
     let answer = r#"{"access_token":"fresh","token_type":"Bearer","expires_in":60}"#;
     let (base, seen) = builder(200, answer);
-    // An opaque token counts as an hour's: its margin is 30 s.
     let grant = base
         .access_token("stored", Instant::now() + Duration::from_secs(31))
         .build()
@@ -269,14 +268,16 @@ async fn stored_access_token_is_used_once_while_it_has_its_margin() {
     );
     assert_eq!(lock(&seen).len(), 1);
 
-    for left in [0, 10, 30] {
+    // The grant hands out any kept token that has not expired; the cache judges its margins
+    // by its own `min_validity` (issue 26, defect 6).
+    for (left, expected) in [(0, "fresh"), (10, "stored"), (30, "stored")] {
         let (base, _) = builder(200, answer);
         let grant = base
             .access_token("stored", Instant::now() + Duration::from_secs(left))
             .build()
             .unwrap();
         let token = grant.fetch().await.unwrap();
-        assert_eq!(token.access_token().secret(), "fresh", "{left} s left");
+        assert_eq!(token.access_token().secret(), expected, "{left} s left");
     }
 }
 
@@ -350,4 +351,28 @@ async fn confidential_clients_authenticate_like_client_credentials() {
         body(second).await,
         "grant_type=refresh_token&refresh_token=r1-very-secret&client_id=app&client_secret=s3cret"
     );
+}
+
+/// Defect 3 (issue 26): a thread that cannot be started (a thread or pid limit) fails the
+/// exchange that needed it with an error, inside async code, without a panic (the old code
+/// dropped a built runtime there); the next exchange starts the thread and runs.
+#[tokio::test]
+async fn a_thread_that_cannot_start_is_an_error_and_the_next_exchange_tries_again() {
+    let executor = super::executor::Executor::new();
+    executor
+        .fail_next_start
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let error = executor
+        .spawn(Box::pin(async {}))
+        .expect_err("the thread could not start");
+    assert_eq!(error.kind(), crate::ErrorKind::Internal);
+    assert!(error.to_string().contains("thread"), "{error}");
+    let (ran, done) = tokio::sync::oneshot::channel();
+    executor
+        .spawn(Box::pin(async move {
+            let _ = ran.send(std::thread::current().name().map(str::to_owned));
+        }))
+        .unwrap();
+    let name = done.await.unwrap();
+    assert_eq!(name.as_deref(), Some("cognito-session"));
 }
