@@ -16,7 +16,7 @@ use tower_service::Service;
 
 use super::restore::{Expiry, restored};
 use super::{
-    Inner, PersistHook, RefreshTokenGrant, RotationHook, Session, SessionStatus, TokenSet,
+    Inner, Latest, PersistHook, RefreshTokenGrant, RotationHook, Session, SessionStatus, TokenSet,
 };
 use crate::backoff::Backoff;
 use crate::error::{BoxError, Error};
@@ -46,6 +46,7 @@ pub struct RefreshTokenGrantBuilder {
     client_auth: ClientAuth,
     refresh_token: Option<Secret>,
     access_token: Option<(Secret, Expiry)>,
+    id_token: Option<Secret>,
     on_rotation: Option<RotationHook>,
     persist: Option<PersistHook>,
     persist_timeout: Option<Duration>,
@@ -176,6 +177,42 @@ impl RefreshTokenGrantBuilder {
     /// lifetime the crate accepts.
     pub fn access_token_from_jwt(mut self, access_token: impl Into<String>) -> Self {
         self.access_token = Some((Secret(access_token.into()), Expiry::Jwt));
+        self
+    }
+
+    /// Restores a session saved earlier, as one value: the [`TokenSet`]
+    /// [`persist`](Self::persist) received (or one the application built, or deserialised
+    /// with the feature `serde`). Sets the refresh token; the access token, if the set has
+    /// one, with its wall-clock expiry (or, without one, the expiry read from the JWT, as
+    /// [`access_token_from_jwt`](Self::access_token_from_jwt)); and the `id_token`
+    /// ([`RefreshTokenGrant::id_token`]). Replaces what
+    /// [`refresh_token`](Self::refresh_token) and the `access_token*` setters set.
+    ///
+    /// ```no_run
+    /// use tower_cognito_auth::{RefreshTokenGrant, TokenSet};
+    ///
+    /// # fn load() -> TokenSet { TokenSet::new("r") }
+    /// # fn main() -> Result<(), tower_cognito_auth::Error> {
+    /// let saved: TokenSet = load(); // what `persist` saved last time
+    /// let grant = RefreshTokenGrant::builder()
+    ///     .cognito_domain("my-pool", "us-east-1")
+    ///     .client_id("my-app-client-id")
+    ///     .restore(saved)
+    ///     .build()?;
+    /// # let _ = grant;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn restore(mut self, set: TokenSet) -> Self {
+        self.access_token = set.access_token.map(|token| {
+            let expiry = match set.expires_at {
+                Some(at) => Expiry::Wall(at),
+                None => Expiry::Jwt,
+            };
+            (Secret(token.secret().to_owned()), expiry)
+        });
+        self.refresh_token = Some(set.refresh_token);
+        self.id_token = set.id_token;
         self
     }
 
@@ -388,6 +425,10 @@ impl RefreshTokenGrantBuilder {
                     closed: false,
                     exchanges: 0,
                 })),
+                latest: Mutex::new(Latest {
+                    access_token: stored.as_ref().map(|kept| kept.token.clone()),
+                    id_token: self.id_token,
+                }),
                 stored: Mutex::new(stored),
                 on_rotation: self.on_rotation,
                 persist: self.persist,

@@ -140,86 +140,30 @@
 use std::fmt;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::sync::watch;
 
 use super::endpoint::{ClientAuth, Endpoint, RetryPolicy, Secret};
 use crate::error::{BoxError, Error};
 use crate::source::{BoxFuture, TokenSource};
-use crate::token::{AccessToken, Token};
+use crate::token::{AccessToken, Token, jwt_claims};
 
 mod builder;
 mod exchange;
 mod executor;
 mod persist;
 mod restore;
+mod token_set;
 
 pub use builder::RefreshTokenGrantBuilder;
+pub use token_set::TokenSet;
 
 /// What [`on_rotation`](RefreshTokenGrantBuilder::on_rotation) stores.
 type RotationHook = Arc<dyn Fn(&str) + Send + Sync>;
 
 /// What [`persist`](RefreshTokenGrantBuilder::persist) stores.
 type PersistHook = Arc<dyn Fn(TokenSet) -> BoxFuture<'static, Result<(), BoxError>> + Send + Sync>;
-
-/// What the server sent in one successful exchange, as [`persist`] receives it: everything an
-/// application needs to restore the session later.
-///
-/// `Debug` prints which parts are there, never a token.
-///
-/// [`persist`]: RefreshTokenGrantBuilder::persist
-#[derive(Clone)]
-pub struct TokenSet {
-    refresh_token: Secret,
-    rotated: bool,
-    access_token: Option<AccessToken>,
-    expires_at: Option<SystemTime>,
-    id_token: Option<Secret>,
-}
-
-impl TokenSet {
-    /// The session's refresh token from now on: the rotated one when the server sent one,
-    /// else the one the exchange presented. Treat it as a password.
-    pub fn refresh_token(&self) -> &str {
-        &self.refresh_token.0
-    }
-
-    /// Whether the server rotated the refresh token in this exchange.
-    pub fn rotated(&self) -> bool {
-        self.rotated
-    }
-
-    /// The new access token, unless the answer's was unusable (the rotation still counts).
-    pub fn access_token(&self) -> Option<&AccessToken> {
-        self.access_token.as_ref()
-    }
-
-    /// When the access token expires, on the wall clock: what
-    /// [`access_token_expiring_at`](RefreshTokenGrantBuilder::access_token_expiring_at) takes
-    /// back at the next start.
-    pub fn expires_at(&self) -> Option<SystemTime> {
-        self.expires_at
-    }
-
-    /// The OpenID Connect `id_token` of the answer, if it had one (Cognito sends one). Treat it
-    /// as a password.
-    pub fn id_token(&self) -> Option<&str> {
-        self.id_token.as_ref().map(|t| t.0.as_str())
-    }
-}
-
-impl fmt::Debug for TokenSet {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TokenSet")
-            .field("refresh_token", &self.refresh_token)
-            .field("rotated", &self.rotated)
-            .field("access_token", &self.access_token)
-            .field("expires_at", &self.expires_at)
-            .field("id_token", &self.id_token)
-            .finish()
-    }
-}
 
 /// Where a user's session stands, as [`RefreshTokenGrant::status`] reports it.
 ///
@@ -306,6 +250,9 @@ struct Inner {
     /// The access token kept for the next fetch (restored from storage, or obtained by an
     /// exchange nobody waited for any more), handed out once.
     stored: Mutex<Option<restore::Kept>>,
+    /// The newest access token and `id_token` the session has seen (received, restored or
+    /// handed over at sign-in), for [`RefreshTokenGrant::id_token`] and the claims.
+    latest: Mutex<Latest>,
     on_rotation: Option<RotationHook>,
     persist: Option<PersistHook>,
     persist_timeout: Duration,
@@ -321,6 +268,13 @@ struct Inner {
     max_unsaved_rotations: Option<u64>,
     status: watch::Sender<SessionStatus>,
     retry: RetryPolicy,
+}
+
+/// What [`Inner::latest`] holds.
+#[derive(Default)]
+struct Latest {
+    access_token: Option<AccessToken>,
+    id_token: Option<Secret>,
 }
 
 struct Session {
@@ -374,6 +328,88 @@ impl RefreshTokenGrant {
     /// ```
     pub fn status(&self) -> watch::Receiver<SessionStatus> {
         self.inner.status.subscribe()
+    }
+
+    /// Starts over with everything a new sign-in returned (the refresh token, and the access
+    /// token and `id_token` when the set has them), without rebuilding the grant or the
+    /// layer: like [`replace_refresh_token`](Self::replace_refresh_token), and the access
+    /// token is used at once (the cache judges it by its margins, as a restored one) instead
+    /// of an immediate refresh. The set is handed to
+    /// [`persist`](RefreshTokenGrantBuilder::persist) before this returns.
+    ///
+    /// ```
+    /// # #[cfg(feature = "test-util")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tower::BoxError> {
+    /// use std::time::{Duration, SystemTime};
+    /// use tower_cognito_auth::{RefreshTokenGrant, TokenSet, TokenSource, testing::TokenEndpoint};
+    ///
+    /// let endpoint = TokenEndpoint::builder().public_client(true).start().await?;
+    /// let grant = RefreshTokenGrant::builder()
+    ///     .token_url(endpoint.token_url())
+    ///     .client_id(endpoint.client_id())
+    ///     .refresh_token(endpoint.new_session())
+    ///     .build()?;
+    /// // The user signed in again (maybe as someone else): hand over what the sign-in returned.
+    /// let signed_in = TokenSet::new(endpoint.new_session())
+    ///     .with_access_token("the new access token", Some(SystemTime::now() + Duration::from_secs(3600)))?;
+    /// grant.sign_in(signed_in).await?;
+    /// assert_eq!(grant.fetch().await?.access_token().secret(), "the new access token");
+    /// assert_eq!(endpoint.request_count(), 0);
+    /// # Ok(())
+    /// # }
+    /// # #[cfg(not(feature = "test-util"))]
+    /// # fn main() {}
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// An [`Error`] of kind [`InvalidConfig`](crate::ErrorKind::InvalidConfig) when the
+    /// refresh token is empty, the access token has no expiry and is not a JWT with an `exp`
+    /// (or is an `id_token`), or the grant was [closed](Self::close) or
+    /// [signed out](Self::sign_out).
+    pub async fn sign_in(&self, set: TokenSet) -> Result<(), Error> {
+        if set.refresh_token.0.is_empty() {
+            return Err(Error::invalid_config("the refresh token is empty"));
+        }
+        let kept = match &set.access_token {
+            Some(token) => {
+                let expiry = match set.expires_at {
+                    Some(at) => restore::Expiry::Wall(at),
+                    None => restore::Expiry::Jwt,
+                };
+                Some(restore::restored(token.secret().to_owned(), expiry)?)
+            }
+            None => None,
+        };
+        self.inner.start_over(set, kept).await
+    }
+
+    /// The newest OpenID Connect `id_token` of the session (from the last answer that had
+    /// one, the restored [`TokenSet`] or the sign-in's), if any. Treat it as a password.
+    pub fn id_token(&self) -> Option<String> {
+        lock(&self.inner.latest)
+            .id_token
+            .as_ref()
+            .map(|t| t.0.clone())
+    }
+
+    /// The claims of the newest `id_token` (the user's `sub`, `email`, `cognito:username`,
+    /// ...), read **without verifying its signature**: for display and routing inside the
+    /// application that received it from the token endpoint, never to authorise anything.
+    /// `None` when there is none or it is not a JWT.
+    pub fn id_token_claims(&self) -> Option<serde_json::Map<String, serde_json::Value>> {
+        let latest = lock(&self.inner.latest);
+        jwt_claims(&latest.id_token.as_ref()?.0)
+    }
+
+    /// The claims of the newest access token the session has seen (`scope`, `exp`,
+    /// `username`, `client_id`, ...), read **without verifying its signature**: the API that
+    /// receives the token verifies it; these are for the application's own use. `None` when
+    /// there is none yet or it is not a JWT (an opaque token).
+    pub fn access_token_claims(&self) -> Option<serde_json::Map<String, serde_json::Value>> {
+        let latest = lock(&self.inner.latest);
+        jwt_claims(latest.access_token.as_ref()?.secret())
     }
 
     /// Starts over with the refresh token of a new sign-in, without rebuilding the grant or

@@ -5,6 +5,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::SystemTime;
 use tokio::time::Instant;
 use tower::service_fn;
 
