@@ -195,3 +195,45 @@ async fn the_id_token_and_the_claims_are_readable() {
         Some(token.access_token().secret())
     );
 }
+
+/// `sign_out()` revokes the refresh token at `/oauth2/revoke` (RFC 7009), drops the access
+/// token the layer holds (no request carries it again), ends the session and says so.
+#[tokio::test(start_paused = true)]
+async fn sign_out_revokes_drops_the_token_and_ends_the_session() {
+    let endpoint = endpoint().await;
+    let grant = builder(&endpoint)
+        .refresh_token(endpoint.new_session())
+        .build()
+        .unwrap();
+    let layer = CognitoAuthLayer::builder()
+        .token_source(grant.clone())
+        .build()
+        .unwrap();
+    let before = layer.token().await.unwrap();
+    let refresh_token = endpoint.current_refresh_token().unwrap();
+
+    grant.sign_out().await.unwrap();
+    let revocation = endpoint.requests().last().cloned().unwrap();
+    assert_eq!(revocation.path, "/oauth2/revoke");
+    assert_eq!(revocation.form_value("token"), Some(refresh_token));
+    assert_eq!(
+        revocation.form_value("client_id").as_deref(),
+        Some(endpoint.client_id())
+    );
+    assert!(endpoint.is_session_revoked());
+    assert!(!endpoint.is_valid(before.secret()));
+    assert!(grant.status().borrow().closed);
+    assert!(grant.id_token().is_none());
+
+    let requests = endpoint.request_count();
+    let after = layer.token().await;
+    assert!(after.is_err(), "a token after sign-out: {after:?}");
+    assert_eq!(
+        endpoint.request_count(),
+        requests,
+        "an exchange after sign-out"
+    );
+    // Again: nothing more to do.
+    grant.sign_out().await.unwrap();
+    assert_eq!(endpoint.request_count(), requests);
+}

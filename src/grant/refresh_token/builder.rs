@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use tower_service::Service;
 
 use super::restore::{Expiry, restored};
+use super::sign_out::Revocation;
 use super::{
     Inner, Latest, PersistHook, RefreshTokenGrant, RotationHook, Session, SessionStatus, TokenSet,
 };
@@ -51,6 +52,7 @@ pub struct RefreshTokenGrantBuilder {
     persist: Option<PersistHook>,
     persist_timeout: Option<Duration>,
     max_unsaved_rotations: Option<u64>,
+    revocation_url: Option<TokenUrl>,
     http: Option<HttpClient>,
     request_timeout: Option<Duration>,
 }
@@ -293,6 +295,15 @@ impl RefreshTokenGrantBuilder {
         self
     }
 
+    /// Where [`sign_out`](RefreshTokenGrant::sign_out) revokes the refresh token (RFC 7009).
+    /// Default: beside the token endpoint, its path's `/oauth2/token` replaced by
+    /// `/oauth2/revoke`, as at a Cognito domain; none for a token URL with another path. The
+    /// same rules as [`token_url`](Self::token_url), checked by [`build`](Self::build).
+    pub fn revocation_url(mut self, url: impl AsRef<str>) -> Self {
+        self.revocation_url = Some(TokenUrl::Url(url.as_ref().to_owned()));
+        self
+    }
+
     /// Stops refreshing while this many rotations of the refresh token are unsaved
     /// ([`SessionStatus::unsaved_rotations`]): each one is a refresh token that exists only in
     /// memory, lost with the process. Default is none: the session keeps refreshing, and
@@ -404,6 +415,27 @@ impl RefreshTokenGrantBuilder {
         }
         let authorization =
             client_authentication(&mut tail, self.client_auth, &client_id, secret.as_deref())?;
+        let revocation_url = match self.revocation_url {
+            Some(url) => Some(TokenUrl::resolve(Some(url))?),
+            None => super::sign_out::beside(&token_url),
+        };
+        let revocation = match revocation_url {
+            Some(url) => {
+                let mut own = form_urlencoded::Serializer::new(String::new());
+                client_authentication(&mut own, self.client_auth, &client_id, secret.as_deref())?;
+                Revocation::OAuth {
+                    endpoint: Box::new(Endpoint {
+                        token_url: url,
+                        authorization: authorization.clone(),
+                        http: http.clone(),
+                        request_timeout,
+                        metrics: crate::metrics::Metrics::new(&client_id),
+                    }),
+                    form_tail: Secret(own.finish()),
+                }
+            }
+            None => Revocation::None,
+        };
         Ok(RefreshTokenGrant {
             inner: Arc::new(Inner {
                 epoch: std::sync::atomic::AtomicU64::new(0),
@@ -437,6 +469,7 @@ impl RefreshTokenGrantBuilder {
                 retrying: AtomicBool::new(false),
                 late_save: Mutex::new(None),
                 max_unsaved_rotations: self.max_unsaved_rotations,
+                revocation,
                 status: watch::Sender::new(SessionStatus::default()),
                 retry: RetryPolicy {
                     max_attempts: 3,

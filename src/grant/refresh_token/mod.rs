@@ -154,6 +154,7 @@ mod exchange;
 mod executor;
 mod persist;
 mod restore;
+mod sign_out;
 mod token_set;
 
 pub use builder::RefreshTokenGrantBuilder;
@@ -186,6 +187,9 @@ pub struct SessionStatus {
     /// Each one is a refresh token that exists only in memory; see
     /// [`max_unsaved_rotations`](RefreshTokenGrantBuilder::max_unsaved_rotations).
     pub unsaved_rotations: u64,
+    /// Whether the session was closed here ([`RefreshTokenGrant::close`]) or the user
+    /// signed out ([`RefreshTokenGrant::sign_out`]): no exchange starts any more.
+    pub closed: bool,
     /// How many saves have failed or timed out so far.
     pub save_failures: u64,
     /// How many times the server has rotated the refresh token so far.
@@ -266,6 +270,8 @@ struct Inner {
     late_save: Mutex<Option<tokio::task::JoinHandle<Result<(), BoxError>>>>,
     /// No exchange starts while this many rotations are unsaved.
     max_unsaved_rotations: Option<u64>,
+    /// How [`RefreshTokenGrant::sign_out`] revokes the refresh token.
+    revocation: sign_out::Revocation,
     status: watch::Sender<SessionStatus>,
     retry: RetryPolicy,
 }
@@ -467,6 +473,7 @@ impl RefreshTokenGrant {
         let mut session = self.inner.session.lock().await;
         session.closed = true;
         drop(session);
+        self.inner.status.send_modify(|status| status.closed = true);
         // On the exchange threads, as every save: its timeout runs on their clock, not on a
         // caller's that a test may have paused.
         let inner = Arc::clone(&self.inner);
