@@ -228,6 +228,13 @@ impl RefreshTokenGrantBuilder {
     /// while it runs no refresh can start. A panic in it is caught and logged, and the new
     /// token is still used, when panics unwind; under `panic = "abort"` it aborts the process,
     /// as any panic does.
+    ///
+    /// Deprecated: [`persist`](Self::persist) does the same job and more (the whole
+    /// [`TokenSet`], async, failures retried and reported); one hook is enough. It still works.
+    #[deprecated(
+        since = "0.1.0",
+        note = "use `persist`, which gets the whole TokenSet (refresh token included) and may fail"
+    )]
     pub fn on_rotation(mut self, on_rotation: impl Fn(&str) + Send + Sync + 'static) -> Self {
         self.on_rotation = Some(Arc::new(on_rotation));
         self
@@ -251,6 +258,10 @@ impl RefreshTokenGrantBuilder {
     /// until it is saved, a later exchange saves a newer one, or the grant is dropped (with a
     /// warning). [`RefreshTokenGrant::close`] tries once more. To stop refreshing while saves
     /// fail, see [`max_unsaved_rotations`](Self::max_unsaved_rotations).
+    ///
+    /// The hook runs on the exchange threads every session of the process shares: do not
+    /// block in it (use async I/O, such as `tokio::fs`, or `spawn_blocking`), or other
+    /// sessions' exchanges wait.
     ///
     /// Write it so that a crash cannot leave half a token: write a temporary file and rename
     /// it over the old one, or update a database row in one statement.

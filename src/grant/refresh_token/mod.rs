@@ -23,7 +23,7 @@
 //! use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 //! use tower::{ServiceBuilder, ServiceExt};
 //! use tower_cognito_auth::{
-//!     CognitoAuthLayer, RefreshTokenGrant,
+//!     CognitoAuthLayer, RefreshTokenGrant, TokenSet,
 //!     testing::{ProtectedApi, TokenEndpoint},
 //! };
 //!
@@ -42,11 +42,12 @@
 //!     .token_url(endpoint.token_url())
 //!     .client_id(endpoint.client_id()) // a public client: no secret
 //!     .refresh_token(stored)
-//!     .on_rotation({
+//!     .persist({
 //!         let saved = Arc::clone(&saved);
 //!         // Persist it: from now on only the new refresh token works.
-//!         move |new_refresh_token: &str| {
-//!             *saved.lock().unwrap() = Some(new_refresh_token.to_owned());
+//!         move |set: TokenSet| {
+//!             *saved.lock().unwrap() = Some(set.refresh_token().to_owned());
+//!             std::future::ready(Ok::<_, std::io::Error>(()))
 //!         }
 //!     })
 //!     .http_client(http.clone())
@@ -69,9 +70,9 @@
 //!
 //! Save the session when the user signs in, and again each time the server sends a new token
 //! set: [`persist`](RefreshTokenGrantBuilder::persist) (async, may fail; it gets the refresh
-//! token, the access token with its wall-clock expiry and the `id_token`) or
-//! [`on_rotation`](RefreshTokenGrantBuilder::on_rotation) (sync, the refresh token only). At
-//! startup, pass the stored refresh token to
+//! token, the access token with its wall-clock expiry and the `id_token`, as one
+//! [`TokenSet`]). At startup, hand the saved set back to
+//! [`restore`](RefreshTokenGrantBuilder::restore), or pass the stored refresh token to
 //! [`refresh_token`](RefreshTokenGrantBuilder::refresh_token): the first request then
 //! refreshes. If you also stored the access token, pass it with its expiry as saved
 //! ([`access_token_expiring_at`](RefreshTokenGrantBuilder::access_token_expiring_at), a
@@ -209,15 +210,15 @@ pub struct SessionStatus {
 /// [`CognitoAuthLayerBuilder::token_source`](crate::CognitoAuthLayerBuilder::token_source):
 ///
 /// ```no_run
-/// use tower_cognito_auth::{CognitoAuthLayer, RefreshTokenGrant};
-/// # fn save(_: &str) {}
+/// use tower_cognito_auth::{CognitoAuthLayer, RefreshTokenGrant, TokenSet};
+/// # async fn save(_: TokenSet) -> std::io::Result<()> { Ok(()) }
 /// # fn main() -> Result<(), tower::BoxError> {
 /// # let stored_refresh_token = String::new();
 /// let grant = RefreshTokenGrant::builder()
 ///     .cognito_domain("my-pool", "us-east-1") // or .token_url(..)
 ///     .client_id("my-app-client-id") // .client_secret(..) when the app client has one
-///     .refresh_token(stored_refresh_token)
-///     .on_rotation(|new_refresh_token: &str| save(new_refresh_token))
+///     .refresh_token(stored_refresh_token) // or .restore(saved_token_set)
+///     .persist(save)
 ///     .build()?;
 /// let auth = CognitoAuthLayer::builder().token_source(grant).build()?;
 /// # Ok(())
@@ -358,9 +359,9 @@ impl RefreshTokenGrant {
     ///     .build()?;
     /// // The user signed in again (maybe as someone else): hand over what the sign-in returned.
     /// let signed_in = TokenSet::new(endpoint.new_session())
-    ///     .with_access_token("the new access token", Some(SystemTime::now() + Duration::from_secs(3600)))?;
+    ///     .with_access_token("new-access-token", Some(SystemTime::now() + Duration::from_secs(3600)))?;
     /// grant.sign_in(signed_in).await?;
-    /// assert_eq!(grant.fetch().await?.access_token().secret(), "the new access token");
+    /// assert_eq!(grant.fetch().await?.access_token().secret(), "new-access-token");
     /// assert_eq!(endpoint.request_count(), 0);
     /// # Ok(())
     /// # }

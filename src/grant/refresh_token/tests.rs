@@ -92,6 +92,7 @@ fn debug_hides_every_secret() {
 }
 
 #[tokio::test]
+#[allow(deprecated)]
 async fn rotation_is_kept_even_when_the_access_token_is_unusable() {
     let (base, seen) = builder(
         200,
@@ -131,6 +132,7 @@ async fn rotation_is_kept_even_when_the_access_token_is_unusable() {
 }
 
 #[tokio::test]
+#[allow(deprecated)]
 async fn a_panicking_hook_does_not_lose_the_token() {
     let (base, seen) = builder(
         200,

@@ -27,8 +27,8 @@ use crate::token::AccessToken;
 /// # fn main() -> Result<(), tower_cognito_auth::Error> {
 /// // What a sign-in returned (Cognito's hosted UI, InitiateAuth, ...).
 /// let set = TokenSet::new("the refresh token")
-///     .with_access_token("the access token", Some(SystemTime::now() + Duration::from_secs(3600)))?
-///     .with_id_token("the id token");
+///     .with_access_token("the-access-token", Some(SystemTime::now() + Duration::from_secs(3600)))?
+///     .with_id_token("the-id-token");
 /// assert_eq!(set.refresh_token(), "the refresh token");
 /// assert!(set.access_token().is_some());
 /// # Ok(())
