@@ -113,7 +113,7 @@
 //! # Many sessions in one process
 //!
 //! A server that acts for its signed-in users (a backend-for-frontend, a gateway) holds one
-//! grant per user: a session costs memory (under 2 KiB; about 3 KiB with a layer holding its
+//! grant per user: a session costs memory (under 3 KiB; about 4 KiB with a layer holding its
 //! token, see BENCHMARKS.md), not a
 //! thread, a runtime or a socket. Every grant built without
 //! [`http_client`](RefreshTokenGrantBuilder::http_client) shares one built-in HTTPS client
