@@ -24,6 +24,10 @@ use super::*;
 ///    {"error":"invalid_grant"}`. As at Cognito, a refresh's `scope` is ignored (unless
 ///    [`honour_refresh_scope`](TokenEndpointBuilder::honour_refresh_scope)).
 ///
+/// `POST /oauth2/revoke` (RFC 7009) takes a refresh token in `token`, from a client that
+/// authenticates as above, and revokes its session with every access token issued from it
+/// (`200` whether or not the token was known), as Cognito's revocation endpoint does.
+///
 /// A good request gets `200` with `{"access_token": …, "expires_in": …, "token_type":
 /// "Bearer"}`; a refresh adds a JWT-shaped `id_token` and, with rotation, the new
 /// `refresh_token`. Bodies over 1 MiB get `413`. Every request is recorded ([`requests`]) before
@@ -276,7 +280,9 @@ impl TokenEndpoint {
     /// # fn main() {}
     /// ```
     pub fn new_session_with(&self, refresh_token: impl Into<String>) -> String {
-        self.handle.state.new_session(None, Some(refresh_token.into()))
+        self.handle
+            .state
+            .new_session(None, Some(refresh_token.into()))
     }
 
     /// The refresh token that works now for the session started last: the one
