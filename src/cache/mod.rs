@@ -276,8 +276,8 @@ impl TokenCacheBuilder {
     /// An [`Error`] of kind [`InvalidConfig`](crate::ErrorKind::InvalidConfig) when
     /// `refresh_deadline` is zero, or a shared store is set and the token source has no
     /// [shared identity](TokenSource::shared_identity), or a shared store is set and
-    /// `refresh_deadline` is under one second (a third of it is the fleet's lease, and a
-    /// process waits for another's fetch for at most half of it).
+    /// `refresh_deadline` is under one second (a third of it, at most 10 s, is the fleet's
+    /// lease, which a process whose holder died waits out).
     pub fn build(self) -> Result<TokenCache, Error> {
         if self.config.refresh_deadline.is_zero() {
             return Err(Error::invalid_config("refresh_deadline must not be zero"));

@@ -24,6 +24,10 @@ use super::*;
 ///    {"error":"invalid_grant"}`. As at Cognito, a refresh's `scope` is ignored (unless
 ///    [`honour_refresh_scope`](TokenEndpointBuilder::honour_refresh_scope)).
 ///
+/// `POST /oauth2/revoke` (RFC 7009) takes a refresh token in `token`, from a client that
+/// authenticates as above, and revokes its session with every access token issued from it
+/// (`200` whether or not the token was known), as Cognito's revocation endpoint does.
+///
 /// A good request gets `200` with `{"access_token": …, "expires_in": …, "token_type":
 /// "Bearer"}`; a refresh adds a JWT-shaped `id_token` and, with rotation, the new
 /// `refresh_token`. Bodies over 1 MiB get `413`. Every request is recorded ([`requests`]) before
@@ -233,6 +237,14 @@ impl TokenEndpoint {
         self.handle.state.new_session(None, None)
     }
 
+    /// Like [`new_session`](TokenEndpoint::new_session), for the user named `username` in
+    /// the pool: the `username` claim of the session's JWT access tokens, and the name a
+    /// `SECRET_HASH` of the [user-pool API](TokenEndpoint::user_pool_api_url) must be computed
+    /// over. (For a pool that signs in by email, Cognito's name is a UUID, not the email.)
+    pub fn new_session_for(&self, username: &str) -> String {
+        self.handle.state.new_session(Some(username), None)
+    }
+
     /// Starts a user's session whose first refresh token is `refresh_token`, as if the user had
     /// signed in before: for trying an application that restores a saved session across a
     /// restart. Otherwise as [`new_session`](TokenEndpoint::new_session); returns the token.
@@ -271,14 +283,6 @@ impl TokenEndpoint {
         self.handle
             .state
             .new_session(None, Some(refresh_token.into()))
-    }
-
-    /// Like [`new_session`](TokenEndpoint::new_session), for the user named `username` in
-    /// the pool: the `username` claim of the session's JWT access tokens, and the name a
-    /// `SECRET_HASH` of the [user-pool API](TokenEndpoint::user_pool_api_url) must be computed
-    /// over. (For a pool that signs in by email, Cognito's name is a UUID, not the email.)
-    pub fn new_session_for(&self, username: &str) -> String {
-        self.handle.state.new_session(Some(username), None)
     }
 
     /// The refresh token that works now for the session started last: the one
