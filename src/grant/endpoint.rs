@@ -562,11 +562,6 @@ impl HttpsOptions {
     }
 }
 
-/// The given client, or the built-in HTTPS client with its default settings.
-pub(crate) fn client_or_default(http: Option<HttpClient>) -> Result<HttpClient, Error> {
-    client_or_built_in(http, &HttpsOptions::default())
-}
-
 /// The given client, or the built-in HTTPS client configured by `https`. Settings of the
 /// built-in client beside a client of one's own are refused: they would not be used.
 #[cfg(feature = "rustls")]

@@ -25,8 +25,8 @@ use crate::grant::client_secret::{ClientSecret, SecretCell};
 use crate::grant::cognito_api::{RefreshFlow, UserPoolApi, api_url, parse_api_url};
 use crate::grant::endpoint::{
     ClientAuth, Endpoint, HttpClient, HttpsOptions, RetryPolicy, Secret, TokenUrl,
-    client_authentication, client_or_built_in, client_or_default, erase_client, join_scopes,
-    never_sent, require_client_id,
+    client_authentication, client_or_built_in, erase_client, join_scopes, never_sent,
+    require_client_id,
 };
 
 /// Builds a [`RefreshTokenGrant`]. Every setter takes and returns `Self` and states its
@@ -759,7 +759,7 @@ fn shared_default_client() -> Result<HttpClient, Error> {
     if let Some(client) = shared.as_ref() {
         return Ok(client.clone());
     }
-    let client = client_or_default(None)?;
+    let client = client_or_built_in(None, &HttpsOptions::default())?;
     *shared = Some(client.clone());
     Ok(client)
 }
