@@ -16,8 +16,8 @@
 pub mod aws_secrets_manager;
 pub mod client_assertion;
 pub mod client_credentials;
-mod cognito_api;
 pub mod client_secret;
+mod cognito_api;
 pub(crate) mod endpoint;
 #[cfg(feature = "rustls")]
 mod https;
@@ -28,8 +28,8 @@ mod source;
 pub use aws_secrets_manager::AwsSecretsManager;
 pub use client_assertion::ClientAssertionKey;
 pub use client_credentials::{ClientCredentials, ClientCredentialsBuilder};
-pub use cognito_api::RefreshFlow;
 pub use client_secret::ClientSecret;
+pub use cognito_api::RefreshFlow;
 pub use endpoint::ClientAuth;
 pub use refresh_token::{RefreshTokenGrant, RefreshTokenGrantBuilder, SessionStatus, TokenSet};
 pub use source::{BoxFuture, SharedIdentity, TokenSource};

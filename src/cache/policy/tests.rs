@@ -755,7 +755,10 @@ impl Model {
         // A new sign-in, maybe another user: nothing of the previous session stays: its token,
         // its refresh in flight (whatever that brings back is dropped), a pending rejection,
         // the pacing.
-        assert!(self.policy.current().is_none(), "the previous session's token stayed");
+        assert!(
+            self.policy.current().is_none(),
+            "the previous session's token stayed"
+        );
         self.current = None;
         self.latest = None;
         self.stale.extend(self.started.iter().map(|f| f.id));

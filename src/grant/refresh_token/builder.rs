@@ -20,8 +20,8 @@ use super::{
 };
 use crate::backoff::Backoff;
 use crate::error::{BoxError, Error};
-use crate::grant::cognito_api::{RefreshFlow, UserPoolApi, api_url, parse_api_url};
 use crate::grant::client_secret::{ClientSecret, SecretCell};
+use crate::grant::cognito_api::{RefreshFlow, UserPoolApi, api_url, parse_api_url};
 use crate::grant::endpoint::{
     ClientAuth, Endpoint, HttpClient, RetryPolicy, Secret, TokenUrl, client_authentication,
     client_or_default, erase_client, join_scopes, never_sent, require_client_id,

@@ -145,8 +145,8 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 
-use super::cognito_api::UserPoolApi;
 use super::client_secret::SecretCell;
+use super::cognito_api::UserPoolApi;
 use super::endpoint::{ClientAuth, Endpoint, RetryPolicy, Secret};
 use crate::error::{BoxError, Error};
 use crate::source::{BoxFuture, TokenSource};
