@@ -124,8 +124,12 @@ pub async fn run(
     }
     let auth = builder.build().map_err(|e| CallError::Failed(e.into()))?;
 
+    // rustls 0.23.48 deprecates ring's provider (it has no post-quantum key exchange) and
+    // offers no other constructor for it; the crate keeps ring, which needs no cmake or nasm.
+    #[allow(deprecated)]
+    let provider = rustls::crypto::ring::default_provider();
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
+        .with_provider_and_webpki_roots(provider)
         .map_err(|e| CallError::Failed(e.into()))?
         .https_or_http()
         .enable_http1()

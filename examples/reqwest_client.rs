@@ -8,7 +8,8 @@
 //! A GET and a POST carry a token fetched once; the API then revokes the token, and the next
 //! POST is rejected with 401 inside the middleware, which gets a new token and sends the POST
 //! again (body included) before the caller sees anything. Last, a client with a wrong secret
-//! gets this crate's error out of reqwest-middleware's.
+//! gets this crate's error out of reqwest-middleware's. The token requests go through the same
+//! `reqwest::Client` as the API calls (`reqwest_client`): one HTTP stack.
 
 use tower_cognito_auth::CognitoAuthLayer;
 use tower_cognito_auth::testing::{ProtectedApi, TokenEndpoint};
@@ -19,12 +20,14 @@ async fn main() -> Result<(), tower::BoxError> {
     let api = ProtectedApi::start(&endpoint).await?;
     println!("token endpoint {}, API {}", endpoint.token_url(), api.url());
 
+    let http = reqwest::Client::new();
     let auth = CognitoAuthLayer::builder()
         .token_url(endpoint.token_url())
         .client_id(endpoint.client_id())
         .client_secret(endpoint.client_secret())
+        .reqwest_client(http.clone())
         .build()?;
-    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+    let client = reqwest_middleware::ClientBuilder::new(http)
         .with(auth.reqwest_middleware())
         .build();
 

@@ -9,15 +9,15 @@ use std::task::{Context, Poll, ready};
 use http::header::AUTHORIZATION;
 use http::{HeaderValue, Method, Request, Response};
 use pin_project_lite::pin_project;
-use tower_service::Service;
+use tower::Service;
 
 use crate::cache::{Entry, Generation, Lookup, TokenCache, TokenWait};
 use crate::error::BoxError;
-use crate::reject::{is_token_rejected, may_reject};
+use crate::reject::{is_token_rejected, may_reject, replay_with};
 use crate::replay::{Kept, ReplayBody};
 
 /// The cache as a service and its response futures hold it: a reference count of the
-/// service's own (made by [`Layer::layer`](tower_layer::Layer::layer), shared by the service's
+/// service's own (made by [`Layer::layer`](tower::Layer::layer), shared by the service's
 /// clones), so that the requests of services on other cores do not write one count. A
 /// response future holds it so that a rejection can drop its token, and a request whose
 /// service was dropped after the call (`oneshot`) is still replayed.
@@ -74,7 +74,7 @@ pin_project! {
             replay: Option<Resend<S>>,
         },
         // The inner future whose answer goes back as it is: a request that carried its own
-        // `Authorization`, or the replay.
+        // `Authorization`.
         Final {
             #[pin]
             future: S::Future,
@@ -110,12 +110,21 @@ where
         wait: TokenWait,
         cache: CacheHandle,
         rejected: Generation,
+        post: bool,
         kept: Option<(S::Response, Resend<S>)>,
     },
     /// Making the stored service clone ready for the replay.
     Readying {
         service: Option<S>,
         request: Option<Request<B>>,
+        cache: CacheHandle,
+        post: bool,
+    },
+    /// The replay was sent: its answer goes back as it is, a rejection counted.
+    Replayed {
+        future: Pin<Box<S::Future>>,
+        cache: CacheHandle,
+        post: bool,
     },
     /// No token could be had, or the body failed before the inner service was called.
     Failed { error: Option<BoxError> },
@@ -286,6 +295,7 @@ where
     let StateProj::Called {
         cache,
         generation,
+        post,
         replay,
         ..
     } = state.as_mut().project()
@@ -293,31 +303,40 @@ where
         return Some(response);
     };
     let rejected = *generation;
+    let post = *post;
     cache.invalidate(rejected);
     let Some(replay) = replay.take() else {
         // Not replayable (a large or streaming body, or replay is off): the rejection goes
         // back, and the next request gets a fresh token.
+        cache.count_rejection_returned();
         return Some(response);
     };
     match cache.lookup(header_and_generation) {
-        Lookup::Ready((header, generation)) if generation != rejected => {
+        Lookup::Ready((header, generation)) if replay_with(generation, rejected) => {
             cache.count_replay();
             let request = replay_request::<B>(replay.kept, header);
+            let cache = Arc::clone(cache);
             state.set(State::aside(Aside::Readying {
                 service: Some(replay.service),
                 request: Some(request),
+                cache,
+                post,
             }));
             None
         }
         // The same token again (rejections are throttled) or none: a replay cannot do better
         // than the answer we have.
-        Lookup::Ready(_) | Lookup::Failed(_) => Some(response),
+        Lookup::Ready(_) | Lookup::Failed(_) => {
+            cache.count_rejection_returned();
+            Some(response)
+        }
         Lookup::Wait(wait) => {
             let cache = Arc::clone(cache);
             state.set(State::aside(Aside::WaitReplayToken {
                 wait,
                 cache,
                 rejected,
+                post,
                 kept: Some((response, replay)),
             }));
             None
@@ -387,6 +406,7 @@ where
                     wait,
                     cache,
                     rejected,
+                    post,
                     kept,
                 } => {
                     let outcome = ready!(wait.as_mut().poll(cx));
@@ -394,21 +414,32 @@ where
                         panic!("{POLLED_AFTER_DONE}");
                     };
                     match outcome {
-                        Ok(entry) if entry.generation() != *rejected => {
+                        Ok(entry) if replay_with(entry.generation(), *rejected) => {
                             cache.count_replay();
                             let (header, _) = header_and_generation(&entry);
                             drop(response);
                             let request = replay_request::<B>(replay.kept, header);
                             // (The box is used again.)
+                            let (cache, post) = (Arc::clone(cache), *post);
                             **aside = Aside::Readying {
                                 service: Some(replay.service),
                                 request: Some(request),
+                                cache,
+                                post,
                             };
                         }
-                        _ => return Poll::Ready(Ok(response)),
+                        _ => {
+                            cache.count_rejection_returned();
+                            return Poll::Ready(Ok(response));
+                        }
                     }
                 }
-                Aside::Readying { service, request } => {
+                Aside::Readying {
+                    service,
+                    request,
+                    cache,
+                    post,
+                } => {
                     let Some(svc) = service.as_mut() else {
                         panic!("{POLLED_AFTER_DONE}");
                     };
@@ -416,8 +447,26 @@ where
                     let (Some(mut svc), Some(request)) = (service.take(), request.take()) else {
                         panic!("{POLLED_AFTER_DONE}");
                     };
-                    let future = svc.call(request);
-                    state.set(State::Final { future });
+                    // Boxed once more (the replay path allocates anyway), so that its answer can
+                    // be looked at from this box rather than from a state of the hot path.
+                    let future = Box::pin(svc.call(request));
+                    let (cache, post) = (Arc::clone(cache), *post);
+                    **aside = Aside::Replayed {
+                        future,
+                        cache,
+                        post,
+                    };
+                }
+                Aside::Replayed {
+                    future,
+                    cache,
+                    post,
+                } => {
+                    let response = ready!(future.as_mut().poll(cx)).map_err(Into::into)?;
+                    if is_token_rejected(&response, *post) {
+                        cache.count_rejection_returned();
+                    }
+                    return Poll::Ready(Ok(response));
                 }
                 Aside::Failed { error } => {
                     let Some(error) = error.take() else {

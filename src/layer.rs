@@ -7,15 +7,15 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
 use http_body_util::Full;
-use tower_layer::Layer;
-use tower_service::Service;
+use tower::Layer;
+use tower::Service;
 
 use crate::cache::{Stats, TokenCache, TokenCacheBuilder};
 use crate::error::{BoxError, Error};
+use crate::grant::TokenSource;
 use crate::grant::{ClientAuth, ClientCredentialsBuilder, ClientSecret};
 use crate::replay::Replay;
 use crate::service::CognitoAuth;
-use crate::source::TokenSource;
 use crate::token::AccessToken;
 use crate::trailers::WatchTrailersLayer;
 
@@ -297,6 +297,48 @@ impl CognitoAuthLayerBuilder {
     {
         self.credentials = self.credentials.http_client(client);
         self.credential_settings.push("http_client");
+        self
+    }
+
+    /// Sends token requests through this HTTP proxy (`http://[user:password@]host[:port]`)
+    /// instead of the one `HTTPS_PROXY` / `HTTP_PROXY` / `ALL_PROXY` name (the default, with
+    /// `NO_PROXY` honoured). See [`ClientCredentialsBuilder::proxy`].
+    #[cfg(feature = "rustls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
+    pub fn proxy(mut self, url: impl Into<String>) -> Self {
+        self.credentials = self.credentials.proxy(url);
+        self.credential_settings.push("proxy");
+        self
+    }
+
+    /// Token requests go directly to the token endpoint, whatever the environment's proxy
+    /// variables say. Default: the environment's proxy. See [`ClientCredentialsBuilder::no_proxy`].
+    #[cfg(feature = "rustls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
+    pub fn no_proxy(mut self) -> Self {
+        self.credentials = self.credentials.no_proxy();
+        self.credential_settings.push("no_proxy");
+        self
+    }
+
+    /// Trusts these certificate authorities (PEM) beside the built-in roots; repeatable.
+    /// Default is none. See [`ClientCredentialsBuilder::root_certificates`].
+    #[cfg(feature = "rustls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
+    pub fn root_certificates(mut self, pem: impl AsRef<[u8]>) -> Self {
+        self.credentials = self.credentials.root_certificates(pem);
+        self.credential_settings.push("root_certificates");
+        self
+    }
+
+    /// Sends the token requests through the application's own [`reqwest::Client`] (feature
+    /// `reqwest`), so that a reqwest-only service carries one HTTP and TLS stack. Default is the
+    /// built-in client. See [`ClientCredentialsBuilder::reqwest_client`].
+    #[cfg(feature = "reqwest")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
+    pub fn reqwest_client(mut self, client: reqwest::Client) -> Self {
+        self.credentials = self.credentials.reqwest_client(client);
+        self.credential_settings.push("reqwest_client");
         self
     }
 

@@ -7,7 +7,7 @@
 //! the token coming from the OAuth 2.0 client_credentials grant and kept in a cache that
 //! renews it before it expires. For an application acting for a signed-in user, the same layer
 //! takes its tokens from the user's refresh token, with refresh-token rotation handled safely:
-//! see [`session`] and [`RefreshTokenGrant`].
+//! see [`grant::refresh_token`] and [`RefreshTokenGrant`].
 //!
 //! ```no_run
 //! use tower::ServiceBuilder;
@@ -21,8 +21,8 @@
 //! #     Client::builder(TokioExecutor::new()).build_http();
 //! let auth = CognitoAuthLayer::builder()
 //!     .cognito_domain("my-pool", "us-east-1") // or .token_url("https://…/oauth2/token")
-//!     .client_id(std::env::var("COGNITO_CLIENT_ID")?)
-//!     .client_secret(std::env::var("COGNITO_CLIENT_SECRET")?)
+//!     .client_id(std::env::var("COGNITO_CLIENT_ID").map_err(|_| "COGNITO_CLIENT_ID is not set")?)
+//!     .client_secret(std::env::var("COGNITO_CLIENT_SECRET").map_err(|_| "COGNITO_CLIENT_SECRET is not set")?)
 //!     .scope("wallets/read") // optional, repeatable
 //!     .build()?; // default HTTPS client, default timings
 //!
@@ -89,8 +89,9 @@
 //!   logs or errors; the `Authorization` header is marked sensitive; the token endpoint must be
 //!   HTTPS (loopback excepted). A request that already has an `Authorization` header is left
 //!   alone.
-//! - **Careful with the token endpoint.** `400 invalid_client` is a clear error and is not
-//!   retried; `429` and `5xx` back off exponentially with jitter and honour `Retry-After`.
+//! - **Careful with the token endpoint.** `400 invalid_client` is a clear error, not retried
+//!   within the token fetch; the cache asks again at most once a minute, when a token is
+//!   wanted. `429` and `5xx` back off exponentially with jitter and honour `Retry-After`.
 //!
 //! # Errors
 //!
@@ -101,8 +102,10 @@
 //! # Features
 //!
 //! - `rustls` (default): the built-in HTTPS client for the token endpoint (hyper-util,
-//!   rustls with the ring provider and the webpki roots). Without it, pass your own client to
-//!   `http_client`.
+//!   rustls with the ring provider and the webpki roots), which honours `HTTPS_PROXY` /
+//!   `NO_PROXY` and takes `proxy`, `no_proxy` and `root_certificates` on the builders. Without
+//!   it, pass your own client to `http_client`.
+//! - `native-roots`: `rustls`, trusting the platform's certificate store instead of webpki's.
 //! - `tonic`: [`ReplayBody`](replay::ReplayBody) for `tonic::body::Body`, so a tonic
 //!   `Channel` can sit under the layer.
 //! - `axum`: [`ReplayBody`](replay::ReplayBody) for axum's body type.
@@ -112,11 +115,12 @@
 //! - `redis`: `store` and [`RedisStore`](store::RedisStore), a store on Redis or Valkey
 //!   (`redis://`, or `rediss://` over rustls with the ring provider).
 //! - `reqwest`: [`CognitoAuthLayer::reqwest_middleware`], the same tokens for a reqwest
-//!   client through reqwest-middleware (see [`reqwest_auth`]).
+//!   client through reqwest-middleware (see [`reqwest_auth`]), and `reqwest_client` on the
+//!   builders, for token requests through the application's own `reqwest::Client`.
 //! - `aws-secrets-manager`: [`ClientSecret::from_aws_secrets_manager`], the client secret
 //!   read from AWS Secrets Manager (cached, read again after `invalid_client`).
 //! - `metrics`: counters, a histogram and a gauge through the `metrics` facade, for your own
-//!   exporter (see [`metrics`] for the names).
+//!   exporter (see `metrics` for the names).
 //! - `test-util`: [`testing`], a Cognito-compatible token endpoint and a protected API on
 //!   127.0.0.1 and a `redis-server` runner, for your own tests.
 #![forbid(unsafe_code)]
@@ -130,11 +134,13 @@ pub mod error;
 pub mod future;
 pub mod grant;
 mod layer;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub mod metrics;
+#[cfg(not(feature = "metrics"))]
+mod metrics;
 mod reject;
 pub mod replay;
-#[doc(no_inline)]
-pub use grant as source;
 #[cfg(feature = "reqwest")]
 #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
 pub mod reqwest_auth;
@@ -153,7 +159,6 @@ pub use error::{Error, ErrorKind};
 #[cfg(feature = "aws-secrets-manager")]
 #[cfg_attr(docsrs, doc(cfg(feature = "aws-secrets-manager")))]
 pub use grant::AwsSecretsManager;
-pub use grant::refresh_token as session;
 pub use grant::{BoxFuture, SharedIdentity, TokenSource};
 pub use grant::{ClientAssertionKey, ClientSecret};
 pub use grant::{
@@ -165,7 +170,9 @@ pub use replay::Replay;
 pub use service::CognitoAuth;
 pub use token::{AccessToken, Token};
 
-/// Compiles the README's Rust code as doctests.
-#[cfg(doctest)]
+/// Compiles the README's Rust code as doctests. Its examples are whole programs, with no
+/// hidden lines, and some use the features `reqwest`, `redis` and `test-util`: they are compiled
+/// when those are on (`cargo test --all-features`).
+#[cfg(all(doctest, feature = "reqwest", feature = "redis", feature = "test-util"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;

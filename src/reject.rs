@@ -22,8 +22,21 @@ const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 /// was a `POST`, as a gRPC call is.
 #[inline]
 pub(crate) fn is_token_rejected<B>(response: &Response<B>, post: bool) -> bool {
-    response.status() == StatusCode::UNAUTHORIZED
+    is_rejected_status(response.status())
         || (may_be_grpc_rejection(response, post) && is_grpc_unauthenticated(response.headers()))
+}
+
+/// An HTTP status that rejects the token it was sent with: `401`, never `403` (the token was
+/// understood, and the answer is "not allowed": a new token would not change it).
+pub(crate) fn is_rejected_status(status: StatusCode) -> bool {
+    status == StatusCode::UNAUTHORIZED
+}
+
+/// After a rejection of generation `rejected`, whether a replay with the token of generation
+/// `next` can do better: only with a newer token. The same token comes back when the
+/// rejection was throttled (or an older generation was rejected), and is rejected again.
+pub(crate) fn replay_with<G: PartialEq>(next: G, rejected: G) -> bool {
+    next != rejected
 }
 
 /// Whether [`is_token_rejected`] may answer yes, told from fields of the response without

@@ -4,7 +4,7 @@
 //! reqwest takes no tower layer for its requests, so [`CognitoAuthLayer::reqwest_middleware`]
 //! gives a [`CognitoAuthMiddleware`] over the layer's own cache: tower services and reqwest
 //! clients built from one layer share one token, one single-flight refresh and one set of
-//! counters. The rules are the layer's:
+//! counters. The rules are the tower service's, from the same functions:
 //! - a request that already has an `Authorization` header is left alone;
 //! - the header is marked sensitive;
 //! - a `401` drops that token (only that generation, at most once per
@@ -13,10 +13,20 @@
 //!   allows its method, its body fits
 //!   [`replay_body_limit`](crate::CognitoAuthLayerBuilder::replay_body_limit) and reqwest can
 //!   clone it (`Request::try_clone`: a streaming body cannot be, and is sent once; its `401`
-//!   goes back to the caller);
-//! - no token, no call: a failure to get one is
+//!   goes back to the caller). The `401`'s body is read (up to 64 KiB) before the replay, so
+//!   that its connection goes back to the pool;
+//! - unlike the tower service, no `grpc-status` header counts as a rejection: reqwest speaks no
+//!   gRPC;
+//! - no token, no call: a failure to get one, before the request or after a `401`, is
 //!   [`reqwest_middleware::Error::Middleware`] holding this crate's [`Error`], which
 //!   `downcast_ref` finds.
+//!
+//! With reqwest-retry, add its middleware before this one, so that each attempt gets the
+//! current token; it treats `Error::Middleware` as fatal, which suits a token failure (the
+//! cache has already retried and paces its refreshes).
+//!
+//! The token requests themselves can go through the same `reqwest::Client`:
+//! `reqwest_client(..)` on the builders.
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), tower::BoxError> {
@@ -49,14 +59,19 @@
 use std::fmt;
 
 use http::header::AUTHORIZATION;
-use http::{Extensions, HeaderValue, Method, StatusCode};
+use http::{Extensions, HeaderValue};
 use reqwest::{Request, Response};
 use reqwest_middleware::{Middleware, Next};
 
 use crate::cache::{Generation, Lookup, TokenCache};
 use crate::error::Error;
-use crate::reject::is_grpc_unauthenticated;
+use crate::future::header_and_generation;
+use crate::reject::{is_rejected_status, replay_with};
 use crate::replay::Replay;
+
+/// The most of a rejection's body that is read (and dropped) before a replay, so that its
+/// connection goes back to reqwest's pool; a longer body closes the connection instead.
+const DRAIN_LIMIT: usize = 64 * 1024;
 
 /// A [`reqwest_middleware::Middleware`] that puts the layer's token on every request and
 /// replays a request once when its token is rejected. Made by
@@ -78,15 +93,15 @@ impl CognitoAuthMiddleware {
         }
     }
 
-    /// The token's header and generation: the cached one, or the refresh's.
+    /// The token's header and generation: the cached one, or the refresh's (the tower
+    /// service's lookup).
     async fn token(&self) -> Result<(HeaderValue, Generation), Error> {
         if let Some(fresh) = self.cache.fresh_header() {
             return Ok(fresh);
         }
-        let header = |entry: &crate::cache::Entry| (entry.header.clone(), entry.generation());
-        match self.cache.lookup(header) {
+        match self.cache.lookup(header_and_generation) {
             Lookup::Ready(token) => Ok(token),
-            Lookup::Wait(wait) => wait.await.map(|entry| header(&entry)),
+            Lookup::Wait(wait) => wait.await.map(|entry| header_and_generation(&entry)),
             Lookup::Failed(error) => Err(error),
         }
     }
@@ -120,12 +135,16 @@ impl fmt::Debug for CognitoAuthMiddleware {
     }
 }
 
-/// Whether the answer rejects the token it was sent with (as [`reject`](crate::reject) rules
-/// for the tower layer: `401`, or a gRPC `UNAUTHENTICATED` in the headers of the answer to a
-/// `POST`).
-fn rejected(response: &Response, post: bool) -> bool {
-    response.status() == StatusCode::UNAUTHORIZED
-        || (post && is_grpc_unauthenticated(response.headers()))
+/// Reads what is left of a rejection's body, up to [`DRAIN_LIMIT`], so that reqwest can reuse
+/// its connection for the replay; errors only mean the connection is not reused.
+async fn drain(mut response: Response) {
+    let mut read = 0;
+    while read <= DRAIN_LIMIT {
+        match response.chunk().await {
+            Ok(Some(chunk)) => read += chunk.len(),
+            Ok(None) | Err(_) => return,
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -146,27 +165,38 @@ impl Middleware for CognitoAuthMiddleware {
             .await
             .map_err(reqwest_middleware::Error::middleware)?;
         request.headers_mut().insert(AUTHORIZATION, header);
-        let post = request.method() == Method::POST;
         let response = next.clone().run(request, extensions).await?;
-        if !rejected(&response, post) {
+        // The tower service's rule but for gRPC: reqwest speaks HTTP/1 and HTTP/2 without
+        // gRPC's framing, so a `grpc-status` header here is an ordinary header.
+        if !is_rejected_status(response.status()) {
             return Ok(response);
         }
         self.cache.invalidate(generation);
         let Some(mut again) = kept else {
             // Not replayable (a stream, a body over the limit, or the policy): the rejection
             // goes back, and the next request gets a new token.
+            self.cache.count_rejection_returned();
             return Ok(response);
         };
         match self.token().await {
-            // The same token again (rejections are throttled) or none: a replay cannot do
-            // better than the answer we have.
-            Ok((header, next_generation)) if next_generation != generation => {
+            Ok((header, next_generation)) if replay_with(next_generation, generation) => {
                 self.cache.count_replay();
-                drop(response);
+                drain(response).await;
                 again.headers_mut().insert(AUTHORIZATION, header);
-                next.run(again, extensions).await
+                let answer = next.run(again, extensions).await?;
+                if is_rejected_status(answer.status()) {
+                    self.cache.count_rejection_returned();
+                }
+                Ok(answer)
             }
-            _ => Ok(response),
+            // The same token again (the rejection was throttled): a replay cannot do better
+            // than the answer we have.
+            Ok(_) => {
+                self.cache.count_rejection_returned();
+                Ok(response)
+            }
+            // No new token: that is what went wrong, and what the caller gets.
+            Err(error) => Err(reqwest_middleware::Error::middleware(error)),
         }
     }
 }

@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 
 use http::header::AUTHORIZATION;
 use http::{Method, Request, Response};
-use tower_service::Service;
+use tower::Service;
 
 use crate::cache::{Lookup, TokenCache};
 use crate::error::BoxError;
@@ -34,7 +34,7 @@ use crate::replay::{Kept, Replay, ReplayBody, keep};
 /// no lock), clones its thread's copy of the token's header (a reference count no other
 /// thread writes), and holds the service's own handle to the cache (a reference count shared
 /// by this service and its clones only, not by the services
-/// [`Layer::layer`](tower_layer::Layer::layer) made for other connections). Nothing else: the
+/// [`Layer::layer`](tower::Layer::layer) made for other connections). Nothing else: the
 /// decisions are the cache's (see [`cache`](crate::cache)).
 #[derive(Clone)]
 pub struct CognitoAuth<S> {

@@ -373,3 +373,74 @@ fn credential_settings_beside_a_token_source_are_refused() {
         "accepted beside `token_source`: {accepted:?}"
     );
 }
+
+/// Issue 28, core item 3, over HTTP: the token endpoint answers `429` with `Retry-After: 40`
+/// to a refresh ahead, then the API rejects the token still served. The rejection drops the
+/// token but must not shorten the endpoint's pause: no token request goes out before the 40 s
+/// are over (the old code sent one at once, and one per invalidation throttle after that).
+#[tokio::test(start_paused = true)]
+async fn a_rejection_does_not_shorten_the_endpoints_retry_after() {
+    use tower_cognito_auth::testing::{ProtectedApi, Rejection, Reply, TokenEndpoint};
+
+    let endpoint = TokenEndpoint::start().await.unwrap();
+    let api = ProtectedApi::start(&endpoint).await.unwrap();
+    let layer = CognitoAuthLayer::builder()
+        .token_url(endpoint.token_url())
+        .client_id(endpoint.client_id())
+        .client_secret(endpoint.client_secret())
+        .http_client(common::http())
+        .build()
+        .unwrap();
+    let client = layer.layer(common::http());
+    let get = || {
+        Request::get(format!("{}/wallets", api.url()))
+            .body(Full::<Bytes>::default())
+            .unwrap()
+    };
+    let ok = client.clone().oneshot(get()).await.unwrap();
+    assert_eq!(ok.status(), http::StatusCode::OK);
+    assert_eq!(endpoint.request_count(), 1);
+    // Into the refresh-ahead window (the endpoint's tokens live an hour): the refresh ahead
+    // is refused for 40 s, unseen by the callers.
+    endpoint.fail_with(Some(
+        Reply::status(http::StatusCode::TOO_MANY_REQUESTS).header("retry-after", "40"),
+    ));
+    tokio::time::sleep(Duration::from_secs(3400)).await;
+    let ok = client.clone().oneshot(get()).await.unwrap();
+    assert_eq!(ok.status(), http::StatusCode::OK, "the usable token served");
+    for _ in 0..100 {
+        if layer.stats().token_failures == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        layer.stats().token_failures,
+        1,
+        "the refresh ahead was refused"
+    );
+    let asked = endpoint.request_count();
+    // The API rejects the token: dropped, and with no token to replay with, the 401 goes back.
+    api.reject_all(Some(Rejection::Unauthorized));
+    let rejected = client.clone().oneshot(get()).await.unwrap();
+    assert_eq!(rejected.status(), http::StatusCode::UNAUTHORIZED);
+    assert_eq!(layer.stats().invalidations, 1);
+    assert_eq!(
+        endpoint.request_count(),
+        asked,
+        "a token request within the endpoint's Retry-After"
+    );
+    // Until the 40 s are over, requests fail at once without asking the endpoint.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let refused = client.clone().oneshot(get()).await.unwrap_err();
+    let refused = refused.downcast_ref::<Error>().expect("the crate's error");
+    assert_eq!(refused.kind(), ErrorKind::RateLimited, "{refused}");
+    assert_eq!(endpoint.request_count(), asked);
+    // After them, the next request gets a token.
+    endpoint.fail_with(None);
+    api.reject_all(None);
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let ok = client.clone().oneshot(get()).await.unwrap();
+    assert_eq!(ok.status(), http::StatusCode::OK);
+    assert_eq!(endpoint.request_count(), asked + 1);
+}

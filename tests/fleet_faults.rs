@@ -44,6 +44,8 @@ struct State {
 struct Proxy {
     addr: SocketAddr,
     state: Arc<Mutex<State>>,
+    /// Connections accepted so far.
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Proxy {
@@ -56,12 +58,23 @@ impl Proxy {
             epoch: 0,
         }));
         let shared = Arc::clone(&state);
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = Arc::clone(&accepted);
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 tokio::spawn(relay(client, Arc::clone(&shared)));
             }
         });
-        Proxy { addr, state }
+        Proxy {
+            addr,
+            state,
+            accepted,
+        }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn url(&self) -> String {
@@ -74,6 +87,12 @@ impl Proxy {
             state.epoch += 1;
         }
         state.mode = mode;
+    }
+
+    /// New connections go to `target`; the old ones keep going to the old server, as after a
+    /// failover that moved a DNS name and left the old primary reachable (demoted).
+    fn retarget(&self, target: SocketAddr) {
+        self.state.lock().unwrap().target = target;
     }
 
     /// New connections go to `target`; the old ones hang, as after a failover that moved the
@@ -220,7 +239,7 @@ async fn a_store_moves_to_the_new_server_after_a_failover() {
             break;
         }
         assert!(
-            start.elapsed() < 3 * bound,
+            start.elapsed() < bound,
             "the store still fails {:?} after the failover",
             start.elapsed()
         );
@@ -409,9 +428,10 @@ async fn a_refusing_endpoint_sees_the_fleet_as_one_process() {
     }
     for (name, fleet_sent, lone_sent) in phases {
         assert!(lone_sent > 0, "{name}: one process sent nothing");
-        // Each of the 12 alone would send about 12 times what one sends.
+        // Each of the 12 alone would send about 12 times what one sends; the fleet sends what
+        // one process sends, give or take the holder that sees the refusal end.
         assert!(
-            fleet_sent <= 2 * lone_sent,
+            fleet_sent <= lone_sent + 1,
             "{name}: the fleet of 12 sent {fleet_sent} token requests, one process {lone_sent}"
         );
     }
@@ -518,4 +538,172 @@ async fn a_waiting_process_costs_redis_a_few_commands_per_second() {
         );
     }
     assert_eq!(endpoint.tokens_issued(), 5, "shared in every round");
+}
+
+/// A raw connection to `redis`, for what the store does not do.
+async fn raw(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// `REPLICAOF` on `server`: `Some(primary)` makes it a replica, `None` a primary.
+async fn replica_of(server: &RedisServer, primary: Option<&RedisServer>) {
+    let mut conn = raw(server).await;
+    let mut cmd = redis::cmd("REPLICAOF");
+    match primary {
+        Some(primary) => cmd
+            .arg(primary.addr().ip().to_string())
+            .arg(primary.addr().port()),
+        None => cmd.arg("NO").arg("ONE"),
+    };
+    let _: () = cmd.query_async(&mut conn).await.unwrap();
+}
+
+/// Defect 2 of issue 29: a failover that demotes the primary and leaves it reachable (the
+/// name now points to the promoted replica; the old connection still reaches the old server,
+/// which answers `READONLY`). The store drops its connection on that answer and the next
+/// command goes to the new primary: one failed command, not every command until a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demoted_primary_is_left_for_the_new_one() {
+    let (old, new) = (redis(), redis());
+    replica_of(&new, Some(&old)).await;
+    let proxy = Proxy::start(old.addr()).await;
+    let store = store(&proxy.url());
+    assert!(
+        store
+            .try_lease("a-lease", "before", Duration::from_secs(60))
+            .await
+            .unwrap()
+    );
+    // The failover: the replica is promoted, the old primary demoted, the name moved.
+    replica_of(&new, None).await;
+    replica_of(&old, Some(&new)).await;
+    proxy.retarget(new.addr());
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        let answer = store
+            .try_lease("b-lease", "after", Duration::from_secs(60))
+            .await
+            .map_err(|e| e.to_string());
+        let done = answer.is_ok();
+        answers.push(answer);
+        if done {
+            break;
+        }
+    }
+    assert!(
+        matches!(answers.last(), Some(Ok(true))) && answers.len() <= 2,
+        "{answers:?}"
+    );
+    // Written to the new primary.
+    let held: Option<String> = redis::cmd("GET")
+        .arg("b-lease")
+        .query_async(&mut raw(&new).await)
+        .await
+        .unwrap();
+    assert_eq!(held.as_deref(), Some("after"));
+}
+
+/// Defect 4 of issue 29: under an ACL without channels (Redis 7's default `resetchannels`:
+/// `SUBSCRIBE` and the write's `PUBLISH` refused with `NOPERM`), a waiting process polls at
+/// the fleet's usual fallback pace, once a second, not every 10 to 50 ms; and the fleet still
+/// shares one token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_channel_permissions_a_waiting_process_polls_once_a_second() {
+    const POLL: Duration = Duration::from_secs(1);
+    /// Commands per poll: the load script (`EVALSHA`, `GET`, `PTTL`) and the lease's `SET NX`.
+    const PER_POLL: u64 = 4;
+    let redis = redis();
+    let () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("fleet")
+        .arg(&[
+            "on",
+            ">fleet-pw",
+            "~tower-cognito-auth:*",
+            "resetchannels",
+            "-@all",
+            "+get",
+            "+set",
+            "+del",
+            "+pttl",
+            "+pexpire",
+            "+publish",
+            "+subscribe",
+            "+evalsha",
+            "+eval",
+            "+script|load",
+        ])
+        .query_async(&mut raw(&redis).await)
+        .await
+        .unwrap();
+    let url = format!("redis://fleet:fleet-pw@{}", redis.addr());
+    let endpoint = TokenEndpoint::start().await.unwrap();
+    endpoint.set_delay(Duration::from_secs(4));
+    let deadline = Duration::from_secs(30);
+    let holder = member_with(&endpoint, store(&url), deadline);
+    let waiter = member_with(&endpoint, store(&url), deadline);
+    let held = tokio::spawn(async move { holder.token().await.unwrap() });
+    for _ in 0..200 {
+        if endpoint.request_count() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(endpoint.request_count(), 1, "the holder is fetching");
+    let waited = {
+        let waiter = waiter.clone();
+        tokio::spawn(async move { waiter.token().await.unwrap() })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let window = Duration::from_secs(2);
+    let before = redis_commands(&redis).await;
+    tokio::time::sleep(window).await;
+    let spent = redis_commands(&redis).await - before;
+    let polls = window.as_secs() / POLL.as_secs() + 1;
+    assert!(
+        spent <= polls * PER_POLL,
+        "a waiting process cost Redis {spent} commands in {window:?}"
+    );
+    let (held, waited) = (held.await.unwrap(), waited.await.unwrap());
+    assert_eq!(held.secret(), waited.secret());
+    assert_eq!(
+        (endpoint.tokens_issued(), waiter.stats().adopted),
+        (1, 1),
+        "shared"
+    );
+}
+
+/// Defect 6 of issue 29: replies slower than the store's timeout (300 ms against 200 ms), as in
+/// a latency spike, fail those commands but do not make the store reconnect: the connection
+/// still answers (a `PING` probe says so), and 1,000 processes reconnecting at once (TLS
+/// included) would only add to the spike. Before the fix every timeout dropped the shared
+/// connection and the next command reconnected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_replies_do_not_make_the_store_reconnect() {
+    let redis = redis();
+    let proxy = Proxy::start(redis.addr()).await;
+    let store = store(&proxy.url());
+    assert_eq!(store.load("k").await.unwrap(), None);
+    assert_eq!(proxy.accepted(), 1);
+    proxy.set(Mode::Delay(TIMEOUT + TIMEOUT / 2));
+    for _ in 0..10 {
+        assert!(store.load("k").await.is_err(), "slower than the timeout");
+        tokio::time::sleep(TIMEOUT / 2).await;
+    }
+    proxy.set(Mode::Forward);
+    // The delayed replies drain; then commands answer on the same connection.
+    let mut answered = false;
+    for _ in 0..50 {
+        if store.load("k").await.is_ok() {
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(answered, "the store answers again");
+    assert_eq!(proxy.accepted(), 1, "reconnected for slow replies");
 }

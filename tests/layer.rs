@@ -298,6 +298,9 @@ async fn always_401_means_two_attempts_then_the_401() {
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(env.api.request_count(), 2, "exactly two attempts");
     assert_eq!(env.layer.stats().token_requests, 2);
+    // The replay's 401 went back to the caller, and is counted as such.
+    let stats = env.layer.stats();
+    assert_eq!((stats.replays, stats.rejections_returned), (1, 1));
 }
 
 #[tokio::test(start_paused = true)]

@@ -11,7 +11,7 @@ use http_body_util::Full;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use tower::{ServiceBuilder, ServiceExt as _};
 use tower_cognito_auth::testing::{ProtectedApi, TokenEndpoint};
-use tower_cognito_auth::{CognitoAuthLayer, RefreshTokenGrant};
+use tower_cognito_auth::{CognitoAuthLayer, RefreshTokenGrant, Replay};
 
 /// The value of the scrape's line that starts with `series` (labels included), if any.
 fn value(scrape: &str, series: &str) -> Option<f64> {
@@ -52,6 +52,26 @@ async fn the_names_and_labels_of_the_contract_are_recorded() {
     assert_eq!(b.unwrap().status(), 200);
     api.revoke_current();
     assert_eq!(client.clone().oneshot(get()).await.unwrap().status(), 200);
+    // The same cache without replays: a rejection goes back to the caller (the new token is
+    // revoked within the invalidation throttle, so it is not dropped again).
+    let no_replay = CognitoAuthLayer::from_cache(auth.cache().clone()).replay(Replay::Never);
+    api.revoke_current();
+    let unreplayed = ServiceBuilder::new()
+        .layer(no_replay)
+        .service(common::http())
+        .oneshot(get())
+        .await
+        .unwrap();
+    assert_eq!(unreplayed.status(), 401);
+    let stats = auth.stats();
+    assert_eq!(
+        (
+            stats.invalidations,
+            stats.replays,
+            stats.rejections_returned
+        ),
+        (1, 1, 1)
+    );
 
     // A refused client, labelled by the builder.
     let refused = CognitoAuthLayer::builder()
@@ -80,6 +100,43 @@ async fn the_names_and_labels_of_the_contract_are_recorded() {
         .unwrap();
     session.token().await.unwrap();
 
+    // Two caches under one label, the first with tokens of ten minutes, the second of an
+    // hour: the expiry gauge shows the earlier, and the later once the first cache is gone.
+    let shared_label = |lifetime: u64| {
+        endpoint.set_lifetime(Duration::from_secs(lifetime));
+        CognitoAuthLayer::builder()
+            .token_url(endpoint.token_url())
+            .client_id(&id)
+            .client_secret(endpoint.client_secret())
+            .http_client(common::http())
+            .metrics_client("sessions")
+            .build()
+            .unwrap()
+    };
+    let short = shared_label(600);
+    short.token().await.unwrap();
+    let long = shared_label(3600);
+    long.token().await.unwrap();
+    let gauge = |scrape: &str| {
+        value(
+            scrape,
+            "cognito_auth_token_expiry_timestamp_seconds{client=\"sessions\"}",
+        )
+        .expect("the expiry gauge of the shared label")
+    };
+    let unix_now = || {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+    };
+    let earliest = gauge(&recorder.render()) - unix_now();
+    assert!(earliest > 540.0 && earliest <= 600.0, "{earliest}");
+    drop(short);
+    let remaining = gauge(&recorder.render()) - unix_now();
+    assert!(remaining > 3540.0 && remaining <= 3600.0, "{remaining}");
+    drop(long);
+
     let scrape = recorder.render();
     let series = |name: &str, labels: &str| format!("{name}{{{labels}}}");
     let client_label = format!("client=\"{id}\"");
@@ -91,51 +148,102 @@ async fn the_names_and_labels_of_the_contract_are_recorded() {
                 &format!("{client_label},outcome=\"ok\"")
             )
         ),
-        // The service's two tokens; the session's exchange is labelled by the grant's client
-        // id too (the grant counts its own requests).
-        Some(3.0),
+        // The service's two tokens: the session's exchange carries the session's label.
+        Some(2.0),
         "{scrape}"
+    );
+    for (name, expected) in [
+        ("cognito_auth_token_requests_total", 1.0),
+        ("cognito_auth_refresh_failures_total", 1.0),
+        ("cognito_auth_token_request_duration_seconds_count", 1.0),
+    ] {
+        assert_eq!(
+            value(
+                &scrape,
+                &series(name, "client=\"batch-jobs\",outcome=\"rejected\"")
+            ),
+            Some(expected),
+            "{name}: {scrape}"
+        );
+    }
+    assert_eq!(
+        value(
+            &scrape,
+            "cognito_auth_token_requests_total{client=\"user-session\",outcome=\"ok\"}"
+        ),
+        Some(1.0),
+        "the session grant's requests carry the layer's label: {scrape}"
     );
     assert_eq!(
         value(
             &scrape,
-            "cognito_auth_token_requests_total{client=\"batch-jobs\",outcome=\"rejected\"}"
+            "cognito_auth_session_rotations_total{client=\"user-session\"}"
         ),
         Some(1.0),
         "{scrape}"
     );
-    assert_eq!(
-        value(&scrape, &series("cognito_auth_waits_total", &client_label)),
-        Some(3.0),
-        "{scrape}"
-    );
-    assert_eq!(
-        value(
-            &scrape,
-            &series("cognito_auth_replays_total", &client_label)
-        ),
-        Some(1.0),
-        "{scrape}"
-    );
+    for (name, expected) in [
+        ("cognito_auth_waits_total", 3.0),
+        ("cognito_auth_replays_total", 1.0),
+        ("cognito_auth_invalidations_total", 1.0),
+        ("cognito_auth_rejections_returned_total", 1.0),
+    ] {
+        assert_eq!(
+            value(&scrape, &series(name, &client_label)),
+            Some(expected),
+            "{name}: {scrape}"
+        );
+    }
     assert_eq!(
         value(
             &scrape,
             &series(
                 "cognito_auth_token_request_duration_seconds_count",
-                &client_label
+                &format!("{client_label},outcome=\"ok\"")
             )
         ),
-        Some(3.0),
+        Some(2.0),
         "{scrape}"
     );
-    assert_eq!(
-        value(
-            &scrape,
-            &series("cognito_auth_session_rotations_total", &client_label)
+    // Every series recorded here has its description.
+    for (name, help) in [
+        (
+            "cognito_auth_token_requests_total",
+            "HTTP requests sent to the OAuth token endpoint",
         ),
-        Some(1.0),
-        "{scrape}"
-    );
+        (
+            "cognito_auth_token_request_duration_seconds",
+            "Time of one HTTP request",
+        ),
+        (
+            "cognito_auth_refresh_failures_total",
+            "Token refreshes that failed",
+        ),
+        (
+            "cognito_auth_invalidations_total",
+            "Tokens dropped because the service rejected them",
+        ),
+        ("cognito_auth_replays_total", "Requests sent again"),
+        (
+            "cognito_auth_rejections_returned_total",
+            "handed back to the caller",
+        ),
+        ("cognito_auth_waits_total", "waited for a refresh"),
+        (
+            "cognito_auth_token_expiry_timestamp_seconds",
+            "Earliest expiry",
+        ),
+        (
+            "cognito_auth_session_rotations_total",
+            "Refresh tokens rotated",
+        ),
+    ] {
+        let line = scrape
+            .lines()
+            .find(|line| line.starts_with(&format!("# HELP {name} ")))
+            .unwrap_or_else(|| panic!("no HELP for {name}: {scrape}"));
+        assert!(line.contains(help), "{line}");
+    }
     let expiry = value(
         &scrape,
         &series("cognito_auth_token_expiry_timestamp_seconds", &client_label),

@@ -15,6 +15,8 @@ mod common;
 
 use common::{Capture, http, source};
 
+const PROXY_PASSWORD: &str = "the-proxy-password";
+
 #[tokio::test]
 async fn trace_output_never_holds_the_secret_or_a_token() {
     let capture = Capture::install();
@@ -47,6 +49,23 @@ async fn trace_output_never_holds_the_secret_or_a_token() {
         .build()
         .unwrap();
     let via_layer = layer.token().await.unwrap();
+    // A proxy with credentials (feature `rustls`): nothing listens there, the request fails
+    // at the proxy, and neither the password nor its Basic form is printed.
+    #[cfg(feature = "rustls")]
+    let proxied = {
+        let builder = tower_cognito_auth::ClientCredentials::builder()
+            .token_url("https://127.0.0.1:1/oauth2/token")
+            .client_id(endpoint.client_id())
+            .client_secret(SECRET)
+            .proxy(format!("http://egress:{PROXY_PASSWORD}@127.0.0.1:1"))
+            .max_attempts(1);
+        let shown = format!("{builder:?}");
+        let proxied = builder.build().unwrap();
+        let error = proxied.fetch().await.unwrap_err();
+        format!("{shown} {error} {error:?} {proxied:?}")
+    };
+    #[cfg(not(feature = "rustls"))]
+    let proxied = String::new();
 
     // Secrets read from a file and from a function, good and wrong: neither the secret nor
     // the file's content shows in logs, errors or `Debug`.
@@ -95,6 +114,15 @@ async fn trace_output_never_holds_the_secret_or_a_token() {
     assert!(logs.contains("invalid_client"), "{logs}");
     let basic = base64::engine::general_purpose::STANDARD
         .encode(format!("{}:{SECRET}", endpoint.client_id()));
+    let proxy_basic =
+        base64::engine::general_purpose::STANDARD.encode(format!("egress:{PROXY_PASSWORD}"));
+    for needle in [PROXY_PASSWORD, proxy_basic.as_str()] {
+        assert!(
+            !logs.contains(needle),
+            "the proxy's password leaked into the logs"
+        );
+        assert!(!proxied.contains(needle), "{proxied}");
+    }
     for needle in [
         SECRET,
         "another-secret-value",

@@ -6,7 +6,7 @@ mod common;
 
 use http::{Request, StatusCode};
 use tower::{ServiceBuilder, ServiceExt as _};
-use tower_cognito_auth::testing::{ProtectedApi, Rejection, TokenEndpoint};
+use tower_cognito_auth::testing::{ProtectedApi, Rejection, Reply, TokenEndpoint};
 use tower_cognito_auth::{CognitoAuthLayer, CognitoAuthLayerBuilder};
 
 fn layer(endpoint: &TokenEndpoint) -> CognitoAuthLayerBuilder {
@@ -127,6 +127,121 @@ async fn an_api_that_rejects_everything_costs_two_attempts_and_throttled_refresh
     assert_eq!(api.request_count(), 6);
     assert_eq!(endpoint.request_count(), 2);
     assert_eq!(auth.stats().replays, 1);
+    // Every 401 went back: the replay's, then four without a replay.
+    assert_eq!(auth.stats().rejections_returned, 5);
+}
+
+/// A 401, then no new token (the token endpoint now refuses the client): the caller gets that
+/// error, not the 401 it would otherwise take for "my token was bad" with no cause.
+#[tokio::test]
+async fn a_refresh_error_after_a_401_is_returned() {
+    let endpoint = TokenEndpoint::start().await.unwrap();
+    let api = ProtectedApi::start(&endpoint).await.unwrap();
+    let auth = layer(&endpoint).build().unwrap();
+    auth.token().await.unwrap();
+    api.revoke_current();
+    endpoint.fail_with(Some(Reply::oauth_error(
+        StatusCode::BAD_REQUEST,
+        "invalid_client",
+    )));
+    let error = client(&auth)
+        .get(format!("{}/wallets", api.url()))
+        .send()
+        .await
+        .unwrap_err();
+    let reqwest_middleware::Error::Middleware(inner) = &error else {
+        panic!("expected the middleware's error, got {error:?}");
+    };
+    let ours = inner
+        .downcast_ref::<tower_cognito_auth::Error>()
+        .expect("this crate's error");
+    assert!(ours.is_invalid_client(), "{ours}");
+    assert_eq!(api.request_count(), 1);
+    assert_eq!(auth.stats().invalidations, 1);
+}
+
+/// reqwest speaks no gRPC: a `grpc-status: 16` header on the answer to a POST is an ordinary
+/// header, not a rejection (the tower layer's gRPC rule is for gRPC clients).
+#[tokio::test]
+async fn a_grpc_status_header_is_not_a_rejection_for_reqwest() {
+    let endpoint = TokenEndpoint::start().await.unwrap();
+    let api = ProtectedApi::start(&endpoint).await.unwrap();
+    let auth = layer(&endpoint).build().unwrap();
+    auth.token().await.unwrap();
+    api.revoke_current();
+    let response = client(&auth)
+        .post(format!("{}/payments", api.url()))
+        .header(http::header::CONTENT_TYPE, "application/grpc")
+        .body("not really grpc")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers().get("grpc-status").map(|v| v.as_bytes()),
+        Some(&b"16"[..])
+    );
+    let stats = auth.stats();
+    assert_eq!((stats.invalidations, stats.replays), (0, 0));
+    assert_eq!(endpoint.request_count(), 1);
+}
+
+/// With `reqwest_client`, the token requests go through the application's reqwest client:
+/// one HTTP stack (here it is the only client the layer is given).
+#[tokio::test]
+async fn token_requests_through_the_applications_reqwest_client() {
+    let endpoint = TokenEndpoint::start().await.unwrap();
+    let api = ProtectedApi::start(&endpoint).await.unwrap();
+    // The application's client, told apart by its user agent.
+    let http = reqwest::Client::builder()
+        .user_agent("the-application/1.0")
+        .build()
+        .unwrap();
+    let auth = CognitoAuthLayer::builder()
+        .token_url(endpoint.token_url())
+        .client_id(endpoint.client_id())
+        .client_secret(endpoint.client_secret())
+        .reqwest_client(http.clone())
+        .build()
+        .unwrap();
+    let client = reqwest_middleware::ClientBuilder::new(http)
+        .with(auth.reqwest_middleware())
+        .build();
+    let response = client
+        .get(format!("{}/wallets", api.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(endpoint.request_count(), 1);
+    let seen = &endpoint.requests()[0];
+    assert_eq!(
+        seen.headers
+            .get(http::header::USER_AGENT)
+            .map(|v| v.as_bytes()),
+        Some(&b"the-application/1.0"[..])
+    );
+    assert_eq!(
+        seen.form_value("grant_type").as_deref(),
+        Some("client_credentials")
+    );
+    assert_eq!(
+        seen.basic_credentials(),
+        Some((
+            endpoint.client_id().to_owned(),
+            endpoint.client_secret().to_owned()
+        ))
+    );
+
+    // A refused client through reqwest is the same clear error.
+    let refused = CognitoAuthLayer::builder()
+        .token_url(endpoint.token_url())
+        .client_id(endpoint.client_id())
+        .client_secret("wrong")
+        .reqwest_client(reqwest::Client::new())
+        .build()
+        .unwrap();
+    assert!(refused.token().await.unwrap_err().is_invalid_client());
 }
 
 /// A failure to get a token is reqwest-middleware's `Middleware` error holding this crate's

@@ -546,3 +546,335 @@ async fn watch_hears_of_writes_from_another_store() {
         .unwrap();
     assert_eq!(quiet, heard);
 }
+
+/// What docs/faults.md says the store needs from a Redis ACL, for user `fleet`.
+const FLEET_ACL: &[&str] = &[
+    "on",
+    ">fleet-pw",
+    "resetkeys",
+    "~tower-cognito-auth:*",
+    "resetchannels",
+    "&tower-cognito-auth:*",
+    "-@all",
+    "+get",
+    "+set",
+    "+del",
+    "+pttl",
+    "+pexpire",
+    "+publish",
+    "+subscribe",
+    "+evalsha",
+    "+eval",
+    "+script|load",
+];
+
+/// Creates user `fleet` with `rules` and returns a store URL that logs in as it.
+async fn acl_user(redis: &RedisServer, rules: &[&str]) -> String {
+    let mut conn = raw(redis).await;
+    let () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("fleet")
+        .arg(rules)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    format!("redis://fleet:fleet-pw@{}", redis.addr())
+}
+
+/// Connections the server accepted so far.
+async fn connections(redis: &RedisServer) -> u64 {
+    let mut conn = raw(redis).await;
+    let info: String = redis::cmd("INFO")
+        .arg("stats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|line| line.strip_prefix("total_connections_received:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap()
+}
+
+/// Issue 29: a user with exactly the ACL the docs give can do all the store does, notifications
+/// included.
+#[tokio::test]
+async fn the_documented_acl_is_enough() {
+    let redis = server();
+    let store = RedisStore::new(acl_user(&redis, FLEET_ACL).await).unwrap();
+    let writer = RedisStore::new(acl_user(&redis, FLEET_ACL).await).unwrap();
+    let key = "tower-cognito-auth:v1:acl";
+    let lease = "tower-cognito-auth:v1:acl:lease";
+    let start = bounded(store.watch(key, None, Duration::ZERO))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .try_lease(lease, "me", Duration::from_secs(5))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .extend_lease(lease, "me", Duration::from_secs(9))
+            .await
+            .unwrap()
+    );
+    assert!(
+        writer
+            .save_if_longer(key, Bytes::from_static(b"v"), Duration::from_secs(5))
+            .await
+            .unwrap()
+    );
+    let heard = bounded(store.watch(key, Some(start), Duration::from_secs(5)))
+        .await
+        .unwrap();
+    assert_eq!(heard, start + 1, "the write was heard");
+    assert!(store.load(key).await.unwrap().is_some());
+    assert!(store.remove_if_equal(key, b"v").await.unwrap());
+    store.release_lease(lease, "me").await.unwrap();
+    assert!(!store.remove_if_prefix(key, b"").await.unwrap());
+}
+
+/// Defect 4 of issue 29: under an ACL without channels (Redis 7's default `resetchannels`),
+/// the `PUBLISH` inside the write's script is refused (`NOPERM`): the write happened, and is
+/// reported as done. `SUBSCRIBE` is refused too: `watch` then waits out its timeout (the
+/// caller polls at its usual, rare pace), and does not open a connection per call.
+#[tokio::test]
+async fn an_acl_without_channels_writes_and_waits_without_reconnecting() {
+    let redis = server();
+    let no_channels: Vec<&str> = FLEET_ACL
+        .iter()
+        .copied()
+        .filter(|rule| !rule.starts_with('&'))
+        .collect();
+    let store = RedisStore::new(acl_user(&redis, &no_channels).await).unwrap();
+    let key = "tower-cognito-auth:v1:acl";
+    let wrote = store
+        .save_if_longer(key, Bytes::from_static(b"v"), Duration::from_secs(5))
+        .await;
+    assert!(matches!(wrote, Ok(true)), "{wrote:?}");
+    assert!(store.load(key).await.unwrap().is_some());
+    let before = connections(&redis).await;
+    for _ in 0..5 {
+        let seen = bounded(store.watch(key, None, Duration::ZERO)).await;
+        assert!(seen.is_ok(), "{seen:?}");
+        let started = tokio::time::Instant::now();
+        let waited = bounded(store.watch(key, Some(0), Duration::from_millis(100))).await;
+        assert!(matches!(waited, Ok(0)), "{waited:?}");
+        assert!(
+            started.elapsed() >= Duration::from_millis(100),
+            "it waited its timeout"
+        );
+    }
+    // One subscriber connection refused, and `connections` own two: not one per call.
+    let opened = connections(&redis).await - before;
+    assert!(opened <= 3, "{opened} connections for 10 watches");
+}
+
+/// Defect 6 of issue 29: counts stay comparable across a resubscription. A watcher that saw
+/// `n` writes before the subscriber connection was dropped hears the next write after it
+/// (before the fix the new subscription counted from zero again, and the wait for more than
+/// `n` missed it).
+#[tokio::test]
+async fn a_resubscription_keeps_counts_comparable() {
+    let redis = server();
+    let watcher = RedisStore::new(redis.url()).unwrap();
+    let writer = RedisStore::new(redis.url()).unwrap();
+    let write = || writer.save_if_longer("k", Bytes::from_static(b"v"), Duration::from_secs(60));
+    let start = bounded(watcher.watch("k", None, Duration::ZERO))
+        .await
+        .unwrap();
+    assert!(write().await.unwrap());
+    let mut seen = bounded(watcher.watch("k", Some(start), Duration::from_secs(5)))
+        .await
+        .unwrap();
+    assert_eq!(seen, start + 1);
+    // The server drops the subscriber connection.
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut raw(&redis).await)
+        .await
+        .unwrap();
+    assert_eq!(killed, 1);
+    // The watcher notices (a wake-up to look, or nothing heard) and subscribes again.
+    for _ in 0..10 {
+        seen = bounded(watcher.watch("k", Some(seen), Duration::from_millis(20)))
+            .await
+            .unwrap_or(seen);
+    }
+    let _ = bounded(watcher.watch("k", None, Duration::ZERO))
+        .await
+        .unwrap();
+    // A longer-lived value: written.
+    assert!(
+        writer
+            .save_if_longer("k", Bytes::from_static(b"w"), Duration::from_secs(120))
+            .await
+            .unwrap()
+    );
+    let heard = bounded(watcher.watch("k", Some(seen), Duration::from_secs(2)))
+        .await
+        .unwrap();
+    assert!(
+        heard > seen,
+        "the write after the resubscription was missed"
+    );
+}
+
+/// Defect 6 of issue 29: a subscriber connection whose reader died with the runtime that ran
+/// it is replaced (before the fix the store kept it: deaf for the store's life).
+#[tokio::test]
+async fn a_subscriber_that_died_with_its_runtime_is_replaced() {
+    let redis = server();
+    let watcher = RedisStore::new(redis.url()).unwrap();
+    let writer = RedisStore::new(redis.url()).unwrap();
+    {
+        let watcher = watcher.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime
+                .block_on(watcher.watch("k", None, Duration::ZERO))
+                .unwrap();
+        })
+        .join()
+        .unwrap();
+    }
+    let seen = bounded(watcher.watch("k", None, Duration::ZERO))
+        .await
+        .unwrap();
+    assert!(
+        writer
+            .save_if_longer("k", Bytes::from_static(b"v"), Duration::from_secs(60))
+            .await
+            .unwrap()
+    );
+    let heard = bounded(watcher.watch("k", Some(seen), Duration::from_secs(2)))
+        .await
+        .unwrap();
+    assert!(heard > seen, "deaf: the write was not heard");
+}
+
+/// A client certificate and its key, signed by a fresh authority: `(ca, chain, key)`.
+fn client_identity() -> (String, String, String) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+        IsCa, KeyPair, KeyUsagePurpose,
+    };
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(
+        DnType::CommonName,
+        format!("clients {:x}", fastrand::u64(..)),
+    );
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut client = CertificateParams::new(vec!["fleet.internal".to_owned()]).unwrap();
+    client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let client = client.signed_by(&key, &ca).unwrap();
+    (ca.pem(), client.pem(), key.serialize_pem())
+}
+
+/// Issue 29: client certificates for `rediss://`. Against a Redis with `tls-auth-clients yes`
+/// (its default) and an authority for clients, a store without a certificate is refused, one
+/// with a certificate another authority signed is refused, and one with the right certificate
+/// works; the setter composes with `root_certificates` in either order.
+#[tokio::test]
+async fn rediss_with_a_client_certificate_works_against_tls_auth_clients_yes() {
+    let (ca, chain, key) = private_ca();
+    let redis = tls_server(&chain, &key);
+    let (clients_ca, client_chain, client_key) = client_identity();
+    let (_, stranger_chain, stranger_key) = client_identity();
+    let ca_file = redis.dir().join("clients-ca.pem");
+    std::fs::write(&ca_file, &clients_ca).unwrap();
+    let mut conn = raw(&redis).await;
+    for (name, value) in [
+        ("tls-ca-cert-file", ca_file.to_str().unwrap()),
+        ("tls-auth-clients", "yes"),
+    ] {
+        let () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(name)
+            .arg(value)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let url = redis.tls_url().unwrap();
+    let settle = |store: RedisStore| {
+        store
+            .timeout(Duration::from_secs(5))
+            .connect_timeout(Duration::from_secs(5))
+    };
+    let without = settle(
+        RedisStore::new(&url)
+            .unwrap()
+            .root_certificates(&ca)
+            .unwrap(),
+    );
+    assert!(bounded(without.load("k")).await.is_err(), "no certificate");
+    let stranger = settle(
+        RedisStore::new(&url)
+            .unwrap()
+            .root_certificates(&ca)
+            .unwrap()
+            .client_certificate(&stranger_chain, &stranger_key)
+            .unwrap(),
+    );
+    assert!(
+        bounded(stranger.load("k")).await.is_err(),
+        "a stranger's certificate"
+    );
+    for store in [
+        RedisStore::new(&url)
+            .unwrap()
+            .root_certificates(&ca)
+            .unwrap()
+            .client_certificate(&client_chain, &client_key)
+            .unwrap(),
+        RedisStore::new(&url)
+            .unwrap()
+            .client_certificate(&client_chain, &client_key)
+            .unwrap()
+            .root_certificates(&ca)
+            .unwrap(),
+    ] {
+        let store = settle(store);
+        bounded(store.load("k")).await.unwrap();
+        bounded(store.try_lease("lease", "me", Duration::from_secs(9)))
+            .await
+            .unwrap();
+        let debug = format!("{store:?}");
+        assert!(!debug.contains("PRIVATE"), "{debug}");
+    }
+}
+
+#[test]
+fn client_certificates_need_rediss_a_certificate_and_its_key() {
+    let (_, chain, key) = client_identity();
+    let (_, _, other_key) = client_identity();
+    let plain = RedisStore::new("redis://127.0.0.1:6379").unwrap();
+    let error = plain.client_certificate(&chain, &key).unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::InvalidConfig);
+    let tls = || RedisStore::new("rediss://127.0.0.1:6380").unwrap();
+    for (chain, key) in [
+        ("", key.as_str()),
+        (chain.as_str(), ""),
+        (key.as_str(), key.as_str()),
+        (chain.as_str(), chain.as_str()),
+    ] {
+        let error = tls().client_certificate(chain, key).unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::InvalidConfig);
+        assert!(!error.to_string().contains("PRIVATE"), "{error}");
+    }
+    // A key of another certificate: refused now or by the server, never a panic.
+    let _ = tls().client_certificate(&chain, &other_key);
+}

@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use super::Shared;
 use super::policy::{Event, Outcome, Start};
 use crate::error::Error;
-use crate::source::BoxFuture;
+use crate::grant::BoxFuture;
 use crate::token::Token;
 
 /// A refresh that is ready to start on the runtime of the request that started it.

@@ -66,7 +66,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::error::Error;
-use crate::source::{BoxFuture, TokenSource};
+use crate::grant::{BoxFuture, TokenSource};
 use crate::token::{AccessToken, Token};
 
 mod background;
@@ -276,8 +276,8 @@ impl TokenCacheBuilder {
     /// An [`Error`] of kind [`InvalidConfig`](crate::ErrorKind::InvalidConfig) when
     /// `refresh_deadline` is zero, or a shared store is set and the token source has no
     /// [shared identity](TokenSource::shared_identity), or a shared store is set and
-    /// `refresh_deadline` is under one second (a third of it is the fleet's lease, and a
-    /// process waits for another's fetch for at most half of it).
+    /// `refresh_deadline` is under one second (a third of it, at most 10 s, is the fleet's
+    /// lease, which a process whose holder died waits out).
     pub fn build(self) -> Result<TokenCache, Error> {
         if self.config.refresh_deadline.is_zero() {
             return Err(Error::invalid_config("refresh_deadline must not be zero"));
@@ -396,6 +396,7 @@ impl TokenCache {
         };
         if dropped {
             bump(&self.shared.stats.invalidations);
+            self.shared.metrics.invalidation();
             tracing::debug!("token rejected by the service: dropped");
         } else {
             tracing::debug!("token rejection ignored: an older token, or within the throttle");
@@ -434,6 +435,12 @@ impl TokenCache {
     pub(crate) fn count_replay(&self) {
         bump(&self.shared.stats.replays);
         self.shared.metrics.replay();
+    }
+
+    /// A rejection goes back to the caller (with no replay made, or the replay's).
+    pub(crate) fn count_rejection_returned(&self) {
+        bump(&self.shared.stats.rejections_returned);
+        self.shared.metrics.rejection_returned();
     }
 
     /// The fresh token's header and generation, from this thread's copy: what a request puts
@@ -658,6 +665,8 @@ impl Shared {
             ),
             Outcome::Failed(error) => {
                 bump(&self.stats.token_failures);
+                self.metrics
+                    .refresh_failure(crate::metrics::error_outcome(error));
                 tracing::warn!(%error, "token refresh failed");
             }
             Outcome::Abandoned => {
@@ -668,8 +677,15 @@ impl Shared {
     }
 
     /// One refresh's token: from the fleet's shared store when there is one, else from the
-    /// source.
+    /// source; what the source records carries this cache's metrics label.
     fn fetch(&self, rejected: Option<AccessToken>) -> BoxFuture<'_, Result<Token, Error>> {
+        self.metrics.scoped(|| self.fetch_unlabelled(rejected))
+    }
+
+    fn fetch_unlabelled(
+        &self,
+        rejected: Option<AccessToken>,
+    ) -> BoxFuture<'_, Result<Token, Error>> {
         #[cfg(feature = "store")]
         if let Some(fleet) = &self.fleet {
             let config = &self.config;

@@ -29,6 +29,10 @@ pub struct Stats {
     pub invalidations: u64,
     /// Requests the layer sent again with a new token after a rejection.
     pub replays: u64,
+    /// Rejections handed back to the caller: without a replay (the body was too large or
+    /// streaming, [`Replay`](crate::Replay) said no, or no newer token could be had: the
+    /// rejection was throttled), or the replay's own.
+    pub rejections_returned: u64,
     /// Refreshes that adopted a token another process had stored in the shared store: no
     /// token request. Zero without a [shared store](super::TokenCacheBuilder::shared_store).
     pub adopted: u64,
@@ -49,7 +53,8 @@ impl fmt::Debug for Stats {
             .field("refresh_ahead", &self.refresh_ahead)
             .field("waited", &self.waited)
             .field("invalidations", &self.invalidations)
-            .field("replays", &self.replays);
+            .field("replays", &self.replays)
+            .field("rejections_returned", &self.rejections_returned);
         #[cfg(feature = "store")]
         d.field("adopted", &self.adopted)
             .field("lease_fetches", &self.lease_fetches)
@@ -66,6 +71,7 @@ pub(super) struct Counters {
     pub(super) waited: AtomicU64,
     pub(super) invalidations: AtomicU64,
     pub(super) replays: AtomicU64,
+    pub(super) rejections_returned: AtomicU64,
 }
 
 impl Counters {
@@ -79,6 +85,7 @@ impl Counters {
             waited: load(&self.waited),
             invalidations: load(&self.invalidations),
             replays: load(&self.replays),
+            rejections_returned: load(&self.rejections_returned),
             adopted: 0,
             lease_fetches: 0,
             store_fallbacks: 0,

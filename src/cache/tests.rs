@@ -1,7 +1,7 @@
 //! The cache's tests: the shell around the policy, with a token source that counts.
 
 use super::*;
-use crate::source::BoxFuture;
+use crate::grant::BoxFuture;
 use std::sync::atomic::AtomicUsize;
 use tokio::time::advance;
 

@@ -42,9 +42,9 @@ use http_body::Body;
 use http_body_util::{BodyExt as _, Full};
 use tokio::time::Instant;
 use tower::ServiceExt as _;
-use tower_service::Service;
+use tower::Service;
 
-use super::endpoint::{HttpClient, client_or_default, erase_client, is_loopback};
+use super::endpoint::{HttpClient, HttpsOptions, client_or_built_in, erase_client, is_loopback};
 use crate::error::{BoxError, Error, ErrorKind};
 
 /// How long a value read from Secrets Manager is used before it is read again. Default.
@@ -191,7 +191,7 @@ impl fmt::Debug for SecretsManagerCache {
 
 impl SecretsManagerCache {
     pub(crate) fn new(config: AwsSecretsManager) -> Self {
-        let http = client_or_default(config.http.clone());
+        let http = client_or_built_in(config.http.clone(), &HttpsOptions::default());
         Self {
             config,
             http,

@@ -30,16 +30,16 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
 use http_body_util::Full;
-use tower_service::Service;
+use tower::Service;
 
 use super::client_secret::{ClientSecret, SecretCell};
 use super::endpoint::{
-    ClientAuth, Endpoint, HttpClient, RetryPolicy, Secret, TokenUrl, client_authentication,
-    client_or_default, erase_client, join_scopes, require_client_id,
+    ClientAuth, Endpoint, HttpClient, HttpsOptions, RetryPolicy, Secret, TokenUrl,
+    client_authentication, client_or_built_in, erase_client, join_scopes, require_client_id,
 };
 use crate::backoff::Backoff;
 use crate::error::{BoxError, Error};
-use crate::source::{BoxFuture, SharedIdentity, TokenSource};
+use crate::grant::{BoxFuture, SharedIdentity, TokenSource};
 use crate::token::{Token, parse_token_response};
 
 /// The OAuth 2.0 client_credentials grant (RFC 6749 §4.4).
@@ -192,6 +192,7 @@ pub struct ClientCredentialsBuilder {
     scopes: Vec<String>,
     client_auth: ClientAuth,
     http: Option<HttpClient>,
+    https: HttpsOptions,
     request_timeout: Option<Duration>,
     max_attempts: Option<u32>,
     deadline: Option<Duration>,
@@ -207,6 +208,7 @@ impl fmt::Debug for ClientCredentialsBuilder {
             .field("client_secret_source", &self.secret_source)
             .field("scopes", &self.scopes)
             .field("client_auth", &self.client_auth)
+            .field("https", &self.https)
             .finish_non_exhaustive()
     }
 }
@@ -319,6 +321,93 @@ impl ClientCredentialsBuilder {
         self
     }
 
+    /// Sends the token requests of the built-in client through this HTTP proxy, whatever the
+    /// environment says: `http://host:port`, or `http://user:password@host:port` for a proxy
+    /// that asks for credentials (sent in `Proxy-Authorization`, printed nowhere; percent-encode
+    /// reserved characters). An `https://` token URL goes through a `CONNECT` tunnel, so the
+    /// proxy sees the host and port but not the secret.
+    ///
+    /// Default: the proxy the environment names, as curl, reqwest and the AWS SDKs read it:
+    /// `HTTPS_PROXY` (for `https://`), `HTTP_PROXY` (for `http://`), `ALL_PROXY` (for both),
+    /// `NO_PROXY` (hosts, domains and IP ranges to reach directly), each also in lower case;
+    /// read once, by [`build`](Self::build). Checked by `build`; not with
+    /// [`http_client`](Self::http_client), whose client has its own settings.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), tower_cognito_auth::Error> {
+    /// let source = tower_cognito_auth::ClientCredentials::builder()
+    ///     .cognito_domain("my-pool", "us-east-1")
+    ///     .client_id("my-client-id")
+    ///     .client_secret("my-client-secret")
+    ///     .proxy("http://egress.internal:3128")
+    ///     .build()?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "rustls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
+    pub fn proxy(mut self, url: impl Into<String>) -> Self {
+        self.https.proxy(url.into());
+        self
+    }
+
+    /// The built-in client connects directly, whatever `HTTPS_PROXY` and the like say.
+    /// Default: the environment's proxy; see [`proxy`](Self::proxy).
+    #[cfg(feature = "rustls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
+    pub fn no_proxy(mut self) -> Self {
+        self.https.no_proxy();
+        self
+    }
+
+    /// Trusts these certificate authorities too (PEM, one or more certificates), beside the
+    /// built-in roots: a company CA that signs a private token endpoint or a TLS-inspecting
+    /// proxy. Repeatable. The built-in roots are webpki's (Mozilla's), or the platform's store
+    /// with the feature `native-roots`. Checked by [`build`](Self::build); not with
+    /// [`http_client`](Self::http_client). Default is none.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let source = tower_cognito_auth::ClientCredentials::builder()
+    ///     .token_url("https://auth.corp.example/oauth2/token")
+    ///     .client_id("my-client-id")
+    ///     .client_secret("my-client-secret")
+    ///     .root_certificates(std::fs::read("/etc/ssl/corp-ca.pem")?)
+    ///     .build()?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "rustls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
+    pub fn root_certificates(mut self, pem: impl AsRef<[u8]>) -> Self {
+        self.https.root_certificates(pem.as_ref().to_vec());
+        self
+    }
+
+    /// Sends the token requests through the application's own [`reqwest::Client`] (feature
+    /// `reqwest`): its proxy, trust roots and connection pool, so that a service built on
+    /// reqwest carries one HTTP and TLS stack. The same as [`http_client`](Self::http_client)
+    /// with that client; the built-in client's settings (`proxy`, `root_certificates`) are then
+    /// reqwest's to make. Default is the built-in client.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), tower_cognito_auth::Error> {
+    /// let http = reqwest::Client::new();
+    /// let source = tower_cognito_auth::ClientCredentials::builder()
+    ///     .cognito_domain("my-pool", "us-east-1")
+    ///     .client_id("my-client-id")
+    ///     .client_secret("my-client-secret")
+    ///     .reqwest_client(http.clone())
+    ///     .build()?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "reqwest")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
+    pub fn reqwest_client(self, client: reqwest::Client) -> Self {
+        self.http_client(crate::grant::reqwest_client::ReqwestHttp(client))
+    }
+
     /// How long one token request may take, from sending to the end of the answer.
     /// Default is 10 seconds.
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
@@ -362,7 +451,11 @@ impl ClientCredentialsBuilder {
     /// - a `shared_store_key` is shorter than 32 bytes;
     /// - a scope is empty or has characters RFC 6749 §3.3 does not allow (space, `"`, `\`);
     /// - `request_timeout`, `fetch_deadline` or `max_attempts` is zero;
-    /// - no HTTP client was given and the feature `rustls` is off.
+    /// - no HTTP client was given and the feature `rustls` is off;
+    /// - the proxy URL is not `http://[user:password@]host[:port]`, or root certificates are not
+    ///   PEM certificates rustls accepts, or with `native-roots` the platform's store holds no
+    ///   usable root;
+    /// - `proxy`, `no_proxy` or `root_certificates` was called beside `http_client`.
     pub fn build(self) -> Result<ClientCredentials, Error> {
         let token_url = TokenUrl::resolve(self.token_url)?;
         let client_id = require_client_id(self.client_id)?;
@@ -405,7 +498,7 @@ impl ClientCredentialsBuilder {
                 "request_timeout, fetch_deadline and max_attempts must not be zero",
             ));
         }
-        let http = client_or_default(self.http)?;
+        let http = client_or_built_in(self.http, &self.https)?;
 
         let mut form = form_urlencoded::Serializer::new(String::new());
         form.append_pair("grant_type", "client_credentials");

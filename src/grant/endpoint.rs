@@ -19,9 +19,9 @@ use http_body::Body;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt as _, Full};
 use tokio::time::Instant;
+use tower::Service;
 use tower::ServiceExt as _;
 use tower::util::BoxCloneSyncService;
-use tower_service::Service;
 
 use super::client_assertion::ClientAssertionKey;
 use crate::backoff::{Backoff, parse_retry_after};
@@ -98,7 +98,7 @@ impl fmt::Debug for TokenUrl {
 }
 
 /// The URL with anything between `://` and an `@` of its authority replaced by `[redacted]`.
-fn redact_userinfo(url: &str) -> std::borrow::Cow<'_, str> {
+pub(crate) fn redact_userinfo(url: &str) -> std::borrow::Cow<'_, str> {
     let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
         return url.into();
     };
@@ -545,24 +545,50 @@ where
     BoxCloneSyncService::new(client)
 }
 
-/// The given client, or the built-in HTTPS client.
-pub(crate) fn client_or_default(http: Option<HttpClient>) -> Result<HttpClient, Error> {
-    match http {
-        Some(http) => Ok(http),
-        None => default_client(),
+/// What a builder holds for the built-in client (feature `rustls`): its proxy and extra roots.
+#[cfg(feature = "rustls")]
+pub(crate) use super::https::HttpsOptions;
+
+/// Without the feature `rustls` there is no built-in client, and nothing to configure.
+#[cfg(not(feature = "rustls"))]
+#[derive(Clone, Debug, Default)]
+pub(crate) struct HttpsOptions {}
+
+#[cfg(not(feature = "rustls"))]
+impl HttpsOptions {
+    /// Always: there is nothing to set.
+    pub(crate) fn is_default(&self) -> bool {
+        true
     }
 }
 
+/// The given client, or the built-in HTTPS client configured by `https`. Settings of the
+/// built-in client beside a client of one's own are refused: they would not be used.
 #[cfg(feature = "rustls")]
-fn default_client() -> Result<HttpClient, Error> {
-    super::https::client().map(erase_client)
+pub(crate) fn client_or_built_in(
+    http: Option<HttpClient>,
+    https: &HttpsOptions,
+) -> Result<HttpClient, Error> {
+    match http {
+        Some(_) if !https.settings.is_empty() => Err(Error::invalid_config(format!(
+            "`http_client` is set, so the built-in client's settings {} would not be used: \
+             configure your own client instead",
+            https.settings.join(", ")
+        ))),
+        Some(http) => Ok(http),
+        None => https.build(),
+    }
 }
 
+/// The given client; without the feature `rustls` there is no other.
 #[cfg(not(feature = "rustls"))]
-fn default_client() -> Result<HttpClient, Error> {
-    Err(Error::invalid_config(
-        "no HTTP client: enable the `rustls` feature or call `http_client`",
-    ))
+pub(crate) fn client_or_built_in(
+    http: Option<HttpClient>,
+    _https: &HttpsOptions,
+) -> Result<HttpClient, Error> {
+    http.ok_or_else(|| {
+        Error::invalid_config("no HTTP client: enable the `rustls` feature or call `http_client`")
+    })
 }
 
 /// Whether a failed request surely never reached the server: the connection was refused, or
@@ -575,7 +601,17 @@ pub(crate) fn never_sent(error: &Error) -> bool {
         {
             return true;
         }
+        // hyper-util's client: the built-in one, or one the application passed (which it can
+        // check only when hyper-util is a dependency of this crate's, with `rustls` or
+        // `test-util`; a refused connection is still seen above).
+        #[cfg(any(feature = "rustls", feature = "test-util"))]
         if let Some(client) = cause.downcast_ref::<hyper_util::client::legacy::Error>()
+            && client.is_connect()
+        {
+            return true;
+        }
+        #[cfg(feature = "reqwest")]
+        if let Some(client) = cause.downcast_ref::<reqwest::Error>()
             && client.is_connect()
         {
             return true;

@@ -1,6 +1,5 @@
 //! Where tokens come from: the [`TokenSource`] trait the cache calls, and the grants that
 //! implement it against an OAuth 2.0 token endpoint (Cognito's `/oauth2/token`, or any other).
-//! (The module is also reachable as `tower_cognito_auth::source`, its earlier name.)
 //!
 //! - [`ClientCredentials`]: a service's own token (the client_credentials grant).
 //! - [`RefreshTokenGrant`]: a signed-in user's session (the refresh_token grant, with
@@ -22,6 +21,8 @@ pub(crate) mod endpoint;
 #[cfg(feature = "rustls")]
 mod https;
 pub mod refresh_token;
+#[cfg(feature = "reqwest")]
+mod reqwest_client;
 mod source;
 
 #[cfg(feature = "aws-secrets-manager")]

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use crate::error::Error;
 use crate::token::Token;
 
-/// A boxed, `Send` future, as [`TokenSource::fetch`] returns.
+/// A boxed, `Send` future, as [`TokenSource::fetch`] returns: the very type of
+/// `futures::future::BoxFuture` (`Pin<Box<dyn Future<Output = T> + Send + 'a>>`), so where
+/// both names are in scope, import either one.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Something that can fetch a new access token.

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
+use tower::Layer as _;
 use tower::{ServiceExt as _, service_fn};
-use tower_layer::Layer as _;
 
 /// Tokens `token-1`, `token-2`, … that live 100 s; the count of fetches is shared.
 #[derive(Default)]

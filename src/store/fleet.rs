@@ -12,8 +12,10 @@
 //!    (so a valid token written since is left alone), so that a fetched token can take its
 //!    place.
 //! 3. Otherwise the lease is tried. Its holder reads once more (the token may have been stored
-//!    between the read and the lease), fetches, stores the token if it expires later than the
-//!    stored one, and releases the lease. A fetch error the endpoint answered with (a 429 or a
+//!    between the read and the lease), fetches while a watchdog extends the lease every third of
+//!    its time to live ([`TokenStore::extend_lease`]), stores the token if it expires later than
+//!    the stored one, and releases the lease. A refresh dropped while the store may hold its
+//!    lease (mid-`SET NX`, mid-fetch) releases it from a task of its own. A fetch error the endpoint answered with (a 429 or a
 //!    5xx) is recorded as the fleet's refusal (see [`Refusal`]); then the lease is released and
 //!    the error returned. While a refusal holds, every process (before the lease, and a new
 //!    holder before its fetch) returns that error without fetching.
@@ -21,35 +23,37 @@
 //!    (jittered) as a fallback, or, when the store cannot notify, after 10 ms, the pause
 //!    doubling to 50 ms (jittered): they adopt the token once it is stored, and
 //!    try the lease on each poll, so they take over as soon as the holder released it after a
-//!    failure or its lease expired (it died). Waiting is bounded: reading, waiting and trying
-//!    the lease take at most `max_wait` (half the cache's refresh deadline, less up to a
-//!    quarter of jitter so that the waiters do not fall back together), after which the
-//!    process fetches for itself with the other half.
+//!    failure or its lease expired (it died: nobody extends it, and it lapses within one time
+//!    to live). They wait as long as the lease is held, however slow the holder's fetch: the
+//!    cache's refresh deadline ends a wait (`max_wait`, the same deadline, bounds it for a
+//!    caller without one).
 //!
 //! The store never makes the refresh fail: any store error or timeout falls back to fetching for
-//! this process, warning once per outage.
+//! this process, warning once per outage; the token it fetches is stored for the others from a
+//! task of its own.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::StatusCode;
 use ring::rand::{SecureRandom as _, SystemRandom};
 use tokio::time::Instant;
 use tower::BoxError;
 
 use super::TokenStore;
-use super::seal::{Sealer, TAG_LEN};
+use super::seal::Sealer;
 use crate::error::Error;
-use crate::source::{BoxFuture, SharedIdentity, TokenSource};
+use crate::grant::{BoxFuture, SharedIdentity, TokenSource};
 use crate::token::{AccessToken, Token};
 
 /// How the fleet coordinates: derived from the cache's refresh deadline by
 /// [`for_refresh_deadline`](FleetConfig::for_refresh_deadline).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct FleetConfig {
-    /// How long a lease lasts: a dead holder is replaced after it. A third of the refresh
-    /// deadline (10 s of 30 s).
+    /// How long a lease lasts unless its holder extends it: a dead holder is replaced after
+    /// it. A third of the refresh deadline, at most [`MAX_LEASE`] (10 s of 30 s). A live holder
+    /// extends it to this again every third of it while its fetch runs (see
+    /// [`TokenStore::extend_lease`]), however slow the token endpoint.
     pub(crate) lease_ttl: Duration,
     /// The first pause of a waiting process before it polls: the pauses double from it, with
     /// jitter, so that a token fetched in tens of milliseconds is seen soon after it is stored,
@@ -64,13 +68,17 @@ pub(crate) struct FleetConfig {
     /// failure, a holder that died) or lost. 1 s.
     pub(crate) poll_fallback: Duration,
     /// The most one store operation may take, whatever the store's own timeout (which should
-    /// be shorter): a tenth of the refresh deadline (3 s of 30 s).
+    /// be shorter): a tenth of the refresh deadline, at most 3 s.
     pub(crate) store_timeout: Duration,
-    /// The most a process spends reading the store, waiting for others and trying the lease
-    /// before it fetches for itself: half the refresh deadline (15 s of 30 s), so that its own
-    /// fetch has the other half. At least the lease's time to live, so that a dead holder is
-    /// taken over rather than given up on.
+    /// The most a process spends reading the store, waiting for another's fetch and trying
+    /// the lease before it fetches for itself: the refresh deadline. A process waits as long
+    /// as the lease is held (its holder extends it while it fetches, and a dead holder's lease
+    /// lapses within one time to live), so the cache's own deadline ends a wait first; this
+    /// bounds the wait of a caller without one.
     pub(crate) max_wait: Duration,
+    /// The longest a holder extends its lease: the refresh deadline, after which the cache
+    /// has given up on its fetch anyway.
+    pub(crate) hold_max: Duration,
     /// The fleet's pause after its first refused fetch (a 429 or a 5xx without a longer
     /// `Retry-After`): 1 s, doubling with each refusal in a row.
     pub(crate) refusal_min: Duration,
@@ -83,11 +91,18 @@ pub(crate) struct FleetConfig {
 /// The shortest refresh deadline a shared store works with: a third of it is the lease.
 pub(crate) const MIN_REFRESH_DEADLINE: Duration = Duration::from_secs(1);
 
+/// The longest lease (before its holder extends it): a dead holder is replaced within it,
+/// however long the refresh deadline (`Duration::MAX` included, which Redis would refuse as a
+/// `PX`).
+pub(crate) const MAX_LEASE: Duration = Duration::from_secs(10);
+
+/// The longest cap on one store operation.
+const MAX_STORE_TIMEOUT: Duration = Duration::from_secs(3);
+
 impl FleetConfig {
     /// The coordination for a cache whose refreshes must end within `refresh_deadline`: the
-    /// wait for others takes at most half of it, the lease a third, so that a process whose
-    /// holder died takes the lease over (or gives up) with half the deadline left for its own
-    /// fetch.
+    /// lease is a third of it (at most 10 s), extended while its holder fetches, so that a
+    /// process whose holder died takes the lease over with two thirds of its deadline left.
     ///
     /// # Errors
     ///
@@ -97,16 +112,17 @@ impl FleetConfig {
         if refresh_deadline < MIN_REFRESH_DEADLINE {
             return Err(Error::invalid_config(
                 "with a shared store, refresh_deadline must be at least 1 second (a third of it \
-                 is the fleet's lease, half of it the most a process waits for another's fetch)",
+                 is the fleet's lease, which a process whose holder died waits out)",
             ));
         }
         Ok(Self {
-            lease_ttl: refresh_deadline / 3,
+            lease_ttl: (refresh_deadline / 3).min(MAX_LEASE),
             poll_min: Duration::from_millis(10),
             poll_max: Duration::from_millis(50),
             poll_fallback: Duration::from_secs(1),
-            store_timeout: refresh_deadline / 10,
-            max_wait: refresh_deadline / 2,
+            store_timeout: (refresh_deadline / 10).min(MAX_STORE_TIMEOUT),
+            max_wait: refresh_deadline,
+            hold_max: refresh_deadline,
             refusal_min: Duration::from_secs(1),
             refusal_max: Duration::from_secs(60),
         })
@@ -158,88 +174,11 @@ impl From<BoxError> for Trouble {
 enum Elected {
     /// A stored token it may adopt.
     Adopted(Token),
-    /// It holds the lease under this id: it fetches for the fleet. With the refusal record as
-    /// read just before it took the lease at its first try (else it reads it again).
-    Holder(String, Option<RefusalState>),
+    /// It holds the lease: it fetches for the fleet. With the refusal record as read just
+    /// before it took the lease at its first try (else it reads it again).
+    Holder(Option<RefusalState>),
     /// Another process's fetch was refused a moment ago: this error, without a fetch.
     Refused(Error),
-}
-
-/// The fleet's record of a refused fetch, under `<key>:refused`: `'R' ‖ kind ‖ status (2 bytes)
-/// ‖ pause in ms (8 bytes) ‖ keyed tag (32 bytes)`, stored for twice the pause. The refusal holds
-/// while more than `pause` of its time to live is left; after that the record only remembers the
-/// pause, so that the next refusal in a row doubles it. It holds no secret; its tag keeps whoever
-/// lacks the client secret from forging one, and what a process honours is bounded (see
-/// [`FleetConfig::refusal_max`]) against an old record stored again.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Refusal {
-    rate_limited: bool,
-    status: u16,
-    pause: Duration,
-}
-
-const REFUSAL_MARK: u8 = b'R';
-const REFUSAL_BODY_LEN: usize = 12;
-
-impl Refusal {
-    /// The refusal a fetch error is worth recording: a 429, or a 5xx answer.
-    fn of(error: &Error) -> Option<(bool, u16)> {
-        match error.kind() {
-            crate::ErrorKind::RateLimited => Some((true, 429)),
-            crate::ErrorKind::Unavailable => error
-                .status()
-                .filter(|s| s.is_server_error())
-                .map(|s| (false, s.as_u16())),
-            _ => None,
-        }
-    }
-
-    fn encode(&self, sealer: &Sealer) -> Vec<u8> {
-        let mut body = Vec::with_capacity(REFUSAL_BODY_LEN + TAG_LEN);
-        body.push(REFUSAL_MARK);
-        body.push(u8::from(self.rate_limited));
-        body.extend_from_slice(&self.status.to_be_bytes());
-        let ms = u64::try_from(self.pause.as_millis()).unwrap_or(u64::MAX);
-        body.extend_from_slice(&ms.to_be_bytes());
-        let tag = sealer.refusal_tag(&body);
-        body.extend_from_slice(&tag);
-        body
-    }
-
-    fn decode(value: &[u8], sealer: &Sealer) -> Option<Refusal> {
-        if value.len() != REFUSAL_BODY_LEN + TAG_LEN || value[0] != REFUSAL_MARK {
-            return None;
-        }
-        let (body, tag) = value.split_at(REFUSAL_BODY_LEN);
-        if !sealer.refusal_verifies(body, tag) {
-            return None;
-        }
-        let rate_limited = match body[1] {
-            0 => false,
-            1 => true,
-            _ => return None,
-        };
-        let status = u16::from_be_bytes([body[2], body[3]]);
-        let mut ms = [0u8; 8];
-        ms.copy_from_slice(&body[4..12]);
-        Some(Refusal {
-            rate_limited,
-            status,
-            pause: Duration::from_millis(u64::from_be_bytes(ms)),
-        })
-    }
-
-    /// The error a process returns while the refusal holds, `left` of it remaining.
-    fn error(&self, left: Duration) -> Error {
-        if self.rate_limited {
-            return Error::rate_limited(Some(left));
-        }
-        let status = StatusCode::from_u16(self.status)
-            .ok()
-            .filter(StatusCode::is_server_error)
-            .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-        Error::server_error(status, Some(left))
-    }
 }
 
 /// What the refusal record says now.
@@ -315,7 +254,8 @@ impl Fleet {
     }
 
     /// One refresh of this process: adopt the fleet's token, or fetch it for the fleet, or,
-    /// when the store fails, fetch for this process alone.
+    /// when the store fails, fetch for this process alone (and store that token for the
+    /// others, from a task of its own).
     ///
     /// # Errors
     ///
@@ -343,7 +283,13 @@ impl Fleet {
                 self.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
                 self.metrics.fallback();
                 self.fetched_myself();
-                source.fetch().await
+                let started = Instant::now();
+                let result = source.fetch().await;
+                if let Ok(token) = &result {
+                    // Shared all the same: the others adopt it rather than fetch their own.
+                    self.publish_detached(token, started);
+                }
+                result
             }
         }
     }
@@ -355,28 +301,37 @@ impl Fleet {
         margins: Margins,
         rejected: Option<&str>,
     ) -> Result<Result<Token, Error>, Trouble> {
-        // Reading, waiting and trying the lease together take at most `max_wait`, so that a
-        // process that gives up has the rest of the refresh deadline to fetch for itself.
-        // Jittered (the last quarter of `max_wait`, still at least the lease), so that the
-        // processes that waited together do not fall back together.
-        let max_wait = self.config.max_wait;
-        let spread = u64::try_from((max_wait / 4).as_micros()).unwrap_or(u64::MAX);
-        let max_wait = max_wait.saturating_sub(Duration::from_micros(fastrand::u64(0..=spread)));
-        let elected = tokio::time::timeout(max_wait, self.elect(margins, rejected))
-            .await
-            .map_err(|_| Trouble::WaitedTooLong)??;
+        // One id per lease, never per process: a late refresh of this process, whose lease
+        // lapsed and was taken by a newer refresh of the same process, must not release it.
+        // Dropped while the store may hold it (this refresh cancelled), it is released.
+        let mut lease = Lease::new(self);
+        let elected = tokio::time::timeout(
+            self.config.max_wait,
+            self.elect(&mut lease, margins, rejected),
+        )
+        .await
+        .map_err(|_| Trouble::WaitedTooLong)??;
         match elected {
             Elected::Adopted(token) => Ok(Ok(self.adopted(token))),
             Elected::Refused(error) => Ok(Err(error)),
-            Elected::Holder(id, refusal) => {
-                self.hold(source, margins, rejected, &id, refusal).await
+            Elected::Holder(refusal) => {
+                let result = self
+                    .hold(&mut lease, source, margins, rejected, refusal)
+                    .await;
+                lease.release(self).await;
+                result
             }
         }
     }
 
     /// Adopts the stored token, or takes the lease, waiting for another process's fetch
-    /// meanwhile.
-    async fn elect(&self, margins: Margins, rejected: Option<&str>) -> Result<Elected, Trouble> {
+    /// meanwhile: for as long as another holds the lease.
+    async fn elect(
+        &self,
+        lease: &mut Lease,
+        margins: Margins,
+        rejected: Option<&str>,
+    ) -> Result<Elected, Trouble> {
         let name = self.sealer.key_name();
         if let Some(rejected) = rejected {
             let prefix = self.sealer.tag_prefix(rejected);
@@ -395,30 +350,17 @@ impl Fleet {
             return Ok(Elected::Refused(error));
         }
         let mut refusal = Some(refusal);
-        // One id per lease, never per process: a late refresh of this process, whose lease
-        // lapsed and was taken by a newer refresh of the same process, must not release it.
-        let id = holder_id();
         let mut polls: u32 = 0;
         // Subscribed once the lease is found taken (once per process: later waits reuse the
         // subscription); a write before the subscription is found by the next poll.
         let mut seen = None;
         loop {
-            let lease = self.sealer.lease_name();
-            let taken = match self
-                .call(self.store.try_lease(lease, &id, self.config.lease_ttl))
-                .await
-            {
-                Ok(taken) => taken,
-                Err(error) => {
-                    // The `SET NX` may have run and only its reply been lost: this process may
-                    // hold the lease while it fetches alone. Release it (compare-and-delete on
-                    // our id, so no one else's lease), without making this refresh wait.
-                    self.release_detached(id);
-                    return Err(error.into());
-                }
-            };
-            if taken {
-                return Ok(Elected::Holder(id, refusal));
+            // An error may hide a `SET NX` that ran and whose reply was lost: this process may
+            // hold the lease while it fetches alone. The lease is then released as it is
+            // dropped (compare-and-delete on our id, so no one else's lease), from a task of
+            // its own, without making this refresh wait.
+            if lease.try_take(self).await? {
+                return Ok(Elected::Holder(refusal));
             }
             // Read again by the holder, after the wait.
             refusal = None;
@@ -448,49 +390,32 @@ impl Fleet {
         }
     }
 
-    /// The lease holder's part: look once more, fetch, store, release.
+    /// The lease holder's part: look once more, then fetch (extending the lease meanwhile)
+    /// and store. The caller releases the lease.
     async fn hold(
         &self,
+        lease: &mut Lease,
         source: &dyn TokenSource,
         margins: Margins,
         rejected: Option<&str>,
-        id: &str,
         refusal: Option<RefusalState>,
     ) -> Result<Result<Token, Error>, Trouble> {
-        match self.look(margins, rejected).await {
-            Ok(Some(token)) => {
-                self.release(id).await;
-                return Ok(Ok(self.adopted(token)));
-            }
-            Ok(None) => {}
-            Err(error) => {
-                self.release(id).await;
-                return Err(error);
-            }
+        if let Some(token) = self.look(margins, rejected).await? {
+            return Ok(Ok(self.adopted(token)));
         }
         // The holder before us may have been refused: then so are we, without a fetch. (Read
         // just before the lease when it was taken at the first try.)
         let refusal = match refusal {
-            Some(state) => Ok(state),
-            None => self.refusal().await,
+            Some(state) => state,
+            None => self.refusal().await?,
         };
-        let refusal = match refusal {
-            Ok(RefusalState {
-                holds: Some(error), ..
-            }) => {
-                self.release(id).await;
-                return Ok(Err(error));
-            }
-            Ok(state) => state,
-            Err(error) => {
-                self.release(id).await;
-                return Err(error);
-            }
-        };
+        if let Some(error) = refusal.holds {
+            return Ok(Err(error));
+        }
         let started = Instant::now();
         self.stats.lease_fetches.fetch_add(1, Ordering::Relaxed);
         self.fetched_myself();
-        let result = source.fetch().await;
+        let result = self.keep_lease(lease, source.fetch()).await;
         match &result {
             Ok(token) => {
                 self.publish(token, started).await;
@@ -502,8 +427,44 @@ impl Fleet {
             }
             Err(error) => self.record_refusal(error, refusal.last_pause).await,
         }
-        self.release(id).await;
         Ok(result)
+    }
+
+    /// Runs `work` (the holder's fetch) while keeping `lease` alive: extended to its full time
+    /// to live every third of it, so that a fetch slower than the lease never lets a second
+    /// holder in, while a holder that dies stops extending and its lease lapses within one time
+    /// to live. It stops extending once the lease is no longer this holder's (or the store
+    /// cannot extend leases), and after `hold_max`.
+    async fn keep_lease<T>(&self, lease: &Lease, work: impl Future<Output = T>) -> T {
+        let ttl = self.config.lease_ttl;
+        let every = (ttl / 3).max(Duration::from_millis(1));
+        let until = Instant::now().checked_add(self.config.hold_max);
+        let watchdog = async {
+            loop {
+                tokio::time::sleep(every).await;
+                if until.is_some_and(|until| Instant::now() >= until) {
+                    break;
+                }
+                match self
+                    .call(self.store.extend_lease(&lease.name, &lease.id, ttl))
+                    .await
+                {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::debug!("the lease is no longer this process's: not extended");
+                        break;
+                    }
+                    // Logged by `call`; tried again, the lease may lapse meanwhile.
+                    Err(_) => {}
+                }
+            }
+            std::future::pending::<()>().await;
+        };
+        let mut work = std::pin::pin!(work);
+        tokio::select! {
+            out = &mut work => out,
+            () = watchdog => work.await,
+        }
     }
 
     /// Waits up to `pause` for a write to `key` after the `seen`-th (with `None`, subscribes
@@ -536,6 +497,14 @@ impl Fleet {
             return Ok(RefusalState::default());
         };
         let pause = refusal.pause.min(self.config.refusal_max);
+        let age = refusal.age();
+        if age >= pause.saturating_mul(2) {
+            // Made longer ago than a record lives: stored again by whoever can write the
+            // store, or a clock far ahead of the writer's. Nothing to honour or remember.
+            tracing::debug!("the shared store holds an old refusal record: ignored");
+            self.fetched_myself();
+            return Ok(RefusalState::default());
+        }
         let mut state = RefusalState {
             holds: None,
             last_pause: Some(pause),
@@ -543,7 +512,7 @@ impl Fleet {
         let left = stored
             .ttl()
             .saturating_sub(refusal.pause)
-            .min(self.config.refusal_max);
+            .min(pause.saturating_sub(age));
         if left.is_zero() {
             self.fetched_myself();
             return Ok(state);
@@ -581,11 +550,7 @@ impl Fleet {
         let pause = error
             .retry_after()
             .map_or(backoff, |asked| asked.min(max).max(backoff));
-        let refusal = Refusal {
-            rate_limited,
-            status,
-            pause,
-        };
+        let refusal = Refusal::new(rate_limited, status, pause);
         let name = self.sealer.refused_name();
         let value = refusal.encode(&self.sealer);
         let _ = self
@@ -670,24 +635,8 @@ impl Fleet {
 
     /// Stores a fetched token for the others, unless a longer-lived one is stored.
     async fn publish(&self, token: &Token, started: Instant) {
-        let now = Instant::now();
-        let remaining = token.expires_at().saturating_duration_since(now);
-        if remaining.is_zero() {
+        let Some((sealed, remaining)) = self.seal(token, started) else {
             return;
-        }
-        let lifetime = token
-            .lifetime()
-            .unwrap_or_else(|| token.expires_at().saturating_duration_since(started))
-            .max(remaining);
-        let sealed = match self
-            .sealer
-            .seal(token.access_token().secret(), lifetime, remaining)
-        {
-            Ok(sealed) => sealed,
-            Err(error) => {
-                tracing::warn!(%error, "could not seal the token for the shared store");
-                return;
-            }
         };
         let name = self.sealer.key_name();
         match self
@@ -701,20 +650,47 @@ impl Fleet {
         }
     }
 
-    /// Releases our lease; an error only costs the others the lease's time to live.
-    async fn release(&self, id: &str) {
-        let lease = self.sealer.lease_name();
-        let _ = self.call(self.store.release_lease(lease, id)).await;
+    /// A fetched token sealed for the store, and its remaining life (`None` when it has
+    /// none left or does not seal).
+    fn seal(&self, token: &Token, started: Instant) -> Option<(bytes::Bytes, Duration)> {
+        let now = Instant::now();
+        let remaining = token.expires_at().saturating_duration_since(now);
+        if remaining.is_zero() {
+            return None;
+        }
+        let lifetime = token
+            .lifetime()
+            .unwrap_or_else(|| token.expires_at().saturating_duration_since(started))
+            .max(remaining);
+        match self
+            .sealer
+            .seal(token.access_token().secret(), lifetime, remaining)
+        {
+            Ok(sealed) => Some((sealed, remaining)),
+            Err(error) => {
+                tracing::warn!(%error, "could not seal the token for the shared store");
+                None
+            }
+        }
     }
 
-    /// Releases our lease from a task of its own, bounded by the store's cap: for a lease this
-    /// process may hold without knowing it.
-    fn release_detached(&self, id: String) {
+    /// Stores a token this process fetched for itself, from a task of its own: the refresh
+    /// does not wait for a store that just failed it.
+    fn publish_detached(&self, token: &Token, started: Instant) {
+        let Some((sealed, remaining)) = self.seal(token, started) else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         let store = Arc::clone(&self.store);
-        let lease = self.sealer.lease_name().to_owned();
+        let name = self.sealer.key_name().to_owned();
         let cap = self.config.store_timeout;
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(cap, store.release_lease(&lease, &id)).await;
+        runtime.spawn(async move {
+            let saved = tokio::time::timeout(cap, store.save_if_longer(&name, sealed, remaining));
+            if let Ok(Ok(true)) = saved.await {
+                tracing::debug!("stored the token this process fetched for itself, for the fleet");
+            }
         });
     }
 
@@ -760,6 +736,74 @@ impl Fleet {
     }
 }
 
+/// This refresh's lease: its random id, and whether the store may hold it under that id. A
+/// lease dropped while the store may hold it (the refresh cancelled mid-`SET NX` or
+/// mid-fetch by a timeout, the refresh deadline or a runtime shutting down, or a `SET NX`
+/// whose reply was lost) is released from a task of its own (compare-and-delete on its id),
+/// so that the others do not wait out its time to live.
+struct Lease {
+    store: Arc<dyn TokenStore>,
+    name: String,
+    id: String,
+    cap: Duration,
+    ttl: Duration,
+    may_hold: bool,
+}
+
+impl Lease {
+    fn new(fleet: &Fleet) -> Self {
+        Lease {
+            store: Arc::clone(&fleet.store),
+            name: fleet.sealer.lease_name().to_owned(),
+            id: holder_id(),
+            cap: fleet.config.store_timeout,
+            ttl: fleet.config.lease_ttl,
+            may_hold: false,
+        }
+    }
+
+    /// Tries to take the lease; until the store answered, it may hold it.
+    async fn try_take(&mut self, fleet: &Fleet) -> Result<bool, BoxError> {
+        self.may_hold = true;
+        let taken = fleet
+            .call(self.store.try_lease(&self.name, &self.id, self.ttl))
+            .await?;
+        self.may_hold = taken;
+        Ok(taken)
+    }
+
+    /// Releases the lease if the store may hold it; an error only costs the others its time
+    /// to live.
+    async fn release(&mut self, fleet: &Fleet) {
+        if self.may_hold {
+            let _ = fleet
+                .call(self.store.release_lease(&self.name, &self.id))
+                .await;
+            self.may_hold = false;
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if !self.may_hold {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let store = Arc::clone(&self.store);
+        let (name, id, cap) = (
+            std::mem::take(&mut self.name),
+            std::mem::take(&mut self.id),
+            self.cap,
+        );
+        runtime.spawn(async move {
+            let _ = tokio::time::timeout(cap, store.release_lease(&name, &id)).await;
+        });
+    }
+}
+
 /// Whether a stored token with `ttl` left, issued for `lifetime`, may be adopted: it must
 /// outlive the refresh-ahead margin plus the largest refresh jitter (else it would be stale at
 /// once, and re-adopted in a loop), and the minimum validity, both scaled to its lifetime as the
@@ -783,5 +827,8 @@ fn holder_id() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+mod refusal;
 #[cfg(all(test, feature = "redis"))]
 mod tests;
+
+use refusal::Refusal;

@@ -47,21 +47,31 @@
 //!   Its remaining life comes from the store's own time to live, never from comparing clocks.
 //! - Otherwise the process takes the lease, fetches, stores the token only if it expires later
 //!   than the one stored (an older token never replaces a newer one), and releases the lease.
-//!   The others are woken when the token is written ([`TokenStore::watch`]; Redis: `PUBLISH`
-//!   in the write's script, `SUBSCRIBE` on a connection of the store's own), poll once a
-//!   second as a fallback (jittered), and take the lease over if its holder died. A store
-//!   without notifications is polled after 10 ms, the pause doubling to 50 ms.
+//!   While it fetches, it extends the lease every third of its time to live
+//!   ([`TokenStore::extend_lease`]), so a slow token endpoint never lets a second holder in;
+//!   a refresh cancelled while it may hold the lease releases it. The others wait as long as
+//!   the lease is held: they are woken when the token is written ([`TokenStore::watch`];
+//!   Redis: `PUBLISH` in the write's script, `SUBSCRIBE` on a connection of the store's own),
+//!   poll once a second as a fallback (jittered), and take the lease over if its holder died
+//!   (its lease lapses within one time to live). A store without notifications is polled
+//!   after 10 ms, the pause doubling to 50 ms.
 //! - A holder whose fetch the endpoint refuses (a 429 or a 5xx) records the refusal beside the
 //!   token (`<key>:refused`: kind, status and pause, with a keyed tag), for `Retry-After`
-//!   clamped to 60 s, at least 1 s doubling with each refusal in a row. The others return that
-//!   error without a token request while it holds, and honour refusals in a row for at most
-//!   60 s: the fleet backs off together, and a record stored again cannot stop it for longer.
+//!   clamped to 60 s, at least 1 s doubling with each refusal in a row, and when it was made.
+//!   The others return that error without a token request while it holds, and honour
+//!   refusals in a row for at most 60 s: the fleet backs off together, and a record stored
+//!   again is ignored once older than its pause.
 //! - A token the API rejected (a 401) is deleted from the store only if it is still the one
 //!   stored, compared by its tag: N processes rejected on one revoked token cause one token
 //!   request, not N.
 //! - The store never makes a request fail: when it is down, slow (every operation has a short
 //!   timeout) or holds garbage, the process fetches for itself, warns once per outage, and uses
-//!   the store again once it answers.
+//!   the store again once it answers. A token fetched that way is stored for the others.
+//!
+//! What the store needs from a Redis ACL, and the whole protocol (keys, channel, scripts,
+//! states), is in `docs/faults.md`: keys `~tower-cognito-auth:*`, channels
+//! `&tower-cognito-auth:*`, and `GET`, `SET`, `DEL`, `PTTL`, `PEXPIRE`, `PUBLISH`,
+//! `SUBSCRIBE`, `EVALSHA`, `EVAL`, `SCRIPT LOAD`.
 //!
 //! # Other stores
 //!
@@ -80,16 +90,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use tower::BoxError;
 
-use crate::source::BoxFuture;
+use crate::grant::BoxFuture;
 
-#[doc(no_inline)]
-pub use crate::source::SharedIdentity;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use redis::RedisStore;
 
-/// What a shared store offers: six atomic operations on opaque names and values, and an
-/// optional notification of writes.
+/// What a shared store offers: six atomic operations on opaque names and values, and two
+/// optional ones: a notification of writes, and the extension of a lease.
 ///
 /// Values are sealed bytes (binary, any length up to a few KiB); keys are printable ASCII names.
 /// Every operation must be atomic with respect to the others on the same key, and may fail: an
@@ -157,6 +165,22 @@ pub trait TokenStore: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<u64, BoxError>> {
         let _ = (key, seen, timeout);
         Box::pin(async { Err("this store does not notify writes".into()) })
+    }
+
+    /// Extends the lease `key` to expire after `ttl` from now, only if `holder` still holds it
+    /// (compare and `PEXPIRE`, atomically). Returns whether it did. A holder calls it while
+    /// its fetch runs, so that a slow token endpoint never lets a second holder in.
+    ///
+    /// The default extends nothing (`Ok(false)`): a lease then lasts its first time to live,
+    /// and a fetch slower than that lets another process take the lease and fetch too.
+    fn extend_lease(
+        &self,
+        key: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<bool, BoxError>> {
+        let _ = (key, holder, ttl);
+        Box::pin(async { Ok(false) })
     }
 
     /// Releases the lease `key` if `holder` still holds it (compare and delete, atomically); a

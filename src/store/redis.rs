@@ -1,12 +1,15 @@
 //! [`RedisStore`]: a [`TokenStore`] on one Redis (or Valkey) server.
 
-use std::collections::HashMap;
+mod subscriber;
+mod tls;
+
 use std::fmt;
 use std::future::Future;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use ::redis::aio::{MultiplexedConnection, PubSub, PubSubSink, PubSubStream};
+use ::redis::aio::MultiplexedConnection;
 use ::redis::{AsyncConnectionConfig, Client, ConnectionAddr, RedisError, Script, Value};
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -17,7 +20,7 @@ use tower::BoxError;
 
 use super::{Stored, TokenStore};
 use crate::error::Error;
-use crate::source::BoxFuture;
+use crate::grant::BoxFuture;
 
 /// The default time one command may take, connecting included.
 const DEFAULT_TIMEOUT: Duration = Duration::from_millis(200);
@@ -43,12 +46,13 @@ return {v, redis.call('PTTL', KEYS[1])}
 ";
 
 /// `SET .. PX` only if the key is absent, has no expiry, or expires sooner; then `PUBLISH` on
-/// the key's channel (its name, see [`channel`]), so that waiting processes wake.
+/// the key's channel (its name, see [`channel`]), so that waiting processes wake. The
+/// `PUBLISH` is a `pcall`: an ACL without the channel refuses it, and the write still happened.
 const SAVE_IF_LONGER: &str = r"
 local pttl = redis.call('PTTL', KEYS[1])
 if pttl >= 0 and pttl >= tonumber(ARGV[2]) then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-redis.call('PUBLISH', ARGV[3], '')
+redis.pcall('PUBLISH', ARGV[3], '')
 return 1
 ";
 
@@ -75,6 +79,14 @@ end
 return 0
 ";
 
+/// `PEXPIRE` only if the lease still names this holder.
+const EXTEND_LEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+";
+
 /// `DEL` only if the lease still names this holder.
 const RELEASE_LEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -93,11 +105,15 @@ return 0
 /// by a later command, at most one at a time and no more often than once a second. Every
 /// command has a short timeout (see [`timeout`](RedisStore::timeout)), so a slow or unreachable
 /// Redis costs a refresh at most that long before the process fetches for itself. A command
-/// that times out or finds the connection broken drops it, and the next command connects anew:
-/// a host that went silent, or a failover that moved the address to another server while the
-/// old connection hangs, costs one timeout, not one per refresh until the kernel gives up on
-/// the socket. TCP keepalive (5 s, then every 2 s, 3 probes) and, on Linux, `TCP_USER_TIMEOUT`
-/// (10 s) let the kernel close such a socket too.
+/// that finds the connection broken drops it, and the next command connects anew; a command
+/// that times out has a `PING` probe the connection, which is dropped unless it answers within
+/// a second: a host that went silent, or a failover that moved the address to another server
+/// while the old connection hangs, costs a timeout and a second, not one timeout per refresh
+/// until the kernel gives up on the socket, while a slow server keeps its connection. TCP keepalive (5 s, then every 2 s, 3 probes) and, on Linux, `TCP_USER_TIMEOUT`
+/// (10 s) let the kernel close such a socket too. An answer saying the server is not the
+/// primary (`READONLY` from a primary a failover demoted but left reachable, `MASTERDOWN`,
+/// `LOADING`) drops the connection too, and the next command connects at once, resolving the
+/// name again.
 ///
 /// The Lua scripts are sent by `EVALSHA`, falling back to `EVAL` when the server does not know
 /// them yet (after a restart, say).
@@ -109,7 +125,9 @@ return 0
 /// its own. The server's certificate is checked against the Mozilla roots that `webpki-roots`
 /// bundles (as for the token endpoint's HTTPS client: no system certificate store is read), or
 /// only against the authorities given to [`root_certificates`](RedisStore::root_certificates)
-/// (a private CA). There is no mode without verification.
+/// (a private CA). There is no mode without verification. A Redis that asks for a client
+/// certificate (`tls-auth-clients yes`) is given the one set by
+/// [`client_certificate`](RedisStore::client_certificate).
 ///
 /// # Clone
 ///
@@ -130,56 +148,21 @@ struct Shared {
     addr: String,
     /// For `rediss://`: the rustls configuration, ring passed in (never installed
     /// process-wide), with the bundled Mozilla roots or the authorities given.
-    tls: Option<Arc<rustls::ClientConfig>>,
+    tls: Option<tls::Tls>,
     db: i64,
     has_credentials: bool,
     scripts: Scripts,
     conn: Mutex<ConnState>,
     /// The subscriber connection through which [`TokenStore::watch`] hears of writes.
-    subs: Mutex<SubState>,
-}
-
-/// The subscriber connection, made on the first `watch`, and the channels it listens to.
-#[derive(Default)]
-struct SubState {
-    /// The connection's sink (to subscribe) and its number.
-    sink: Option<(u64, PubSubSink)>,
-    /// The task reading its messages.
-    reader: Option<AbortHandle>,
-    /// Per channel subscribed on the current connection: the number of messages seen.
-    channels: HashMap<String, watch::Sender<u64>>,
-    next_id: u64,
-}
-
-impl SubState {
-    /// Forgets connection `id` (if current): its channels' watchers see an error and poll.
-    fn drop_connection(&mut self, id: u64) {
-        if self
-            .sink
-            .as_ref()
-            .is_some_and(|(current, _)| *current == id)
-        {
-            self.sink = None;
-            self.channels.clear();
-            if let Some(reader) = self.reader.take() {
-                reader.abort();
-            }
-        }
-    }
-}
-
-impl Drop for SubState {
-    fn drop(&mut self) {
-        if let Some(reader) = self.reader.take() {
-            reader.abort();
-        }
-    }
+    subs: Mutex<subscriber::SubState>,
+    /// Whether a refused `SUBSCRIBE` was reported (once, until one is accepted).
+    subscribe_refused: AtomicBool,
 }
 
 impl Shared {
     /// What a store keeps of its client: the address and database for `Debug`, its TLS
     /// configuration, whether it has credentials (never which).
-    fn new(client: Client, tls: Option<Arc<rustls::ClientConfig>>) -> Shared {
+    fn new(client: Client, tls: Option<tls::Tls>) -> Shared {
         let info = client.get_connection_info();
         let addr = info.addr().to_string();
         let settings = info.redis_settings();
@@ -193,21 +176,10 @@ impl Shared {
             has_credentials,
             scripts: Scripts::new(),
             conn: Mutex::new(ConnState::default()),
-            subs: Mutex::new(SubState::default()),
+            subs: Mutex::new(subscriber::SubState::default()),
+            subscribe_refused: AtomicBool::new(false),
         }
     }
-}
-
-/// A rustls client configuration with ring, passed in: the process-wide default provider is
-/// neither read nor installed.
-fn tls_config(roots: rustls::RootCertStore) -> Result<Arc<rustls::ClientConfig>, Error> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|_| Error::internal("rustls refused its default protocol versions"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
 }
 
 struct Scripts {
@@ -216,6 +188,7 @@ struct Scripts {
     remove_if_prefix: Script,
     remove_if_equal: Script,
     release_lease: Script,
+    extend_lease: Script,
 }
 
 impl Scripts {
@@ -226,6 +199,7 @@ impl Scripts {
             remove_if_prefix: Script::new(REMOVE_IF_PREFIX),
             remove_if_equal: Script::new(REMOVE_IF_EQUAL),
             release_lease: Script::new(RELEASE_LEASE),
+            extend_lease: Script::new(EXTEND_LEASE),
         }
     }
 }
@@ -239,8 +213,18 @@ struct Live {
     id: u64,
     conn: MultiplexedConnection,
     driver: AbortHandle,
+    /// Set while a `PING` probes it after a command timed out.
+    probing: Arc<AtomicBool>,
 }
 
+/// Why the connection is kept by hand rather than by the `redis` crate's `ConnectionManager`
+/// (reconnect with backoff) and its `TcpSettings`: both connect through the crate's own
+/// connect path, and for `rediss://` that is its `tls-rustls` feature, which builds its rustls
+/// configuration with `rustls::ClientConfig::builder()`, reading (and needing) the
+/// process-wide `CryptoProvider` this crate promises never to read or install. What remains is
+/// small: one connection, one attempt in flight, a pause of a second after a failed attempt,
+/// and dropping the connection on a broken socket, a timeout its `PING` probe confirms, or a
+/// server that is no longer the primary (`READONLY`, `MASTERDOWN`, `LOADING`).
 #[derive(Default)]
 struct ConnState {
     /// The connection, once made. A command that times out or sees it broken discards it: the
@@ -248,7 +232,7 @@ struct ConnState {
     live: Option<Live>,
     /// The connection attempt in flight; commands wait on it.
     connecting: Option<watch::Receiver<ConnectOutcome>>,
-    /// When the last attempt started.
+    /// When the last attempt started, until one succeeds.
     last_attempt: Option<Instant>,
     /// The number of the next connection.
     next_id: u64,
@@ -267,6 +251,8 @@ enum StoreError {
     NotYet,
     #[error("redis: the connection attempt ended without a result")]
     Lost,
+    #[error("redis: SUBSCRIBE refused (NOPERM): no notifications, the caller polls")]
+    Refused,
     #[error("redis: {0}")]
     Io(Arc<str>),
     #[error("redis: unexpected reply to {0}")]
@@ -315,10 +301,7 @@ impl RedisStore {
             Error::invalid_config("the Redis URL does not parse (expected redis://[[user]:password@]host[:port][/db])")
         })?;
         let tls = if tls {
-            let roots = rustls::RootCertStore {
-                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-            };
-            Some(tls_config(roots)?)
+            Some(tls::Tls::bundled()?)
         } else {
             None
         };
@@ -364,38 +347,62 @@ impl RedisStore {
     /// An [`Error`] of kind [`InvalidConfig`](crate::ErrorKind::InvalidConfig) when the URL is
     /// not `rediss://`, or `pem` holds no certificate, or one that does not parse.
     pub fn root_certificates(self, pem: impl AsRef<[u8]>) -> Result<Self, Error> {
-        use rustls::pki_types::CertificateDer;
-        use rustls::pki_types::pem::PemObject as _;
-
-        if self.shared.tls.is_none() {
+        let Some(tls) = &self.shared.tls else {
             return Err(Error::invalid_config(
                 "root certificates are for a rediss:// URL",
             ));
-        }
-        let pem = pem.as_ref();
-        let parsed: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(pem).collect();
-        let invalid = || {
-            Error::invalid_config(
-                "the root certificates hold no PEM certificate, or one that does not parse",
-            )
         };
-        let certificates = parsed.map_err(|_| invalid())?;
-        if certificates.is_empty() {
-            return Err(invalid());
-        }
-        let mut roots = rustls::RootCertStore::empty();
-        for certificate in certificates {
-            roots
-                .add(certificate)
-                .map_err(|_| Error::invalid_config("the root certificates were not accepted"))?;
-        }
-        Ok(RedisStore {
-            shared: Arc::new(Shared::new(
-                self.shared.client.clone(),
-                Some(tls_config(roots)?),
-            )),
+        let tls = tls.with_roots(pem.as_ref())?;
+        Ok(self.with_tls(tls))
+    }
+
+    /// Presents this client certificate for `rediss://`, for a Redis that asks for one (Redis
+    /// and Valkey do by default, `tls-auth-clients yes`; so does a proxy doing mutual TLS).
+    /// `chain_pem` holds the client's certificate first, then any intermediates (`CERTIFICATE`
+    /// blocks); `key_pem` its private key (`PRIVATE KEY`, `RSA PRIVATE KEY` or `EC PRIVATE
+    /// KEY`). Composes with [`root_certificates`](Self::root_certificates), in either order.
+    /// The store returned has a connection of its own: clones made before the call keep what
+    /// they had. `Debug` never shows the key.
+    ///
+    /// ```no_run
+    /// # use tower_cognito_auth::store::RedisStore;
+    /// # fn main() -> Result<(), tower::BoxError> {
+    /// let store = RedisStore::new("rediss://cache.internal:6380")?
+    ///     .root_certificates(std::fs::read("/etc/redis/ca.pem")?)?
+    ///     .client_certificate(
+    ///         std::fs::read("/etc/redis/client.pem")?,
+    ///         std::fs::read("/etc/redis/client.key")?,
+    ///     )?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// An [`Error`] of kind [`InvalidConfig`](crate::ErrorKind::InvalidConfig) when the URL is
+    /// not `rediss://`, `chain_pem` holds no certificate or one that does not parse, `key_pem`
+    /// holds no private key that parses, or the key does not suit the certificate. The message
+    /// never quotes the key.
+    pub fn client_certificate(
+        self,
+        chain_pem: impl AsRef<[u8]>,
+        key_pem: impl AsRef<[u8]>,
+    ) -> Result<Self, Error> {
+        let Some(tls) = &self.shared.tls else {
+            return Err(Error::invalid_config(
+                "a client certificate is for a rediss:// URL",
+            ));
+        };
+        let tls = tls.with_client(chain_pem.as_ref(), key_pem.as_ref())?;
+        Ok(self.with_tls(tls))
+    }
+
+    /// The same store with `tls`, on a connection of its own.
+    fn with_tls(self, tls: tls::Tls) -> Self {
+        RedisStore {
+            shared: Arc::new(Shared::new(self.shared.client.clone(), Some(tls))),
             ..self
-        })
+        }
     }
 
     /// Runs one command under the timeout. A command that times out, or finds the connection
@@ -412,6 +419,7 @@ impl RedisStore {
             Ok(Err(error)) => return Err(error.into()),
             Err(_) => return Err(StoreError::Timeout(self.timeout).into()),
         };
+        let probe = conn.clone();
         match tokio::time::timeout_at(deadline, command(conn)).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(error)) => {
@@ -421,12 +429,18 @@ impl RedisStore {
                     || error.is_unrecoverable_error()
                     || error.is_timeout()
                 {
-                    self.shared.discard(id, "it failed");
+                    self.shared.discard(id, "it failed", true);
+                } else if not_the_primary(&error) {
+                    self.shared.discard(
+                        id,
+                        "the server is no longer a primary that answers",
+                        false,
+                    );
                 }
                 Err(StoreError::Redis(error).into())
             }
             Err(_) => {
-                self.shared.discard(id, "a command timed out");
+                Shared::probe(&self.shared, id, probe);
                 Err(StoreError::Timeout(self.timeout).into())
             }
         }
@@ -470,96 +484,53 @@ impl RedisStore {
     }
 }
 
-impl RedisStore {
-    /// Subscribes to `channel` on the subscriber connection (made if needed) and returns a
-    /// watcher of its message count.
-    async fn subscribe(&self, channel: String) -> Result<watch::Receiver<u64>, StoreError> {
-        let (id, mut sink) = self.subscriber().await?;
-        let result = tokio::time::timeout(self.timeout, sink.subscribe(&channel)).await;
-        let mut subs = self.shared.lock_subs();
-        match result {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => {
-                subs.drop_connection(id);
-                return Err(StoreError::Redis(error));
-            }
-            Err(_) => {
-                subs.drop_connection(id);
-                return Err(StoreError::Timeout(self.timeout));
-            }
-        }
-        if subs.sink.as_ref().map(|(current, _)| *current) != Some(id) {
-            return Err(StoreError::Lost);
-        }
-        Ok(subs
-            .channels
-            .entry(channel)
-            .or_insert_with(|| watch::channel(0).0)
-            .subscribe())
-    }
-
-    /// The subscriber connection's sink and number, connecting it if there is none. Its
-    /// messages are counted per channel by a task that holds the store weakly; the connection
-    /// is forgotten when it ends or a subscription fails, and made anew by the next `watch`.
-    async fn subscriber(&self) -> Result<(u64, PubSubSink), StoreError> {
-        if let Some((id, sink)) = &self.shared.lock_subs().sink {
-            return Ok((*id, sink.clone()));
-        }
-        let (sink, stream) =
-            match tokio::time::timeout(self.connect_timeout, open_subscriber(&self.shared)).await {
-                Ok(opened) => opened?,
-                Err(_) => return Err(StoreError::ConnectTimeout(self.connect_timeout)),
-            };
-        let mut subs = self.shared.lock_subs();
-        if let Some((id, sink)) = &subs.sink {
-            // Another watcher connected meanwhile: ours is dropped.
-            return Ok((*id, sink.clone()));
-        }
-        let id = subs.next_id;
-        subs.next_id += 1;
-        let weak = Arc::downgrade(&self.shared);
-        let reader = tokio::spawn(read_messages(weak, stream, id)).abort_handle();
-        subs.sink = Some((id, sink.clone()));
-        subs.reader = Some(reader);
-        tracing::debug!(addr = %self.shared.addr, "subscribed to the fleet's notifications");
-        Ok((id, sink))
-    }
-}
-
-/// Counts the messages of subscriber connection `id` per channel, until it ends.
-async fn read_messages(shared: Weak<Shared>, stream: PubSubStream, id: u64) {
-    let mut stream = std::pin::pin!(stream);
-    while let Some(message) =
-        std::future::poll_fn(|cx| futures_core::Stream::poll_next(stream.as_mut(), cx)).await
-    {
-        let Some(shared) = shared.upgrade() else {
-            return;
-        };
-        let subs = shared.lock_subs();
-        if let Some(count) = subs.channels.get(message.get_channel_name()) {
-            count.send_modify(|n| *n = n.wrapping_add(1));
-        }
-    }
-    if let Some(shared) = shared.upgrade() {
-        shared.lock_subs().drop_connection(id);
-    }
-}
-
 impl Shared {
-    fn lock_subs(&self) -> MutexGuard<'_, SubState> {
-        self.subs.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     fn lock(&self) -> MutexGuard<'_, ConnState> {
         self.conn.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Drops connection `id` if it is still the one in use, closing its socket.
-    fn discard(&self, id: u64, why: &'static str) {
+    /// After a command on connection `id` timed out: a `PING` on it, from a task of its own
+    /// (one at a time), decides. Answered within [`RECONNECT_INTERVAL`], the connection is
+    /// kept: the server is slow, not gone, and reconnecting (every process of a fleet at once,
+    /// TLS included) would only add to a latency spike. Not answered, the connection is
+    /// dropped (a silent host, a failover that left the old connection hanging) and the next
+    /// command connects anew.
+    fn probe(shared: &Arc<Shared>, id: u64, mut conn: MultiplexedConnection) {
+        let probing = match &shared.lock().live {
+            Some(live) if live.id == id => Arc::clone(&live.probing),
+            _ => return,
+        };
+        if probing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let shared = Arc::clone(shared);
+        tokio::spawn(async move {
+            let ping = ::redis::cmd("PING");
+            let ping = ping.query_async::<Value>(&mut conn);
+            match tokio::time::timeout(RECONNECT_INTERVAL, ping).await {
+                Ok(Ok(_)) => {
+                    probing.store(false, Ordering::Release);
+                    tracing::debug!(addr = %shared.addr, "a redis command timed out, but the connection answers a PING: kept");
+                }
+                _ => shared.discard(id, "a command timed out and a PING went unanswered", false),
+            }
+        });
+    }
+
+    /// Drops connection `id` if it is still the one in use, closing its socket. With `pace`,
+    /// the next attempt waits [`RECONNECT_INTERVAL`] (a broken or silent connection: the
+    /// server may be struggling); without, the next command connects at once (the server
+    /// answered that it is not the primary).
+    fn discard(&self, id: u64, why: &'static str, pace: bool) {
         let live = {
             let mut state = self.lock();
             match &state.live {
-                Some(live) if live.id == id => state.live.take(),
+                Some(live) if live.id == id => {
+                    if pace {
+                        state.last_attempt = Some(Instant::now());
+                    }
+                    state.live.take()
+                }
                 _ => None,
             }
         };
@@ -586,9 +557,13 @@ async fn connect(
         let mut state = shared.lock();
         state.connecting = None;
         result.map(|(conn, driver)| {
+            // Paced only after a failed attempt: a connection dropped for an answer (say,
+            // `READONLY`) is made again by the next command.
+            state.last_attempt = None;
             let id = state.next_id;
             state.next_id += 1;
             if let Some(old) = state.live.replace(Live {
+                probing: Arc::new(AtomicBool::new(false)),
                 id,
                 conn: conn.clone(),
                 driver,
@@ -616,16 +591,6 @@ async fn open(shared: &Shared) -> Result<(MultiplexedConnection, AbortHandle), S
     handshake(shared, stream).await
 }
 
-/// A subscriber connection (`AUTH` and `SELECT` done), split into its sink and its stream.
-async fn open_subscriber(shared: &Shared) -> Result<(PubSubSink, PubSubStream), StoreError> {
-    let stream = stream(shared).await?;
-    let settings = shared.client.get_connection_info().redis_settings();
-    let pubsub = PubSub::new(settings, stream)
-        .await
-        .map_err(StoreError::Redis)?;
-    Ok(pubsub.split())
-}
-
 /// The byte stream to the server, TLS done.
 async fn stream(shared: &Shared) -> Result<Box<dyn Io>, StoreError> {
     let info = shared.client.get_connection_info();
@@ -639,7 +604,7 @@ async fn stream(shared: &Shared) -> Result<Box<dyn Io>, StoreError> {
                         rustls::pki_types::ServerName::try_from(host.clone()).map_err(|_| {
                             StoreError::Io("the host is not a valid TLS server name".into())
                         })?;
-                    let stream = tokio_rustls::TlsConnector::from(Arc::clone(config))
+                    let stream = tokio_rustls::TlsConnector::from(Arc::clone(config.config()))
                         .connect(name, tcp)
                         .await
                         .map_err(|error| StoreError::Io(format!("TLS: {error}").into()))?;
@@ -703,6 +668,22 @@ where
         .map_err(StoreError::Redis)?;
     let driver = tokio::spawn(driver).abort_handle();
     Ok((conn, driver))
+}
+
+/// Whether `error` says the server at the other end is not (or not yet) the primary that
+/// serves this address: `READONLY` (a primary demoted by a failover, still reachable, while
+/// the name now points to the new one), `MASTERDOWN` (a replica cut off from its primary),
+/// `LOADING` (a restarted server loading its data). The connection is dropped, so that the next
+/// command connects anew, resolving the name again.
+fn not_the_primary(error: &RedisError) -> bool {
+    matches!(
+        error.kind(),
+        ::redis::ErrorKind::Server(
+            ::redis::ServerErrorKind::ReadOnly
+                | ::redis::ServerErrorKind::MasterDown
+                | ::redis::ServerErrorKind::BusyLoading
+        )
+    )
 }
 
 /// PX wants whole, positive milliseconds.
@@ -837,6 +818,32 @@ impl TokenStore for RedisStore {
         })
     }
 
+    fn extend_lease(
+        &self,
+        key: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<bool, BoxError>> {
+        let key = key.to_owned();
+        let holder = holder.to_owned();
+        Box::pin(async move {
+            let ms = millis(ttl).max(1);
+            let extended: i64 = self
+                .run("extend_lease", |mut conn| async move {
+                    self.shared
+                        .scripts
+                        .extend_lease
+                        .key(&key)
+                        .arg(&holder)
+                        .arg(ms)
+                        .invoke_async(&mut conn)
+                        .await
+                })
+                .await?;
+            Ok(extended == 1)
+        })
+    }
+
     fn release_lease(&self, key: &str, holder: &str) -> BoxFuture<'_, Result<(), BoxError>> {
         let key = key.to_owned();
         let holder = holder.to_owned();
@@ -863,26 +870,7 @@ impl TokenStore for RedisStore {
         timeout: Duration,
     ) -> BoxFuture<'_, Result<u64, BoxError>> {
         let channel = channel(key);
-        Box::pin(async move {
-            let existing = self
-                .shared
-                .lock_subs()
-                .channels
-                .get(&channel)
-                .map(watch::Sender::subscribe);
-            let mut rx = match existing {
-                Some(rx) => rx,
-                None => self.subscribe(channel).await?,
-            };
-            let Some(seen) = seen else {
-                return Ok(*rx.borrow_and_update());
-            };
-            match tokio::time::timeout(timeout, rx.wait_for(|n| *n > seen)).await {
-                Ok(Ok(n)) => Ok(*n),
-                Ok(Err(_)) => Err(StoreError::Lost.into()),
-                Err(_) => Ok(seen),
-            }
-        })
+        Box::pin(async move { Ok(self.watch_channel(channel, seen, timeout).await?) })
     }
 }
 

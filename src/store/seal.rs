@@ -26,7 +26,7 @@ use ring::hmac;
 use ring::rand::{SecureRandom as _, SystemRandom};
 
 use crate::error::Error;
-use crate::source::SharedIdentity;
+use crate::grant::SharedIdentity;
 
 /// The first byte of every sealed value. Version 1 had no sealed expiry: its values read as
 /// garbage (a miss), and are replaced.

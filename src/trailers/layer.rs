@@ -1,6 +1,6 @@
 use std::fmt;
 
-use tower_layer::Layer;
+use tower::Layer;
 
 use super::WatchTrailers;
 use crate::cache::TokenCache;

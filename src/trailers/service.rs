@@ -3,7 +3,7 @@ use std::task::{Context, Poll};
 
 use http::header::AUTHORIZATION;
 use http::{Method, Request, Response};
-use tower_service::Service;
+use tower::Service;
 
 use super::body::Watch;
 use super::{WatchTrailersBody, WatchTrailersFuture};

@@ -12,7 +12,7 @@ use http_body::Body;
 use http_body_util::Full;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tower_service::Service;
+use tower::Service;
 
 use super::restore::{Expiry, restored};
 use super::{
@@ -23,8 +23,9 @@ use crate::error::{BoxError, Error};
 use crate::grant::client_secret::{ClientSecret, SecretCell};
 use crate::grant::cognito_api::{RefreshFlow, UserPoolApi, api_url, parse_api_url};
 use crate::grant::endpoint::{
-    ClientAuth, Endpoint, HttpClient, RetryPolicy, Secret, TokenUrl, client_authentication,
-    client_or_default, erase_client, join_scopes, never_sent, require_client_id,
+    ClientAuth, Endpoint, HttpClient, HttpsOptions, RetryPolicy, Secret, TokenUrl,
+    client_authentication, client_or_built_in, erase_client, join_scopes, never_sent,
+    require_client_id,
 };
 
 /// Builds a [`RefreshTokenGrant`]. Every setter takes and returns `Self` and states its
@@ -54,6 +55,7 @@ pub struct RefreshTokenGrantBuilder {
     persist_timeout: Option<Duration>,
     max_unsaved_rotations: Option<u64>,
     http: Option<HttpClient>,
+    https: HttpsOptions,
     request_timeout: Option<Duration>,
     user_pool_api: Option<ApiUrl>,
     refresh_flow: RefreshFlow,
@@ -85,6 +87,7 @@ impl fmt::Debug for RefreshTokenGrantBuilder {
             .field("refresh_flow", &self.refresh_flow)
             .field("username", &self.username)
             .field("device_key", &self.device_key)
+            .field("https", &self.https)
             .finish_non_exhaustive()
     }
 }
@@ -403,6 +406,47 @@ impl RefreshTokenGrantBuilder {
         self
     }
 
+    /// Sends the built-in client's token requests through this HTTP proxy
+    /// (`http://[user:password@]host[:port]`) instead of the one the environment names (the
+    /// default: `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, with `NO_PROXY` honoured). The refresh
+    /// token travels inside the `CONNECT` tunnel of an `https://` token URL. See
+    /// [`ClientCredentialsBuilder::proxy`](crate::ClientCredentialsBuilder::proxy).
+    #[cfg(feature = "rustls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
+    pub fn proxy(mut self, url: impl Into<String>) -> Self {
+        self.https.proxy(url.into());
+        self
+    }
+
+    /// The built-in client connects directly, whatever the environment's proxy variables say.
+    /// Default: the environment's proxy.
+    #[cfg(feature = "rustls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
+    pub fn no_proxy(mut self) -> Self {
+        self.https.no_proxy();
+        self
+    }
+
+    /// Trusts these certificate authorities (PEM) beside the built-in roots; repeatable.
+    /// Default is none. See
+    /// [`ClientCredentialsBuilder::root_certificates`](crate::ClientCredentialsBuilder::root_certificates).
+    #[cfg(feature = "rustls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
+    pub fn root_certificates(mut self, pem: impl AsRef<[u8]>) -> Self {
+        self.https.root_certificates(pem.as_ref().to_vec());
+        self
+    }
+
+    /// Sends the exchanges through the application's own [`reqwest::Client`] (feature
+    /// `reqwest`): its proxy, roots and pool; the same as [`http_client`](Self::http_client)
+    /// with that client. Default is the built-in client. See
+    /// [`ClientCredentialsBuilder::reqwest_client`](crate::ClientCredentialsBuilder::reqwest_client).
+    #[cfg(feature = "reqwest")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
+    pub fn reqwest_client(self, client: reqwest::Client) -> Self {
+        self.http_client(crate::grant::reqwest_client::ReqwestHttp(client))
+    }
+
     /// How long one exchange may take, from sending to the end of the answer. Default is 10
     /// seconds.
     ///
@@ -442,7 +486,9 @@ impl RefreshTokenGrantBuilder {
     ///   given one that is not a JWT with an `exp` claim;
     /// - a scope is empty or has characters RFC 6749 §3.3 does not allow (space, `"`, `\`);
     /// - `request_timeout` or `persist_timeout` is zero;
-    /// - no HTTP client was given and the feature `rustls` is off.
+    /// - no HTTP client was given and the feature `rustls` is off;
+    /// - the proxy URL or the root certificates cannot be used, or they were set beside
+    ///   `http_client` (see [`ClientCredentialsBuilder::build`](crate::ClientCredentialsBuilder::build)).
     pub fn build(self) -> Result<RefreshTokenGrant, Error> {
         let token_url = match (self.token_url, &self.user_pool_api) {
             (Some(_), Some(_)) => {
@@ -527,8 +573,9 @@ impl RefreshTokenGrantBuilder {
             return Err(Error::invalid_config("persist_timeout must not be zero"));
         }
         let http = match self.http {
-            Some(http) => http,
-            None => shared_default_client()?,
+            // No client and no setting of the built-in one: the process's shared client.
+            None if self.https.is_default() => shared_default_client()?,
+            http => client_or_built_in(http, &self.https)?,
         };
 
         let mut tail = form_urlencoded::Serializer::new(String::new());
@@ -613,7 +660,7 @@ fn shared_default_client() -> Result<HttpClient, Error> {
     if let Some(client) = shared.as_ref() {
         return Ok(client.clone());
     }
-    let client = client_or_default(None)?;
+    let client = client_or_built_in(None, &HttpsOptions::default())?;
     *shared = Some(client.clone());
     Ok(client)
 }

@@ -56,7 +56,11 @@ impl RefreshTokenGrant {
         let (reply, answer) = oneshot::channel();
         // No await between taking the lock and handing the exchange over: once this fetch
         // holds the session, the exchange runs to its end whatever happens to the fetch.
-        EXCHANGES.spawn(Box::pin(exchange(Arc::clone(inner), session, reply)))?;
+        // Under the metrics label of the cache that fetches (this task's), on the exchanges'
+        // thread too.
+        let labelled = inner.endpoint.metrics.in_scope();
+        EXCHANGES
+            .spawn(labelled.scoped(|| Box::pin(exchange(Arc::clone(inner), session, reply))))?;
         let (serial, result) = wait(answer).await;
         // The exchange kept its token for a fetch that no longer waits; this one does.
         {

@@ -149,7 +149,7 @@ use super::client_secret::SecretCell;
 use super::cognito_api::UserPoolApi;
 use super::endpoint::{ClientAuth, Endpoint, RetryPolicy, Secret};
 use crate::error::{BoxError, Error};
-use crate::source::{BoxFuture, TokenSource};
+use crate::grant::{BoxFuture, TokenSource};
 use crate::token::{AccessToken, Token};
 
 mod builder;

@@ -1,6 +1,8 @@
 //! Unit tests of `fleet`.
 
+use super::refusal::{REFUSAL_MARK, now_ms};
 use super::*;
+use crate::store::seal::TAG_LEN;
 use crate::store::seal::VERSION;
 use crate::store::{RedisStore, Stored};
 use crate::testing::RedisServer;
@@ -80,6 +82,7 @@ fn test_config() -> FleetConfig {
         poll_fallback: Duration::from_millis(300),
         store_timeout: Duration::from_millis(500),
         max_wait: Duration::from_secs(5),
+        hold_max: Duration::from_secs(5),
         refusal_min: Duration::from_secs(1),
         refusal_max: Duration::from_secs(60),
     }
@@ -237,38 +240,69 @@ async fn rejected_token_is_removed_only_if_still_stored() {
     );
 }
 
+/// A holder that died (its lease is in the store, nobody extends it) is taken over once its
+/// lease lapses: not before (Redis keeps a `PX` at least that long), and without a fallback.
 #[tokio::test]
-async fn a_hanging_holder_is_taken_over_after_the_lease() {
+async fn a_dead_holders_lease_is_taken_over_when_it_lapses() {
     let redis = server();
+    let store = RedisStore::new(redis.url()).unwrap();
     let source = Source::new(Duration::from_secs(3600), Duration::ZERO);
-    let stuck = Arc::new(fleet(&redis.url(), "secret"));
-    source.set(Mode::Hang);
-    let hanging = {
-        let stuck = Arc::clone(&stuck);
-        let source = source.clone();
-        tokio::spawn(async move { stuck.fetch(&source, MARGINS, None).await })
-    };
-    // Let the stuck holder take the lease.
-    while source.calls() == 0 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    source.set(Mode::Ok);
     let other = fleet(&redis.url(), "secret");
-    let start = Instant::now();
-    let token = other.fetch(&source, MARGINS, None).await.unwrap();
-    let waited = start.elapsed();
-    assert_eq!(token.access_token().secret(), "token-2");
-    // Taken over when the lease lapsed: not before, and not long after.
     let lease = test_config().lease_ttl;
+    let planted = Instant::now();
     assert!(
-        waited >= lease / 2 && waited < lease * 3,
-        "taken over after {waited:?} (lease {lease:?})"
+        store
+            .try_lease(other.sealer.lease_name(), "dead-holder", lease)
+            .await
+            .unwrap()
     );
-    // It took the lease over (no fallback, no second lease while the first was held).
-    assert_eq!(other.stats().lease_fetches, 1);
-    assert_eq!(other.stats().fallbacks, 0);
-    assert!(!hanging.is_finished());
-    hanging.abort();
+    let token = other.fetch(&source, MARGINS, None).await.unwrap();
+    let waited = planted.elapsed();
+    assert_eq!(token.access_token().secret(), "token-1");
+    assert!(
+        waited >= lease,
+        "taken over after {waited:?}, before the lease lapsed"
+    );
+    assert_eq!(
+        (other.stats().lease_fetches, other.stats().fallbacks),
+        (1, 0),
+        "took the lease over"
+    );
+}
+
+/// Defect 1 of issue 29: a live holder whose fetch is slower than the lease keeps it (the
+/// watchdog extends it): a waiting process never takes it, and adopts the holder's token.
+#[tokio::test]
+async fn a_slow_holder_keeps_its_lease_and_the_others_wait() {
+    let redis = server();
+    let lease = test_config().lease_ttl;
+    // Three leases long.
+    let slow = Source::new(Duration::from_secs(3600), lease * 3);
+    let fleets: Vec<Arc<Fleet>> = (0..4)
+        .map(|_| Arc::new(fleet(&redis.url(), "secret")))
+        .collect();
+    let tasks: Vec<_> = fleets
+        .iter()
+        .map(|f| {
+            let (f, slow) = (Arc::clone(f), slow.clone());
+            tokio::spawn(async move { f.fetch(&slow, MARGINS, None).await })
+        })
+        .collect();
+    for task in tasks {
+        let token = task.await.unwrap().unwrap();
+        assert_eq!(token.access_token().secret(), "token-1");
+    }
+    let stats: Vec<_> = fleets.iter().map(|f| f.stats()).collect();
+    let sum = |f: fn(&FleetStats) -> u64| stats.iter().map(f).sum::<u64>();
+    assert_eq!(slow.calls(), 1, "{stats:?}");
+    assert_eq!(
+        (
+            sum(|s| s.lease_fetches),
+            sum(|s| s.adopted),
+            sum(|s| s.fallbacks)
+        ),
+        (1, 3, 0)
+    );
 }
 
 #[tokio::test]
@@ -549,7 +583,6 @@ async fn a_late_refresh_does_not_release_a_newer_refreshs_lease() {
     let store = RedisStore::new(redis.url()).unwrap();
     let f = Arc::new(fleet(&redis.url(), "secret"));
     let lease = f.sealer.lease_name().to_owned();
-    // Slower than the lease (600 ms): it lapses while this refresh fetches.
     let slow = Source::new(Duration::from_secs(3600), Duration::from_millis(1200));
     let late = {
         let (f, slow) = (Arc::clone(&f), slow.clone());
@@ -558,16 +591,27 @@ async fn a_late_refresh_does_not_release_a_newer_refreshs_lease() {
     while slow.calls() == 0 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    tokio::time::sleep(test_config().lease_ttl + Duration::from_millis(100)).await;
+    // Its lease lapses while it fetches (as when the store was out of reach longer than the
+    // lease, so that its holder could not extend it).
+    let mut raw = raw(&redis).await;
+    let _: () = ::redis::cmd("DEL")
+        .arg(&lease)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
     let hanging = Source::new(Duration::from_secs(3600), Duration::ZERO);
     hanging.set(Mode::Hang);
     let newer = {
         let (f, hanging) = (Arc::clone(&f), hanging.clone());
         tokio::spawn(async move { f.fetch(&hanging, MARGINS, None).await })
     };
-    while hanging.calls() == 0 {
+    for _ in 0..500 {
+        if hanging.calls() > 0 {
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    assert_eq!(hanging.calls(), 1, "the newer refresh took the lease");
     late.await.unwrap().unwrap();
     // The newer refresh still holds the lease.
     let taken = store
@@ -579,6 +623,15 @@ async fn a_late_refresh_does_not_release_a_newer_refreshs_lease() {
         "the late refresh released the newer refresh's lease"
     );
     newer.abort();
+}
+
+/// A raw connection to `redis`, for what the store does not do.
+pub(super) async fn raw(redis: &RedisServer) -> ::redis::aio::MultiplexedConnection {
+    ::redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
 }
 
 /// A real `RedisStore` whose `try_lease` reply is lost: the `SET NX` runs on the server,
@@ -637,16 +690,18 @@ async fn a_lost_lease_reply_does_not_stall_the_others() {
         config,
     )
     .unwrap();
-    let other = Fleet::new(Arc::new(store), &identity("secret"), config).unwrap();
+    let lease = lost.sealer.lease_name().to_owned();
     let source = Source::new(Duration::from_secs(3600), Duration::ZERO);
     lost.fetch(&source, MARGINS, None).await.unwrap();
     assert_eq!(lost.stats().fallbacks, 1);
-    let start = Instant::now();
-    other.fetch(&source, MARGINS, None).await.unwrap();
-    let waited = start.elapsed();
-    assert_eq!(other.stats().lease_fetches, 1);
-    // Well before the lease would lapse.
-    assert!(waited < config.lease_ttl / 2, "waited {waited:?}");
+    // Released from a task of its own, long before its 6 s would lapse.
+    let left = lease_left(&redis, &lease).await;
+    assert_eq!(left, -2, "the lease is still held, for {left} ms");
+    // The token it fetched for itself is shared all the same.
+    let other = Fleet::new(Arc::new(store), &identity("secret"), config).unwrap();
+    let token = other.fetch(&source, MARGINS, None).await.unwrap();
+    assert_eq!(token.access_token().secret(), "token-1");
+    assert_eq!((source.calls(), other.stats().adopted), (1, 1));
 }
 
 /// Defect 5 of issue 21: a refused fetch is recorded; the others return it without
@@ -697,6 +752,7 @@ async fn a_refusal_is_shared_and_bounded() {
     store.remove_if_prefix(&name, b"").await.unwrap();
     let mut forged = vec![REFUSAL_MARK, 1, 1, 0xAD];
     forged.extend_from_slice(&u64::MAX.to_be_bytes());
+    forged.extend_from_slice(&now_ms().to_be_bytes());
     forged.extend_from_slice(&[0u8; TAG_LEN]);
     store
         .save_if_longer(&name, forged.into(), Duration::from_secs(86_400))
@@ -708,12 +764,7 @@ async fn a_refusal_is_shared_and_bounded() {
     assert_eq!(source.calls(), 3, "a forged record stopped a fetch");
 
     // A genuine record stored again for a day: honoured, for at most `refusal_max`.
-    let genuine = Refusal {
-        rate_limited: true,
-        status: 429,
-        pause: Duration::from_secs(43_200),
-    }
-    .encode(&a.sealer);
+    let genuine = Refusal::new(true, 429, Duration::from_secs(43_200)).encode(&a.sealer);
     let name_token = a.sealer.key_name().to_owned();
     store.remove_if_prefix(&name_token, b"").await.unwrap();
     store.remove_if_prefix(&name, b"").await.unwrap();
@@ -723,7 +774,12 @@ async fn a_refusal_is_shared_and_bounded() {
         .unwrap();
     let d = make();
     let error = d.fetch(&source, MARGINS, None).await.unwrap_err();
-    assert_eq!(error.retry_after(), Some(config.refusal_max), "clamped");
+    let left = error.retry_after().unwrap();
+    // Clamped to `refusal_max`, less the moments since it was made.
+    assert!(
+        left <= config.refusal_max && left > config.refusal_min,
+        "{left:?}"
+    );
     assert_eq!(source.calls(), 3);
     tokio::time::sleep(config.refusal_max + Duration::from_millis(50)).await;
     d.fetch(&source, MARGINS, None).await.unwrap();
@@ -774,3 +830,74 @@ async fn a_broken_store_is_a_fallback() {
     assert_eq!(f.stats().fallbacks, 2);
     assert_eq!(source.calls(), 2);
 }
+
+/// Defect 5 of issue 29: a refusal record carries when it was made. An old genuine record,
+/// stored again with a long time to live by whoever can write the store after it lapsed, stops
+/// no fetch.
+#[tokio::test]
+async fn a_replayed_refusal_record_is_ignored() {
+    let redis = server();
+    let store = RedisStore::new(redis.url()).unwrap();
+    let config = FleetConfig {
+        refusal_min: Duration::from_millis(300),
+        ..test_config()
+    };
+    let make = || {
+        Fleet::new(
+            Arc::new(RedisStore::new(redis.url()).unwrap()),
+            &identity("secret"),
+            config,
+        )
+        .unwrap()
+    };
+    let a = make();
+    let source = Source::new(Duration::from_secs(3600), Duration::ZERO);
+    source.set(Mode::Fail);
+    a.fetch(&source, MARGINS, None).await.unwrap_err();
+    let name = a.sealer.refused_name().to_owned();
+    let recorded = store.load(&name).await.unwrap().unwrap().into_value();
+    // The record lapses (it is kept for twice its pause).
+    for _ in 0..300 {
+        if store.load(&name).await.unwrap().is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(store.load(&name).await.unwrap().is_none(), "never lapsed");
+    // Stored again, for a minute.
+    assert!(
+        store
+            .save_if_longer(&name, recorded, Duration::from_secs(60))
+            .await
+            .unwrap()
+    );
+    source.set(Mode::Ok);
+    let b = make();
+    let token = b.fetch(&source, MARGINS, None).await;
+    assert!(
+        token.is_ok(),
+        "the replayed refusal was honoured: {token:?}"
+    );
+    assert_eq!((source.calls(), b.stats().refusals_honoured), (2, 0));
+}
+
+/// Waits (bounded) until `lease` is gone from `redis`; its remaining life in ms, or -2 when
+/// it is gone.
+pub(super) async fn lease_left(redis: &RedisServer, lease: &str) -> i64 {
+    let mut raw = raw(redis).await;
+    let mut left: i64 = -3;
+    for _ in 0..100 {
+        left = ::redis::cmd("PTTL")
+            .arg(lease)
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        if left == -2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    left
+}
+
+mod cancel;

@@ -230,7 +230,7 @@ impl TokenEndpoint {
     /// Its user's name is `user-{n}` (`n` counting sessions from 0); see
     /// [`new_session_for`](TokenEndpoint::new_session_for).
     pub fn new_session(&self) -> String {
-        self.handle.state.new_session(None)
+        self.handle.state.new_session(None, None)
     }
 
     /// Like [`new_session`](TokenEndpoint::new_session), for the user named `username` in
@@ -238,7 +238,45 @@ impl TokenEndpoint {
     /// `SECRET_HASH` of the [user-pool API](TokenEndpoint::user_pool_api_url) must be computed
     /// over. (For a pool that signs in by email, Cognito's name is a UUID, not the email.)
     pub fn new_session_for(&self, username: &str) -> String {
-        self.handle.state.new_session(Some(username))
+        self.handle.state.new_session(Some(username), None)
+    }
+
+    /// Starts a user's session whose first refresh token is `refresh_token`, as if the user had
+    /// signed in before: for trying an application that restores a saved session across a
+    /// restart. Otherwise as [`new_session`](TokenEndpoint::new_session); returns the token.
+    ///
+    /// ```
+    /// # #[cfg(feature = "test-util")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tower::BoxError> {
+    /// use tower_cognito_auth::testing::TokenEndpoint;
+    /// use tower_cognito_auth::{RefreshTokenGrant, TokenSource};
+    ///
+    /// let endpoint = TokenEndpoint::builder()
+    ///     .rotate_refresh_tokens(true)
+    ///     .start()
+    ///     .await?;
+    /// // What the application saved before it stopped.
+    /// endpoint.new_session_with("refresh-token-saved-last-run");
+    /// let grant = RefreshTokenGrant::builder()
+    ///     .token_url(endpoint.token_url())
+    ///     .client_id(endpoint.client_id())
+    ///     .client_secret(endpoint.client_secret())
+    ///     .refresh_token("refresh-token-saved-last-run")
+    ///     .build()?;
+    /// grant.fetch().await?;
+    /// assert_ne!(
+    ///     endpoint.current_refresh_token().as_deref(),
+    ///     Some("refresh-token-saved-last-run"),
+    ///     "rotated"
+    /// );
+    /// # Ok(())
+    /// # }
+    /// # #[cfg(not(feature = "test-util"))]
+    /// # fn main() {}
+    /// ```
+    pub fn new_session_with(&self, refresh_token: impl Into<String>) -> String {
+        self.handle.state.new_session(None, Some(refresh_token.into()))
     }
 
     /// The refresh token that works now for the session started last: the one

@@ -205,11 +205,12 @@ impl EndpointState {
         answer
     }
 
-    /// A new user session of `username` (default `user-{n}`); returns its first refresh token.
-    fn new_session(&self, username: Option<&str>) -> String {
+    /// A new user session of `username` (default `user-{n}`), with this first refresh token or
+    /// a random one; returns it.
+    fn new_session(&self, username: Option<&str>, refresh_token: Option<String>) -> String {
         let mut inner = lock(&self.inner);
         let id = inner.sessions.len();
-        let refresh_token = new_refresh_token();
+        let refresh_token = refresh_token.unwrap_or_else(new_refresh_token);
         inner.refresh_tokens.insert(refresh_token.clone(), id);
         inner.sessions.push(UserSession {
             username: username.map_or_else(|| format!("user-{id}"), str::to_owned),
