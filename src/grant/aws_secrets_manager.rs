@@ -41,8 +41,8 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body::Body;
 use http_body_util::{BodyExt as _, Full};
 use tokio::time::Instant;
-use tower::ServiceExt as _;
 use tower::Service;
+use tower::ServiceExt as _;
 
 use super::endpoint::{HttpClient, HttpsOptions, client_or_built_in, erase_client, is_loopback};
 use crate::error::{BoxError, Error, ErrorKind};

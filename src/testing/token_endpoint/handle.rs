@@ -276,7 +276,9 @@ impl TokenEndpoint {
     /// # fn main() {}
     /// ```
     pub fn new_session_with(&self, refresh_token: impl Into<String>) -> String {
-        self.handle.state.new_session(None, Some(refresh_token.into()))
+        self.handle
+            .state
+            .new_session(None, Some(refresh_token.into()))
     }
 
     /// The refresh token that works now for the session started last: the one
