@@ -141,18 +141,22 @@ async fn run(endpoint: &TokenEndpoint, api: &ProtectedApi, file: &Path) -> BoxRe
     let saves = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let http = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let mut builder = RefreshTokenGrant::builder()
-        .user_pool_api_url(endpoint.user_pool_api_url())
-        .client_id(endpoint.client_id())
-        .refresh_token(refresh_token)
-        .persist(persist_to(file, Arc::clone(&saves)))
-        // The grant gets a client of its own: its connections live on the grant's thread.
-        .http_client(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>());
-    let requests_before = endpoint.request_count();
+    let mut saved = TokenSet::new(refresh_token);
     if let Some(at) = expires_at.filter(|at| *at > SystemTime::now() && !access_token.is_empty()) {
-        builder = builder.access_token_expiring_at(access_token, at);
+        saved = saved.with_access_token(access_token, Some(at))?;
         println!("restored the refresh token and the access token");
     }
+    let requests_before = endpoint.request_count();
+    // A pool without a domain: the session is refreshed through Cognito's user-pool API
+    // (`user_pool_api("us-east-1")` on AWS), here the `testing` kit's on loopback.
+    let builder = RefreshTokenGrant::builder()
+        .user_pool_api_url(endpoint.user_pool_api_url())
+        .client_id(endpoint.client_id())
+        .restore(saved)
+        .persist(persist_to(file, Arc::clone(&saves)))
+        // A client not shared with the application's requests: its connections live on the
+        // exchange threads.
+        .http_client(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>());
     let grant = builder.build()?;
     let auth = CognitoAuthLayer::builder()
         .token_source(grant.clone())

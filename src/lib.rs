@@ -145,6 +145,7 @@ pub mod replay;
 #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
 pub mod reqwest_auth;
 mod service;
+pub mod sessions;
 #[cfg(feature = "store")]
 #[cfg_attr(docsrs, doc(cfg(feature = "store")))]
 pub mod store;
@@ -168,6 +169,7 @@ pub use grant::{
 pub use layer::{CognitoAuthLayer, CognitoAuthLayerBuilder, DEFAULT_REPLAY_BODY_LIMIT};
 pub use replay::Replay;
 pub use service::CognitoAuth;
+pub use sessions::{SessionSet, SessionSetBuilder};
 pub use token::{AccessToken, Token};
 
 /// Compiles the README's Rust code as doctests. Its examples are whole programs, with no

@@ -276,4 +276,26 @@ async fn the_layer_heals_after_a_rotation_and_a_missing_secret_is_a_clear_error(
     assert!(text.contains("no/such/secret"), "{text}");
     assert!(text.contains("ResourceNotFoundException"), "{text}");
     assert_eq!(endpoint.request_count(), before, "no token request");
+
+    // Neither the secret nor the AWS credentials show in `Debug` or errors.
+    let keyed = SharedCredentialsProvider::new(Credentials::new(
+        "AKIDDISTINCTIVE",
+        "aws-secret-access-key-distinctive",
+        None,
+        None,
+        "test",
+    ));
+    let source = ClientSecret::from_aws_secrets_manager(
+        AwsSecretsManager::new("plain", "us-east-1", keyed)
+            .endpoint_url(&moto.url)
+            .http_client(common::http()),
+    );
+    let shown = format!("{source:?} {layer:?} {error:?} {missing:?}");
+    for needle in [
+        "plain-new",
+        "plain-old",
+        "aws-secret-access-key-distinctive",
+    ] {
+        assert!(!shown.contains(needle), "{shown}");
+    }
 }

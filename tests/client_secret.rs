@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use tower_cognito_auth::testing::TokenEndpoint;
 use tower_cognito_auth::{
@@ -79,8 +80,10 @@ async fn a_missing_file_names_the_path_sends_nothing_and_heals_when_it_appears()
     );
     assert_eq!(endpoint.request_count(), 0);
 
-    // The secret appears: the very next request is served, no minute's pause.
+    // The secret appears: the next request (a tenth of a second on, the most that requests
+    // wait between two reads of the file) is served, no minute's pause.
     std::fs::write(&path, endpoint.client_secret()).unwrap();
+    tokio::time::advance(Duration::from_millis(100)).await;
     auth.token().await.unwrap();
     assert_eq!(endpoint.request_count(), 1);
 }
@@ -97,6 +100,7 @@ async fn a_late_rewrite_heals_within_one_request() {
     assert_eq!(endpoint.request_count(), 1, "invalid_client is paced");
 
     std::fs::write(&path, endpoint.client_secret()).unwrap();
+    tokio::time::advance(Duration::from_millis(100)).await;
     auth.token().await.unwrap();
     assert_eq!(endpoint.request_count(), 2, "one request: the rewrite's");
 }
@@ -104,7 +108,7 @@ async fn a_late_rewrite_heals_within_one_request() {
 #[tokio::test(start_paused = true)]
 async fn a_function_is_asked_at_each_token_request() {
     let endpoint = TokenEndpoint::builder()
-        .lifetime(std::time::Duration::from_secs(60))
+        .lifetime(Duration::from_secs(60))
         .start()
         .await
         .unwrap();
@@ -152,7 +156,7 @@ fn client_secret_beside_client_secret_source_is_refused() {
 #[tokio::test(start_paused = true)]
 async fn a_session_reads_its_client_secret_at_each_exchange() {
     let endpoint = TokenEndpoint::builder()
-        .lifetime(std::time::Duration::from_secs(300))
+        .lifetime(Duration::from_secs(300))
         .start()
         .await
         .unwrap();
@@ -176,6 +180,7 @@ async fn a_session_reads_its_client_secret_at_each_exchange() {
     assert_eq!(endpoint.request_count(), 1);
 
     std::fs::write(&path, format!("{}\n", endpoint.client_secret())).unwrap();
+    tokio::time::advance(Duration::from_millis(100)).await;
     auth.token().await.unwrap();
     assert_eq!(endpoint.request_count(), 2);
     assert_eq!(
@@ -194,4 +199,50 @@ async fn a_session_reads_its_client_secret_at_each_exchange() {
         .build()
         .unwrap_err();
     assert_eq!(both.kind(), ErrorKind::InvalidConfig);
+}
+
+/// After an `invalid_client` behind a token that still serves, every request asks the source's
+/// epoch (on the hot path): the secret is read again at most ten times a second, not once per
+/// request.
+#[tokio::test(start_paused = true)]
+async fn a_flood_of_requests_reads_the_secret_ten_times_a_second_at_most() {
+    let endpoint = TokenEndpoint::builder()
+        .lifetime(Duration::from_secs(600))
+        .start()
+        .await
+        .unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let secret = ClientSecret::from_fn({
+        let calls = Arc::clone(&calls);
+        let secret = endpoint.client_secret().to_owned();
+        move || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Ok(secret.clone())
+        }
+    });
+    let auth = layer(&endpoint, secret);
+    auth.token().await.unwrap();
+    // The secret is deleted at the endpoint; the refresh ahead of expiry is refused, and the
+    // token in hand still serves.
+    endpoint.set_client_secrets(["another"]);
+    tokio::time::advance(Duration::from_secs(560)).await;
+    auth.token().await.unwrap();
+    endpoint.wait_for_requests(2).await;
+    for _ in 0..50 {
+        if auth.stats().token_failures == 1 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(auth.stats().token_failures, 1, "the refresh was refused");
+    let before = calls.load(Ordering::SeqCst);
+    for _ in 0..1_000 {
+        auth.token().await.unwrap();
+    }
+    tokio::time::advance(Duration::from_millis(100)).await;
+    for _ in 0..1_000 {
+        auth.token().await.unwrap();
+    }
+    let reads = calls.load(Ordering::SeqCst) - before;
+    assert!((1..=2).contains(&reads), "{reads} reads for 2,000 requests");
 }

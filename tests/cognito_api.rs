@@ -572,3 +572,36 @@ async fn a_secret_from_a_file_is_read_for_each_call_of_both_flows() {
     assert_eq!(endpoint.request_count(), 2, "no call without a secret");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `sign_out()` on a session through the user-pool API revokes its refresh token there
+/// (`RevokeToken`, with the app client's secret): the server refuses it afterwards.
+#[tokio::test]
+async fn sign_out_revokes_the_refresh_token_through_the_user_pool_api() {
+    let (endpoint, _api) = pool(Duration::ZERO).await;
+    let refresh = endpoint.new_session();
+    let grant = grant_for(&endpoint, refresh).build().unwrap();
+    grant.fetch().await.unwrap();
+    let current = endpoint.current_refresh_token().unwrap();
+    grant.sign_out().await.unwrap();
+    assert!(grant.status().borrow().closed);
+    let revoke = endpoint
+        .requests()
+        .into_iter()
+        .rfind(|r| {
+            r.headers
+                .get("x-amz-target")
+                .is_some_and(|t| t == "AWSCognitoIdentityProviderService.RevokeToken")
+        })
+        .expect("no RevokeToken call was made");
+    let body = json(&revoke);
+    assert_eq!(body["Token"], current.as_str());
+    assert_eq!(body["ClientSecret"], endpoint.client_secret());
+    // Another process holding the same refresh token is told to sign in again.
+    let error = grant_for(&endpoint, current)
+        .build()
+        .unwrap()
+        .fetch()
+        .await
+        .unwrap_err();
+    assert!(error.is_invalid_grant(), "{error}");
+}

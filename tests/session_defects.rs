@@ -389,7 +389,16 @@ async fn a_grant_dropped_with_an_unsaved_rotation_warns() {
     grant.fetch().await.unwrap();
     assert!(grant.status().borrow().unsaved);
     drop(grant);
-    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    // The exchange thread lets go of the grant's state just after it answered: the last
+    // reference, and the warning, may be its. Wait for it (bounded: 2 s at most).
+    let mut logs = String::new();
+    for _ in 0..400 {
+        logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+        if logs.contains("never saved was dropped") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     assert!(
         logs.contains("WARN") && logs.contains("never saved was dropped"),
         "{logs}"

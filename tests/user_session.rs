@@ -38,7 +38,8 @@ impl Rotations {
 }
 
 /// A grant for a new session of `endpoint` (a public client unless told otherwise), with its
-/// rotations recorded.
+/// rotations recorded (through the deprecated `on_rotation`, which still works).
+#[allow(deprecated)]
 fn grant_for(endpoint: &TokenEndpoint, rotations: &Rotations) -> RefreshTokenGrantBuilder {
     let seen = rotations.clone();
     RefreshTokenGrant::builder()

@@ -24,6 +24,9 @@ use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::error::Error;
 
@@ -43,8 +46,9 @@ const MAX_SECRET_FILE: u64 = 64 * 1024;
 /// error that names the file, never its content, and no request is sent.
 ///
 /// A secret that changed is a new credential: after an `invalid_client` (or a missing secret)
-/// the cache reads the secret again at each request that finds no usable token, and as soon as
-/// it changed forgets the pause it was keeping, so a late rewrite heals on the next request.
+/// the cache reads the secret again as requests come (at most ten times a second), and as soon
+/// as it changed forgets the pause it was keeping, so a late rewrite heals on the next request
+/// (within 100 ms of the rewrite).
 ///
 /// `Debug` shows the file's path, never a secret. See the [module docs](crate::grant::client_secret)
 /// for an example.
@@ -86,7 +90,7 @@ impl ClientSecret {
     }
 
     /// A secret returned by `provider`, called at each token request and, after an
-    /// `invalid_client`, at each request that finds no usable token. It runs on the caller's
+    /// `invalid_client`, as requests come (at most ten times a second). It runs on the caller's
     /// thread inside the runtime, so it must return at once: a secret that lives behind the
     /// network is best kept in memory by a task of yours and returned from there. Trailing
     /// whitespace is trimmed; an empty secret is an [`InvalidConfig`](crate::ErrorKind::InvalidConfig)
@@ -243,13 +247,20 @@ pub(crate) struct SecretCell {
     /// there was none.
     seen: Mutex<Seen>,
     hasher: RandomState,
-    /// Bumped each time a read sees something else than the read before it.
+    /// Bumped each time a read made by [`epoch`](SecretCell::epoch) (after a failure for good)
+    /// sees something else than the read before it.
     epoch: AtomicU64,
-    /// Set while the last token request failed for good (`invalid_client`, no secret): the
-    /// cache then asks [`epoch`](SecretCell::epoch) at each request with no token, which reads
-    /// the secret again.
+    /// Set while the last token request failed for good (`invalid_client`, no secret): then
+    /// [`epoch`](SecretCell::epoch), which the cache asks at each request, reads the secret
+    /// again, at most once per [`RECHECK_EVERY`].
     recheck: AtomicBool,
+    /// When `epoch` last read the secret.
+    rechecked: Mutex<Option<Instant>>,
 }
+
+/// How often, at most, a request reads the secret again while a failure for good is on record:
+/// a rewrite is seen within this, and a flood of requests reads a file ten times a second.
+pub(crate) const RECHECK_EVERY: Duration = Duration::from_millis(100);
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Seen {
@@ -266,6 +277,7 @@ impl SecretCell {
             hasher: RandomState::new(),
             epoch: AtomicU64::new(0),
             recheck: AtomicBool::new(false),
+            rechecked: Mutex::new(None),
         }
     }
 
@@ -277,18 +289,20 @@ impl SecretCell {
     /// Reads the secret for a token request.
     pub(crate) async fn read(&self) -> Result<String, Error> {
         let result = self.source.read().await;
-        self.observe(&result);
+        self.observe(&result, false);
         result
     }
 
-    /// Notes what a read saw; a change bumps the epoch.
-    fn observe(&self, result: &Result<String, Error>) {
+    /// Notes what a read saw; with `bump`, a change bumps the epoch. A token request's own read
+    /// does not: it uses what it read, and a new epoch would make the cache drop the token that
+    /// request brings (as it does after a new sign-in) for nothing.
+    fn observe(&self, result: &Result<String, Error>, bump: bool) {
         let now = match result {
             Ok(secret) => Seen::Secret(self.hasher.hash_one(secret.as_bytes())),
             Err(_) => Seen::Missing,
         };
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        if *seen != Seen::Never && *seen != now {
+        if bump && *seen != Seen::Never && *seen != now {
             self.epoch.fetch_add(1, Ordering::AcqRel);
         }
         *seen = now;
@@ -306,14 +320,25 @@ impl SecretCell {
         }
     }
 
-    /// A number that changes when the secret does. Reads the secret only while the last token
-    /// request failed for good, when a rewrite is what the cache waits for.
+    /// A number that changes when the secret does, after a failure for good: only then is a
+    /// rewrite what the cache waits for, and only then does this read the secret (at most once
+    /// per [`RECHECK_EVERY`]; otherwise it is two atomic loads).
     pub(crate) fn epoch(&self) -> u64 {
-        if self.recheck.load(Ordering::Acquire) {
+        if self.recheck.load(Ordering::Acquire) && self.recheck_due() {
             // An error stays for the token request.
-            self.observe(&self.source.read_now(true));
+            self.observe(&self.source.read_now(true), true);
         }
         self.epoch.load(Ordering::Acquire)
+    }
+
+    fn recheck_due(&self) -> bool {
+        let now = Instant::now();
+        let mut last = self.rechecked.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|at| now.saturating_duration_since(at) < RECHECK_EVERY) {
+            return false;
+        }
+        *last = Some(now);
+        true
     }
 }
 

@@ -53,32 +53,36 @@ async fn missing_empty_and_oversized_files_name_the_path_not_the_content() {
     assert!(binary.to_string().contains("not UTF-8"), "{binary}");
 }
 
-#[tokio::test]
-async fn the_epoch_moves_when_the_secret_changes_and_only_then() {
+#[tokio::test(start_paused = true)]
+async fn the_epoch_moves_when_a_recheck_sees_another_secret() {
     let path = temp_file("epoch");
     std::fs::write(&path, "one").unwrap();
     let cell = SecretCell::new(ClientSecret::from_file(&path));
     assert_eq!(cell.epoch(), 0);
     cell.read().await.unwrap();
-    cell.read().await.unwrap();
-    assert_eq!(cell.epoch(), 0, "the same secret twice is no change");
-
-    // Without a failure on record, `epoch` does not read: the rewrite is seen by the next
-    // token request's read.
+    // A token request's own read changes nothing: it uses what it read.
     std::fs::write(&path, "two").unwrap();
-    assert_eq!(cell.epoch(), 0);
     cell.read().await.unwrap();
-    assert_eq!(cell.epoch(), 1);
-
-    // After a permanent failure, `epoch` reads the file itself.
-    cell.note(true);
-    assert_eq!(cell.epoch(), 1, "unchanged");
-    std::fs::remove_file(&path).unwrap();
-    assert_eq!(cell.epoch(), 2, "gone is a change");
+    assert_eq!(cell.epoch(), 0);
+    // Without a failure for good on record, `epoch` does not read.
     std::fs::write(&path, "three").unwrap();
+    assert_eq!(cell.epoch(), 0);
+
+    // After one, `epoch` reads the secret, at most once per RECHECK_EVERY.
+    cell.note(true);
+    assert_eq!(cell.epoch(), 1, "three is not two");
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(cell.epoch(), 1, "not read again yet");
+    tokio::time::advance(RECHECK_EVERY).await;
+    assert_eq!(cell.epoch(), 2, "gone is a change");
+    tokio::time::advance(RECHECK_EVERY).await;
+    assert_eq!(cell.epoch(), 2, "still gone is not");
+    std::fs::write(&path, "four").unwrap();
+    tokio::time::advance(RECHECK_EVERY).await;
     assert_eq!(cell.epoch(), 3, "back is a change");
     cell.note(false);
-    std::fs::write(&path, "four").unwrap();
+    std::fs::write(&path, "five").unwrap();
+    tokio::time::advance(RECHECK_EVERY).await;
     assert_eq!(cell.epoch(), 3, "no failure on record: no read");
 }
 

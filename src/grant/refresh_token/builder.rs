@@ -15,8 +15,9 @@ use tokio::time::Instant;
 use tower::Service;
 
 use super::restore::{Expiry, restored};
+use super::sign_out::Revocation;
 use super::{
-    Inner, PersistHook, RefreshTokenGrant, RotationHook, Session, SessionStatus, TokenSet,
+    Inner, Latest, PersistHook, RefreshTokenGrant, RotationHook, Session, SessionStatus, TokenSet,
 };
 use crate::backoff::Backoff;
 use crate::error::{BoxError, Error};
@@ -50,10 +51,12 @@ pub struct RefreshTokenGrantBuilder {
     client_auth: ClientAuth,
     refresh_token: Option<Secret>,
     access_token: Option<(Secret, Expiry)>,
+    id_token: Option<Secret>,
     on_rotation: Option<RotationHook>,
     persist: Option<PersistHook>,
     persist_timeout: Option<Duration>,
     max_unsaved_rotations: Option<u64>,
+    revocation_url: Option<TokenUrl>,
     http: Option<HttpClient>,
     https: HttpsOptions,
     request_timeout: Option<Duration>,
@@ -291,6 +294,42 @@ impl RefreshTokenGrantBuilder {
         self
     }
 
+    /// Restores a session saved earlier, as one value: the [`TokenSet`]
+    /// [`persist`](Self::persist) received (or one the application built, or deserialised
+    /// with the feature `serde`). Sets the refresh token; the access token, if the set has
+    /// one, with its wall-clock expiry (or, without one, the expiry read from the JWT, as
+    /// [`access_token_from_jwt`](Self::access_token_from_jwt)); and the `id_token`
+    /// ([`RefreshTokenGrant::id_token`]). Replaces what
+    /// [`refresh_token`](Self::refresh_token) and the `access_token*` setters set.
+    ///
+    /// ```no_run
+    /// use tower_cognito_auth::{RefreshTokenGrant, TokenSet};
+    ///
+    /// # fn load() -> TokenSet { TokenSet::new("r") }
+    /// # fn main() -> Result<(), tower_cognito_auth::Error> {
+    /// let saved: TokenSet = load(); // what `persist` saved last time
+    /// let grant = RefreshTokenGrant::builder()
+    ///     .cognito_domain("my-pool", "us-east-1")
+    ///     .client_id("my-app-client-id")
+    ///     .restore(saved)
+    ///     .build()?;
+    /// # let _ = grant;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn restore(mut self, set: TokenSet) -> Self {
+        self.access_token = set.access_token.map(|token| {
+            let expiry = match set.expires_at {
+                Some(at) => Expiry::Wall(at),
+                None => Expiry::Jwt,
+            };
+            (Secret(token.secret().to_owned()), expiry)
+        });
+        self.refresh_token = Some(set.refresh_token);
+        self.id_token = set.id_token;
+        self
+    }
+
     /// Called with the new refresh token each time the server rotates it, so that the
     /// application can persist it. Default is none. For a save that is async or can fail (a
     /// database, a keychain), use [`persist`](Self::persist).
@@ -301,6 +340,13 @@ impl RefreshTokenGrantBuilder {
     /// while it runs no refresh can start. A panic in it is caught and logged, and the new
     /// token is still used, when panics unwind; under `panic = "abort"` it aborts the process,
     /// as any panic does.
+    ///
+    /// Deprecated: [`persist`](Self::persist) does the same job and more (the whole
+    /// [`TokenSet`], async, failures retried and reported); one hook is enough. It still works.
+    #[deprecated(
+        since = "0.1.0",
+        note = "use `persist`, which gets the whole TokenSet (refresh token included) and may fail"
+    )]
     pub fn on_rotation(mut self, on_rotation: impl Fn(&str) + Send + Sync + 'static) -> Self {
         self.on_rotation = Some(Arc::new(on_rotation));
         self
@@ -324,6 +370,10 @@ impl RefreshTokenGrantBuilder {
     /// until it is saved, a later exchange saves a newer one, or the grant is dropped (with a
     /// warning). [`RefreshTokenGrant::close`] tries once more. To stop refreshing while saves
     /// fail, see [`max_unsaved_rotations`](Self::max_unsaved_rotations).
+    ///
+    /// The hook runs on the exchange threads every session of the process shares: do not
+    /// block in it (use async I/O, such as `tokio::fs`, or `spawn_blocking`), or other
+    /// sessions' exchanges wait.
     ///
     /// Write it so that a crash cannot leave half a token: write a temporary file and rename
     /// it over the old one, or update a database row in one statement.
@@ -365,6 +415,15 @@ impl RefreshTokenGrantBuilder {
     /// Default is 10 seconds.
     pub fn persist_timeout(mut self, timeout: Duration) -> Self {
         self.persist_timeout = Some(timeout);
+        self
+    }
+
+    /// Where [`sign_out`](RefreshTokenGrant::sign_out) revokes the refresh token (RFC 7009).
+    /// Default: beside the token endpoint, its path's `/oauth2/token` replaced by
+    /// `/oauth2/revoke`, as at a Cognito domain; none for a token URL with another path. The
+    /// same rules as [`token_url`](Self::token_url), checked by [`build`](Self::build).
+    pub fn revocation_url(mut self, url: impl AsRef<str>) -> Self {
+        self.revocation_url = Some(TokenUrl::Url(url.as_ref().to_owned()));
         self
     }
 
@@ -605,6 +664,41 @@ impl RefreshTokenGrantBuilder {
         } else {
             client_authentication(&mut tail, &self.client_auth, &client_id, secret, &audience)?
         };
+        let revocation_url = match self.revocation_url {
+            Some(url) => Some(TokenUrl::resolve(Some(url))?),
+            None => super::sign_out::beside(&token_url),
+        };
+        let revocation = match revocation_url {
+            // A session through Cognito's user-pool API revokes through it (`RevokeToken`).
+            _ if user_pool_api.is_some() => Revocation::UserPoolApi,
+            Some(url) => {
+                // The client authenticates as for an exchange: a fixed secret now, a secret
+                // read at each request or an assertion at the revocation.
+                let mut own = form_urlencoded::Serializer::new(String::new());
+                let authorization = if per_request_auth {
+                    None
+                } else {
+                    client_authentication(
+                        &mut own,
+                        &self.client_auth,
+                        &client_id,
+                        secret,
+                        &audience,
+                    )?
+                };
+                Revocation::OAuth {
+                    endpoint: Box::new(Endpoint {
+                        token_url: url,
+                        authorization,
+                        http: http.clone(),
+                        request_timeout,
+                        metrics: crate::metrics::Metrics::new(&client_id),
+                    }),
+                    form_tail: Secret(own.finish()),
+                }
+            }
+            None => Revocation::None,
+        };
         Ok(RefreshTokenGrant {
             inner: Arc::new(Inner {
                 epoch: std::sync::atomic::AtomicU64::new(0),
@@ -629,6 +723,10 @@ impl RefreshTokenGrantBuilder {
                     closed: false,
                     exchanges: 0,
                 })),
+                latest: Mutex::new(Latest {
+                    access_token: stored.as_ref().map(|kept| kept.token.clone()),
+                    id_token: self.id_token,
+                }),
                 stored: Mutex::new(stored),
                 on_rotation: self.on_rotation,
                 persist: self.persist,
@@ -637,6 +735,7 @@ impl RefreshTokenGrantBuilder {
                 retrying: AtomicBool::new(false),
                 late_save: Mutex::new(None),
                 max_unsaved_rotations: self.max_unsaved_rotations,
+                revocation,
                 status: watch::Sender::new(SessionStatus::default()),
                 retry: RetryPolicy {
                     max_attempts: 3,

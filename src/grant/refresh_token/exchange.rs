@@ -225,6 +225,14 @@ impl Inner {
         };
         tracing::debug!(rotated, "refresh_token grant answered");
         let parsed = parse_token_response(&answer.body, answer.sent_at, answer.sent_at_wall);
+        let id_token = parse_id_token(&answer.body).map(Secret);
+        if let Ok((token, _)) = &parsed {
+            let mut latest = lock(&self.latest);
+            latest.access_token = Some(token.access_token().clone());
+            if id_token.is_some() {
+                latest.id_token = id_token.clone();
+            }
+        }
         if self.persist.is_some() && (rotated || parsed.is_ok()) {
             let (access_token, expires_at) = match &parsed {
                 Ok((token, lifetime)) => (
@@ -238,7 +246,7 @@ impl Inner {
                 rotated,
                 access_token,
                 expires_at,
-                id_token: parse_id_token(&answer.body).map(Secret),
+                id_token,
             };
             self.save(set).await;
         }

@@ -23,7 +23,7 @@
 //! use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 //! use tower::{ServiceBuilder, ServiceExt};
 //! use tower_cognito_auth::{
-//!     CognitoAuthLayer, RefreshTokenGrant,
+//!     CognitoAuthLayer, RefreshTokenGrant, TokenSet,
 //!     testing::{ProtectedApi, TokenEndpoint},
 //! };
 //!
@@ -42,11 +42,12 @@
 //!     .token_url(endpoint.token_url())
 //!     .client_id(endpoint.client_id()) // a public client: no secret
 //!     .refresh_token(stored)
-//!     .on_rotation({
+//!     .persist({
 //!         let saved = Arc::clone(&saved);
 //!         // Persist it: from now on only the new refresh token works.
-//!         move |new_refresh_token: &str| {
-//!             *saved.lock().unwrap() = Some(new_refresh_token.to_owned());
+//!         move |set: TokenSet| {
+//!             *saved.lock().unwrap() = Some(set.refresh_token().to_owned());
+//!             std::future::ready(Ok::<_, std::io::Error>(()))
 //!         }
 //!     })
 //!     .http_client(http.clone())
@@ -69,9 +70,9 @@
 //!
 //! Save the session when the user signs in, and again each time the server sends a new token
 //! set: [`persist`](RefreshTokenGrantBuilder::persist) (async, may fail; it gets the refresh
-//! token, the access token with its wall-clock expiry and the `id_token`) or
-//! [`on_rotation`](RefreshTokenGrantBuilder::on_rotation) (sync, the refresh token only). At
-//! startup, pass the stored refresh token to
+//! token, the access token with its wall-clock expiry and the `id_token`, as one
+//! [`TokenSet`]). At startup, hand the saved set back to
+//! [`restore`](RefreshTokenGrantBuilder::restore), or pass the stored refresh token to
 //! [`refresh_token`](RefreshTokenGrantBuilder::refresh_token): the first request then
 //! refreshes. If you also stored the access token, pass it with its expiry as saved
 //! ([`access_token_expiring_at`](RefreshTokenGrantBuilder::access_token_expiring_at), a
@@ -112,7 +113,7 @@
 //! # Many sessions in one process
 //!
 //! A server that acts for its signed-in users (a backend-for-frontend, a gateway) holds one
-//! grant per user: a session costs memory (under 2 KiB; about 3 KiB with a layer holding its
+//! grant per user: a session costs memory (under 3 KiB; about 4 KiB with a layer holding its
 //! token, see BENCHMARKS.md), not a
 //! thread, a runtime or a socket. Every grant built without
 //! [`http_client`](RefreshTokenGrantBuilder::http_client) shares one built-in HTTPS client
@@ -141,7 +142,7 @@
 use std::fmt;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::sync::watch;
 
@@ -150,79 +151,24 @@ use super::cognito_api::UserPoolApi;
 use super::endpoint::{ClientAuth, Endpoint, RetryPolicy, Secret};
 use crate::error::{BoxError, Error};
 use crate::grant::{BoxFuture, TokenSource};
-use crate::token::{AccessToken, Token};
+use crate::token::{AccessToken, Token, jwt_claims};
 
 mod builder;
 mod exchange;
 mod executor;
 mod persist;
 mod restore;
+mod sign_out;
+mod token_set;
 
 pub use builder::RefreshTokenGrantBuilder;
+pub use token_set::TokenSet;
 
 /// What [`on_rotation`](RefreshTokenGrantBuilder::on_rotation) stores.
 type RotationHook = Arc<dyn Fn(&str) + Send + Sync>;
 
 /// What [`persist`](RefreshTokenGrantBuilder::persist) stores.
 type PersistHook = Arc<dyn Fn(TokenSet) -> BoxFuture<'static, Result<(), BoxError>> + Send + Sync>;
-
-/// What the server sent in one successful exchange, as [`persist`] receives it: everything an
-/// application needs to restore the session later.
-///
-/// `Debug` prints which parts are there, never a token.
-///
-/// [`persist`]: RefreshTokenGrantBuilder::persist
-#[derive(Clone)]
-pub struct TokenSet {
-    refresh_token: Secret,
-    rotated: bool,
-    access_token: Option<AccessToken>,
-    expires_at: Option<SystemTime>,
-    id_token: Option<Secret>,
-}
-
-impl TokenSet {
-    /// The session's refresh token from now on: the rotated one when the server sent one,
-    /// else the one the exchange presented. Treat it as a password.
-    pub fn refresh_token(&self) -> &str {
-        &self.refresh_token.0
-    }
-
-    /// Whether the server rotated the refresh token in this exchange.
-    pub fn rotated(&self) -> bool {
-        self.rotated
-    }
-
-    /// The new access token, unless the answer's was unusable (the rotation still counts).
-    pub fn access_token(&self) -> Option<&AccessToken> {
-        self.access_token.as_ref()
-    }
-
-    /// When the access token expires, on the wall clock: what
-    /// [`access_token_expiring_at`](RefreshTokenGrantBuilder::access_token_expiring_at) takes
-    /// back at the next start.
-    pub fn expires_at(&self) -> Option<SystemTime> {
-        self.expires_at
-    }
-
-    /// The OpenID Connect `id_token` of the answer, if it had one (Cognito sends one). Treat it
-    /// as a password.
-    pub fn id_token(&self) -> Option<&str> {
-        self.id_token.as_ref().map(|t| t.0.as_str())
-    }
-}
-
-impl fmt::Debug for TokenSet {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TokenSet")
-            .field("refresh_token", &self.refresh_token)
-            .field("rotated", &self.rotated)
-            .field("access_token", &self.access_token)
-            .field("expires_at", &self.expires_at)
-            .field("id_token", &self.id_token)
-            .finish()
-    }
-}
 
 /// Where a user's session stands, as [`RefreshTokenGrant::status`] reports it.
 ///
@@ -245,6 +191,9 @@ pub struct SessionStatus {
     /// Each one is a refresh token that exists only in memory; see
     /// [`max_unsaved_rotations`](RefreshTokenGrantBuilder::max_unsaved_rotations).
     pub unsaved_rotations: u64,
+    /// Whether the session was closed here ([`RefreshTokenGrant::close`]) or the user
+    /// signed out ([`RefreshTokenGrant::sign_out`]): no exchange starts any more.
+    pub closed: bool,
     /// How many saves have failed or timed out so far.
     pub save_failures: u64,
     /// How many times the server has rotated the refresh token so far.
@@ -267,15 +216,15 @@ pub struct SessionStatus {
 /// [`CognitoAuthLayerBuilder::token_source`](crate::CognitoAuthLayerBuilder::token_source):
 ///
 /// ```no_run
-/// use tower_cognito_auth::{CognitoAuthLayer, RefreshTokenGrant};
-/// # fn save(_: &str) {}
+/// use tower_cognito_auth::{CognitoAuthLayer, RefreshTokenGrant, TokenSet};
+/// # async fn save(_: TokenSet) -> std::io::Result<()> { Ok(()) }
 /// # fn main() -> Result<(), tower::BoxError> {
 /// # let stored_refresh_token = String::new();
 /// let grant = RefreshTokenGrant::builder()
 ///     .cognito_domain("my-pool", "us-east-1") // or .token_url(..)
 ///     .client_id("my-app-client-id") // .client_secret(..) when the app client has one
-///     .refresh_token(stored_refresh_token)
-///     .on_rotation(|new_refresh_token: &str| save(new_refresh_token))
+///     .refresh_token(stored_refresh_token) // or .restore(saved_token_set)
+///     .persist(save)
 ///     .build()?;
 /// let auth = CognitoAuthLayer::builder().token_source(grant).build()?;
 /// # Ok(())
@@ -322,6 +271,9 @@ struct Inner {
     /// The access token kept for the next fetch (restored from storage, or obtained by an
     /// exchange nobody waited for any more), handed out once.
     stored: Mutex<Option<restore::Kept>>,
+    /// The newest access token and `id_token` the session has seen (received, restored or
+    /// handed over at sign-in), for [`RefreshTokenGrant::id_token`] and the claims.
+    latest: Mutex<Latest>,
     on_rotation: Option<RotationHook>,
     persist: Option<PersistHook>,
     persist_timeout: Duration,
@@ -335,8 +287,17 @@ struct Inner {
     late_save: Mutex<Option<tokio::task::JoinHandle<Result<(), BoxError>>>>,
     /// No exchange starts while this many rotations are unsaved.
     max_unsaved_rotations: Option<u64>,
+    /// How [`RefreshTokenGrant::sign_out`] revokes the refresh token.
+    revocation: sign_out::Revocation,
     status: watch::Sender<SessionStatus>,
     retry: RetryPolicy,
+}
+
+/// What [`Inner::latest`] holds.
+#[derive(Default)]
+struct Latest {
+    access_token: Option<AccessToken>,
+    id_token: Option<Secret>,
 }
 
 struct Session {
@@ -390,6 +351,88 @@ impl RefreshTokenGrant {
     /// ```
     pub fn status(&self) -> watch::Receiver<SessionStatus> {
         self.inner.status.subscribe()
+    }
+
+    /// Starts over with everything a new sign-in returned (the refresh token, and the access
+    /// token and `id_token` when the set has them), without rebuilding the grant or the
+    /// layer: like [`replace_refresh_token`](Self::replace_refresh_token), and the access
+    /// token is used at once (the cache judges it by its margins, as a restored one) instead
+    /// of an immediate refresh. The set is handed to
+    /// [`persist`](RefreshTokenGrantBuilder::persist) before this returns.
+    ///
+    /// ```
+    /// # #[cfg(feature = "test-util")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tower::BoxError> {
+    /// use std::time::{Duration, SystemTime};
+    /// use tower_cognito_auth::{RefreshTokenGrant, TokenSet, TokenSource, testing::TokenEndpoint};
+    ///
+    /// let endpoint = TokenEndpoint::builder().public_client(true).start().await?;
+    /// let grant = RefreshTokenGrant::builder()
+    ///     .token_url(endpoint.token_url())
+    ///     .client_id(endpoint.client_id())
+    ///     .refresh_token(endpoint.new_session())
+    ///     .build()?;
+    /// // The user signed in again (maybe as someone else): hand over what the sign-in returned.
+    /// let signed_in = TokenSet::new(endpoint.new_session())
+    ///     .with_access_token("new-access-token", Some(SystemTime::now() + Duration::from_secs(3600)))?;
+    /// grant.sign_in(signed_in).await?;
+    /// assert_eq!(grant.fetch().await?.access_token().secret(), "new-access-token");
+    /// assert_eq!(endpoint.request_count(), 0);
+    /// # Ok(())
+    /// # }
+    /// # #[cfg(not(feature = "test-util"))]
+    /// # fn main() {}
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// An [`Error`] of kind [`InvalidConfig`](crate::ErrorKind::InvalidConfig) when the
+    /// refresh token is empty, the access token has no expiry and is not a JWT with an `exp`
+    /// (or is an `id_token`), or the grant was [closed](Self::close) or
+    /// [signed out](Self::sign_out).
+    pub async fn sign_in(&self, set: TokenSet) -> Result<(), Error> {
+        if set.refresh_token.0.is_empty() {
+            return Err(Error::invalid_config("the refresh token is empty"));
+        }
+        let kept = match &set.access_token {
+            Some(token) => {
+                let expiry = match set.expires_at {
+                    Some(at) => restore::Expiry::Wall(at),
+                    None => restore::Expiry::Jwt,
+                };
+                Some(restore::restored(token.secret().to_owned(), expiry)?)
+            }
+            None => None,
+        };
+        self.inner.start_over(set, kept).await
+    }
+
+    /// The newest OpenID Connect `id_token` of the session (from the last answer that had
+    /// one, the restored [`TokenSet`] or the sign-in's), if any. Treat it as a password.
+    pub fn id_token(&self) -> Option<String> {
+        lock(&self.inner.latest)
+            .id_token
+            .as_ref()
+            .map(|t| t.0.clone())
+    }
+
+    /// The claims of the newest `id_token` (the user's `sub`, `email`, `cognito:username`,
+    /// ...), read **without verifying its signature**: for display and routing inside the
+    /// application that received it from the token endpoint, never to authorise anything.
+    /// `None` when there is none or it is not a JWT.
+    pub fn id_token_claims(&self) -> Option<serde_json::Map<String, serde_json::Value>> {
+        let latest = lock(&self.inner.latest);
+        jwt_claims(&latest.id_token.as_ref()?.0)
+    }
+
+    /// The claims of the newest access token the session has seen (`scope`, `exp`,
+    /// `username`, `client_id`, ...), read **without verifying its signature**: the API that
+    /// receives the token verifies it; these are for the application's own use. `None` when
+    /// there is none yet or it is not a JWT (an opaque token).
+    pub fn access_token_claims(&self) -> Option<serde_json::Map<String, serde_json::Value>> {
+        let latest = lock(&self.inner.latest);
+        jwt_claims(latest.access_token.as_ref()?.secret())
     }
 
     /// Starts over with the refresh token of a new sign-in, without rebuilding the grant or
@@ -447,6 +490,7 @@ impl RefreshTokenGrant {
         let mut session = self.inner.session.lock().await;
         session.closed = true;
         drop(session);
+        self.inner.status.send_modify(|status| status.closed = true);
         // On the exchange threads, as every save: its timeout runs on their clock, not on a
         // caller's that a test may have paused.
         let inner = Arc::clone(&self.inner);

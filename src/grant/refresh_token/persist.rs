@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::exchange::closed;
 use super::executor::{self, EXCHANGES};
 use super::restore::Kept;
-use super::{Inner, TokenSet, lock};
+use super::{Inner, Latest, TokenSet, lock};
 use crate::error::Error;
 
 /// The first pause before a failed save is tried again; it doubles up to [`SAVE_RETRY_CAP`].
@@ -39,6 +39,10 @@ impl Inner {
             }
         }
         *lock(&self.stored) = stored;
+        *lock(&self.latest) = Latest {
+            access_token: set.access_token.clone(),
+            id_token: set.id_token.clone(),
+        };
         self.status.send_modify(|status| {
             status.ended = None;
             status.unsaved_rotations = 0;

@@ -5,6 +5,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::SystemTime;
 use tokio::time::Instant;
 use tower::service_fn;
 
@@ -91,6 +92,7 @@ fn debug_hides_every_secret() {
 }
 
 #[tokio::test]
+#[allow(deprecated)]
 async fn rotation_is_kept_even_when_the_access_token_is_unusable() {
     let (base, seen) = builder(
         200,
@@ -130,6 +132,7 @@ async fn rotation_is_kept_even_when_the_access_token_is_unusable() {
 }
 
 #[tokio::test]
+#[allow(deprecated)]
 async fn a_panicking_hook_does_not_lose_the_token() {
     let (base, seen) = builder(
         200,

@@ -24,6 +24,10 @@ use super::*;
 ///    {"error":"invalid_grant"}`. As at Cognito, a refresh's `scope` is ignored (unless
 ///    [`honour_refresh_scope`](TokenEndpointBuilder::honour_refresh_scope)).
 ///
+/// `POST /oauth2/revoke` (RFC 7009) takes a refresh token in `token`, from a client that
+/// authenticates as above, and revokes its session with every access token issued from it
+/// (`200` whether or not the token was known), as Cognito's revocation endpoint does.
+///
 /// A good request gets `200` with `{"access_token": …, "expires_in": …, "token_type":
 /// "Bearer"}`; a refresh adds a JWT-shaped `id_token` and, with rotation, the new
 /// `refresh_token`. Bodies over 1 MiB get `413`. Every request is recorded ([`requests`]) before

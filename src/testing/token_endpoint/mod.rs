@@ -22,6 +22,8 @@ use super::server::{
 
 /// The path the token endpoint serves, as Cognito's domain does.
 pub(super) const TOKEN_PATH: &str = "/oauth2/token";
+/// The path of the revocation endpoint (RFC 7009), as Cognito's domain serves it.
+pub(super) const REVOKE_PATH: &str = "/oauth2/revoke";
 /// Largest request body the token endpoint reads (1 MiB); larger ones get `413`.
 pub(super) const TOKEN_BODY_LIMIT: usize = 1024 * 1024;
 /// Length of opaque tokens.
@@ -222,6 +224,18 @@ impl EndpointState {
     }
 
     /// Revokes a session: every refresh token and every access token issued to it.
+    /// Revokes the session `refresh_token` belongs to (current or rotated out), if any.
+    fn revoke_refresh_token(&self, refresh_token: &str) {
+        let mut inner = lock(&self.inner);
+        if let Some(&id) = inner.refresh_tokens.get(refresh_token) {
+            tracing::debug!(
+                session = id,
+                "a refresh token was revoked: revoking its session"
+            );
+            Self::revoke_session(&mut inner, id);
+        }
+    }
+
     fn revoke_session(inner: &mut EndpointInner, id: usize) {
         if let Some(session) = inner.sessions.get_mut(id) {
             session.revoked = true;

@@ -91,7 +91,8 @@ fn answer_token_request(
     if parts.uri.path() == "/" && parts.method == Method::POST {
         return super::user_pool_api::answer_api_request(state, parts, body);
     }
-    if parts.uri.path() != TOKEN_PATH {
+    let revoking = parts.uri.path() == REVOKE_PATH;
+    if parts.uri.path() != TOKEN_PATH && !revoking {
         return empty_response(StatusCode::NOT_FOUND);
     }
     if parts.method != Method::POST {
@@ -118,26 +119,14 @@ fn answer_token_request(
             .map(|(_, v)| v.as_str())
     };
 
+    if revoking {
+        return revoke(state, parts, &field);
+    }
     let grant = field("grant_type");
     if !matches!(grant, Some("client_credentials" | "refresh_token")) {
         return oauth_error("unsupported_grant_type");
     }
-
-    let accepted = |secret: &str| lock(&state.inner).secrets.iter().any(|s| s == secret);
-    let authenticated = if state.public_client {
-        // A public client has no secret: it names itself in the form, and nothing else.
-        parts.headers.get(AUTHORIZATION).is_none()
-            && field("client_secret").is_none()
-            && field("client_id") == Some(state.client_id.as_str())
-            && grant == Some("refresh_token")
-    } else if has_basic_scheme(&parts.headers) {
-        basic_credentials(&parts.headers)
-            .is_some_and(|(id, secret)| id == state.client_id && accepted(&secret))
-    } else {
-        field("client_id") == Some(state.client_id.as_str())
-            && field("client_secret").is_some_and(accepted)
-    };
-    if !authenticated {
+    if !authenticated(state, parts, &field, grant == Some("refresh_token")) {
         return oauth_error("invalid_client");
     }
 
@@ -146,5 +135,49 @@ fn answer_token_request(
         state.refresh(field("refresh_token"), scope)
     } else {
         state.issue(scope)
+    }
+}
+
+/// `POST /oauth2/revoke` (RFC 7009), as Cognito serves it: the client authenticates as for a
+/// refresh, and the refresh token in `token` is revoked with its session and every access
+/// token issued from it. `200` whether or not the token was known (RFC 7009 §2.2).
+fn revoke<'a>(
+    state: &EndpointState,
+    parts: &http::request::Parts,
+    field: &impl Fn(&str) -> Option<&'a str>,
+) -> Response<Full<Bytes>> {
+    if !authenticated(state, parts, field, true) {
+        return oauth_error("invalid_client");
+    }
+    let Some(token) = field("token") else {
+        return oauth_error("invalid_request");
+    };
+    state.revoke_refresh_token(token);
+    empty_response(StatusCode::OK)
+}
+
+/// Whether the request's client authentication is right: HTTP Basic, or the id and secret in
+/// the form; a public client (allowed for the refresh_token grant and revocation) by its
+/// `client_id` alone.
+fn authenticated<'a>(
+    state: &EndpointState,
+    parts: &http::request::Parts,
+    field: &impl Fn(&str) -> Option<&'a str>,
+    public_allowed: bool,
+) -> bool {
+    // Any of the secrets the client holds now (two during a rotation).
+    let accepted = |secret: &str| lock(&state.inner).secrets.iter().any(|s| s == secret);
+    if state.public_client {
+        // A public client has no secret: it names itself in the form, and nothing else.
+        parts.headers.get(AUTHORIZATION).is_none()
+            && field("client_secret").is_none()
+            && field("client_id") == Some(state.client_id.as_str())
+            && public_allowed
+    } else if has_basic_scheme(&parts.headers) {
+        basic_credentials(&parts.headers)
+            .is_some_and(|(id, secret)| id == state.client_id && accepted(&secret))
+    } else {
+        field("client_id") == Some(state.client_id.as_str())
+            && field("client_secret").is_some_and(accepted)
     }
 }
