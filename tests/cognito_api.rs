@@ -523,6 +523,56 @@ async fn a_new_sign_in_forgets_the_previous_users_name() {
     assert!(!endpoint.is_session_revoked());
 }
 
+/// A secret from a file (a Kubernetes secret, the CSI driver) on the user-pool API: read for
+/// each call, whitespace trimmed, both as `ClientSecret` and as the key of `SECRET_HASH`; a
+/// file that is gone sends nothing and names the path.
+#[tokio::test(start_paused = true)]
+async fn a_secret_from_a_file_is_read_for_each_call_of_both_flows() {
+    let (endpoint, _api) = pool(Duration::ZERO).await;
+    let dir = std::env::temp_dir().join(format!(
+        "tower-cognito-auth-user-pool-secret-{}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("client-secret");
+    std::fs::write(&path, format!("{}\n", endpoint.client_secret())).unwrap();
+    let from_file = |refresh_token: String, flow: RefreshFlow| {
+        RefreshTokenGrant::builder()
+            .user_pool_api_url(endpoint.user_pool_api_url())
+            .client_id(endpoint.client_id())
+            .client_secret_source(tower_cognito_auth::ClientSecret::from_file(&path))
+            .refresh_token(refresh_token)
+            .refresh_flow(flow)
+            .username("uuid-7")
+            .http_client(http())
+            .build()
+            .unwrap()
+    };
+    let rotating = from_file(
+        endpoint.new_session_for("uuid-7"),
+        RefreshFlow::GetTokensFromRefreshToken,
+    );
+    let hashing = from_file(
+        endpoint.new_session_for("uuid-7"),
+        RefreshFlow::RefreshTokenAuth,
+    );
+    rotating.fetch().await.unwrap();
+    hashing.fetch().await.unwrap();
+    assert_eq!(
+        json(&endpoint.requests()[0])["ClientSecret"],
+        "app-secret-1"
+    );
+
+    std::fs::remove_file(&path).unwrap();
+    for grant in [&rotating, &hashing] {
+        let error = grant.fetch().await.unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::InvalidConfig, "{error}");
+        assert!(error.to_string().contains("client-secret"), "{error}");
+    }
+    assert_eq!(endpoint.request_count(), 2, "no call without a secret");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// `sign_out()` on a session through the user-pool API revokes its refresh token there
 /// (`RevokeToken`, with the app client's secret): the server refuses it afterwards.
 #[tokio::test]

@@ -252,8 +252,6 @@ impl UserPoolApi {
     /// Revokes a refresh token (`RevokeToken {Token, ClientId, ClientSecret?}`), as a sign-out
     /// does: Cognito then refuses it and the access tokens issued from it. The same error
     /// mapping as a refresh. Bound it with [`Endpoint::timed`].
-    // The user-pool API's half of `RefreshTokenGrant::sign_out` (issue 26), which calls it.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) async fn revoke(
         &self,
         endpoint: &Endpoint,
