@@ -175,6 +175,8 @@ pub struct CognitoAuthLayerBuilder {
     /// The credential setters called, so that `build` can refuse them beside a token source.
     credential_settings: Vec<&'static str>,
     source: Option<Box<dyn TokenSource>>,
+    /// Whether `source` is a user session (its cache sets no expiry gauge).
+    session: bool,
     refresh_ahead: Option<Duration>,
     min_validity: Option<Duration>,
     background_refresh: bool,
@@ -370,7 +372,8 @@ impl CognitoAuthLayerBuilder {
     /// own [`TokenSource`]) instead of the client_credentials grant. The credential setters
     /// above (`token_url`, `client_id`, … `fetch_deadline`) configure that grant, so
     /// [`build`](Self::build) refuses them beside a token source: configure the source itself.
-    pub fn token_source(mut self, source: impl TokenSource) -> Self {
+    pub fn token_source<S: TokenSource>(mut self, source: S) -> Self {
+        self.session = crate::cache::is_user_session::<S>();
         self.source = Some(Box::new(source));
         self
     }
@@ -470,8 +473,8 @@ impl CognitoAuthLayerBuilder {
             Some(source) => source,
             None => Box::new(self.credentials.build()?),
         };
-        let mut cache: TokenCacheBuilder =
-            TokenCache::builder_boxed(source).background_refresh(self.background_refresh);
+        let mut cache: TokenCacheBuilder = TokenCache::builder_boxed(source, self.session)
+            .background_refresh(self.background_refresh);
         if let Some(label) = self.metrics_client {
             cache = cache.metrics_client(label);
         }

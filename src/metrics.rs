@@ -14,7 +14,7 @@
 //! | `cognito_auth_replays_total` | counter | `client` | requests sent again after a rejection | `replays` |
 //! | `cognito_auth_rejections_returned_total` | counter | `client` | rejections handed back to the caller: with no replay made, or the replay's own | `rejections_returned` |
 //! | `cognito_auth_waits_total` | counter | `client` | requests that waited for a refresh | `waited` |
-//! | `cognito_auth_token_expiry_timestamp_seconds` | gauge | `client` | the earliest expiry among the current tokens of the label's caches, in Unix seconds (alert on `… - time() < 60`) | none |
+//! | `cognito_auth_token_expiry_timestamp_seconds` | gauge | `client` | when the current token expires, in Unix seconds (alert on `… - time() < 60`); not set by a user session's cache | none |
 //! | `cognito_auth_store_adoptions_total` | counter | `client` | fleet: tokens adopted from the shared store | `adopted` |
 //! | `cognito_auth_store_fallbacks_total` | counter | `client` | fleet: refreshes that fetched alone because the store failed | `store_fallbacks` |
 //! | `cognito_auth_session_rotations_total` | counter | `client` | user sessions: refresh tokens rotated | none |
@@ -36,8 +36,11 @@
 //! [`client_id`](crate::TokenSource::client_id), else `unknown`.
 //!
 //! Several caches may share a label (many users' sessions of one app client): the counters add
-//! up, and the expiry gauge shows the *earliest* expiry among the live caches of the label
-//! (a cache that is dropped leaves it), so that an alert on it fires when any of them runs out.
+//! up. The expiry gauge is one cache's: a user session's cache never sets it (each session has
+//! an expiry of its own, and thousands share an app client's label); other caches that share a
+//! label set the same gauge, the last to get a token winning, so give each a label of its own
+//! ([`metrics_client`](crate::CognitoAuthLayerBuilder::metrics_client)) to watch them apart.
+//! No process-wide registry is kept for it.
 //!
 //! Descriptions (Prometheus `# HELP`) and units are registered with the recorder when a cache
 //! or a grant is built; call [`describe`] if the recorder is installed after that.
@@ -94,7 +97,7 @@ pub fn describe() {
     describe_gauge!(
         "cognito_auth_token_expiry_timestamp_seconds",
         Unit::Seconds,
-        "Earliest expiry among the current tokens of the client's caches, as a Unix timestamp"
+        "When the current access token of the client's cache expires, as a Unix timestamp"
     );
     describe_counter!(
         "cognito_auth_store_adoptions_total",
@@ -140,11 +143,9 @@ pub(crate) use enabled::Metrics;
 
 #[cfg(feature = "metrics")]
 mod enabled {
-    use std::collections::HashMap;
     use std::future::Future;
     use std::pin::Pin;
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::{Arc, Mutex, PoisonError};
+    use std::sync::Arc;
     use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
     use ::metrics::SharedString;
@@ -154,45 +155,13 @@ mod enabled {
         static LABEL: SharedString;
     }
 
-    /// Each label's caches and the expiry of their current token (Unix seconds): the gauge
-    /// shows the earliest. Touched when a cache's token changes and when a cache is dropped,
-    /// never by a request.
-    static EXPIRIES: Mutex<Option<HashMap<SharedString, HashMap<u64, f64>>>> = Mutex::new(None);
-
     /// Where one cache or grant records, with its `client` label.
     #[derive(Clone, Debug, Default)]
     pub(crate) struct Metrics {
         client: SharedString,
-        /// This cache's place among the caches of its label, for the expiry gauge.
-        slot: Option<Arc<Slot>>,
-    }
-
-    /// A cache's entry in [`EXPIRIES`], removed when the last clone of its `Metrics` goes.
-    #[derive(Debug)]
-    struct Slot {
-        id: u64,
-        client: SharedString,
-    }
-
-    impl Drop for Slot {
-        fn drop(&mut self) {
-            let mut expiries = EXPIRIES.lock().unwrap_or_else(PoisonError::into_inner);
-            let Some(by_label) = expiries.as_mut() else {
-                return;
-            };
-            let Some(caches) = by_label.get_mut(&self.client) else {
-                return;
-            };
-            if caches.remove(&self.id).is_none() {
-                return;
-            }
-            match caches.values().copied().reduce(f64::min) {
-                Some(earliest) => gauge(&self.client).set(earliest),
-                None => {
-                    by_label.remove(&self.client);
-                }
-            }
-        }
+        /// Whether this cache sets the expiry gauge: not a user session's (thousands of them
+        /// share one app client's label, and each has its own expiry).
+        expiry_gauge: bool,
     }
 
     fn gauge(client: &SharedString) -> ::metrics::Gauge {
@@ -202,15 +171,17 @@ mod enabled {
     impl Metrics {
         pub(crate) fn new(client: &str) -> Self {
             super::describe();
-            static NEXT: AtomicU64 = AtomicU64::new(0);
-            let client: SharedString = Arc::<str>::from(client).into();
-            let slot = Slot {
-                id: NEXT.fetch_add(1, Ordering::Relaxed),
-                client: client.clone(),
-            };
             Self {
-                client,
-                slot: Some(Arc::new(slot)),
+                client: Arc::<str>::from(client).into(),
+                expiry_gauge: true,
+            }
+        }
+
+        /// This one, without the expiry gauge (a user session's cache).
+        pub(crate) fn without_expiry_gauge(self) -> Self {
+            Self {
+                expiry_gauge: false,
+                ..self
             }
         }
 
@@ -226,7 +197,7 @@ mod enabled {
         pub(crate) fn in_scope(&self) -> Self {
             Self {
                 client: self.label(),
-                slot: None,
+                expiry_gauge: false,
             }
         }
 
@@ -277,24 +248,18 @@ mod enabled {
                 .increment(1);
         }
 
-        /// The current token expires in `remaining` (on Tokio's clock), kept as a Unix time;
-        /// the gauge shows the earliest among the caches of the label.
+        /// The current token expires in `remaining` (on Tokio's clock), kept as a Unix time.
+        /// A cache that shares its label with another sets the same gauge: the last one to
+        /// get a token wins (give each its own label with `metrics_client`).
         pub(crate) fn expiry(&self, remaining: Duration) {
+            if !self.expiry_gauge {
+                return;
+            }
             let at = SystemTime::now()
                 .checked_add(remaining)
                 .and_then(|at| at.duration_since(UNIX_EPOCH).ok())
                 .map_or(0.0, |at| at.as_secs_f64());
-            let Some(slot) = &self.slot else {
-                return gauge(&self.client).set(at);
-            };
-            let mut expiries = EXPIRIES.lock().unwrap_or_else(PoisonError::into_inner);
-            let caches = expiries
-                .get_or_insert_with(HashMap::new)
-                .entry(self.client.clone())
-                .or_default();
-            caches.insert(slot.id, at);
-            let earliest = caches.values().copied().fold(at, f64::min);
-            gauge(&self.client).set(earliest);
+            gauge(&self.client).set(at);
         }
 
         #[cfg_attr(not(feature = "store"), allow(dead_code))]
@@ -326,6 +291,9 @@ pub(crate) struct Metrics {}
 impl Metrics {
     pub(crate) fn new(_client: &str) -> Self {
         Self {}
+    }
+    pub(crate) fn without_expiry_gauge(self) -> Self {
+        self
     }
     pub(crate) fn in_scope(&self) -> Self {
         Self {}

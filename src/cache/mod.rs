@@ -177,6 +177,8 @@ pub struct TokenCacheBuilder {
     config: Config,
     background_refresh: bool,
     metrics_client: Option<String>,
+    /// Whether the source is a user session, whose cache sets no expiry gauge.
+    session: bool,
     #[cfg(feature = "store")]
     store: Option<Arc<dyn crate::store::TokenStore>>,
 }
@@ -282,12 +284,15 @@ impl TokenCacheBuilder {
         if self.config.refresh_deadline.is_zero() {
             return Err(Error::invalid_config("refresh_deadline must not be zero"));
         }
-        let metrics = crate::metrics::Metrics::new(
+        let mut metrics = crate::metrics::Metrics::new(
             self.metrics_client
                 .as_deref()
                 .or_else(|| self.source.client_id())
                 .unwrap_or("unknown"),
         );
+        if self.session {
+            metrics = metrics.without_expiry_gauge();
+        }
         #[cfg(feature = "store")]
         let fleet = match self.store {
             None => None,
@@ -339,18 +344,24 @@ impl TokenCacheBuilder {
     }
 }
 
+/// Whether `S` is a user's session, told apart by its type.
+pub(crate) fn is_user_session<S: 'static>() -> bool {
+    std::any::TypeId::of::<S>() == std::any::TypeId::of::<crate::grant::RefreshTokenGrant>()
+}
+
 impl TokenCache {
     /// A builder over a token source, such as [`ClientCredentials`](crate::ClientCredentials).
-    pub fn builder(source: impl TokenSource) -> TokenCacheBuilder {
-        Self::builder_boxed(Box::new(source))
+    pub fn builder<S: TokenSource>(source: S) -> TokenCacheBuilder {
+        Self::builder_boxed(Box::new(source), is_user_session::<S>())
     }
 
-    pub(crate) fn builder_boxed(source: Box<dyn TokenSource>) -> TokenCacheBuilder {
+    pub(crate) fn builder_boxed(source: Box<dyn TokenSource>, session: bool) -> TokenCacheBuilder {
         TokenCacheBuilder {
             source,
             config: Config::default(),
             background_refresh: false,
             metrics_client: None,
+            session,
             #[cfg(feature = "store")]
             store: None,
         }
