@@ -66,6 +66,9 @@ pub enum ErrorKind {
 struct OAuthError {
     error: Box<str>,
     description: Option<Box<str>>,
+    /// Cognito's user-pool API refused the app client's secret or `SECRET_HASH` (it answers
+    /// that, too, with `NotAuthorizedException`, reported as `invalid_grant`).
+    client_refused: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -238,8 +241,36 @@ impl Error {
         let oauth = error.map(|error| OAuthError {
             error: sanitize(error),
             description: description.map(sanitize),
+            client_refused: false,
         });
         Self::from_repr(Repr::Rejected { status, oauth })
+    }
+
+    /// `invalid_grant` from Cognito's user-pool API that refused the app client's secret or
+    /// `SECRET_HASH`, not the refresh token: see [`client_refused`](Self::client_refused).
+    pub(crate) fn rejected_client(status: StatusCode, description: &str) -> Self {
+        let oauth = Some(OAuthError {
+            error: sanitize("invalid_grant"),
+            description: Some(sanitize(description)),
+            client_refused: true,
+        });
+        Self::from_repr(Repr::Rejected { status, oauth })
+    }
+
+    /// Whether the user-pool API refused the app client's secret (or its `SECRET_HASH`) rather
+    /// than the refresh token: a session whose secret is read from a source may heal once the
+    /// secret is right.
+    pub(crate) fn client_refused(&self) -> bool {
+        matches!(
+            &*self.0,
+            Repr::Rejected {
+                oauth: Some(OAuthError {
+                    client_refused: true,
+                    ..
+                }),
+                ..
+            }
+        )
     }
 
     pub(crate) fn rate_limited(retry_after: Option<Duration>) -> Self {

@@ -246,3 +246,44 @@ async fn a_flood_of_requests_reads_the_secret_ten_times_a_second_at_most() {
     let reads = calls.load(Ordering::SeqCst) - before;
     assert!((1..=2).contains(&reads), "{reads} reads for 2,000 requests");
 }
+
+/// A session that ended (`invalid_grant`: its refresh token was revoked) is not a refusal of
+/// the client: requests afterwards do not read the client secret again and again.
+#[tokio::test(start_paused = true)]
+async fn an_ended_session_does_not_make_requests_read_the_secret() {
+    let endpoint = TokenEndpoint::builder().start().await.unwrap();
+    let reads = Arc::new(AtomicUsize::new(0));
+    let secret = {
+        let reads = Arc::clone(&reads);
+        let value = endpoint.client_secret().to_owned();
+        ClientSecret::from_fn(move || {
+            reads.fetch_add(1, Ordering::SeqCst);
+            Ok(value.clone())
+        })
+    };
+    let refresh_token = endpoint.new_session();
+    endpoint.revoke_session();
+    let grant = tower_cognito_auth::RefreshTokenGrant::builder()
+        .token_url(endpoint.token_url())
+        .client_id(endpoint.client_id())
+        .client_secret_source(secret)
+        .refresh_token(refresh_token)
+        .http_client(http())
+        .build()
+        .unwrap();
+    let auth = CognitoAuthLayer::builder()
+        .token_source(grant)
+        .build()
+        .unwrap();
+    assert!(auth.token().await.unwrap_err().is_invalid_grant());
+    let after_the_end = reads.load(Ordering::SeqCst);
+    for _ in 0..20 {
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert!(auth.token().await.is_err());
+    }
+    assert_eq!(
+        reads.load(Ordering::SeqCst),
+        after_the_end,
+        "the secret was read again after the session ended"
+    );
+}

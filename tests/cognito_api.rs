@@ -605,3 +605,41 @@ async fn sign_out_revokes_the_refresh_token_through_the_user_pool_api() {
         .unwrap_err();
     assert!(error.is_invalid_grant(), "{error}");
 }
+
+/// A wrong client secret on the user-pool API is `NotAuthorizedException`, reported as
+/// `invalid_grant` (DESIGN's mapping); but a secret read from a file can change, so the
+/// session is kept: once the file holds the right secret again, the same session refreshes
+/// (the refresh token was never refused).
+#[tokio::test(start_paused = true)]
+async fn a_wrong_secret_from_a_file_heals_once_rewritten_and_the_session_lives_on() {
+    let (endpoint, _api) = pool(Duration::ZERO).await;
+    let dir = std::env::temp_dir().join(format!(
+        "tower-cognito-auth-user-pool-heal-{}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("client-secret");
+    std::fs::write(&path, endpoint.client_secret()).unwrap();
+    let grant = RefreshTokenGrant::builder()
+        .user_pool_api_url(endpoint.user_pool_api_url())
+        .client_id(endpoint.client_id())
+        .client_secret_source(tower_cognito_auth::ClientSecret::from_file(&path))
+        .refresh_token(endpoint.new_session())
+        .http_client(http())
+        .build()
+        .unwrap();
+    grant.fetch().await.unwrap();
+
+    std::fs::write(&path, "a-secret-the-pool-never-had").unwrap();
+    let error = grant.fetch().await.unwrap_err();
+    assert!(error.is_invalid_grant() && error.is_permanent(), "{error}");
+    assert!(
+        grant.status().borrow().ended.is_none(),
+        "a refused secret from a file ended the session: {error}"
+    );
+
+    std::fs::write(&path, endpoint.client_secret()).unwrap();
+    grant.fetch().await.unwrap();
+    assert_eq!(endpoint.request_count(), 3);
+    let _ = std::fs::remove_dir_all(&dir);
+}

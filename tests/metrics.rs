@@ -99,6 +99,21 @@ async fn the_names_and_labels_of_the_contract_are_recorded() {
         .build()
         .unwrap();
     session.token().await.unwrap();
+    // The same, shared behind an `Arc`.
+    let shared_grant = RefreshTokenGrant::builder()
+        .token_url(endpoint.token_url())
+        .client_id(&id)
+        .client_secret(endpoint.client_secret())
+        .refresh_token(endpoint.new_session())
+        .http_client(common::http())
+        .build()
+        .unwrap();
+    let shared_session = CognitoAuthLayer::builder()
+        .token_source(std::sync::Arc::new(shared_grant))
+        .metrics_client("arc-session")
+        .build()
+        .unwrap();
+    shared_session.token().await.unwrap();
 
     // Two caches under one label, the first with tokens of ten minutes, the second of an
     // hour: the gauge is the one that got its token last (no registry joins them).
@@ -259,12 +274,14 @@ async fn the_names_and_labels_of_the_contract_are_recorded() {
         "{expiry} against {now}"
     );
     // A user session's cache sets no expiry gauge (its series are counted under its label).
-    assert!(
-        value(
-            &scrape,
-            "cognito_auth_token_expiry_timestamp_seconds{client=\"user-session\"}"
-        )
-        .is_none(),
-        "{scrape}"
-    );
+    for label in ["user-session", "arc-session"] {
+        assert!(
+            value(
+                &scrape,
+                &format!("cognito_auth_token_expiry_timestamp_seconds{{client=\"{label}\"}}")
+            )
+            .is_none(),
+            "{label}: {scrape}"
+        );
+    }
 }

@@ -237,3 +237,34 @@ async fn sign_out_revokes_drops_the_token_and_ends_the_session() {
     grant.sign_out().await.unwrap();
     assert_eq!(endpoint.request_count(), requests);
 }
+
+/// A session closed for the process's end (`close()`) and then signed out is signed out all
+/// the same: its refresh token is revoked and the layer no longer serves its access token.
+#[tokio::test(start_paused = true)]
+async fn sign_out_after_close_still_revokes_and_drops_the_token() {
+    let endpoint = endpoint().await;
+    let grant = builder(&endpoint)
+        .refresh_token(endpoint.new_session())
+        .build()
+        .unwrap();
+    let layer = CognitoAuthLayer::builder()
+        .token_source(grant.clone())
+        .build()
+        .unwrap();
+    layer.token().await.unwrap();
+    grant.close().await.unwrap();
+
+    grant.sign_out().await.unwrap();
+    assert_eq!(
+        endpoint
+            .requests()
+            .last()
+            .map(|r| r.path.clone())
+            .as_deref(),
+        Some("/oauth2/revoke"),
+        "no revocation after close"
+    );
+    assert!(endpoint.is_session_revoked());
+    let after = layer.token().await;
+    assert!(after.is_err(), "a token after sign-out: {after:?}");
+}

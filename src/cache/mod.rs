@@ -344,9 +344,13 @@ impl TokenCacheBuilder {
     }
 }
 
-/// Whether `S` is a user's session, told apart by its type.
+/// Whether `S` is a user's session, told apart by its type (the grant, or the grant in an
+/// `Arc`).
 pub(crate) fn is_user_session<S: 'static>() -> bool {
-    std::any::TypeId::of::<S>() == std::any::TypeId::of::<crate::grant::RefreshTokenGrant>()
+    use crate::grant::RefreshTokenGrant;
+    use std::any::TypeId;
+    let id = TypeId::of::<S>();
+    id == TypeId::of::<RefreshTokenGrant>() || id == TypeId::of::<Arc<RefreshTokenGrant>>()
 }
 
 impl TokenCache {

@@ -236,8 +236,8 @@ impl UserPoolApi {
         client_secret: Option<&str>,
     ) -> Result<Answered, Error> {
         let call = self.body(refresh_token, client_secret)?;
-        let sent = [Some(refresh_token), client_secret];
-        let (body, sent_at, sent_at_wall) = send(endpoint, call, &sent).await?;
+        let (body, sent_at, sent_at_wall) =
+            send(endpoint, call, refresh_token, client_secret).await?;
         let body = token_answer(&body)?;
         if let Some(access_token) = body.access_token.as_deref() {
             self.saw_access_token(access_token);
@@ -269,18 +269,19 @@ impl UserPoolApi {
             body: Secret(serde_json::Value::Object(body).to_string()),
             secret_hash: None,
         };
-        send(endpoint, call, &[Some(refresh_token), client_secret]).await?;
+        send(endpoint, call, refresh_token, client_secret).await?;
         Ok(())
     }
 }
 
 /// Sends one call; a `2xx` answer's body (read under the size limit) with when the call was
-/// sent, or the error the answer maps to, with what was sent (`sent`, and the call's
-/// `SECRET_HASH`) kept out of its message.
+/// sent, or the error the answer maps to, with what was sent (the refresh token, the client
+/// secret and the call's `SECRET_HASH`) kept out of its message.
 async fn send(
     endpoint: &Endpoint,
     call: Call,
-    sent: &[Option<&str>],
+    refresh_token: &str,
+    client_secret: Option<&str>,
 ) -> Result<(Bytes, Instant, SystemTime), Error> {
     let sent_at = Instant::now();
     let sent_at_wall = SystemTime::now();
@@ -306,19 +307,19 @@ async fn send(
     // The body is read only for its error; one that is too large or broken says nothing.
     let body = read_limited(response).await.ok();
     // What was sent stays out of the error, should the server echo it (moto puts a wrong
-    // SECRET_HASH in its message).
-    let sent: Vec<&str> = sent
-        .iter()
-        .copied()
-        .chain([call.secret_hash.as_ref().map(|h| h.0.as_str())])
-        .flatten()
+    // SECRET_HASH in its message); the client's own credentials also tell a refusal of the
+    // client from one of the refresh token.
+    let client: Vec<&str> = client_secret
+        .into_iter()
+        .chain(call.secret_hash.as_ref().map(|h| h.0.as_str()))
         .collect();
-    Err(api_error(
+    Err(api_error_of(
         status,
         retry_after,
         body.as_deref(),
         header_type.as_deref(),
-        &sent,
+        refresh_token,
+        &client,
     ))
 }
 
@@ -407,19 +408,44 @@ fn error_type(raw: &str) -> &str {
 ///   `SECRET_HASH`) and `RefreshTokenReuseException` end the session: the error is a rejection
 ///   with the OAuth code `invalid_grant` (so [`Error::is_invalid_grant`] and
 ///   [`Error::is_permanent`] hold), its description Cognito's type and message, and its
-///   message says to sign in again.
+///   message says to sign in again. One that refuses the app client (Cognito's message
+///   speaks of the secret, or an emulator's repeats the secret or hash it refused) is marked
+///   ([`Error::client_refused`]): a session whose secret comes from a source that can change
+///   is kept, to heal once the secret is right.
 /// - `TooManyRequestsException` and HTTP 429: rate limited, with `Retry-After` when sent.
 /// - `InternalErrorException` and every 5xx: unavailable (retryable).
 /// - Any other: a rejection whose OAuth code is the `__type` and description the message.
 ///
 /// Any of `sent` (the refresh token, the client secret, the `SECRET_HASH`) that the server's
 /// message repeats is replaced by `[redacted]`.
+#[cfg(test)]
 pub(crate) fn api_error(
     status: StatusCode,
     retry_after: Option<std::time::Duration>,
     body: Option<&[u8]>,
     header_type: Option<&str>,
     sent: &[&str],
+) -> Error {
+    let (refresh_token, client) = sent.split_first().map_or(("", &[][..]), |(r, c)| (*r, c));
+    api_error_of(
+        status,
+        retry_after,
+        body,
+        header_type,
+        refresh_token,
+        client,
+    )
+}
+
+/// [`api_error`], with what was sent apart: the refresh token, and the client's own
+/// credentials (its secret, the `SECRET_HASH`).
+pub(crate) fn api_error_of(
+    status: StatusCode,
+    retry_after: Option<std::time::Duration>,
+    body: Option<&[u8]>,
+    header_type: Option<&str>,
+    refresh_token: &str,
+    client: &[&str],
 ) -> Error {
     #[derive(serde::Deserialize, Default)]
     struct Raw {
@@ -433,13 +459,35 @@ pub(crate) fn api_error(
         .and_then(|body| serde_json::from_slice(body).ok())
         .unwrap_or_default();
     let kind = raw.kind.as_deref().or(header_type).map(error_type);
-    let message = raw.message.or(raw.message_upper).map(|mut message| {
-        for secret in sent.iter().filter(|s| !s.is_empty()) {
+    let raw_message = raw.message.or(raw.message_upper);
+    let redact = |mut message: String, what: &[&str]| {
+        for secret in what.iter().filter(|s| !s.is_empty()) {
             message = message.replace(secret, "[redacted]");
         }
         message
+    };
+    // Whether Cognito refused the app client rather than the refresh token: its messages say
+    // so ("Unable to verify secret hash for client …", "… is configured with secret …"), and
+    // an emulator's repeat the secret or hash it refused.
+    let about_client = raw_message.as_deref().is_some_and(|message| {
+        client.iter().any(|s| !s.is_empty() && message.contains(s))
+            || redact(message.to_owned(), &[refresh_token])
+                .to_ascii_lowercase()
+                .contains("secret")
+    });
+    let message = raw_message.map(|message| {
+        let mut sent = vec![refresh_token];
+        sent.extend_from_slice(client);
+        redact(message, &sent)
     });
     match kind {
+        Some("NotAuthorizedException") if about_client => {
+            let description = match &message {
+                Some(message) => format!("NotAuthorizedException: {message}"),
+                None => "NotAuthorizedException".to_owned(),
+            };
+            Error::rejected_client(status, &description)
+        }
         Some("NotAuthorizedException" | "RefreshTokenReuseException") => {
             let kind = kind.unwrap_or_default();
             let description = match &message {

@@ -721,6 +721,7 @@ impl RefreshTokenGrantBuilder {
                     refresh_token,
                     ended: None,
                     closed: false,
+                    signed_out: false,
                     exchanges: 0,
                 })),
                 latest: Mutex::new(Latest {

@@ -189,12 +189,19 @@ impl Inner {
             answered = self.post(&session.refresh_token.0).await;
         }
         if let Some(cell) = &self.secret {
-            cell.note(matches!(&answered, Err(error) if error.is_permanent()));
+            // A refusal of the client (`invalid_client`), not of the session (`invalid_grant`:
+            // the refresh token expired), makes the secret be read again.
+            cell.note(matches!(&answered, Err(error)
+                if error.is_permanent() && (!error.is_invalid_grant() || error.client_refused())));
         }
         let answer = match answered {
             Ok(answer) => answer,
             Err(error) => {
-                if error.is_invalid_grant() {
+                // A refusal of the app client's secret ends the session only when the secret
+                // cannot change: one read from a source heals once it is right (the refresh
+                // token was never refused).
+                let secret_may_change = self.secret.as_ref().is_some_and(|c| c.fixed().is_none());
+                if error.is_invalid_grant() && !(error.client_refused() && secret_may_change) {
                     tracing::warn!(
                         "the session has ended (invalid_grant): the user must sign in again"
                     );

@@ -304,8 +304,11 @@ struct Session {
     refresh_token: Secret,
     /// Set by `invalid_grant`: the session is over and its refresh token is never sent again.
     ended: Option<Error>,
-    /// Set by [`RefreshTokenGrant::close`]: no exchange starts any more.
+    /// Set by [`RefreshTokenGrant::close`] and `sign_out`: no exchange starts any more.
     closed: bool,
+    /// Set by `sign_out`: the session's refresh token was revoked (or no revocation endpoint
+    /// is known), and its access token is not served again.
+    signed_out: bool,
     /// How many exchanges have run: tells the one whose token is kept.
     exchanges: u64,
 }

@@ -8,7 +8,6 @@ use bytes::Bytes;
 use http::Uri;
 use tokio::time::Instant;
 
-use super::exchange::closed;
 use super::{Inner, Latest, RefreshTokenGrant, executor, lock};
 use crate::error::Error;
 use crate::grant::endpoint::{Endpoint, Secret, client_authentication};
@@ -61,14 +60,13 @@ impl RefreshTokenGrant {
     /// the refresh token then stays valid at the server until it expires.
     pub async fn sign_out(&self) -> Result<(), Error> {
         let mut session = self.inner.session.lock().await;
-        if session.closed {
-            return if self.inner.status.borrow().closed {
-                Ok(())
-            } else {
-                Err(closed())
-            };
+        if session.signed_out {
+            return Ok(());
         }
+        // A session that was only closed (`close()`) is signed out all the same: its refresh
+        // token is revoked and its access token no longer served.
         session.closed = true;
+        session.signed_out = true;
         let refresh_token = session.refresh_token.clone();
         let ended = session.ended.is_some();
         lock(&self.inner.stored).take();
