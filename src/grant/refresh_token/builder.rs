@@ -128,7 +128,9 @@ impl RefreshTokenGrantBuilder {
     ///
     /// The API's errors map as the token endpoint's do: `NotAuthorizedException` (the refresh
     /// token expired, was revoked or was reused, or the secret is wrong) ends the session like
-    /// `invalid_grant` ([`Error::is_invalid_grant`] is true), `TooManyRequestsException` is
+    /// `invalid_grant` ([`Error::is_invalid_grant`] is true; a refused secret from
+    /// [`client_secret_source`](Self::client_secret_source) keeps the session, to heal once the
+    /// source gives the right one), `TooManyRequestsException` is
     /// [`RateLimited`](crate::ErrorKind::RateLimited), `InternalErrorException` and 5xx are
     /// [`Unavailable`](crate::ErrorKind::Unavailable), any other refusal is permanent with
     /// Cognito's error type in the message. [`scope`](Self::scope) and
