@@ -313,7 +313,7 @@ async fn send(
         .into_iter()
         .chain(call.secret_hash.as_ref().map(|h| h.0.as_str()))
         .collect();
-    Err(api_error_of(
+    Err(api_error(
         status,
         retry_after,
         body.as_deref(),
@@ -416,30 +416,9 @@ fn error_type(raw: &str) -> &str {
 /// - `InternalErrorException` and every 5xx: unavailable (retryable).
 /// - Any other: a rejection whose OAuth code is the `__type` and description the message.
 ///
-/// Any of `sent` (the refresh token, the client secret, the `SECRET_HASH`) that the server's
-/// message repeats is replaced by `[redacted]`.
-#[cfg(test)]
+/// What was sent (`refresh_token`, and `client`: the client secret, the `SECRET_HASH`) that
+/// the server's message repeats is replaced by `[redacted]`.
 pub(crate) fn api_error(
-    status: StatusCode,
-    retry_after: Option<std::time::Duration>,
-    body: Option<&[u8]>,
-    header_type: Option<&str>,
-    sent: &[&str],
-) -> Error {
-    let (refresh_token, client) = sent.split_first().map_or(("", &[][..]), |(r, c)| (*r, c));
-    api_error_of(
-        status,
-        retry_after,
-        body,
-        header_type,
-        refresh_token,
-        client,
-    )
-}
-
-/// [`api_error`], with what was sent apart: the refresh token, and the client's own
-/// credentials (its secret, the `SECRET_HASH`).
-pub(crate) fn api_error_of(
     status: StatusCode,
     retry_after: Option<std::time::Duration>,
     body: Option<&[u8]>,

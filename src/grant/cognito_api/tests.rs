@@ -182,6 +182,7 @@ fn errors_map_to_the_crates_kinds() {
             "Refresh Token has been revoked",
         )),
         None,
+        "",
         &[],
     );
     assert!(ended.is_invalid_grant() && ended.is_permanent());
@@ -200,6 +201,7 @@ fn errors_map_to_the_crates_kinds() {
             "reused",
         )),
         None,
+        "",
         &[],
     );
     assert!(reused.is_invalid_grant());
@@ -209,6 +211,7 @@ fn errors_map_to_the_crates_kinds() {
         Some(std::time::Duration::from_secs(2)),
         Some(&body("TooManyRequestsException", "Rate exceeded")),
         None,
+        "",
         &[],
     );
     assert_eq!(limited.kind(), ErrorKind::RateLimited);
@@ -222,11 +225,19 @@ fn errors_map_to_the_crates_kinds() {
         None,
         Some(&body("InternalErrorException", "oops")),
         None,
+        "",
         &[],
     );
     assert_eq!(internal.kind(), ErrorKind::Unavailable);
     assert!(internal.is_retryable());
-    let gateway = api_error(StatusCode::BAD_GATEWAY, None, Some(b"<html>"), None, &[]);
+    let gateway = api_error(
+        StatusCode::BAD_GATEWAY,
+        None,
+        Some(b"<html>"),
+        None,
+        "",
+        &[],
+    );
     assert_eq!(gateway.kind(), ErrorKind::Unavailable);
 
     let other = api_error(
@@ -237,6 +248,7 @@ fn errors_map_to_the_crates_kinds() {
             "User pool client x does not exist.",
         )),
         None,
+        "",
         &[],
     );
     assert!(other.is_permanent() && !other.is_invalid_grant());
@@ -252,10 +264,11 @@ fn errors_map_to_the_crates_kinds() {
         None,
         Some(b"{}"),
         Some("NotAuthorizedException:http://internal.amazon.com/"),
+        "",
         &[],
     );
     assert!(from_header.is_invalid_grant());
-    let bare = api_error(StatusCode::FORBIDDEN, None, None, None, &[]);
+    let bare = api_error(StatusCode::FORBIDDEN, None, None, None, "", &[]);
     assert!(bare.is_permanent());
     assert_eq!(bare.status(), Some(StatusCode::FORBIDDEN));
 }
@@ -297,7 +310,13 @@ fn an_echoed_secret_is_redacted_from_the_message() {
         None,
         Some(body.as_bytes()),
         None,
-        &["rt-1", "s3cret", "l/VSgomH=", ""],
+        "rt-1",
+        &["s3cret", "l/VSgomH=", ""],
+    );
+    // It repeats the client's secret and hash: a refusal of the client, not of the token.
+    assert!(
+        error.is_invalid_grant() && error.client_refused(),
+        "{error}"
     );
     let text = format!("{error} {error:?}");
     for secret in ["rt-1", "s3cret", "l/VSgomH="] {
