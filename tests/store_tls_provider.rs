@@ -20,6 +20,13 @@ async fn rediss_leaves_the_process_default_crypto_provider_alone() {
         .unwrap()
         .signed_by(&key, &ca)
         .unwrap();
+    // Issue 29: cluster mode's TLS is the redis crate's, which needs the process-wide provider.
+    // Without one, `cluster` says so and installs none (rather than taking the choice from the
+    // application, or panicking in rustls at the first connection).
+    let error = RedisStore::cluster(["rediss://127.0.0.1:1", "rediss://127.0.0.1:2"]).unwrap_err();
+    assert_eq!(error.kind(), tower_cognito_auth::ErrorKind::InvalidConfig);
+    assert!(error.to_string().contains("CryptoProvider"), "{error}");
+    assert!(rustls::crypto::CryptoProvider::get_default().is_none());
     let redis = RedisServer::start_tls(&server.pem(), &key.serialize_pem())
         .unwrap_or_else(|e| panic!("{e}"));
     let store = RedisStore::new(redis.tls_url().unwrap())
@@ -43,4 +50,6 @@ async fn rediss_leaves_the_process_default_crypto_provider_alone() {
     provider
         .install_default()
         .expect("the application installs its own provider");
+    // Once it has, cluster mode takes `rediss://` seeds.
+    assert!(RedisStore::cluster(["rediss://127.0.0.1:1"]).is_ok());
 }

@@ -31,7 +31,7 @@
 //! # What is stored
 //!
 //! Under a key that is a keyed hash of the token URL, the client id and the sorted scopes
-//! (`tower-cognito-auth:v1:<hex>`), so two configurations never share a token and the store never
+//! (`tower-cognito-auth:v1:{<hex>}`, the braces a Redis Cluster hash tag), so two configurations never share a token and the store never
 //! shows them: the token, encrypted and authenticated with AES-256-GCM under a key derived
 //! (HKDF-SHA256) from the client secret, with the lifetime it was issued with, its expiry and a
 //! keyed tag (HMAC-SHA256) of the token. Whoever can read the store but lacks the secret learns
@@ -75,7 +75,8 @@
 //!
 //! # Other stores
 //!
-//! [`RedisStore`] speaks to one Redis (or Valkey) server. For another store, implement
+//! [`RedisStore`] speaks to one Redis (or Valkey) server, or to a cluster
+//! ([`RedisStore::cluster`]). For another store, implement
 //! [`TokenStore`]: the values are opaque bytes and the keys opaque names, and each operation
 //! must be atomic as its documentation says.
 

@@ -1,5 +1,6 @@
-//! [`RedisStore`]: a [`TokenStore`] on one Redis (or Valkey) server.
+//! [`RedisStore`]: a [`TokenStore`] on one Redis (or Valkey) server, or on a cluster.
 
+mod cluster;
 mod subscriber;
 mod tls;
 
@@ -10,7 +11,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use ::redis::aio::MultiplexedConnection;
-use ::redis::{AsyncConnectionConfig, Client, ConnectionAddr, RedisError, Script, Value};
+use ::redis::{
+    AsyncConnectionConfig, Client, ConnectionAddr, ConnectionInfo, RedisError, Script, Value,
+};
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
@@ -18,6 +21,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tower::BoxError;
 
+use self::cluster::{Cluster, Conn};
 use super::{Stored, TokenStore};
 use crate::error::Error;
 use crate::grant::BoxFuture;
@@ -95,7 +99,8 @@ end
 return 0
 ";
 
-/// A [`TokenStore`] on one Redis (or Valkey) server, standalone or a replication primary.
+/// A [`TokenStore`] on one Redis (or Valkey) server, standalone or a replication primary, or
+/// on a cluster ([`cluster`](RedisStore::cluster)).
 ///
 /// Built from a URL: `redis://[[user]:password@]host[:port][/db]`, `rediss://…` for TLS (rustls,
 /// with the ring provider), or `redis+unix:///path/to.sock`.
@@ -142,9 +147,12 @@ pub struct RedisStore {
 }
 
 struct Shared {
-    /// The parsed URL, always without TLS (the TLS is ours: see `tls`).
+    /// The parsed URL, always without TLS (the TLS is ours: see `tls`); in cluster mode, the
+    /// first seed.
     client: Client,
-    /// `host:port` or the socket path, for `Debug`.
+    /// Cluster mode: the seeds and the cluster client that commands go through.
+    cluster: Option<Cluster>,
+    /// `host:port` or the socket path (the seeds, in cluster mode), for `Debug`.
     addr: String,
     /// For `rediss://`: the rustls configuration, ring passed in (never installed
     /// process-wide), with the bundled Mozilla roots or the authorities given.
@@ -162,14 +170,17 @@ struct Shared {
 impl Shared {
     /// What a store keeps of its client: the address and database for `Debug`, its TLS
     /// configuration, whether it has credentials (never which).
-    fn new(client: Client, tls: Option<tls::Tls>) -> Shared {
+    fn new(client: Client, cluster: Option<Cluster>, tls: Option<tls::Tls>) -> Shared {
         let info = client.get_connection_info();
-        let addr = info.addr().to_string();
+        let addr = cluster
+            .as_ref()
+            .map_or_else(|| info.addr().to_string(), Cluster::addrs);
         let settings = info.redis_settings();
         let has_credentials = settings.username().is_some() || settings.password().is_some();
         let db = settings.db();
         Shared {
             client,
+            cluster,
             addr,
             tls,
             db,
@@ -205,14 +216,15 @@ impl Scripts {
 }
 
 /// A connection attempt's outcome: the connection and its number.
-type ConnectOutcome = Option<Result<(u64, MultiplexedConnection), StoreError>>;
+type ConnectOutcome = Option<Result<(u64, Conn), StoreError>>;
 
 /// The connection in use, with the task that drives it.
 struct Live {
     /// Its number, so that a command that saw it fail discards it and no newer one.
     id: u64,
-    conn: MultiplexedConnection,
-    driver: AbortHandle,
+    conn: Conn,
+    /// The task that drives a connection to one server (a cluster connection drives itself).
+    driver: Option<AbortHandle>,
     /// Set while a `PING` probes it after a command timed out.
     probing: Arc<AtomicBool>,
 }
@@ -224,7 +236,10 @@ struct Live {
 /// process-wide `CryptoProvider` this crate promises never to read or install. What remains is
 /// small: one connection, one attempt in flight, a pause of a second after a failed attempt,
 /// and dropping the connection on a broken socket, a timeout its `PING` probe confirms, or a
-/// server that is no longer the primary (`READONLY`, `MASTERDOWN`, `LOADING`).
+/// server that is no longer the primary (`READONLY`, `MASTERDOWN`, `LOADING`). In cluster mode
+/// the connection is the crate's cluster client, with its own reconnects and `TcpSettings`
+/// (its TLS may read the process-wide provider: the application chose to install one, see
+/// [`RedisStore::cluster`]); this state then only makes it once and drops it when it breaks.
 #[derive(Default)]
 struct ConnState {
     /// The connection, once made. A command that times out or sees it broken discards it: the
@@ -306,7 +321,73 @@ impl RedisStore {
             None
         };
         Ok(RedisStore {
-            shared: Arc::new(Shared::new(client, tls)),
+            shared: Arc::new(Shared::new(client, None, tls)),
+            timeout: DEFAULT_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+        })
+    }
+
+    /// A store on a Redis (or Valkey) cluster: ElastiCache or MemoryDB in cluster mode,
+    /// ElastiCache Serverless (which speaks only the cluster protocol, over TLS). `nodes` are
+    /// seed URLs, all `redis://[[user]:password@]host:port` or all `rediss://…`, with one user
+    /// and password (given in each, or in none); one is enough, a configuration endpoint
+    /// for instance, and the rest of the cluster is read from it. Does not connect; see the
+    /// [type docs](RedisStore).
+    ///
+    /// Commands go through the `redis` crate's cluster client: it maps the slots to their
+    /// primaries, follows `MOVED` and `ASK`, and after a failover (a primary demoted or gone)
+    /// reads the slots again and goes to the new primary. All the keys of one token share a
+    /// hash slot, so the store's scripts run unchanged on the node that owns it. Processes
+    /// waiting for another's token are woken across the cluster: a `PUBLISH` reaches every
+    /// node, and the store subscribes on one seed (the next, in turn, after that connection
+    /// ends). The same setters as for [`new`](Self::new) apply.
+    ///
+    /// ```
+    /// # use tower_cognito_auth::store::RedisStore;
+    /// # fn main() -> Result<(), tower_cognito_auth::Error> {
+    /// let store = RedisStore::cluster([
+    ///     "redis://10.0.1.10:6379",
+    ///     "redis://10.0.2.10:6379",
+    ///     "redis://10.0.3.10:6379",
+    /// ])?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # TLS in cluster mode
+    ///
+    /// `rediss://` seeds are connected by the cluster client's own TLS, which the `redis`
+    /// crate builds with rustls's *process-wide* `CryptoProvider` (unlike [`new`](Self::new),
+    /// which passes ring in). The application installs one at the start of `main`, e.g.
+    /// `rustls::crypto::ring::default_provider().install_default()`; without one, `cluster`
+    /// says so (rather than installing one behind the application's back). Roots and client
+    /// certificates set by [`root_certificates`](Self::root_certificates) and
+    /// [`client_certificate`](Self::client_certificate) apply to every node.
+    ///
+    /// # Errors
+    ///
+    /// An [`Error`] of kind [`InvalidConfig`](crate::ErrorKind::InvalidConfig) when `nodes` is
+    /// empty, a seed does not parse as a `redis://` or `rediss://` URL with a host, the seeds
+    /// mix the two schemes or name different users, passwords or databases, a seed asks for TLS without verification (`#insecure`), or the
+    /// seeds are `rediss://` and no process-wide rustls `CryptoProvider` is installed. The
+    /// message never repeats a URL.
+    pub fn cluster<I>(nodes: I) -> Result<RedisStore, Error>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        let cluster = Cluster::new(nodes)?;
+        let tls = if cluster.is_tls() {
+            Some(tls::Tls::bundled()?)
+        } else {
+            None
+        };
+        Ok(RedisStore {
+            shared: Arc::new(Shared::new(
+                cluster.first_seed().clone(),
+                Some(cluster),
+                tls,
+            )),
             timeout: DEFAULT_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
         })
@@ -353,7 +434,13 @@ impl RedisStore {
             ));
         };
         let tls = tls.with_roots(pem.as_ref())?;
-        Ok(self.with_tls(tls))
+        let cluster = self
+            .shared
+            .cluster
+            .as_ref()
+            .map(|cluster| cluster.with_certificates(Some(pem.as_ref()), None))
+            .transpose()?;
+        Ok(self.with_tls(tls, cluster))
     }
 
     /// Presents this client certificate for `rediss://`, for a Redis that asks for one (Redis
@@ -394,13 +481,21 @@ impl RedisStore {
             ));
         };
         let tls = tls.with_client(chain_pem.as_ref(), key_pem.as_ref())?;
-        Ok(self.with_tls(tls))
+        let cluster = self
+            .shared
+            .cluster
+            .as_ref()
+            .map(|cluster| {
+                cluster.with_certificates(None, Some((chain_pem.as_ref(), key_pem.as_ref())))
+            })
+            .transpose()?;
+        Ok(self.with_tls(tls, cluster))
     }
 
     /// The same store with `tls`, on a connection of its own.
-    fn with_tls(self, tls: tls::Tls) -> Self {
+    fn with_tls(self, tls: tls::Tls, cluster: Option<Cluster>) -> Self {
         RedisStore {
-            shared: Arc::new(Shared::new(self.shared.client.clone(), Some(tls))),
+            shared: Arc::new(Shared::new(self.shared.client.clone(), cluster, Some(tls))),
             ..self
         }
     }
@@ -410,7 +505,7 @@ impl RedisStore {
     /// failover that moved the address) is replaced by the next command, never retried.
     async fn run<T, F, Fut>(&self, name: &'static str, command: F) -> Result<T, BoxError>
     where
-        F: FnOnce(MultiplexedConnection) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
     {
         let deadline = Instant::now() + self.timeout;
@@ -440,7 +535,11 @@ impl RedisStore {
                 Err(StoreError::Redis(error).into())
             }
             Err(_) => {
-                Shared::probe(&self.shared, id, probe);
+                // A cluster connection has a response timeout per node of its own, after
+                // which it reads the slots again and reconnects: nothing to probe here.
+                if let Conn::Server(probe) = probe {
+                    Shared::probe(&self.shared, id, probe);
+                }
                 Err(StoreError::Timeout(self.timeout).into())
             }
         }
@@ -448,7 +547,7 @@ impl RedisStore {
 
     /// The connection: the one made, or the attempt in flight, or a new attempt unless the last
     /// one failed less than [`RECONNECT_INTERVAL`] ago.
-    async fn connection(&self) -> Result<(u64, MultiplexedConnection), StoreError> {
+    async fn connection(&self) -> Result<(u64, Conn), StoreError> {
         let mut rx = {
             let mut state = self.shared.lock();
             if let Some(live) = &state.live {
@@ -535,7 +634,9 @@ impl Shared {
             }
         };
         if let Some(live) = live {
-            live.driver.abort();
+            if let Some(driver) = live.driver {
+                driver.abort();
+            }
             tracing::debug!(addr = %self.addr, why, "dropped the redis connection: the next command makes a new one");
         }
     }
@@ -548,7 +649,7 @@ async fn connect(
     tx: watch::Sender<ConnectOutcome>,
     connect_timeout: Duration,
 ) {
-    let result = match tokio::time::timeout(connect_timeout, open(&shared)).await {
+    let result = match tokio::time::timeout(connect_timeout, open(&shared, connect_timeout)).await {
         Ok(Ok(opened)) => Ok(opened),
         Ok(Err(error)) => Err(error),
         Err(_) => Err(StoreError::ConnectTimeout(connect_timeout)),
@@ -567,8 +668,9 @@ async fn connect(
                 id,
                 conn: conn.clone(),
                 driver,
-            }) {
-                old.driver.abort();
+            }) && let Some(driver) = old.driver
+            {
+                driver.abort();
             }
             (id, conn)
         })
@@ -586,14 +688,25 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 
 /// Opens a connection: TCP with keepalive and a user timeout (TLS over it for `rediss://`),
 /// or a Unix socket; then `AUTH` and `SELECT` as the URL says.
-async fn open(shared: &Shared) -> Result<(MultiplexedConnection, AbortHandle), StoreError> {
-    let stream = stream(shared).await?;
-    handshake(shared, stream).await
+/// In cluster mode, the cluster client's connection instead.
+async fn open(
+    shared: &Shared,
+    connect_timeout: Duration,
+) -> Result<(Conn, Option<AbortHandle>), StoreError> {
+    if let Some(cluster) = &shared.cluster {
+        let conn = cluster
+            .connect(connect_timeout)
+            .await
+            .map_err(StoreError::Redis)?;
+        return Ok((Conn::Cluster(conn), None));
+    }
+    let stream = stream(shared, shared.client.get_connection_info()).await?;
+    let (conn, driver) = handshake(shared, stream).await?;
+    Ok((Conn::Server(conn), Some(driver)))
 }
 
-/// The byte stream to the server, TLS done.
-async fn stream(shared: &Shared) -> Result<Box<dyn Io>, StoreError> {
-    let info = shared.client.get_connection_info();
+/// The byte stream to the server `info` names, TLS done.
+async fn stream(shared: &Shared, info: &ConnectionInfo) -> Result<Box<dyn Io>, StoreError> {
     match info.addr() {
         ConnectionAddr::Tcp(host, port) => {
             let tcp = tcp(host, *port).await?;
@@ -877,8 +990,11 @@ impl TokenStore for RedisStore {
 impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("RedisStore");
-        d.field("addr", &self.shared.addr)
-            .field("tls", &self.shared.tls.is_some())
+        d.field("addr", &self.shared.addr);
+        if self.shared.cluster.is_some() {
+            d.field("cluster", &true);
+        }
+        d.field("tls", &self.shared.tls.is_some())
             .field("db", &self.shared.db);
         if self.shared.has_credentials {
             d.field("credentials", &"[redacted]");
@@ -917,6 +1033,42 @@ mod tests {
             assert_eq!(err.kind(), crate::ErrorKind::InvalidConfig, "{bad}");
             assert!(!err.to_string().contains("secret-pw"));
         }
+    }
+
+    #[test]
+    fn cluster_seeds() {
+        for good in [
+            &["redis://127.0.0.1:7000"][..],
+            &["redis://:pw@10.0.1.10:6379", "REDIS://:pw@10.0.2.10:6379"],
+        ] {
+            assert!(RedisStore::cluster(good).is_ok(), "{good:?}");
+        }
+        for bad in [
+            &[][..],
+            &["redis://127.0.0.1:7000", "rediss://127.0.0.1:7001"],
+            &["rediss://cache.internal:6379/#insecure"],
+            &["redis+unix:///run/redis.sock"],
+            &["http://127.0.0.1:7000"],
+            &["redis://:secret-pw@[::1"],
+            &[
+                "redis://:secret-pw@10.0.1.10:6379",
+                "redis://:other-pw@10.0.2.10:6379",
+            ],
+        ] {
+            let err = RedisStore::cluster(bad).unwrap_err();
+            assert_eq!(err.kind(), crate::ErrorKind::InvalidConfig, "{bad:?}");
+            assert!(!err.to_string().contains("secret-pw"));
+        }
+        let store = RedisStore::cluster([
+            "redis://admin:hunter2-pw@10.0.1.10:6379",
+            "redis://admin:hunter2-pw@10.0.2.10:6379",
+        ])
+        .unwrap();
+        let debug = format!("{store:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(debug.contains("10.0.1.10:6379,10.0.2.10:6379"), "{debug}");
+        assert!(debug.contains("cluster: true"), "{debug}");
+        assert!(debug.contains("[redacted]"), "{debug}");
     }
 
     #[test]

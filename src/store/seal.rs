@@ -6,8 +6,9 @@
 //! token's tag, and an HMAC-SHA256 key for the key name.
 //!
 //! - Key name: `tower-cognito-auth:v1:` followed by the hex HMAC of the identity's canonical
-//!   encoding, so the store never shows the token URL, the client id or the scopes. The lease
-//!   is the name followed by `:lease`.
+//!   encoding in braces (`{…}`, a Redis Cluster hash tag), so the store never shows the token
+//!   URL, the client id or the scopes. The lease is the name followed by `:lease`, the refusal
+//!   record by `:refused`: the tag puts all three in one hash slot of a cluster.
 //! - Value: `version (1 byte) ‖ tag (32 bytes: HMAC of the token) ‖ nonce (12 bytes, random) ‖
 //!   AES-256-GCM(lifetime in ms ‖ expiry in ms since the Unix epoch ‖ token)` (both u64
 //!   big-endian), with the key name as associated
@@ -90,7 +91,9 @@ impl Sealer {
             .map_err(|_| derive_failed())?
             .into();
         let digest = hmac::sign(&name_key, identity.canonical());
-        let name = format!("{KEY_PREFIX}{}", hex(digest.as_ref()));
+        // The hash in braces is the key's hash tag: the lease and the refusal record share
+        // the token's slot in a Redis Cluster, so that each script finds its keys on one node.
+        let name = format!("{KEY_PREFIX}{{{}}}", hex(digest.as_ref()));
         let lease = format!("{name}:lease");
         let refused = format!("{name}:refused");
         Ok(Self {

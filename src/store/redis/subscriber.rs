@@ -257,9 +257,16 @@ async fn read_messages(shared: Weak<Shared>, stream: PubSubStream, id: u64) {
 }
 
 /// A subscriber connection (`AUTH` and `SELECT` done), split into its sink and its stream.
+/// In cluster mode it goes to a seed, the next one in turn each time: a `PUBLISH` reaches
+/// every node of a cluster, and a seed that is down is passed over by the next attempt.
 async fn open_subscriber(shared: &Shared) -> Result<(PubSubSink, PubSubStream), StoreError> {
-    let stream = stream(shared).await?;
-    let settings = shared.client.get_connection_info().redis_settings();
+    let server = shared
+        .cluster
+        .as_ref()
+        .map_or(&shared.client, |cluster| cluster.next_seed());
+    let info = server.get_connection_info();
+    let stream = stream(shared, info).await?;
+    let settings = info.redis_settings();
     let pubsub = PubSub::new(settings, stream)
         .await
         .map_err(StoreError::Redis)?;

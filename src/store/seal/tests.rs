@@ -43,7 +43,18 @@ fn round_trip() {
 fn names_hide_the_identity_and_differ_per_identity() {
     let s = sealer();
     assert!(s.key_name().starts_with(KEY_PREFIX));
-    assert_eq!(s.key_name().len(), KEY_PREFIX.len() + 64);
+    // The hash, in braces: a Redis Cluster hash tag, so the lease and the refusal record
+    // share the token's slot.
+    assert_eq!(s.key_name().len(), KEY_PREFIX.len() + 64 + 2);
+    let tag = &s.key_name()[KEY_PREFIX.len()..];
+    assert!(
+        tag.starts_with('{') && tag.ends_with('}'),
+        "{}",
+        s.key_name()
+    );
+    for name in [s.lease_name(), s.refused_name()] {
+        assert!(name.starts_with(s.key_name()), "{name}");
+    }
     assert_eq!(s.lease_name(), format!("{}:lease", s.key_name()));
     assert!(!s.key_name().contains("client-id"));
     // Scope order and repeats do not matter; the scope set, the secret and the client do.
