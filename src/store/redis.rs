@@ -272,6 +272,11 @@ enum StoreError {
     Io(Arc<str>),
     #[error("redis: unexpected reply to {0}")]
     Unexpected(&'static str),
+    #[error(
+        "redis: the server is a node of a cluster (it answered MOVED): build the store with \
+         RedisStore::cluster"
+    )]
+    Clustered,
 }
 
 impl RedisStore {
@@ -519,6 +524,10 @@ impl RedisStore {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(error)) => {
                 tracing::trace!(command = name, %error, "redis command failed");
+                if self.shared.cluster.is_none() && is_redirection(&error) {
+                    // One server's store on a cluster: most of the slots live elsewhere.
+                    return Err(StoreError::Clustered.into());
+                }
                 if error.is_io_error()
                     || error.is_connection_dropped()
                     || error.is_unrecoverable_error()
@@ -796,6 +805,14 @@ fn not_the_primary(error: &RedisError) -> bool {
                 | ::redis::ServerErrorKind::MasterDown
                 | ::redis::ServerErrorKind::BusyLoading
         )
+    )
+}
+
+/// Whether `error` sends the command to another node of a cluster (`MOVED`, `ASK`).
+fn is_redirection(error: &RedisError) -> bool {
+    matches!(
+        error.kind(),
+        ::redis::ErrorKind::Server(::redis::ServerErrorKind::Moved | ::redis::ServerErrorKind::Ask)
     )
 }
 
