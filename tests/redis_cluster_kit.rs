@@ -64,6 +64,54 @@ fn get(url: &str, key: &str) -> Option<String> {
     redis::cmd("GET").arg(key).query(&mut connect(url)).unwrap()
 }
 
+/// `CLUSTER SLOTS` at `url` over a plain connection.
+fn cluster_slots(url: &str) -> redis::Value {
+    redis::cmd("CLUSTER")
+        .arg("SLOTS")
+        .query(&mut connect(url))
+        .unwrap()
+}
+
+/// The port `url`'s `CLUSTER SLOTS` names as the primary of `key`'s slot, and those of its
+/// replicas.
+fn owner_in_view(url: &str, key: &str) -> (u16, Vec<u16>) {
+    let slot: i64 = redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(key)
+        .query(&mut connect(url))
+        .unwrap();
+    let reply = cluster_slots(url);
+    let int = |value: &redis::Value| match value {
+        redis::Value::Int(n) => *n,
+        other => panic!("not an integer: {other:?}"),
+    };
+    let port = |node: &redis::Value| u16::try_from(int(&node.as_sequence().unwrap()[1])).unwrap();
+    let range = reply
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|range| range.as_sequence().unwrap())
+        .find(|range| (int(&range[0])..=int(&range[1])).contains(&slot))
+        .unwrap_or_else(|| panic!("{url} maps no node to slot {slot}: {reply:?}"));
+    (port(&range[2]), range[3..].iter().map(port).collect())
+}
+
+fn url(port: u16) -> String {
+    format!("redis://127.0.0.1:{port}")
+}
+
+/// Every live node in `nodes` maps `key`'s slot to `owner`.
+fn assert_every_view(nodes: &[String], key: &str, owner: &str) {
+    for node in nodes {
+        assert_eq!(
+            owner_in_view(node, key).0,
+            port(owner),
+            "{node}'s CLUSTER SLOTS: {:?}",
+            cluster_slots(node)
+        );
+    }
+}
+
 /// Three primaries with a replica each: the slot's primary takes the write and the others send
 /// it there; a planned failover makes the replica primary with the data while the old primary,
 /// still up, redirects writes to it; killing that primary makes the demoted one primary again.
@@ -73,6 +121,26 @@ fn a_cluster_serves_a_slot_where_it_says_through_a_failover_and_a_crash() {
     let key = "tower-cognito-auth:kit";
     let urls = cluster.urls();
     assert_eq!(urls.len(), 3);
+    // Started means: each primary has its replica, linked, in every node's view.
+    let slots = cluster_slots(&urls[0]);
+    let (primaries, replicas) = slot_ports(&slots);
+    assert_eq!(replicas.len(), 3, "{slots:?}");
+    let nodes: Vec<String> = primaries.iter().chain(&replicas).map(|p| url(*p)).collect();
+    for node in &nodes {
+        assert_eq!(
+            cluster_slots(node),
+            slots,
+            "{node} disagrees with {}",
+            urls[0]
+        );
+    }
+    for replica in &replicas {
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query(&mut connect(&url(*replica)))
+            .unwrap();
+        assert!(info.contains("master_link_status:up"), "{info}");
+    }
     let first = cluster.primary_url_for(key).unwrap();
     assert!(urls.contains(&first), "{first} is not among {urls:?}");
     set_replicated(&first, key, "one");
@@ -84,6 +152,7 @@ fn a_cluster_serves_a_slot_where_it_says_through_a_failover_and_a_crash() {
     assert_ne!(second, first);
     assert!(!urls.contains(&second), "a replica was promoted");
     assert_eq!(cluster.primary_url_for(key).unwrap(), second);
+    assert_every_view(&nodes, key, &second);
     assert_eq!(get(&second, key).as_deref(), Some("one"));
     // The old primary is up and demoted: it redirects to the new one.
     assert_moved(&first, key, &second);
@@ -92,6 +161,8 @@ fn a_cluster_serves_a_slot_where_it_says_through_a_failover_and_a_crash() {
     let third = cluster.kill_primary(key).unwrap();
     assert_eq!(third, first, "the demoted primary was the only replica");
     assert_eq!(cluster.primary_url_for(key).unwrap(), third);
+    let live: Vec<String> = nodes.iter().filter(|n| **n != second).cloned().collect();
+    assert_every_view(&live, key, &third);
     assert_eq!(get(&third, key).as_deref(), Some("two"));
     assert!(
         redis::Client::open(second.as_str())

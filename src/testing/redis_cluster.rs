@@ -14,10 +14,14 @@ const POLL: Duration = Duration::from_millis(25);
 const NODE_TIMEOUT: Duration = Duration::from_secs(2);
 /// The hash slots of a Redis Cluster.
 const SLOTS: u16 = 16384;
-/// Every node's cluster options (the bus port comes from [`Launch::cluster_bus`]); a short node
-/// timeout, so that a dead node is noticed within seconds.
-const CLUSTER_ARGS: [(&str, &str); 3] = [
+/// Every node's cluster options (the bus port comes from [`Launch::cluster_bus`]): a short node
+/// timeout, so that a dead node is noticed within seconds; a replica's first sync at once (not
+/// after 5 s), and its offset moving every second, not every 10 (Redis 7.0 lists a replica in
+/// `CLUSTER SLOTS` only once its offset is not 0: the cluster took 11 s to agree before).
+const CLUSTER_ARGS: [(&str, &str); 5] = [
     ("cluster-enabled", "yes"),
+    ("repl-diskless-sync-delay", "0"),
+    ("repl-ping-replica-period", "1"),
     ("cluster-config-file", "nodes.conf"),
     ("cluster-node-timeout", "2000"),
 ];
@@ -123,7 +127,9 @@ impl RedisCluster {
     /// other nodes (`--tls-ca-cert-file`). The nodes talk to each other over TLS, on the cluster
     /// bus and for replication (`--tls-cluster yes --tls-replication yes`), presenting the same
     /// certificate as clients; it must therefore be valid for client authentication too (a
-    /// certificate without an extended key usage is). With `auth_clients`, clients must present
+    /// certificate without an extended key usage is), and its subject must differ from the
+    /// authority's (OpenSSL takes a certificate named as its issuer for a self-signed one, and
+    /// the nodes then refuse each other: rcgen's default names are alike). With `auth_clients`, clients must present
     /// a certificate `ca_pem` signed (`--tls-auth-clients yes`); without it they are not asked.
     ///
     /// `CLUSTER SLOTS` and `MOVED` name the TLS ports to a client connected over TLS, and the
