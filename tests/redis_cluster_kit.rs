@@ -342,3 +342,21 @@ fn rediss_cluster_names_tls_ports_to_tls_clients() {
     assert_ne!(before, after);
     assert_moved(&before, key, &after);
 }
+
+/// Planned failovers back and forth: the third one moves the slot back to a node demoted
+/// seconds before, whose failover Redis's primaries refuse to vote for twice within two node
+/// timeouts (the kit asks again once the first request has expired).
+#[test]
+fn planned_failovers_back_and_forth_each_move_the_slot() {
+    let cluster = started(RedisCluster::start(3, 1));
+    let key = "tower-cognito-auth:kit";
+    let mut primary = cluster.primary_url_for(key).unwrap();
+    set_replicated(&primary, key, "kept");
+    for _ in 0..3 {
+        let next = cluster.failover(key).unwrap();
+        assert_ne!(next, primary);
+        assert_moved(&primary, key, &next);
+        assert_eq!(get(&next, key).as_deref(), Some("kept"));
+        primary = next;
+    }
+}
