@@ -65,6 +65,8 @@
 //! ```
 
 mod protected_api;
+#[cfg(feature = "redis")]
+mod redis_cluster;
 mod redis_server;
 mod server;
 #[cfg(test)]
@@ -72,5 +74,8 @@ mod tests;
 mod token_endpoint;
 
 pub use protected_api::{ProtectedApi, RecordedApiRequest, Rejection};
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use redis_cluster::RedisCluster;
 pub use redis_server::{RedisServer, SERVER_ENV};
 pub use token_endpoint::{RecordedTokenRequest, Reply, TokenEndpoint, TokenEndpointBuilder};

@@ -86,6 +86,37 @@ pub struct RedisServer {
     dir: std::path::PathBuf,
     /// The TLS port, when started with TLS (its certificate and key are in `dir`).
     tls_port: Option<u16>,
+    /// Whether TLS clients must present a certificate (`--tls-auth-clients`), and whether an
+    /// authority for them is in `dir` (`tls-ca.crt`).
+    tls_auth_clients: bool,
+    tls_ca: bool,
+    /// The cluster bus port (`--cluster-port`), for a cluster node.
+    bus_port: Option<u16>,
+    /// Further `--name value` arguments, after the ones above (a later one wins).
+    extra: Vec<(String, String)>,
+}
+
+/// The TLS side of a server a crate-private caller starts ([`RedisServer::start_with_args`]).
+#[derive(Clone, Copy)]
+pub(crate) struct Tls<'a> {
+    /// The server's certificate first, for `127.0.0.1`.
+    pub(crate) cert_chain_pem: &'a str,
+    pub(crate) key_pem: &'a str,
+    /// The authority for client certificates (`--tls-ca-cert-file`), also trusted for the
+    /// certificates of other nodes (cluster bus, replication).
+    pub(crate) ca_pem: Option<&'a str>,
+    /// `--tls-auth-clients yes` (a client must present a certificate the authority signed).
+    pub(crate) auth_clients: bool,
+}
+
+/// What a crate-private caller adds to a server's command line ([`RedisServer::start_with_args`]).
+#[derive(Default)]
+pub(crate) struct Launch<'a> {
+    pub(crate) tls: Option<Tls<'a>>,
+    /// Pick a second free port for the cluster bus and pass it as `--cluster-port`.
+    pub(crate) cluster_bus: bool,
+    /// Further `--name value` arguments, after the others (a later one wins).
+    pub(crate) extra: &'a [(&'a str, &'a str)],
 }
 
 impl fmt::Debug for RedisServer {
@@ -93,6 +124,7 @@ impl fmt::Debug for RedisServer {
         f.debug_struct("RedisServer")
             .field("addr", &self.addr)
             .field("tls_port", &self.tls_port)
+            .field("bus_port", &self.bus_port)
             .field("running", &self.child.is_some())
             .finish()
     }
@@ -117,7 +149,7 @@ impl RedisServer {
     /// when no temporary directory can be made, or the server exits or does not answer in time
     /// (its log is quoted).
     pub fn start() -> std::io::Result<RedisServer> {
-        Self::start_with(None)
+        Self::start_with_args(Launch::default())
     }
 
     /// As [`start`](Self::start), and also listens for TLS on a second free port of
@@ -130,10 +162,20 @@ impl RedisServer {
     /// As [`start`](Self::start); also when the files cannot be written, or `redis-server` was
     /// built without TLS or rejects the certificate (its log is quoted).
     pub fn start_tls(cert_chain_pem: &str, key_pem: &str) -> std::io::Result<RedisServer> {
-        Self::start_with(Some((cert_chain_pem, key_pem)))
+        Self::start_with_args(Launch {
+            tls: Some(Tls {
+                cert_chain_pem,
+                key_pem,
+                ca_pem: None,
+                auth_clients: false,
+            }),
+            ..Launch::default()
+        })
     }
 
-    fn start_with(tls: Option<(&str, &str)>) -> std::io::Result<RedisServer> {
+    /// As [`start`](Self::start) or [`start_tls`](Self::start_tls), with what `launch` adds to
+    /// the command line (a cluster node's options, client certificates).
+    pub(crate) fn start_with_args(launch: Launch<'_>) -> std::io::Result<RedisServer> {
         let dir = std::env::temp_dir().join(format!(
             "tower-cognito-auth-redis-{}-{:016x}",
             std::process::id(),
@@ -145,20 +187,36 @@ impl RedisServer {
             addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             dir,
             tls_port: None,
+            tls_auth_clients: launch.tls.as_ref().is_some_and(|tls| tls.auth_clients),
+            tls_ca: launch.tls.as_ref().is_some_and(|tls| tls.ca_pem.is_some()),
+            bus_port: None,
+            extra: launch
+                .extra
+                .iter()
+                .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+                .collect(),
         };
-        if let Some((cert, key)) = tls {
-            std::fs::write(server.dir.join("tls.crt"), cert)?;
-            std::fs::write(server.dir.join("tls.key"), key)?;
+        if let Some(tls) = &launch.tls {
+            std::fs::write(server.dir.join("tls.crt"), tls.cert_chain_pem)?;
+            std::fs::write(server.dir.join("tls.key"), tls.key_pem)?;
+            if let Some(ca) = tls.ca_pem {
+                std::fs::write(server.dir.join("tls-ca.crt"), ca)?;
+            }
         }
         let mut last_error = None;
         for _ in 0..REDIS_PORT_ATTEMPTS {
             // Redis refuses `--port 0`: take a port the system says is free, and try again if
             // someone else takes it before Redis binds it.
-            // Both ports are held until both are picked, so that they differ.
+            // All ports are held until all are picked, so that they differ.
             let (port, plain) = free_port()?;
-            let tls_port = tls.map(|_| free_port()).transpose()?;
+            let tls_port = launch.tls.as_ref().map(|_| free_port()).transpose()?;
+            let bus_port = launch.cluster_bus.then(free_port).transpose()?;
             server.addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
             server.tls_port = tls_port.map(|(port, held)| {
+                drop(held);
+                port
+            });
+            server.bus_port = bus_port.map(|(port, held)| {
                 drop(held);
                 port
             });
@@ -194,6 +252,18 @@ impl RedisServer {
     /// The address the server listens on (also while it is stopped).
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The cluster bus port, for a cluster node.
+    #[cfg(feature = "redis")]
+    pub(crate) fn bus_port(&self) -> Option<u16> {
+        self.bus_port
+    }
+
+    /// Whether the server process runs (it may be frozen).
+    #[cfg(feature = "redis")]
+    pub(crate) fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     /// The server's working directory, where `SAVE` writes `dump.rdb`.
@@ -270,7 +340,18 @@ impl RedisServer {
                 .arg(self.dir.join("tls.crt"))
                 .arg("--tls-key-file")
                 .arg(self.dir.join("tls.key"))
-                .args(["--tls-auth-clients", "no"]);
+                .args([
+                    "--tls-auth-clients",
+                    if self.tls_auth_clients { "yes" } else { "no" },
+                ]);
+            if self.tls_ca {
+                command
+                    .arg("--tls-ca-cert-file")
+                    .arg(self.dir.join("tls-ca.crt"));
+            }
+        }
+        if let Some(port) = self.bus_port {
+            command.args(["--cluster-port", &port.to_string()]);
         }
         let spawned = command
             .args(["--port", &self.addr.port().to_string()])
@@ -283,6 +364,11 @@ impl RedisServer {
             .arg(&self.dir)
             .arg("--logfile")
             .arg(&log)
+            .args(
+                self.extra
+                    .iter()
+                    .flat_map(|(name, value)| [format!("--{name}"), value.clone()]),
+            )
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             // Arguments are checked before the log file is open: their errors go here.
