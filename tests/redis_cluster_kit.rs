@@ -46,7 +46,11 @@ fn assert_moved(url: &str, key: &str, owner: &str) {
     assert_eq!(error.code(), Some("MOVED"), "{url}: {error}");
     // (address, slot)
     let (address, _) = error.redirect_node().unwrap();
-    assert_eq!(port(address), port(owner), "{url}: {error}");
+    assert_eq!(
+        address,
+        format!("127.0.0.1:{}", port(owner)),
+        "{url}: {error}"
+    );
 }
 
 /// `SET key value` at `url`, then `WAIT` until one replica has it.
