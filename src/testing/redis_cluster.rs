@@ -137,8 +137,9 @@ impl RedisCluster {
     /// certificate as clients; it must therefore be valid for client authentication too (a
     /// certificate without an extended key usage is), and its subject must differ from the
     /// authority's (OpenSSL takes a certificate named as its issuer for a self-signed one, and
-    /// the nodes then refuse each other: rcgen's default names are alike). With `auth_clients`, clients must present
-    /// a certificate `ca_pem` signed (`--tls-auth-clients yes`); without it they are not asked.
+    /// the nodes then refuse each other: rcgen's default names are alike). With
+    /// `auth_clients`, clients must present a certificate `ca_pem` signed
+    /// (`--tls-auth-clients yes`); without it they are not asked.
     ///
     /// `CLUSTER SLOTS` and `MOVED` name the TLS ports to a client connected over TLS, and the
     /// plain ports to one connected to a plain port, which stays open.
