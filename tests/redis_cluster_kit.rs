@@ -364,3 +364,21 @@ fn planned_failovers_back_and_forth_each_move_the_slot() {
         primary = next;
     }
 }
+
+/// Without `auth_clients`, a TLS client without a certificate is answered, with the TLS ports.
+#[test]
+fn rediss_cluster_without_client_authentication_answers_any_tls_client() {
+    let pki = pki();
+    let cluster = started(RedisCluster::start_tls(
+        3,
+        1,
+        &pki.ca_pem,
+        &pki.chain_pem,
+        &pki.key_pem,
+        false,
+    ));
+    let mut tls_primaries: Vec<u16> = cluster.tls_urls().iter().map(|url| port(url)).collect();
+    tls_primaries.sort_unstable();
+    let reply = tls_cluster_slots(&cluster.tls_urls()[0], &pki, false).unwrap();
+    assert_eq!(slot_ports(&reply).0, tls_primaries, "{reply:?}");
+}
