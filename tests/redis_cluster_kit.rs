@@ -46,7 +46,11 @@ fn assert_moved(url: &str, key: &str, owner: &str) {
     assert_eq!(error.code(), Some("MOVED"), "{url}: {error}");
     // (address, slot)
     let (address, _) = error.redirect_node().unwrap();
-    assert_eq!(port(address), port(owner), "{url}: {error}");
+    assert_eq!(
+        address,
+        format!("127.0.0.1:{}", port(owner)),
+        "{url}: {error}"
+    );
 }
 
 /// `SET key value` at `url`, then `WAIT` until one replica has it.
@@ -359,4 +363,22 @@ fn planned_failovers_back_and_forth_each_move_the_slot() {
         assert_eq!(get(&next, key).as_deref(), Some("kept"));
         primary = next;
     }
+}
+
+/// Without `auth_clients`, a TLS client without a certificate is answered, with the TLS ports.
+#[test]
+fn rediss_cluster_without_client_authentication_answers_any_tls_client() {
+    let pki = pki();
+    let cluster = started(RedisCluster::start_tls(
+        3,
+        1,
+        &pki.ca_pem,
+        &pki.chain_pem,
+        &pki.key_pem,
+        false,
+    ));
+    let mut tls_primaries: Vec<u16> = cluster.tls_urls().iter().map(|url| port(url)).collect();
+    tls_primaries.sort_unstable();
+    let reply = tls_cluster_slots(&cluster.tls_urls()[0], &pki, false).unwrap();
+    assert_eq!(slot_ports(&reply).0, tls_primaries, "{reply:?}");
 }

@@ -21,12 +21,15 @@ const SLOTS: u16 = 16384;
 /// timeout, so that a dead node is noticed within seconds; a replica's first sync at once (not
 /// after 5 s), and its offset moving every second, not every 10 (Redis 7.0 lists a replica in
 /// `CLUSTER SLOTS` only once its offset is not 0: the cluster took 11 s to agree before).
-const CLUSTER_ARGS: [(&str, &str); 5] = [
+const CLUSTER_ARGS: [(&str, &str); 6] = [
     ("cluster-enabled", "yes"),
     ("repl-diskless-sync-delay", "0"),
     ("repl-ping-replica-period", "1"),
     ("cluster-config-file", "nodes.conf"),
     ("cluster-node-timeout", "2000"),
+    // What `CLUSTER SLOTS` and `MOVED` name from the start (a node learns its own address
+    // from the others' replies otherwise, and names itself with "" meanwhile).
+    ("cluster-announce-ip", "127.0.0.1"),
 ];
 
 /// A throwaway Redis Cluster on `127.0.0.1`, for tests of a store in cluster mode: primaries
@@ -94,9 +97,11 @@ impl fmt::Debug for RedisCluster {
     }
 }
 
-/// A node as `CLUSTER SLOTS` names it: its port (as given to the asking client) and its id.
+/// A node as `CLUSTER SLOTS` names it: its address and port (as given to the asking client)
+/// and its id.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct Endpoint {
+    ip: String,
     port: u16,
     id: String,
 }
@@ -132,8 +137,9 @@ impl RedisCluster {
     /// certificate as clients; it must therefore be valid for client authentication too (a
     /// certificate without an extended key usage is), and its subject must differ from the
     /// authority's (OpenSSL takes a certificate named as its issuer for a self-signed one, and
-    /// the nodes then refuse each other: rcgen's default names are alike). With `auth_clients`, clients must present
-    /// a certificate `ca_pem` signed (`--tls-auth-clients yes`); without it they are not asked.
+    /// the nodes then refuse each other: rcgen's default names are alike). With
+    /// `auth_clients`, clients must present a certificate `ca_pem` signed
+    /// (`--tls-auth-clients yes`); without it they are not asked.
     ///
     /// `CLUSTER SLOTS` and `MOVED` name the TLS ports to a client connected over TLS, and the
     /// plain ports to one connected to a plain port, which stays open.
@@ -559,27 +565,34 @@ fn slots(server: &RedisServer) -> Result<Vec<Range>, String> {
 
 /// The ranges of a `CLUSTER SLOTS` reply: `[start, end, [ip, port, id, ..], replicas..]`.
 fn parse_slots(reply: &redis::Value) -> Option<Vec<Range>> {
+    // Arrays only (`as_sequence` takes a nil for an empty one).
+    fn array(value: &redis::Value) -> Option<&[redis::Value]> {
+        match value {
+            redis::Value::Array(items) => Some(items),
+            _ => None,
+        }
+    }
     let int = |value: &redis::Value| match value {
         redis::Value::Int(n) => u16::try_from(*n).ok(),
         _ => None,
     };
+    let text = |value: &redis::Value| match value {
+        redis::Value::BulkString(text) => String::from_utf8(text.clone()).ok(),
+        redis::Value::SimpleString(text) => Some(text.clone()),
+        _ => None,
+    };
     let endpoint = |value: &redis::Value| {
-        let fields = value.as_sequence()?;
-        let id = match fields.get(2)? {
-            redis::Value::BulkString(id) => String::from_utf8(id.clone()).ok()?,
-            redis::Value::SimpleString(id) => id.clone(),
-            _ => return None,
-        };
+        let fields = array(value)?;
         Some(Endpoint {
+            ip: text(fields.first()?)?,
             port: int(fields.get(1)?)?,
-            id,
+            id: text(fields.get(2)?)?,
         })
     };
-    reply
-        .as_sequence()?
+    array(reply)?
         .iter()
         .map(|range| {
-            let fields = range.as_sequence()?;
+            let fields = array(range)?;
             let mut replicas = fields
                 .get(3..)?
                 .iter()
@@ -594,4 +607,80 @@ fn parse_slots(reply: &redis::Value) -> Option<Vec<Range>> {
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use redis::Value;
+
+    use super::{Endpoint, Range, parse_slots};
+
+    fn node(port: i64, id: &str) -> Value {
+        Value::Array(vec![
+            Value::BulkString(b"127.0.0.1".to_vec()),
+            Value::Int(port),
+            Value::BulkString(id.as_bytes().to_vec()),
+            Value::Array(Vec::new()),
+        ])
+    }
+
+    #[test]
+    fn cluster_slots_are_read_with_replicas_sorted() {
+        let reply = Value::Array(vec![Value::Array(vec![
+            Value::Int(0),
+            Value::Int(16383),
+            node(7000, "a"),
+            node(7002, "c"),
+            node(7001, "b"),
+        ])]);
+        let endpoint = |port, id: &str| Endpoint {
+            ip: "127.0.0.1".to_owned(),
+            port,
+            id: id.to_owned(),
+        };
+        assert_eq!(
+            parse_slots(&reply),
+            Some(vec![Range {
+                start: 0,
+                end: 16383,
+                primary: endpoint(7000, "a"),
+                replicas: vec![endpoint(7001, "b"), endpoint(7002, "c")],
+            }])
+        );
+    }
+
+    /// Whatever a server answers, the reader says "unreadable" rather than panic.
+    #[test]
+    fn an_unexpected_cluster_slots_reply_is_unreadable() {
+        for reply in [
+            Value::Nil,
+            Value::Int(1),
+            Value::Array(vec![Value::Int(0)]),
+            Value::Array(vec![Value::Array(vec![Value::Int(0), Value::Int(1)])]),
+            Value::Array(vec![Value::Array(vec![
+                Value::Int(-1),
+                Value::Int(1),
+                node(7000, "a"),
+            ])]),
+            Value::Array(vec![Value::Array(vec![
+                Value::Int(0),
+                Value::Int(1),
+                node(70000, "a"),
+            ])]),
+            Value::Array(vec![Value::Array(vec![
+                Value::Int(0),
+                Value::Int(1),
+                Value::Array(vec![Value::Nil, Value::Int(7000)]),
+            ])]),
+            Value::Array(vec![Value::Array(vec![
+                Value::Int(0),
+                Value::Int(1),
+                node(7000, "a"),
+                Value::Okay,
+            ])]),
+        ] {
+            assert_eq!(parse_slots(&reply), None, "{reply:?}");
+        }
+        assert_eq!(parse_slots(&Value::Array(Vec::new())), Some(Vec::new()));
+    }
 }
