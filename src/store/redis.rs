@@ -127,7 +127,8 @@ return 0
 ///
 /// `rediss://` uses rustls with ring, passed to the connection: the process-wide default
 /// `CryptoProvider` is neither read nor installed, so the application remains free to install
-/// its own. The server's certificate is checked against the Mozilla roots that `webpki-roots`
+/// its own. (Cluster mode is the exception: its TLS is the `redis` crate's, which reads the
+/// process-wide provider; see [`cluster`](RedisStore::cluster).) The server's certificate is checked against the Mozilla roots that `webpki-roots`
 /// bundles (as for the token endpoint's HTTPS client: no system certificate store is read), or
 /// only against the authorities given to [`root_certificates`](RedisStore::root_certificates)
 /// (a private CA). There is no mode without verification. A Redis that asks for a client
