@@ -10,6 +10,8 @@
 //!   `TokenStore` calls of a refresh that fetches, of one that adopts, and of a process waiting
 //!   for another's fetch, per second; with the commands Redis executed (`INFO commandstats`,
 //!   script internals included).
+//! - `refresh/adopts_from_cluster` and `fleet_cold_start_100_caches_cluster`: the same through
+//!   a Redis Cluster of three primaries (`RedisStore::cluster`, `testing::RedisCluster`).
 //! - `recovery_after_restart`: `redis-server` stopped and started again on its port: wall time
 //!   until a store that was connected answers again (it reconnects at most once a second).
 //!
@@ -33,7 +35,7 @@ use tower_cognito_auth::CognitoAuthLayer;
 use tower::BoxError;
 use tower_cognito_auth::BoxFuture;
 use tower_cognito_auth::store::{RedisStore, Stored, TokenStore};
-use tower_cognito_auth::testing::{RedisServer, TokenEndpoint};
+use tower_cognito_auth::testing::{RedisCluster, RedisServer, TokenEndpoint};
 
 const FLEET: usize = 100;
 
@@ -48,6 +50,20 @@ fn layer(endpoint: &TokenEndpoint, store: Option<RedisStore>) -> CognitoAuthLaye
         builder = builder.shared_store(store);
     }
     builder.build().expect("a valid layer")
+}
+
+/// A layer asking for `scope`, through `store`.
+fn layer_with_scope(endpoint: &TokenEndpoint, store: RedisStore, scope: &str) -> CognitoAuthLayer {
+    let http = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    CognitoAuthLayer::builder()
+        .token_url(endpoint.token_url())
+        .client_id(endpoint.client_id())
+        .client_secret(endpoint.client_secret())
+        .scope(scope)
+        .http_client(http)
+        .shared_store(store)
+        .build()
+        .expect("a valid layer")
 }
 
 async fn flush(redis: &RedisServer) {
@@ -298,7 +314,63 @@ fn fleet(c: &mut Criterion) {
             }
         });
     });
+    // The same adoption through a cluster of three primaries (`RedisStore::cluster`).
+    let cluster = RedisCluster::start(3, 0).unwrap_or_else(|e| panic!("{e}"));
+    let cluster_store = RedisStore::cluster(cluster.urls()).expect("seed URLs");
+    runtime
+        .block_on(layer(&quick, Some(cluster_store.clone())).token())
+        .expect("a stored token");
+    group.bench_function("adopts_from_cluster", |b| {
+        b.to_async(&runtime).iter(|| {
+            let layer = layer(&quick, Some(cluster_store.clone()));
+            async move {
+                layer.token().await.expect("a token");
+                assert_eq!(layer.stats().adopted, 1);
+            }
+        });
+    });
     group.finish();
+
+    // The cold start again, through the cluster: each cache its own cluster client (a
+    // connection per primary, and a subscriber on one seed, the seeds given in turn).
+    c.bench_function("fleet_cold_start_100_caches_cluster", |b| {
+        b.to_async(&runtime).iter_custom(|rounds| {
+            let (endpoint, cluster) = (endpoint.clone(), &cluster);
+            async move {
+                let mut total = Duration::ZERO;
+                for round in 0..rounds {
+                    // A token of its own per round: scopes make another key.
+                    let scope = format!("round/{round}-{}", fastrand::u64(..));
+                    let layers: Vec<_> = (0..FLEET)
+                        .map(|i| {
+                            let mut seeds = cluster.urls();
+                            let turn = i % seeds.len();
+                            seeds.rotate_left(turn);
+                            let store = RedisStore::cluster(seeds).expect("seed URLs");
+                            layer_with_scope(&endpoint, store, &scope)
+                        })
+                        .collect();
+                    let before = endpoint.tokens_issued();
+                    let start = Instant::now();
+                    let tasks: Vec<_> = layers
+                        .into_iter()
+                        .map(|layer| tokio::spawn(async move { layer.token().await }))
+                        .collect();
+                    for task in tasks {
+                        task.await.expect("a task").expect("a token");
+                    }
+                    let elapsed = start.elapsed();
+                    total += elapsed;
+                    eprintln!(
+                        "fleet cold start on a cluster: {FLEET} caches, {} token request(s), \
+                         {elapsed:?}",
+                        endpoint.tokens_issued() - before
+                    );
+                }
+                total
+            }
+        });
+    });
 
     // A restart of Redis on its port: how long until a connected store answers again.
     let redis = std::sync::Mutex::new(redis);
