@@ -296,10 +296,19 @@ async fn renewals_through(change: SlotChange) {
     let asked = half_moved.map_or_else(String::new, |(asking, set)| {
         format!(", half moved: {asking} ASKING and {set} SET on the new primary")
     });
+    // A moved slot: the old primary, still its members' idea of the owner, sent them on.
+    let moved = match change {
+        SlotChange::Move | SlotChange::HalfMove => error_count(&old_primary, "MOVED"),
+        SlotChange::Demote | SlotChange::Kill => 0,
+    };
     println!(
         "6 processes, 2 s tokens, {change:?} in {change_took:?}: {issued} token requests \
-         (at most {bound}), {issued_at_change} when it ended, {fallbacks} fallbacks{asked}"
+         (at most {bound}), {issued_at_change} when it ended, {fallbacks} fallbacks, \
+         {moved} MOVED from the old primary{asked}"
     );
+    if let SlotChange::Move | SlotChange::HalfMove = change {
+        assert!(moved > 0, "the fleet met no MOVED from {old_primary}");
+    }
     if let Some((asking, set)) = half_moved {
         // While the slot was half moved, the fleet's commands reached the new primary through
         // `ASK` (the cluster client sends `ASKING` first), the lease's `SET NX` among them: the
@@ -336,6 +345,23 @@ fn renewed_twice(endpoint: &TokenEndpoint) -> std::io::Result<()> {
         "the fleet did not renew twice while the slot was half moved ({} tokens issued)",
         endpoint.tokens_issued()
     )))
+}
+
+/// How many `code` errors (`MOVED`, `ASK`) the node at `url` answered (`INFO errorstats`).
+fn error_count(url: &str, code: &str) -> u64 {
+    let mut conn = redis::Client::open(url)
+        .unwrap()
+        .get_connection_with_timeout(Duration::from_secs(2))
+        .unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("errorstats")
+        .query(&mut conn)
+        .unwrap();
+    let prefix = format!("errorstat_{code}:count=");
+    info.lines()
+        .find_map(|line| line.strip_prefix(prefix.as_str()))
+        .and_then(|count| count.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// How many times the node at `url` executed `command` (`INFO commandstats`).
