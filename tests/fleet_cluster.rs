@@ -222,10 +222,11 @@ enum SlotChange {
     /// The slot and its keys moved to another primary (an online reshard, as when a managed
     /// cluster is scaled).
     Move,
-    /// The same, with the slot left half moved until the fleet has renewed twice: the token
-    /// moved first, whatever else the slot held (a lease being held) left on the old primary.
-    /// The old primary answers `ASK` for the token, and for any key it does not hold: the
-    /// lease's `SET NX`, when no lease is held there, is taken on the new primary.
+    /// The same in two steps, with the slot half moved in between until the fleet has renewed
+    /// twice more; begun while a renewal holds the lease (its token request's answer held
+    /// back), moving the token first: the keys are split, the token on the new primary, the
+    /// lease held on the old one. The old primary answers `ASK` for the token, and for the
+    /// lease once it is released: the next `SET NX` takes it on the new primary.
     HalfMove,
 }
 
@@ -263,13 +264,9 @@ async fn renewals_through(change: SlotChange) {
                 SlotChange::Demote => cluster.failover(&key),
                 SlotChange::Kill => cluster.kill_primary(&key),
                 SlotChange::Move => cluster.move_slot(&key),
-                SlotChange::HalfMove => cluster.begin_slot_move(&key, &[&key]).and_then(|half| {
-                    renewed_twice(&endpoint)?;
-                    half_moved = Some((
-                        command_calls(half.target_url(), "asking"),
-                        command_calls(half.target_url(), "set"),
-                    ));
-                    cluster.finish_slot_move(&half)
+                SlotChange::HalfMove => half_move(&cluster, &key, &endpoint).map(|(new, seen)| {
+                    half_moved = Some(seen);
+                    new
                 }),
             };
             (cluster, new.unwrap_or_else(|e| panic!("{e}")), half_moved)
@@ -331,20 +328,57 @@ async fn renewals_through(change: SlotChange) {
     drop(cluster);
 }
 
-/// Waits (bounded) until `endpoint` has issued two more tokens: the fleet renewed twice.
-fn renewed_twice(endpoint: &TokenEndpoint) -> std::io::Result<()> {
-    let start = endpoint.tokens_issued();
-    // 20 s at most: two renewals of 2 s tokens take about 2 s.
+/// [`SlotChange::HalfMove`]: moves `key`'s slot in two steps, the first while a renewal holds
+/// the lease, and checks the keys are split then. Returns the new primary and its `ASKING` and
+/// `SET` counts while the slot was half moved.
+fn half_move(
+    cluster: &RedisCluster,
+    key: &str,
+    endpoint: &TokenEndpoint,
+) -> std::io::Result<(String, (u64, u64))> {
+    let lease = format!("{key}:lease");
+    let source = cluster.primary_url_for(key)?;
+    // A renewal in flight, its answer held back: its process holds the lease on the source.
+    let requests = endpoint.request_count();
+    endpoint.hold_answers(true);
+    let begun = wait_until("a renewal's token request", || {
+        endpoint.request_count() > requests
+    })
+    .and_then(|()| cluster.begin_slot_move(key, &[key]));
+    let split = (exists(&source, &lease), exists(&source, key));
+    endpoint.hold_answers(false);
+    let half = begun?;
+    assert_eq!(split.0, Ok(true), "the lease is not held on {source}");
+    match split.1 {
+        Err(error) => assert_eq!(error.code(), Some("ASK"), "{error}"),
+        Ok(there) => panic!("the token was not moved: EXISTS answered {there}"),
+    }
+    let issued = endpoint.tokens_issued();
+    wait_until("two renewals while the slot is half moved", || {
+        endpoint.tokens_issued() >= issued + 2
+    })?;
+    let seen = (
+        command_calls(half.target_url(), "asking"),
+        command_calls(half.target_url(), "set"),
+    );
+    Ok((cluster.finish_slot_move(&half)?, seen))
+}
+
+/// Runs `check` every 25 ms until it holds, for 20 s at most.
+fn wait_until(what: &str, mut check: impl FnMut() -> bool) -> std::io::Result<()> {
     for _ in 0..800 {
-        if endpoint.tokens_issued() >= start + 2 {
+        if check() {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(25));
     }
-    Err(std::io::Error::other(format!(
-        "the fleet did not renew twice while the slot was half moved ({} tokens issued)",
-        endpoint.tokens_issued()
-    )))
+    Err(std::io::Error::other(format!("waited 20 s for {what}")))
+}
+
+/// `EXISTS key` at the node `url`, following no redirection.
+fn exists(url: &str, key: &str) -> redis::RedisResult<bool> {
+    let mut conn = redis::Client::open(url)?.get_connection_with_timeout(Duration::from_secs(2))?;
+    redis::cmd("EXISTS").arg(key).query(&mut conn)
 }
 
 /// How many `code` errors (`MOVED`, `ASK`) the node at `url` answered (`INFO errorstats`).
@@ -398,9 +432,10 @@ async fn the_tokens_slot_moved_to_another_primary_fails_no_request() {
     renewals_through(SlotChange::Move).await;
 }
 
-/// The fleet renews twice while the token's slot is half moved (what a client meets during a
-/// reshard): it follows `ASK` for the token and takes the lease on the new primary, and shares
-/// one token per renewal throughout.
+/// The fleet renews while the token's slot is half moved (what a client meets during a
+/// reshard), the token on the new primary and the lease held on the old one: the renewal in
+/// flight completes, the fleet follows `ASK` for the token and takes the next leases on the new
+/// primary, and shares one token per renewal throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renewals_while_the_tokens_slot_is_half_moved_fail_no_request() {
     renewals_through(SlotChange::HalfMove).await;
