@@ -293,18 +293,21 @@ async fn renewals_through(change: SlotChange) {
     let asked = half_moved.map_or_else(String::new, |(asking, set)| {
         format!(", half moved: {asking} ASKING and {set} SET on the new primary")
     });
-    // A moved slot: the old primary, still its members' idea of the owner, sent them on.
+    // The `MOVED` the old primary answered, when it is alive to say.
     let moved = match change {
-        SlotChange::Move | SlotChange::HalfMove => error_count(&old_primary, "MOVED"),
-        SlotChange::Demote | SlotChange::Kill => 0,
+        SlotChange::Kill => None,
+        SlotChange::Demote | SlotChange::Move | SlotChange::HalfMove => {
+            Some(error_count(&old_primary, "MOVED"))
+        }
     };
     println!(
         "6 processes, 2 s tokens, {change:?} in {change_took:?}: {issued} token requests \
-         (at most {bound}), {issued_at_change} when it ended, {fallbacks} fallbacks, \
-         {moved} MOVED from the old primary{asked}"
+         (at most {bound}), {issued_at_change} when it ended, {fallbacks} fallbacks{}{asked}",
+        moved.map_or_else(String::new, |n| format!(", {n} MOVED from the old primary"))
     );
     if let SlotChange::Move | SlotChange::HalfMove = change {
-        assert!(moved > 0, "the fleet met no MOVED from {old_primary}");
+        // A moved slot: the old primary, still its members' idea of the owner, sent them on.
+        assert!(moved > Some(0), "the fleet met no MOVED from {old_primary}");
     }
     if let Some((asking, set)) = half_moved {
         // While the slot was half moved, the fleet's commands reached the new primary through
