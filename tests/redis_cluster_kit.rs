@@ -1,7 +1,8 @@
 //! `testing::RedisCluster`, the loopback Redis Cluster the cluster-mode store is tested against:
 //! it forms a cluster whose slots are served where it says, moves a slot by a planned failover
-//! (the old primary demoted, reachable) and by a killed primary, and, with TLS, names the TLS
-//! ports to TLS clients. Checked with plain connections, following no redirection.
+//! (the old primary demoted, reachable), by a killed primary and by a reshard (with its keys,
+//! half moved in between), and, with TLS, names the TLS ports to TLS clients. Checked with plain
+//! connections, following no redirection.
 #![cfg(all(feature = "redis", feature = "test-util"))]
 
 use std::io::{Read as _, Write as _};
