@@ -212,11 +212,28 @@ async fn cold_start_of_twenty_processes_on_a_cluster_makes_one_token_request() {
     println!("cold start of 20 processes on a cluster: {commands} Redis commands");
 }
 
-/// Renewals through a cluster while the token's primary fails over, gracefully (demoted, still
-/// reachable, as ElastiCache does it) or killed and taken over by its replica: no request
-/// fails, none leaves with an expired token, and the fleet still makes one token request per
-/// renewal, after the failover as before.
-async fn renewals_through_a_failover(kill: bool) {
+/// What happens to the token's slot while the fleet renews.
+#[derive(Clone, Copy, Debug)]
+enum SlotChange {
+    /// A planned failover: the old primary demoted, still reachable (as ElastiCache does it).
+    Demote,
+    /// The primary killed, its replica taking over.
+    Kill,
+    /// The slot and its keys moved to another primary (an online reshard, as when a managed
+    /// cluster is scaled).
+    Move,
+    /// The same in two steps, with the slot half moved in between until the fleet has renewed
+    /// twice more; begun while a renewal holds the lease (its token request's answer held
+    /// back), moving the token first: the keys are split, the token on the new primary, the
+    /// lease held on the old one. The old primary answers `ASK` for the token, and for the
+    /// lease once it is released: the next `SET NX` takes it on the new primary.
+    HalfMove,
+}
+
+/// Renewals through a cluster while the token's slot changes hands: no request fails, none
+/// leaves with an expired token, and the fleet still makes one token request per renewal, after
+/// the change as before.
+async fn renewals_through(change: SlotChange) {
     let mut cluster = cluster(3, 1);
     let lifetime = Duration::from_secs(2);
     let endpoint = TokenEndpoint::builder()
@@ -231,27 +248,39 @@ async fn renewals_through_a_failover(kill: bool) {
     let after = Duration::from_secs(5);
     let first = traffic(&fleet, &api, before);
     let (ok, failed) = first.await.unwrap();
-    assert!(failed.is_empty(), "failed before the failover: {failed:?}");
+    assert!(failed.is_empty(), "failed before the change: {failed:?}");
     assert!(ok > 6 * 50, "steady traffic: {ok} requests");
     let key = token_key(&seeds);
     let old_primary = cluster.primary_url_for(&key).unwrap();
     // Requests go on while the slot changes hands.
     let during = traffic(&fleet, &api, after);
     let started = std::time::Instant::now();
-    let new_primary = tokio::task::spawn_blocking(move || {
-        let new = if kill {
-            cluster.kill_primary(&key)
-        } else {
-            cluster.failover(&key)
-        };
-        (cluster, new.unwrap_or_else(|e| panic!("{e}")))
+    let new_primary = tokio::task::spawn_blocking({
+        let endpoint = endpoint.clone();
+        move || {
+            // While half moved: the new primary's `ASKING` and `SET` counts.
+            let mut half_moved = None;
+            let new = match change {
+                SlotChange::Demote => cluster.failover(&key),
+                SlotChange::Kill => cluster.kill_primary(&key),
+                SlotChange::Move => cluster.move_slot(&key),
+                SlotChange::HalfMove => half_move(&cluster, &key, &endpoint).map(|(new, seen)| {
+                    half_moved = Some(seen);
+                    new
+                }),
+            };
+            (cluster, new.unwrap_or_else(|e| panic!("{e}")), half_moved)
+        }
     });
-    let (cluster, new_primary) = new_primary.await.unwrap();
-    let issued_at_failover = endpoint.tokens_issued();
-    let failover_took = started.elapsed();
+    let (cluster, new_primary, half_moved) = new_primary.await.unwrap();
+    let issued_at_change = endpoint.tokens_issued();
+    let change_took = started.elapsed();
     let (ok, failed) = during.await.unwrap();
     assert_ne!(new_primary, old_primary);
-    assert!(failed.is_empty(), "failed during the failover: {failed:?}");
+    assert!(
+        failed.is_empty(),
+        "failed during the {change:?}: {failed:?}"
+    );
     assert!(ok > 6 * 50, "steady traffic: {ok} requests");
     assert_eq!(
         api.rejected_count(),
@@ -261,35 +290,158 @@ async fn renewals_through_a_failover(kill: bool) {
     let issued = endpoint.tokens_issued();
     let bound = renewals(lifetime, before + after);
     let fallbacks = sum(&fleet, |s| s.store_fallbacks);
-    println!(
-        "6 processes, 2 s tokens, {} failover in {failover_took:?}: {issued} token requests \
-         (at most {bound}), {issued_at_failover} when it ended, {fallbacks} fallbacks",
-        if kill {
-            "kill and takeover"
-        } else {
-            "graceful"
+    let asked = half_moved.map_or_else(String::new, |(asking, set)| {
+        format!(", half moved: {asking} ASKING and {set} SET on the new primary")
+    });
+    // The `MOVED` the old primary answered, when it is alive to say.
+    let moved = match change {
+        SlotChange::Kill => None,
+        SlotChange::Demote | SlotChange::Move | SlotChange::HalfMove => {
+            Some(error_count(&old_primary, "MOVED"))
         }
+    };
+    println!(
+        "6 processes, 2 s tokens, {change:?} in {change_took:?}: {issued} token requests \
+         (at most {bound}), {issued_at_change} when it ended, {fallbacks} fallbacks{}{asked}",
+        moved.map_or_else(String::new, |n| format!(", {n} MOVED from the old primary"))
     );
+    if let SlotChange::Move | SlotChange::HalfMove = change {
+        // A moved slot: the old primary, still its members' idea of the owner, sent them on.
+        assert!(moved > Some(0), "the fleet met no MOVED from {old_primary}");
+    }
+    if let Some((asking, set)) = half_moved {
+        // While the slot was half moved, the fleet's commands reached the new primary through
+        // `ASK` (the cluster client sends `ASKING` first), the lease's `SET NX` among them: the
+        // old primary did not hold the lease.
+        assert!(asking > 0, "no ASK was followed to {new_primary}");
+        assert!(
+            set > 0,
+            "no lease was taken on {new_primary} while half moved"
+        );
+    }
     assert!(issued <= bound, "{issued} token requests, at most {bound}");
-    // After the failover, the fleet shares again: one request per renewal in what remains.
-    let remaining = (before + after).saturating_sub(before + failover_took);
+    // After the change, the fleet shares again: one request per renewal in what remains.
+    let remaining = (before + after).saturating_sub(before + change_took);
     let bound_after = renewals(lifetime, remaining);
     assert!(
-        issued - issued_at_failover <= bound_after,
-        "{} token requests after the failover, at most {bound_after}",
-        issued - issued_at_failover
+        issued - issued_at_change <= bound_after,
+        "{} token requests after the {change:?}, at most {bound_after}",
+        issued - issued_at_change
     );
     drop(cluster);
 }
 
+/// [`SlotChange::HalfMove`]: moves `key`'s slot in two steps, the first while a renewal holds
+/// the lease, and checks the keys are split then. Returns the new primary and its `ASKING` and
+/// `SET` counts while the slot was half moved.
+fn half_move(
+    cluster: &RedisCluster,
+    key: &str,
+    endpoint: &TokenEndpoint,
+) -> std::io::Result<(String, (u64, u64))> {
+    let lease = format!("{key}:lease");
+    let source = cluster.primary_url_for(key)?;
+    // A renewal in flight, its answer held back: its process holds the lease on the source.
+    let requests = endpoint.request_count();
+    endpoint.hold_answers(true);
+    let begun = wait_until("a renewal's token request", || {
+        endpoint.request_count() > requests
+    })
+    .and_then(|()| cluster.begin_slot_move(key, &[key]));
+    let split = (exists(&source, &lease), exists(&source, key));
+    endpoint.hold_answers(false);
+    let half = begun?;
+    assert_eq!(split.0, Ok(true), "the lease is not held on {source}");
+    match split.1 {
+        Err(error) => assert_eq!(error.code(), Some("ASK"), "{error}"),
+        Ok(there) => panic!("the token was not moved: EXISTS answered {there}"),
+    }
+    let issued = endpoint.tokens_issued();
+    wait_until("two renewals while the slot is half moved", || {
+        endpoint.tokens_issued() >= issued + 2
+    })?;
+    let seen = (
+        command_calls(half.target_url(), "asking"),
+        command_calls(half.target_url(), "set"),
+    );
+    Ok((cluster.finish_slot_move(&half)?, seen))
+}
+
+/// Runs `check` every 25 ms until it holds, for 20 s at most.
+fn wait_until(what: &str, mut check: impl FnMut() -> bool) -> std::io::Result<()> {
+    for _ in 0..800 {
+        if check() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    Err(std::io::Error::other(format!("waited 20 s for {what}")))
+}
+
+/// `EXISTS key` at the node `url`, following no redirection.
+fn exists(url: &str, key: &str) -> redis::RedisResult<bool> {
+    let mut conn = redis::Client::open(url)?.get_connection_with_timeout(Duration::from_secs(2))?;
+    redis::cmd("EXISTS").arg(key).query(&mut conn)
+}
+
+/// How many `code` errors (`MOVED`, `ASK`) the node at `url` answered (`INFO errorstats`).
+fn error_count(url: &str, code: &str) -> u64 {
+    let mut conn = redis::Client::open(url)
+        .unwrap()
+        .get_connection_with_timeout(Duration::from_secs(2))
+        .unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("errorstats")
+        .query(&mut conn)
+        .unwrap();
+    let prefix = format!("errorstat_{code}:count=");
+    info.lines()
+        .find_map(|line| line.strip_prefix(prefix.as_str()))
+        .and_then(|count| count.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// How many times the node at `url` executed `command` (`INFO commandstats`).
+fn command_calls(url: &str, command: &str) -> u64 {
+    let mut conn = redis::Client::open(url)
+        .unwrap()
+        .get_connection_with_timeout(Duration::from_secs(2))
+        .unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut conn)
+        .unwrap();
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|line| line.strip_prefix(prefix.as_str()))
+        .and_then(|rest| rest.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failover_that_demotes_the_tokens_primary_fails_no_request() {
-    renewals_through_a_failover(false).await;
+    renewals_through(SlotChange::Demote).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_tokens_primary_killed_and_taken_over_fails_no_request() {
-    renewals_through_a_failover(true).await;
+    renewals_through(SlotChange::Kill).await;
+}
+
+/// An online reshard moves the token's slot, with its keys, to another primary: the fleet
+/// follows `MOVED` and shares as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tokens_slot_moved_to_another_primary_fails_no_request() {
+    renewals_through(SlotChange::Move).await;
+}
+
+/// The fleet renews while the token's slot is half moved (what a client meets during a
+/// reshard), the token on the new primary and the lease held on the old one: the renewal in
+/// flight completes, the fleet follows `ASK` for the token and takes the next leases on the new
+/// primary, and shares one token per renewal throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewals_while_the_tokens_slot_is_half_moved_fail_no_request() {
+    renewals_through(SlotChange::HalfMove).await;
 }
 
 /// A throwaway certificate authority and a certificate it signed for `127.0.0.1` (servers and,

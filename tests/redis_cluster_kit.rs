@@ -1,7 +1,8 @@
 //! `testing::RedisCluster`, the loopback Redis Cluster the cluster-mode store is tested against:
 //! it forms a cluster whose slots are served where it says, moves a slot by a planned failover
-//! (the old primary demoted, reachable) and by a killed primary, and, with TLS, names the TLS
-//! ports to TLS clients. Checked with plain connections, following no redirection.
+//! (the old primary demoted, reachable), by a killed primary and by a reshard (with its keys,
+//! half moved in between), and, with TLS, names the TLS ports to TLS clients. Checked with plain
+//! connections, following no redirection.
 #![cfg(all(feature = "redis", feature = "test-util"))]
 
 use std::io::{Read as _, Write as _};
@@ -290,7 +291,7 @@ fn slot_ports(reply: &redis::Value) -> (Vec<u16>, Vec<u16>) {
 /// With TLS between clients and nodes and among the nodes (cluster bus, replication) and
 /// client certificates required: the replicas' links are up over TLS, `CLUSTER SLOTS` names
 /// the TLS ports to a TLS client and the plain ports to a plain one, a client without a
-/// certificate is refused, and a failover works over the TLS bus.
+/// certificate is refused, and a failover and a slot move work over TLS among the nodes.
 #[test]
 fn rediss_cluster_names_tls_ports_to_tls_clients() {
     let pki = pki();
@@ -345,6 +346,12 @@ fn rediss_cluster_names_tls_ports_to_tls_clients() {
     let after = cluster.failover(key).unwrap();
     assert_ne!(before, after);
     assert_moved(&before, key, &after);
+    // A slot move: `MIGRATE` goes over TLS, as the cluster bus does.
+    set(&after, key, "kept").unwrap();
+    let moved = cluster.move_slot(key).unwrap();
+    assert_ne!(moved, after);
+    assert_eq!(get(&moved, key).as_deref(), Some("kept"));
+    assert_moved(&after, key, &moved);
 }
 
 /// Planned failovers back and forth: the third one moves the slot back to a node demoted
@@ -381,4 +388,105 @@ fn rediss_cluster_without_client_authentication_answers_any_tls_client() {
     tls_primaries.sort_unstable();
     let reply = tls_cluster_slots(&cluster.tls_urls()[0], &pki, false).unwrap();
     assert_eq!(slot_ports(&reply).0, tls_primaries, "{reply:?}");
+}
+
+/// `GET key` at `url`: the value, or the error it answered.
+fn try_get(url: &str, key: &str) -> redis::RedisResult<Option<String>> {
+    redis::cmd("GET").arg(key).query(&mut connect(url))
+}
+
+/// `GET key` at `url` after `ASKING` on the same connection.
+fn get_asking(url: &str, key: &str) -> redis::RedisResult<Option<String>> {
+    let mut conn = connect(url);
+    let () = redis::cmd("ASKING").query(&mut conn)?;
+    redis::cmd("GET").arg(key).query(&mut conn)
+}
+
+/// `error` is a redirection of kind `code` (`MOVED`, `ASK`) to `owner`.
+fn assert_redirected(error: &redis::RedisError, code: &str, owner: &str) {
+    assert_eq!(error.code(), Some(code), "{error}");
+    let (address, _) = error.redirect_node().unwrap();
+    assert_eq!(address, format!("127.0.0.1:{}", port(owner)), "{error}");
+}
+
+/// Every node of the cluster (primaries and replicas), as `seed`'s `CLUSTER SLOTS` names them.
+fn every_node(seed: &str) -> Vec<String> {
+    let (primaries, replicas) = slot_ports(&cluster_slots(seed));
+    let mut ports: Vec<u16> = primaries.into_iter().chain(replicas).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports.into_iter().map(url).collect()
+}
+
+/// A slot moved as `redis-cli --cluster reshard` moves it, in two steps. Half moved (one key
+/// on the target, one still on the source): the source serves the key it holds and answers
+/// `ASK` (to the target) for the moved key and for a key that does not exist yet; the target
+/// serves the moved key after `ASKING` only, `MOVED` to the source otherwise; every node still
+/// names the source as the owner. Finished: every node, replicas included, names the target,
+/// which holds both keys; the source and the third primary answer `MOVED` to it. A second move
+/// takes the slot on to the third primary.
+#[test]
+fn a_slot_moves_to_another_primary_with_its_keys_through_a_half_moved_state() {
+    let cluster = started(RedisCluster::start(3, 1));
+    let urls = cluster.urls();
+    let tag = "{tower-cognito-auth:kit}";
+    let (moved, kept, absent) = (
+        format!("{tag}:moved-first"),
+        format!("{tag}:kept"),
+        format!("{tag}:absent"),
+    );
+    let source = cluster.primary_url_for(tag).unwrap();
+    set(&source, &moved, "one").unwrap();
+    set(&source, &kept, "two").unwrap();
+    let nodes = every_node(&source);
+    assert_eq!(nodes.len(), 6, "{nodes:?}");
+
+    let half = cluster.begin_slot_move(tag, &[&moved]).unwrap();
+    let target = half.target_url().to_owned();
+    assert_eq!(half.source_url(), source);
+    assert_ne!(target, source);
+    assert!(urls.contains(&target), "{target} is not among {urls:?}");
+    let third = urls
+        .iter()
+        .find(|url| **url != source && **url != target)
+        .unwrap()
+        .clone();
+    assert_eq!(try_get(&source, &kept).unwrap().as_deref(), Some("two"));
+    assert_redirected(&try_get(&source, &moved).unwrap_err(), "ASK", &target);
+    assert_redirected(&set(&source, &absent, "x").unwrap_err(), "ASK", &target);
+    assert_eq!(get_asking(&target, &moved).unwrap().as_deref(), Some("one"));
+    assert_redirected(&try_get(&target, &moved).unwrap_err(), "MOVED", &source);
+    assert_redirected(&try_get(&third, &kept).unwrap_err(), "MOVED", &source);
+    assert_eq!(cluster.primary_url_for(tag).unwrap(), source);
+    assert_every_view(&nodes, tag, &source);
+
+    let after = cluster.finish_slot_move(&half).unwrap();
+    assert_eq!(after, target);
+    assert_eq!(cluster.primary_url_for(tag).unwrap(), target);
+    assert_every_view(&nodes, tag, &target);
+    assert_eq!(get(&target, &moved).as_deref(), Some("one"));
+    assert_eq!(get(&target, &kept).as_deref(), Some("two"));
+    assert_moved(&source, &kept, &target);
+    assert_moved(&third, &kept, &target);
+    // The target's replica has the keys too.
+    set_replicated(&target, &absent, "three");
+
+    let last = cluster.move_slot(tag).unwrap();
+    assert_eq!(last, third, "the next primary after {target}");
+    assert_every_view(&nodes, tag, &third);
+    for (key, value) in [(&moved, "one"), (&kept, "two"), (&absent, "three")] {
+        assert_eq!(get(&third, key).as_deref(), Some(value));
+    }
+    assert_moved(&target, &kept, &third);
+    assert_moved(&source, &kept, &third);
+}
+
+/// Keys of another slot cannot be moved first.
+#[test]
+fn a_half_move_refuses_keys_of_another_slot() {
+    let cluster = started(RedisCluster::start(3, 0));
+    let error = cluster
+        .begin_slot_move("{a}", &["{a}x", "{b}y"])
+        .unwrap_err();
+    assert_eq!(error.kind(), std::io::ErrorKind::InvalidInput, "{error}");
 }

@@ -76,6 +76,6 @@ mod token_endpoint;
 pub use protected_api::{ProtectedApi, RecordedApiRequest, Rejection};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub use redis_cluster::RedisCluster;
+pub use redis_cluster::{RedisCluster, SlotMove};
 pub use redis_server::{RedisServer, SERVER_ENV};
 pub use token_endpoint::{RecordedTokenRequest, Reply, TokenEndpoint, TokenEndpointBuilder};

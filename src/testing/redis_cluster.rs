@@ -6,7 +6,11 @@ use std::time::{Duration, Instant};
 
 use super::redis_server::{Launch, RedisServer, Tls};
 
-/// How long the cluster gets to agree, after it is formed and after a failover.
+mod reshard;
+
+pub use reshard::SlotMove;
+
+/// How long the cluster gets to agree, after it is formed, after a failover or a slot move.
 const CLUSTER_WAIT: Duration = Duration::from_secs(15);
 /// How often a wait asks the nodes again.
 const POLL: Duration = Duration::from_millis(25);
@@ -49,7 +53,11 @@ const CLUSTER_ARGS: [(&str, &str); 6] = [
 /// [`failover`](RedisCluster::failover) moves a key's slot to a replica the way a managed
 /// service's planned failover does (the old primary stays up, demoted to a replica);
 /// [`kill_primary`](RedisCluster::kill_primary) kills the slot's primary and promotes a replica.
-/// Both return once every live node agrees on the slot's new primary.
+/// [`move_slot`](RedisCluster::move_slot) moves a key's slot, with its keys, to another primary,
+/// as an online reshard does (a managed service scaling the cluster), or in two steps with the
+/// slot half moved in between ([`begin_slot_move`](RedisCluster::begin_slot_move), whose
+/// [`SlotMove`] [`finish_slot_move`](RedisCluster::finish_slot_move) completes). Each returns
+/// once every live node agrees on the slot's new primary.
 ///
 /// Every wait is bounded (15 seconds) and, when it runs out, fails with what the nodes said last.
 /// The calls block the calling thread and need no runtime. Every node is killed, and its
