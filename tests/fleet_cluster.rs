@@ -219,6 +219,9 @@ enum SlotChange {
     Demote,
     /// The primary killed, its replica taking over.
     Kill,
+    /// The primary silent (frozen: connections to it hang), its replica taking over: the
+    /// cluster client must notice the silence (its response timeout) and read the slots again.
+    Freeze,
     /// The slot and its keys moved to another primary (an online reshard, as when a managed
     /// cluster is scaled).
     Move,
@@ -263,6 +266,7 @@ async fn renewals_through(change: SlotChange) {
             let new = match change {
                 SlotChange::Demote => cluster.failover(&key),
                 SlotChange::Kill => cluster.kill_primary(&key),
+                SlotChange::Freeze => cluster.freeze_primary(&key),
                 SlotChange::Move => cluster.move_slot(&key),
                 SlotChange::HalfMove => half_move(&cluster, &key, &endpoint).map(|(new, seen)| {
                     half_moved = Some(seen);
@@ -295,7 +299,7 @@ async fn renewals_through(change: SlotChange) {
     });
     // The `MOVED` the old primary answered, when it is alive to say.
     let moved = match change {
-        SlotChange::Kill => None,
+        SlotChange::Kill | SlotChange::Freeze => None,
         SlotChange::Demote | SlotChange::Move | SlotChange::HalfMove => {
             Some(error_count(&old_primary, "MOVED"))
         }
@@ -318,6 +322,41 @@ async fn renewals_through(change: SlotChange) {
             set > 0,
             "no lease was taken on {new_primary} while half moved"
         );
+    }
+    if let SlotChange::Freeze = change {
+        // A node gone silent gives no sign: each process's next command to it times out, and
+        // it fetches for itself, until a probe of the node goes unanswered (a second) and it
+        // connects to the cluster anew. At most two fetches of its own per process.
+        let own = 2 * fleet.len();
+        assert!(
+            fallbacks <= own as u64,
+            "{fallbacks} fallbacks, at most {own}"
+        );
+        assert!(
+            issued <= bound + own,
+            "{issued} token requests, at most {bound} and {own} of their own"
+        );
+        // Then the fleet shares again: one request per renewal, and no more fallbacks.
+        let settled = Duration::from_secs(4);
+        let (issued, fallbacks) = (endpoint.tokens_issued(), sum(&fleet, |s| s.store_fallbacks));
+        let (ok, failed) = traffic(&fleet, &api, settled).await.unwrap();
+        assert!(failed.is_empty(), "failed after the {change:?}: {failed:?}");
+        assert!(ok > 6 * 50, "steady traffic: {ok} requests");
+        let (issued, fallbacks) = (
+            endpoint.tokens_issued() - issued,
+            sum(&fleet, |s| s.store_fallbacks) - fallbacks,
+        );
+        let bound = renewals(lifetime, settled);
+        println!(
+            "then {settled:?}: {issued} token requests (at most {bound}), {fallbacks} fallbacks"
+        );
+        assert_eq!(
+            fallbacks, 0,
+            "the fleet still fell back after the {change:?}"
+        );
+        assert!(issued <= bound, "{issued} token requests, at most {bound}");
+        drop(cluster);
+        return;
     }
     assert!(issued <= bound, "{issued} token requests, at most {bound}");
     // After the change, the fleet shares again: one request per renewal in what remains.
@@ -426,6 +465,15 @@ async fn a_failover_that_demotes_the_tokens_primary_fails_no_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_tokens_primary_killed_and_taken_over_fails_no_request() {
     renewals_through(SlotChange::Kill).await;
+}
+
+/// The token's primary goes silent (a host cut off: its connections hang, nothing is refused)
+/// and its replica takes over: the members' commands to it time out and they fetch for
+/// themselves meanwhile, no request fails, and once the cluster client gives up on the silent
+/// node and reads the slots again, the fleet shares again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tokens_primary_gone_silent_and_taken_over_fails_no_request() {
+    renewals_through(SlotChange::Freeze).await;
 }
 
 /// An online reshard moves the token's slot, with its keys, to another primary: the fleet

@@ -509,7 +509,7 @@ impl RedisStore {
     /// Runs one command under the timeout. A command that times out, or finds the connection
     /// broken, discards the connection: a connection that stops answering (a silent host, a
     /// failover that moved the address) is replaced by the next command, never retried.
-    async fn run<T, F, Fut>(&self, name: &'static str, command: F) -> Result<T, BoxError>
+    async fn run<T, F, Fut>(&self, name: &'static str, key: &str, command: F) -> Result<T, BoxError>
     where
         F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
@@ -545,11 +545,7 @@ impl RedisStore {
                 Err(StoreError::Redis(error).into())
             }
             Err(_) => {
-                // A cluster connection has a response timeout per node of its own, after
-                // which it reads the slots again and reconnects: nothing to probe here.
-                if let Conn::Server(probe) = probe {
-                    Shared::probe(&self.shared, id, probe);
-                }
+                Shared::probe(&self.shared, id, probe, key);
                 Err(StoreError::Timeout(self.timeout).into())
             }
         }
@@ -604,7 +600,12 @@ impl Shared {
     /// TLS included) would only add to a latency spike. Not answered, the connection is
     /// dropped (a silent host, a failover that left the old connection hanging) and the next
     /// command connects anew.
-    fn probe(shared: &Arc<Shared>, id: u64, mut conn: MultiplexedConnection) {
+    ///
+    /// In cluster mode the probe is a `PTTL` of the command's key, which goes to the node that
+    /// owns its slot: the cluster client, asked again and again, would wait on a silent node
+    /// for ever (its timeouts are retried on the same node, and the slots never read again),
+    /// while a new cluster connection reads them from the seeds that answer.
+    fn probe(shared: &Arc<Shared>, id: u64, mut conn: Conn, key: &str) {
         let probing = match &shared.lock().live {
             Some(live) if live.id == id => Arc::clone(&live.probing),
             _ => return,
@@ -613,8 +614,11 @@ impl Shared {
             return;
         }
         let shared = Arc::clone(shared);
+        let ping = match conn {
+            Conn::Server(_) => ::redis::cmd("PING"),
+            Conn::Cluster(_) => ::redis::cmd("PTTL").arg(key).to_owned(),
+        };
         tokio::spawn(async move {
-            let ping = ::redis::cmd("PING");
             let ping = ping.query_async::<Value>(&mut conn);
             match tokio::time::timeout(RECONNECT_INTERVAL, ping).await {
                 Ok(Ok(_)) => {
@@ -826,12 +830,14 @@ impl TokenStore for RedisStore {
     fn load(&self, key: &str) -> BoxFuture<'_, Result<Option<Stored>, BoxError>> {
         let key = key.to_owned();
         Box::pin(async move {
+            // Borrowed by the command and by the probe after a timeout (cluster mode).
+            let key = key.as_str();
             let reply: Value = self
-                .run("load", |mut conn| async move {
+                .run("load", key, |mut conn| async move {
                     self.shared
                         .scripts
                         .load
-                        .key(&key)
+                        .key(key)
                         .invoke_async(&mut conn)
                         .await
                 })
@@ -859,19 +865,21 @@ impl TokenStore for RedisStore {
     ) -> BoxFuture<'_, Result<bool, BoxError>> {
         let key = key.to_owned();
         Box::pin(async move {
+            // Borrowed by the command and by the probe after a timeout (cluster mode).
+            let key = key.as_str();
             let ms = millis(ttl);
             if ms == 0 {
                 return Ok(false);
             }
             let wrote: i64 = self
-                .run("save_if_longer", |mut conn| async move {
+                .run("save_if_longer", key, |mut conn| async move {
                     self.shared
                         .scripts
                         .save_if_longer
-                        .key(&key)
+                        .key(key)
                         .arg(value.as_ref())
                         .arg(ms)
-                        .arg(channel(&key))
+                        .arg(channel(key))
                         .invoke_async(&mut conn)
                         .await
                 })
@@ -884,12 +892,14 @@ impl TokenStore for RedisStore {
         let key = key.to_owned();
         let prefix = prefix.to_vec();
         Box::pin(async move {
+            // Borrowed by the command and by the probe after a timeout (cluster mode).
+            let key = key.as_str();
             let removed: i64 = self
-                .run("remove_if_prefix", |mut conn| async move {
+                .run("remove_if_prefix", key, |mut conn| async move {
                     self.shared
                         .scripts
                         .remove_if_prefix
-                        .key(&key)
+                        .key(key)
                         .arg(prefix.as_slice())
                         .invoke_async(&mut conn)
                         .await
@@ -903,12 +913,14 @@ impl TokenStore for RedisStore {
         let key = key.to_owned();
         let value = value.to_vec();
         Box::pin(async move {
+            // Borrowed by the command and by the probe after a timeout (cluster mode).
+            let key = key.as_str();
             let removed: i64 = self
-                .run("remove_if_equal", |mut conn| async move {
+                .run("remove_if_equal", key, |mut conn| async move {
                     self.shared
                         .scripts
                         .remove_if_equal
-                        .key(&key)
+                        .key(key)
                         .arg(value.as_slice())
                         .invoke_async(&mut conn)
                         .await
@@ -927,11 +939,13 @@ impl TokenStore for RedisStore {
         let key = key.to_owned();
         let holder = holder.to_owned();
         Box::pin(async move {
+            // Borrowed by the command and by the probe after a timeout (cluster mode).
+            let key = key.as_str();
             let ms = millis(ttl).max(1);
             let reply: Value = self
-                .run("try_lease", |mut conn| async move {
+                .run("try_lease", key, |mut conn| async move {
                     ::redis::cmd("SET")
-                        .arg(&key)
+                        .arg(key)
                         .arg(&holder)
                         .arg("NX")
                         .arg("PX")
@@ -958,13 +972,15 @@ impl TokenStore for RedisStore {
         let key = key.to_owned();
         let holder = holder.to_owned();
         Box::pin(async move {
+            // Borrowed by the command and by the probe after a timeout (cluster mode).
+            let key = key.as_str();
             let ms = millis(ttl).max(1);
             let extended: i64 = self
-                .run("extend_lease", |mut conn| async move {
+                .run("extend_lease", key, |mut conn| async move {
                     self.shared
                         .scripts
                         .extend_lease
-                        .key(&key)
+                        .key(key)
                         .arg(&holder)
                         .arg(ms)
                         .invoke_async(&mut conn)
@@ -979,12 +995,14 @@ impl TokenStore for RedisStore {
         let key = key.to_owned();
         let holder = holder.to_owned();
         Box::pin(async move {
+            // Borrowed by the command and by the probe after a timeout (cluster mode).
+            let key = key.as_str();
             let _: i64 = self
-                .run("release_lease", |mut conn| async move {
+                .run("release_lease", key, |mut conn| async move {
                     self.shared
                         .scripts
                         .release_lease
-                        .key(&key)
+                        .key(key)
                         .arg(&holder)
                         .invoke_async(&mut conn)
                         .await

@@ -87,6 +87,15 @@ pub struct RedisCluster {
 struct Node {
     server: RedisServer,
     id: String,
+    /// Frozen by [`RedisCluster::freeze_primary`]: running, but silent.
+    frozen: bool,
+}
+
+impl Node {
+    /// Running and answering.
+    fn is_live(&self) -> bool {
+        self.server.is_running() && !self.frozen
+    }
 }
 
 impl fmt::Debug for RedisCluster {
@@ -202,7 +211,11 @@ impl RedisCluster {
                 extra: &extra,
             })?;
             let id = query::<String>(&server, redis::cmd("CLUSTER").arg("MYID"))?;
-            nodes.push(Node { server, id });
+            nodes.push(Node {
+                server,
+                id,
+                frozen: false,
+            });
         }
         let cluster = RedisCluster { nodes, primaries };
         cluster.form(replicas)?;
@@ -378,6 +391,28 @@ impl RedisCluster {
         Ok(new.server.url())
     }
 
+    /// The primary of `key`'s hash slot goes silent (`SIGSTOP`: its port still accepts
+    /// connections and the kernel still acknowledges what is sent, but nothing is answered, as
+    /// with a host cut off or a VM that hangs), and a replica of it takes over at once (`CLUSTER
+    /// FAILOVER TAKEOVER`). It returns once every other node maps the slot to the new primary
+    /// and reports `cluster_state:ok`, with the new primary's `redis://127.0.0.1:PORT`. The
+    /// silent node stays frozen until the cluster is dropped.
+    ///
+    /// # Errors
+    ///
+    /// As [`failover`](Self::failover); also when the node cannot be signalled.
+    pub fn freeze_primary(&mut self, key: &str) -> io::Result<String> {
+        let (slot, range) = self.range_for(key)?;
+        let new_id = self.live_replica(&range)?.id.clone();
+        let old = self.node_index(&range.primary.id)?;
+        self.nodes[old].server.freeze()?;
+        self.nodes[old].frozen = true;
+        let new = self.node(&new_id)?;
+        expect_ok(new, redis::cmd("CLUSTER").arg("FAILOVER").arg("TAKEOVER"))?;
+        self.wait_for_primary(slot, new, false, &mut || Ok(()))?;
+        Ok(new.server.url())
+    }
+
     /// The primary of `key`'s hash slot dies (`SIGKILL`), and a replica of it takes over at once
     /// (`CLUSTER FAILOVER TAKEOVER`, without waiting for the others to notice the death). It
     /// returns once every live node maps the slot to the new primary and reports
@@ -490,7 +525,7 @@ impl RedisCluster {
             .replicas
             .iter()
             .filter_map(|replica| self.node(&replica.id).ok())
-            .find(|node| node.server.is_running())
+            .find(|node| node.is_live())
             .ok_or_else(|| {
                 io::Error::other(format!(
                     "slots {}-{} have no live replica to fail over to: {range:?}",
@@ -511,7 +546,7 @@ impl RedisCluster {
     }
 
     fn live(&self) -> impl Iterator<Item = &Node> {
-        self.nodes.iter().filter(|node| node.server.is_running())
+        self.nodes.iter().filter(|node| node.is_live())
     }
 }
 

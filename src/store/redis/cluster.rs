@@ -162,12 +162,15 @@ impl Cluster {
     }
 
     /// Connects to the cluster: reads the slots from a seed and connects to their primaries.
+    /// Both steps connect to nodes (in parallel within each), and a seed gone silent holds
+    /// the first up to its connection timeout: each node gets half of `connect_timeout`, so
+    /// that the connection is made within it from the seeds that answer.
     pub(super) async fn connect(
         &self,
         connect_timeout: Duration,
     ) -> Result<ClusterConnection, ::redis::RedisError> {
         let config = ::redis::cluster::ClusterConfig::new()
-            .set_connection_timeout(connect_timeout)
+            .set_connection_timeout(connect_timeout / 2)
             .set_response_timeout(RECONNECT_INTERVAL);
         self.client.get_async_connection_with_config(config).await
     }
