@@ -139,7 +139,10 @@ pub trait TokenStore: Send + Sync + 'static {
     fn remove_if_equal(&self, key: &str, value: &[u8]) -> BoxFuture<'_, Result<bool, BoxError>>;
 
     /// Takes the lease `key` for `holder`, to expire after `ttl`, only if nobody holds it (Redis:
-    /// `SET key holder NX PX ttl`). Returns whether it was taken.
+    /// `SET key holder NX PX ttl`, in a script). Returns whether `holder` holds it now: asked
+    /// again by the holder, as a client that sends a command again after a lost reply does,
+    /// it answers `true` (and leaves the time to live alone), so that the lease is never held
+    /// by a process that believes it lost it.
     fn try_lease(
         &self,
         key: &str,

@@ -83,6 +83,17 @@ end
 return 0
 ";
 
+/// `SET .. PX` only if nobody holds the lease; 1 when this holder holds it now. Asked again by
+/// the holder (a command sent again after a lost reply, its first attempt having taken the
+/// lease), it answers 1: a plain `SET NX` would answer nil, and nobody would release the lease.
+const TRY_LEASE: &str = r"
+local held = redis.call('GET', KEYS[1])
+if held == ARGV[1] then return 1 end
+if held then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+";
+
 /// `PEXPIRE` only if the lease still names this holder.
 const EXTEND_LEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -199,6 +210,7 @@ struct Scripts {
     save_if_longer: Script,
     remove_if_prefix: Script,
     remove_if_equal: Script,
+    try_lease: Script,
     release_lease: Script,
     extend_lease: Script,
 }
@@ -210,6 +222,7 @@ impl Scripts {
             save_if_longer: Script::new(SAVE_IF_LONGER),
             remove_if_prefix: Script::new(REMOVE_IF_PREFIX),
             remove_if_equal: Script::new(REMOVE_IF_EQUAL),
+            try_lease: Script::new(TRY_LEASE),
             release_lease: Script::new(RELEASE_LEASE),
             extend_lease: Script::new(EXTEND_LEASE),
         }
@@ -942,24 +955,19 @@ impl TokenStore for RedisStore {
             // Borrowed by the command and by the probe after a timeout (cluster mode).
             let key = key.as_str();
             let ms = millis(ttl).max(1);
-            let reply: Value = self
+            let taken: i64 = self
                 .run("try_lease", key, |mut conn| async move {
-                    ::redis::cmd("SET")
-                        .arg(key)
+                    self.shared
+                        .scripts
+                        .try_lease
+                        .key(key)
                         .arg(&holder)
-                        .arg("NX")
-                        .arg("PX")
                         .arg(ms)
-                        .query_async(&mut conn)
+                        .invoke_async(&mut conn)
                         .await
                 })
                 .await?;
-            match reply {
-                Value::Nil => Ok(false),
-                Value::Okay => Ok(true),
-                Value::SimpleString(s) if s == "OK" => Ok(true),
-                _ => Err(StoreError::Unexpected("SET NX").into()),
-            }
+            Ok(taken == 1)
         })
     }
 
