@@ -581,8 +581,9 @@ async fn a_store_for_one_server_on_a_cluster_says_to_use_cluster_mode() {
     assert!(refused > 0, "every key was on the first node");
 }
 
-/// The ACL `docs/faults.md` gives for cluster mode: one server's, plus `CLUSTER SLOTS`, set on
-/// every node.
+/// The ACL `docs/faults.md` gives for cluster mode: one server's, plus `CLUSTER SLOTS` (the
+/// topology), `ASKING` (a half-moved slot) and `PING` (the cluster client checks a connection it
+/// reuses with it), set on every node.
 const CLUSTER_ACL: &[&str] = &[
     "on",
     ">fleet-pw",
@@ -600,12 +601,15 @@ const CLUSTER_ACL: &[&str] = &[
     "+subscribe",
     "+evalsha",
     "+eval",
-    "+script|load",
     "+cluster|slots",
+    "+asking",
+    "+ping",
 ];
 
 /// Issue 29: a fleet whose user has exactly the documented ACL on every node shares one token
-/// through the cluster, woken by notifications, with no fallback.
+/// through the cluster, woken by notifications, with no fallback; and renews through a slot
+/// half moved (`ASK`, `ASKING`) and then moved (`MOVED`, the slots read again), with no
+/// fallback either.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_documented_acl_is_enough_on_a_cluster() {
     let cluster = cluster(3, 0);
@@ -625,6 +629,7 @@ async fn the_documented_acl_is_enough_on_a_cluster() {
     }
     let endpoint = TokenEndpoint::builder()
         .delay(Duration::from_millis(300))
+        .lifetime(Duration::from_secs(2))
         .start()
         .await
         .unwrap();
@@ -647,6 +652,25 @@ async fn the_documented_acl_is_enough_on_a_cluster() {
     );
     assert_eq!(sum(&fleet, |s| s.store_fallbacks), 0, "no fallback");
     assert_eq!(sum(&fleet, |s| s.adopted), 5);
+    endpoint.set_delay(Duration::ZERO);
+    // The token moves to another primary, its lease not yet: renewals meet `ASK`.
+    let key = token_key(&cluster.urls());
+    let half = cluster.begin_slot_move(&key, &[key.as_str()]).unwrap();
+    let (_, failed) = traffic(&fleet, &api, Duration::from_secs(3)).await.unwrap();
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(
+        sum(&fleet, |s| s.store_fallbacks),
+        0,
+        "a fallback while half moved"
+    );
+    cluster.finish_slot_move(&half).unwrap();
+    let (_, failed) = traffic(&fleet, &api, Duration::from_secs(2)).await.unwrap();
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(
+        sum(&fleet, |s| s.store_fallbacks),
+        0,
+        "a fallback after the move"
+    );
 }
 
 /// A write on one node wakes a watcher subscribed on another: a `PUBLISH` reaches every node
@@ -684,4 +708,48 @@ async fn a_write_on_one_node_wakes_a_watcher_subscribed_on_another() {
     );
     let heard = wait.await.unwrap().unwrap();
     assert!(heard > seen, "the write on another node was not heard");
+}
+
+/// Review of issue 29: a script the token's primary has not cached (a new primary, a restarted
+/// one, `SCRIPT FLUSH`) is sent to that primary alone, as `EVAL`: not loaded on every node of
+/// the cluster (the cluster client sends `SCRIPT LOAD` to all of them and needs every answer),
+/// so one silent replica anywhere does not make the fleet fall back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_missing_on_the_tokens_primary_does_not_wait_for_a_silent_replica() {
+    let mut cluster = cluster(3, 1);
+    let lifetime = Duration::from_secs(2);
+    let endpoint = TokenEndpoint::builder()
+        .lifetime(lifetime)
+        .start()
+        .await
+        .unwrap();
+    let api = ProtectedApi::start(&endpoint).await.unwrap();
+    let seeds = cluster.urls();
+    let fleet: Vec<_> = (0..6).map(|i| member(&endpoint, &seeds, i)).collect();
+    let (_, failed) = traffic(&fleet, &api, Duration::from_secs(2)).await.unwrap();
+    assert!(failed.is_empty(), "{failed:?}");
+    let key = token_key(&seeds);
+    let primary = cluster.primary_url_for(&key).unwrap();
+    let replica = cluster.replica_urls().unwrap().into_iter().next().unwrap();
+    cluster.freeze_node(&replica).unwrap();
+    let mut conn = redis::Client::open(primary.as_str())
+        .unwrap()
+        .get_connection_with_timeout(Duration::from_secs(2))
+        .unwrap();
+    let () = redis::cmd("SCRIPT").arg("FLUSH").query(&mut conn).unwrap();
+    let (issued, fallbacks) = (endpoint.tokens_issued(), sum(&fleet, |s| s.store_fallbacks));
+    let window = Duration::from_secs(4);
+    let (ok, failed) = traffic(&fleet, &api, window).await.unwrap();
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(ok > 6 * 50, "steady traffic: {ok} requests");
+    let (issued, fallbacks) = (
+        endpoint.tokens_issued() - issued,
+        sum(&fleet, |s| s.store_fallbacks) - fallbacks,
+    );
+    let bound = renewals(lifetime, window);
+    println!(
+        "scripts flushed on the token's primary, a replica silent: {issued} token requests (at most {bound}), {fallbacks} fallbacks"
+    );
+    assert_eq!(fallbacks, 0, "the fleet fell back");
+    assert!(issued <= bound, "{issued} token requests, at most {bound}");
 }

@@ -635,7 +635,6 @@ async fn without_channel_permissions_a_waiting_process_polls_once_a_second() {
             "+subscribe",
             "+evalsha",
             "+eval",
-            "+script|load",
         ])
         .query_async(&mut raw(&redis).await)
         .await

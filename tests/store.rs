@@ -568,7 +568,6 @@ const FLEET_ACL: &[&str] = &[
     "+subscribe",
     "+evalsha",
     "+eval",
-    "+script|load",
 ];
 
 /// Creates user `fleet` with `rules` and returns a store URL that logs in as it.

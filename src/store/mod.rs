@@ -71,7 +71,7 @@
 //! What the store needs from a Redis ACL, and the whole protocol (keys, channel, scripts,
 //! states), is in `docs/faults.md`: keys `~tower-cognito-auth:*`, channels
 //! `&tower-cognito-auth:*`, and `GET`, `SET`, `DEL`, `PTTL`, `PEXPIRE`, `PUBLISH`,
-//! `SUBSCRIBE`, `EVALSHA`, `EVAL`, `SCRIPT LOAD`.
+//! `SUBSCRIBE`, `EVALSHA`, `EVAL` (in cluster mode also `CLUSTER SLOTS`, `ASKING`, `PING`).
 //!
 //! # Other stores
 //!

@@ -206,25 +206,73 @@ impl Shared {
 }
 
 struct Scripts {
-    load: Script,
-    save_if_longer: Script,
-    remove_if_prefix: Script,
-    remove_if_equal: Script,
-    try_lease: Script,
-    release_lease: Script,
-    extend_lease: Script,
+    load: Lua,
+    save_if_longer: Lua,
+    remove_if_prefix: Lua,
+    remove_if_equal: Lua,
+    try_lease: Lua,
+    release_lease: Lua,
+    extend_lease: Lua,
 }
 
 impl Scripts {
     fn new() -> Self {
         Scripts {
-            load: Script::new(LOAD),
-            save_if_longer: Script::new(SAVE_IF_LONGER),
-            remove_if_prefix: Script::new(REMOVE_IF_PREFIX),
-            remove_if_equal: Script::new(REMOVE_IF_EQUAL),
-            try_lease: Script::new(TRY_LEASE),
-            release_lease: Script::new(RELEASE_LEASE),
-            extend_lease: Script::new(EXTEND_LEASE),
+            load: Lua::new(LOAD),
+            save_if_longer: Lua::new(SAVE_IF_LONGER),
+            remove_if_prefix: Lua::new(REMOVE_IF_PREFIX),
+            remove_if_equal: Lua::new(REMOVE_IF_EQUAL),
+            try_lease: Lua::new(TRY_LEASE),
+            release_lease: Lua::new(RELEASE_LEASE),
+            extend_lease: Lua::new(EXTEND_LEASE),
+        }
+    }
+}
+
+/// One of the store's Lua scripts: its source, and its SHA1.
+struct Lua {
+    script: Script,
+    source: &'static str,
+}
+
+impl Lua {
+    fn new(source: &'static str) -> Lua {
+        Lua {
+            script: Script::new(source),
+            source,
+        }
+    }
+
+    /// Runs the script on `key` with `args`: `EVALSHA`, then `EVAL` with the source when the
+    /// server does not have it (`NOSCRIPT`: a restarted or new primary; `EVAL` caches it
+    /// there). Never `SCRIPT LOAD`: a cluster client sends that to every node and needs an
+    /// answer from each, so one silent replica anywhere would stall the fleet; both commands
+    /// here go to the node that owns `key`.
+    async fn invoke<T: ::redis::FromRedisValue>(
+        &self,
+        conn: &mut Conn,
+        key: &str,
+        args: &[&[u8]],
+    ) -> Result<T, RedisError> {
+        let command = |name: &str, script: &str| {
+            let mut command = ::redis::cmd(name);
+            command.arg(script).arg(1).arg(key);
+            for arg in args {
+                command.arg(*arg);
+            }
+            command
+        };
+        match command("EVALSHA", self.script.get_hash())
+            .query_async(conn)
+            .await
+        {
+            Err(error)
+                if error.kind()
+                    == ::redis::ErrorKind::Server(::redis::ServerErrorKind::NoScript) =>
+            {
+                command("EVAL", self.source).query_async(conn).await
+            }
+            result => result,
         }
     }
 }
@@ -847,12 +895,7 @@ impl TokenStore for RedisStore {
             let key = key.as_str();
             let reply: Value = self
                 .run("load", key, |mut conn| async move {
-                    self.shared
-                        .scripts
-                        .load
-                        .key(key)
-                        .invoke_async(&mut conn)
-                        .await
+                    self.shared.scripts.load.invoke(&mut conn, key, &[]).await
                 })
                 .await?;
             match reply {
@@ -884,16 +927,17 @@ impl TokenStore for RedisStore {
             if ms == 0 {
                 return Ok(false);
             }
+            let ms = ms.to_string();
             let wrote: i64 = self
                 .run("save_if_longer", key, |mut conn| async move {
                     self.shared
                         .scripts
                         .save_if_longer
-                        .key(key)
-                        .arg(value.as_ref())
-                        .arg(ms)
-                        .arg(channel(key))
-                        .invoke_async(&mut conn)
+                        .invoke(
+                            &mut conn,
+                            key,
+                            &[value.as_ref(), ms.as_bytes(), channel(key).as_bytes()],
+                        )
                         .await
                 })
                 .await?;
@@ -912,9 +956,7 @@ impl TokenStore for RedisStore {
                     self.shared
                         .scripts
                         .remove_if_prefix
-                        .key(key)
-                        .arg(prefix.as_slice())
-                        .invoke_async(&mut conn)
+                        .invoke(&mut conn, key, &[prefix.as_slice()])
                         .await
                 })
                 .await?;
@@ -933,9 +975,7 @@ impl TokenStore for RedisStore {
                     self.shared
                         .scripts
                         .remove_if_equal
-                        .key(key)
-                        .arg(value.as_slice())
-                        .invoke_async(&mut conn)
+                        .invoke(&mut conn, key, &[value.as_slice()])
                         .await
                 })
                 .await?;
@@ -954,16 +994,13 @@ impl TokenStore for RedisStore {
         Box::pin(async move {
             // Borrowed by the command and by the probe after a timeout (cluster mode).
             let key = key.as_str();
-            let ms = millis(ttl).max(1);
+            let ms = millis(ttl).max(1).to_string();
             let taken: i64 = self
                 .run("try_lease", key, |mut conn| async move {
                     self.shared
                         .scripts
                         .try_lease
-                        .key(key)
-                        .arg(&holder)
-                        .arg(ms)
-                        .invoke_async(&mut conn)
+                        .invoke(&mut conn, key, &[holder.as_bytes(), ms.as_bytes()])
                         .await
                 })
                 .await?;
@@ -982,16 +1019,13 @@ impl TokenStore for RedisStore {
         Box::pin(async move {
             // Borrowed by the command and by the probe after a timeout (cluster mode).
             let key = key.as_str();
-            let ms = millis(ttl).max(1);
+            let ms = millis(ttl).max(1).to_string();
             let extended: i64 = self
                 .run("extend_lease", key, |mut conn| async move {
                     self.shared
                         .scripts
                         .extend_lease
-                        .key(key)
-                        .arg(&holder)
-                        .arg(ms)
-                        .invoke_async(&mut conn)
+                        .invoke(&mut conn, key, &[holder.as_bytes(), ms.as_bytes()])
                         .await
                 })
                 .await?;
@@ -1010,9 +1044,7 @@ impl TokenStore for RedisStore {
                     self.shared
                         .scripts
                         .release_lease
-                        .key(key)
-                        .arg(&holder)
-                        .invoke_async(&mut conn)
+                        .invoke(&mut conn, key, &[holder.as_bytes()])
                         .await
                 })
                 .await?;

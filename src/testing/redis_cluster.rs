@@ -345,6 +345,39 @@ impl RedisCluster {
         Ok(self.node(&range.primary.id)?.server.url())
     }
 
+    /// `redis://127.0.0.1:PORT` of the live nodes that are replicas now (`role:slave`).
+    ///
+    /// # Errors
+    ///
+    /// When a node's reply cannot be read.
+    pub fn replica_urls(&self) -> io::Result<Vec<String>> {
+        let mut urls = Vec::new();
+        for node in self.live() {
+            let info = info(&node.server, "replication").map_err(io::Error::other)?;
+            if info.contains("role:slave") {
+                urls.push(node.server.url());
+            }
+        }
+        Ok(urls)
+    }
+
+    /// The node at `url` goes silent (`SIGSTOP`), with no failover: its connections hang. It
+    /// stays frozen until the cluster is dropped.
+    ///
+    /// # Errors
+    ///
+    /// When no node has this URL, or it cannot be signalled.
+    pub fn freeze_node(&mut self, url: &str) -> io::Result<()> {
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|node| node.server.url() == url)
+            .ok_or_else(|| io::Error::other(format!("no node of this cluster is at {url}")))?;
+        node.server.freeze()?;
+        node.frozen = true;
+        Ok(())
+    }
+
     /// A planned failover of `key`'s hash slot: `CLUSTER FAILOVER` on a replica of its primary,
     /// which waits until the replica has every write, then promotes it; the old primary stays up,
     /// demoted to a replica of the new one (as with a managed service's planned failover). It
