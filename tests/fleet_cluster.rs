@@ -220,7 +220,8 @@ enum SlotChange {
     /// The primary killed, its replica taking over.
     Kill,
     /// The primary silent (frozen: connections to it hang), its replica taking over: the
-    /// cluster client must notice the silence (its response timeout) and read the slots again.
+    /// store's probe must notice the silence and connect to the cluster anew (the cluster
+    /// client alone sends timed-out commands to the same node again and again).
     Freeze,
     /// The slot and its keys moved to another primary (an online reshard, as when a managed
     /// cluster is scaled).
@@ -358,6 +359,8 @@ async fn renewals_through(change: SlotChange) {
         drop(cluster);
         return;
     }
+    // The cluster client followed the change: no process fetched for itself.
+    assert_eq!(fallbacks, 0, "the fleet fell back through the {change:?}");
     assert!(issued <= bound, "{issued} token requests, at most {bound}");
     // After the change, the fleet shares again: one request per renewal in what remains.
     let remaining = (before + after).saturating_sub(before + change_took);

@@ -397,25 +397,32 @@ impl RedisStore {
     /// A store on a Redis (or Valkey) cluster: ElastiCache or MemoryDB in cluster mode,
     /// ElastiCache Serverless (which speaks only the cluster protocol, over TLS). `nodes` are
     /// seed URLs, all `redis://[[user]:password@]host:port` or all `rediss://…`, with one user
-    /// and password (given in each, or in none); one is enough, a configuration endpoint
-    /// for instance, and the rest of the cluster is read from it. Does not connect; see the
-    /// [type docs](RedisStore).
+    /// and password (given in each, or in none). One is enough, and the best one is a name
+    /// that follows the cluster: ElastiCache's configuration endpoint, or Serverless's one
+    /// endpoint. The seeds are where the store connects first, where it connects again when
+    /// every node it knew is gone, and where its subscriber connects; node addresses that a
+    /// scaling or a node replacement retires would leave it nowhere to go. The rest of the
+    /// cluster is read from them. Does not connect; see the [type docs](RedisStore).
     ///
     /// Commands go through the `redis` crate's cluster client: it maps the slots to their
-    /// primaries, follows `MOVED` and `ASK`, and after a failover (a primary demoted or gone)
-    /// reads the slots again and goes to the new primary. All the keys of one token share a
-    /// hash slot, so the store's scripts run unchanged on the node that owns it. Processes
-    /// waiting for another's token are woken across the cluster: a `PUBLISH` reaches every
-    /// node, and the store subscribes on one seed (the next, in turn, after that connection
-    /// ends). The same setters as for [`new`](Self::new) apply.
+    /// primaries, follows `MOVED` and `ASK` (a slot moved or half moved by a reshard), and
+    /// after a failover (a primary demoted, killed or gone silent) goes to the new primary.
+    /// All the keys of one token share a hash slot, so the store's scripts run unchanged on
+    /// the node that owns it. Processes waiting for another's token are woken across the
+    /// cluster: a `PUBLISH` reaches every node, and the store subscribes on one seed (the
+    /// next, in turn, after that connection ends). The same setters as for
+    /// [`new`](Self::new) apply. Authentication is a user and password (ElastiCache's RBAC, or
+    /// `AUTH`); IAM authentication, whose tokens expire, is not supported.
     ///
     /// ```
     /// # use tower_cognito_auth::store::RedisStore;
     /// # fn main() -> Result<(), tower_cognito_auth::Error> {
+    /// // Cluster mode's TLS takes rustls's process-wide provider: install the application's
+    /// // choice first thing in `main` (ring's here; aws-lc-rs's with that feature of rustls).
+    /// # #[allow(deprecated)] // rustls 0.23.48: ring's provider has no post-quantum key exchange.
+    /// let _ = rustls::crypto::ring::default_provider().install_default();
     /// let store = RedisStore::cluster([
-    ///     "redis://10.0.1.10:6379",
-    ///     "redis://10.0.2.10:6379",
-    ///     "redis://10.0.3.10:6379",
+    ///     "rediss://fleet:PASSWORD@clustercfg.my-cache.abc123.use1.cache.amazonaws.com:6379",
     /// ])?;
     /// # Ok(())
     /// # }
@@ -435,9 +442,12 @@ impl RedisStore {
     ///
     /// An [`Error`] of kind [`InvalidConfig`](crate::ErrorKind::InvalidConfig) when `nodes` is
     /// empty, a seed does not parse as a `redis://` or `rediss://` URL with a host, the seeds
-    /// mix the two schemes or name different users, passwords or databases, a seed asks for TLS without verification (`#insecure`), or the
-    /// seeds are `rediss://` and no process-wide rustls `CryptoProvider` is installed. The
-    /// message never repeats a URL.
+    /// mix the two schemes or name different users or passwords, a seed names a database other
+    /// than 0 (a cluster has only that one) or asks for TLS without verification
+    /// (`#insecure`), or the seeds are `rediss://` and no process-wide rustls `CryptoProvider`
+    /// is installed when `cluster` is called (rustls may install one lazily when a client is
+    /// first built elsewhere in the process: install it explicitly, first thing in `main`).
+    /// The message never repeats a URL.
     pub fn cluster<I>(nodes: I) -> Result<RedisStore, Error>
     where
         I: IntoIterator,
@@ -635,7 +645,12 @@ impl RedisStore {
                     state.last_attempt = Some(now);
                     let (tx, rx) = watch::channel(None);
                     state.connecting = Some(rx.clone());
-                    tokio::spawn(connect(Arc::clone(&self.shared), tx, self.connect_timeout));
+                    tokio::spawn(connect(
+                        Arc::clone(&self.shared),
+                        tx,
+                        self.connect_timeout,
+                        self.timeout,
+                    ));
                     rx
                 }
             }
@@ -718,13 +733,16 @@ impl Shared {
 }
 
 /// One connection attempt, in a task of its own; publishes its outcome to the state, then to
-/// the commands waiting on it.
+/// the commands waiting on it. `timeout` is the command timeout of the store that asked (see
+/// [`Cluster::connect`]).
 async fn connect(
     shared: Arc<Shared>,
     tx: watch::Sender<ConnectOutcome>,
     connect_timeout: Duration,
+    timeout: Duration,
 ) {
-    let result = match tokio::time::timeout(connect_timeout, open(&shared, connect_timeout)).await {
+    let opened = open(&shared, connect_timeout, timeout);
+    let result = match tokio::time::timeout(connect_timeout, opened).await {
         Ok(Ok(opened)) => Ok(opened),
         Ok(Err(error)) => Err(error),
         Err(_) => Err(StoreError::ConnectTimeout(connect_timeout)),
@@ -767,10 +785,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 async fn open(
     shared: &Shared,
     connect_timeout: Duration,
+    timeout: Duration,
 ) -> Result<(Conn, Option<AbortHandle>), StoreError> {
     if let Some(cluster) = &shared.cluster {
         let conn = cluster
-            .connect(connect_timeout)
+            .connect(connect_timeout, timeout)
             .await
             .map_err(StoreError::Redis)?;
         return Ok((Conn::Cluster(conn), None));
@@ -1130,6 +1149,13 @@ mod tests {
                 "redis://:secret-pw@10.0.1.10:6379",
                 "redis://:other-pw@10.0.2.10:6379",
             ],
+            // The first without credentials, another with: the cluster client would take
+            // the first's (none) for the commands, the subscriber the other's.
+            &[
+                "redis://10.0.1.10:6379",
+                "redis://:secret-pw@10.0.2.10:6379",
+            ],
+            &["redis://10.0.1.10:6379/2"],
         ] {
             let err = RedisStore::cluster(bad).unwrap_err();
             assert_eq!(err.kind(), crate::ErrorKind::InvalidConfig, "{bad:?}");

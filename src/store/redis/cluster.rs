@@ -24,10 +24,13 @@ use ::redis::{Client, ClientTlsConfig, Cmd, Pipeline, RedisFuture, TlsCertificat
 use super::{KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_PROBES, RECONNECT_INTERVAL};
 use crate::error::Error;
 
-/// How many times the cluster client tries a command again after a `MOVED`, a refused
-/// connection or a `TRYAGAIN`, re-reading the slots between tries. Every command is bounded by
-/// the store's own timeout anyway; these only keep a failover's first command from giving up
-/// before the new topology is read.
+/// How many times the cluster client tries a command again: after a `MOVED` (it reads the
+/// slots again), an `ASK` (it follows it), a refused or dropped connection (it reconnects that
+/// node), or a reply over its response timeout (sent again to the same node: it never reads
+/// the slots again for a silent node, see the store's probe). `TRYAGAIN`, `CLUSTERDOWN` and
+/// `LOADING` wait at least about a second first, past the store's default timeout. Every
+/// command is bounded by the store's own timeout anyway; these only keep a failover's or a
+/// slot move's first command from giving up before the new topology is read.
 const RETRIES: u32 = 4;
 
 /// A cluster's seeds and its client.
@@ -93,6 +96,27 @@ impl Cluster {
                 ));
             }
             seeds.push(client);
+        }
+        // The cluster client compares the seeds' credentials only when the first names some;
+        // a seed that names others would authenticate the subscriber but not the commands.
+        let settings = |seed: &Client| {
+            let settings = seed.get_connection_info().redis_settings();
+            (
+                settings.username().map(str::to_owned),
+                settings.password().map(str::to_owned),
+                settings.db(),
+            )
+        };
+        let first = settings(&seeds[0]);
+        if seeds.iter().any(|seed| settings(seed) != first) {
+            return Err(Error::invalid_config(
+                "the seeds of a Redis cluster must all name the same user and password (or none)",
+            ));
+        }
+        if first.2 != 0 {
+            return Err(Error::invalid_config(
+                "a Redis cluster has one database, 0: the seeds must not name another",
+            ));
         }
         if tls && rustls::crypto::CryptoProvider::get_default().is_none() {
             return Err(Error::invalid_config(
@@ -165,19 +189,26 @@ impl Cluster {
     /// Both steps connect to nodes (in parallel within each), and a seed gone silent holds
     /// the first up to its connection timeout: each node gets half of `connect_timeout`, so
     /// that the connection is made within it from the seeds that answer.
+    ///
+    /// A reply slower than the response timeout is asked for again, on the same node: the
+    /// timeout is at least the store's command `timeout`, so that a command is sent again only
+    /// once its caller has given up on it (and the client then drops it), never while the
+    /// caller still waits for the first answer.
     pub(super) async fn connect(
         &self,
         connect_timeout: Duration,
+        timeout: Duration,
     ) -> Result<ClusterConnection, ::redis::RedisError> {
         let config = ::redis::cluster::ClusterConfig::new()
             .set_connection_timeout(connect_timeout / 2)
-            .set_response_timeout(RECONNECT_INTERVAL);
+            .set_response_timeout(timeout.max(RECONNECT_INTERVAL));
         self.client.get_async_connection_with_config(config).await
     }
 }
 
-/// The cluster client: TCP keepalive and user timeout as for one server, a response timeout per
-/// node (a silent node is noticed and its slots read again), a few retries.
+/// The cluster client: TCP keepalive and user timeout as for one server, a few retries (the
+/// response timeout and the connection timeout are set at each connection, see
+/// [`Cluster::connect`]).
 fn build(
     urls: &[String],
     tls: bool,
@@ -195,7 +226,6 @@ fn build(
     let tcp = tcp.set_user_timeout(super::USER_TIMEOUT);
     let mut builder = ClusterClientBuilder::new(urls.to_vec())
         .tcp_settings(tcp)
-        .response_timeout(RECONNECT_INTERVAL)
         .overall_response_timeout(None)
         .retries(RETRIES);
     if tls {
@@ -207,11 +237,12 @@ fn build(
             root_cert: roots.map(<[u8]>::to_vec),
         });
     }
-    // Each seed parsed already: what the cluster client refuses is seeds that disagree.
-    builder.build().map_err(|_| {
-        Error::invalid_config(
-            "the seeds of a Redis cluster must all name the same user, password and database",
-        )
+    // The seeds were parsed and compared already; the client's own words are about its
+    // configuration (its TLS certificates), never a URL.
+    builder.build().map_err(|error| {
+        Error::invalid_config(format!(
+            "the Redis cluster client refused its configuration: {error}"
+        ))
     })
 }
 
