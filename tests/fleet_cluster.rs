@@ -61,6 +61,20 @@ async fn get(layer: &CognitoAuthLayer, api: &ProtectedApi) -> Result<StatusCode,
     }
 }
 
+/// One request from each member at the same moment (a cold start): each gets a `200`.
+async fn all_at_once(fleet: &[CognitoAuthLayer], api: &ProtectedApi) {
+    let requests: Vec<_> = fleet
+        .iter()
+        .map(|layer| {
+            let (layer, api) = (layer.clone(), api.clone());
+            tokio::spawn(async move { get(&layer, &api).await })
+        })
+        .collect();
+    for request in requests {
+        assert_eq!(request.await.unwrap(), Ok(StatusCode::OK));
+    }
+}
+
 /// Every member sends a request every 20 ms for `run_for`; the requests that did not get a
 /// `200`, with what they got.
 fn traffic(
@@ -186,16 +200,7 @@ async fn cold_start_of_twenty_processes_on_a_cluster_makes_one_token_request() {
     let api = ProtectedApi::start(&endpoint).await.unwrap();
     let seeds = cluster.urls();
     let fleet: Vec<_> = (0..20).map(|i| member(&endpoint, &seeds, i)).collect();
-    let requests: Vec<_> = fleet
-        .iter()
-        .map(|layer| {
-            let (layer, api) = (layer.clone(), api.clone());
-            tokio::spawn(async move { get(&layer, &api).await })
-        })
-        .collect();
-    for request in requests {
-        assert_eq!(request.await.unwrap(), Ok(StatusCode::OK));
-    }
+    all_at_once(&fleet, &api).await;
     assert_eq!(
         endpoint.tokens_issued(),
         1,
@@ -638,16 +643,7 @@ async fn the_documented_acl_is_enough_on_a_cluster() {
         .unwrap();
     let api = ProtectedApi::start(&endpoint).await.unwrap();
     let fleet: Vec<_> = (0..6).map(|i| member(&endpoint, &seeds, i)).collect();
-    let requests: Vec<_> = fleet
-        .iter()
-        .map(|layer| {
-            let (layer, api) = (layer.clone(), api.clone());
-            tokio::spawn(async move { get(&layer, &api).await })
-        })
-        .collect();
-    for request in requests {
-        assert_eq!(request.await.unwrap(), Ok(StatusCode::OK));
-    }
+    all_at_once(&fleet, &api).await;
     assert_eq!(
         endpoint.tokens_issued(),
         1,

@@ -1,6 +1,7 @@
 //! [`RedisStore`]: a [`TokenStore`] on one Redis (or Valkey) server, or on a cluster.
 
 mod cluster;
+mod scripts;
 mod subscriber;
 mod tls;
 
@@ -11,9 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use ::redis::aio::MultiplexedConnection;
-use ::redis::{
-    AsyncConnectionConfig, Client, ConnectionAddr, ConnectionInfo, RedisError, Script, Value,
-};
+use ::redis::{AsyncConnectionConfig, Client, ConnectionAddr, ConnectionInfo, RedisError, Value};
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
@@ -22,6 +21,7 @@ use tokio::time::Instant;
 use tower::BoxError;
 
 use self::cluster::{Cluster, Conn};
+use self::scripts::{Scripts, channel};
 use super::{Stored, TokenStore};
 use crate::error::Error;
 use crate::grant::BoxFuture;
@@ -41,74 +41,6 @@ const KEEPALIVE_PROBES: u32 = 3;
 /// `TCP_USER_TIMEOUT` (Linux): data unacknowledged this long closes the connection, in place of
 /// the ~15 minutes of retransmissions by default.
 const USER_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// `GET` and `PTTL` together: `{value, pttl}`, or nil when the key is absent.
-const LOAD: &str = r"
-local v = redis.call('GET', KEYS[1])
-if not v then return false end
-return {v, redis.call('PTTL', KEYS[1])}
-";
-
-/// `SET .. PX` only if the key is absent, has no expiry, or expires sooner; then `PUBLISH` on
-/// the key's channel (its name, see [`channel`]), so that waiting processes wake. The
-/// `PUBLISH` is a `pcall`: an ACL without the channel refuses it, and the write still happened.
-const SAVE_IF_LONGER: &str = r"
-local pttl = redis.call('PTTL', KEYS[1])
-if pttl >= 0 and pttl >= tonumber(ARGV[2]) then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-redis.pcall('PUBLISH', ARGV[3], '')
-return 1
-";
-
-/// The channel on which writes to `key` are published.
-fn channel(key: &str) -> String {
-    format!("{key}:written")
-}
-
-/// `DEL` only if the value starts with the prefix (Lua strings are binary-safe).
-const REMOVE_IF_PREFIX: &str = r"
-local v = redis.call('GET', KEYS[1])
-if v and string.sub(v, 1, string.len(ARGV[1])) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-  return 1
-end
-return 0
-";
-
-/// `DEL` only if the value is exactly this one.
-const REMOVE_IF_EQUAL: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-";
-
-/// `SET .. PX` only if nobody holds the lease; 1 when this holder holds it now. Asked again by
-/// the holder (a command sent again after a lost reply, its first attempt having taken the
-/// lease), it answers 1: a plain `SET NX` would answer nil, and nobody would release the lease.
-const TRY_LEASE: &str = r"
-local held = redis.call('GET', KEYS[1])
-if held == ARGV[1] then return 1 end
-if held then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
-";
-
-/// `PEXPIRE` only if the lease still names this holder.
-const EXTEND_LEASE: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-";
-
-/// `DEL` only if the lease still names this holder.
-const RELEASE_LEASE: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-";
 
 /// A [`TokenStore`] on one Redis (or Valkey) server, standalone or a replication primary, or
 /// on a cluster ([`cluster`](RedisStore::cluster)).
@@ -201,78 +133,6 @@ impl Shared {
             conn: Mutex::new(ConnState::default()),
             subs: Mutex::new(subscriber::SubState::default()),
             subscribe_refused: AtomicBool::new(false),
-        }
-    }
-}
-
-struct Scripts {
-    load: Lua,
-    save_if_longer: Lua,
-    remove_if_prefix: Lua,
-    remove_if_equal: Lua,
-    try_lease: Lua,
-    release_lease: Lua,
-    extend_lease: Lua,
-}
-
-impl Scripts {
-    fn new() -> Self {
-        Scripts {
-            load: Lua::new(LOAD),
-            save_if_longer: Lua::new(SAVE_IF_LONGER),
-            remove_if_prefix: Lua::new(REMOVE_IF_PREFIX),
-            remove_if_equal: Lua::new(REMOVE_IF_EQUAL),
-            try_lease: Lua::new(TRY_LEASE),
-            release_lease: Lua::new(RELEASE_LEASE),
-            extend_lease: Lua::new(EXTEND_LEASE),
-        }
-    }
-}
-
-/// One of the store's Lua scripts: its source, and its SHA1.
-struct Lua {
-    script: Script,
-    source: &'static str,
-}
-
-impl Lua {
-    fn new(source: &'static str) -> Lua {
-        Lua {
-            script: Script::new(source),
-            source,
-        }
-    }
-
-    /// Runs the script on `key` with `args`: `EVALSHA`, then `EVAL` with the source when the
-    /// server does not have it (`NOSCRIPT`: a restarted or new primary; `EVAL` caches it
-    /// there). Never `SCRIPT LOAD`: a cluster client sends that to every node and needs an
-    /// answer from each, so one silent replica anywhere would stall the fleet; both commands
-    /// here go to the node that owns `key`.
-    async fn invoke<T: ::redis::FromRedisValue>(
-        &self,
-        conn: &mut Conn,
-        key: &str,
-        args: &[&[u8]],
-    ) -> Result<T, RedisError> {
-        let command = |name: &str, script: &str| {
-            let mut command = ::redis::cmd(name);
-            command.arg(script).arg(1).arg(key);
-            for arg in args {
-                command.arg(*arg);
-            }
-            command
-        };
-        match command("EVALSHA", self.script.get_hash())
-            .query_async(conn)
-            .await
-        {
-            Err(error)
-                if error.kind()
-                    == ::redis::ErrorKind::Server(::redis::ServerErrorKind::NoScript) =>
-            {
-                command("EVAL", self.source).query_async(conn).await
-            }
-            result => result,
         }
     }
 }
@@ -1101,86 +961,4 @@ impl fmt::Debug for RedisStore {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urls() {
-        for good in [
-            "redis://127.0.0.1:6379",
-            "redis://:pw@127.0.0.1:6379/2",
-            "redis://user:pw@cache.internal",
-            "rediss://cache.internal:6380",
-            "REDIS://localhost",
-            "redis+unix:///run/redis.sock",
-        ] {
-            assert!(RedisStore::new(good).is_ok(), "{good}");
-        }
-        for bad in [
-            "",
-            "http://127.0.0.1:6379",
-            "redis//x",
-            "127.0.0.1:6379",
-            "rediss://cache.internal/#insecure",
-            "redis://:secret-pw@[::1",
-        ] {
-            let err = RedisStore::new(bad).unwrap_err();
-            assert_eq!(err.kind(), crate::ErrorKind::InvalidConfig, "{bad}");
-            assert!(!err.to_string().contains("secret-pw"));
-        }
-    }
-
-    #[test]
-    fn cluster_seeds() {
-        for good in [
-            &["redis://127.0.0.1:7000"][..],
-            &["redis://:pw@10.0.1.10:6379", "REDIS://:pw@10.0.2.10:6379"],
-        ] {
-            assert!(RedisStore::cluster(good).is_ok(), "{good:?}");
-        }
-        for bad in [
-            &[][..],
-            &["redis://127.0.0.1:7000", "rediss://127.0.0.1:7001"],
-            &["rediss://cache.internal:6379/#insecure"],
-            &["redis+unix:///run/redis.sock"],
-            &["http://127.0.0.1:7000"],
-            &["redis://:secret-pw@[::1"],
-            &[
-                "redis://:secret-pw@10.0.1.10:6379",
-                "redis://:other-pw@10.0.2.10:6379",
-            ],
-            // The first without credentials, another with: the cluster client would take
-            // the first's (none) for the commands, the subscriber the other's.
-            &[
-                "redis://10.0.1.10:6379",
-                "redis://:secret-pw@10.0.2.10:6379",
-            ],
-            &["redis://10.0.1.10:6379/2"],
-        ] {
-            let err = RedisStore::cluster(bad).unwrap_err();
-            assert_eq!(err.kind(), crate::ErrorKind::InvalidConfig, "{bad:?}");
-            assert!(!err.to_string().contains("secret-pw"));
-        }
-        let store = RedisStore::cluster([
-            "redis://admin:hunter2-pw@10.0.1.10:6379",
-            "redis://admin:hunter2-pw@10.0.2.10:6379",
-        ])
-        .unwrap();
-        let debug = format!("{store:?}");
-        assert!(!debug.contains("hunter2"), "{debug}");
-        assert!(debug.contains("10.0.1.10:6379,10.0.2.10:6379"), "{debug}");
-        assert!(debug.contains("cluster: true"), "{debug}");
-        assert!(debug.contains("[redacted]"), "{debug}");
-    }
-
-    #[test]
-    fn debug_hides_credentials() {
-        let store = RedisStore::new("rediss://admin:hunter2-pw@cache.internal:6380/3").unwrap();
-        let debug = format!("{store:?}");
-        assert!(!debug.contains("hunter2"), "{debug}");
-        assert!(!debug.contains("admin"), "{debug}");
-        assert!(debug.contains("cache.internal:6380"), "{debug}");
-        assert!(debug.contains("[redacted]"), "{debug}");
-        assert!(debug.contains("db: 3"), "{debug}");
-    }
-}
+mod tests;
