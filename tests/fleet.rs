@@ -89,9 +89,9 @@ async fn redis_commands(redis: &RedisServer) -> u64 {
 /// 20 processes start together: one token request, and the 19 waiters are woken by the
 /// holder's write rather than polling through its 500 ms fetch. A waiter's part (script
 /// internals counted): the load script twice before it waits (3 commands each), the refusal
-/// record's (3), `SET NX`, `SUBSCRIBE`, and the read that adopts (3): 14, and at most one
-/// `NOSCRIPT` round per script. Polling every 10 to 50 ms instead (pub/sub broken) costs each
-/// waiter 4 commands per poll, some 40 over the fetch.
+/// record's (3), the lease's script (2: `EVALSHA`, `GET`), `SUBSCRIBE`, and the read that adopts
+/// (3): 15, and at most one `NOSCRIPT` round (an `EVAL`) per script. Polling every 10 to 50 ms
+/// instead (pub/sub broken) costs each waiter 5 commands per poll, some 50 over the fetch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cold_start_of_twenty_processes_makes_one_token_request() {
     /// The most one process may cost Redis at a cold start when it is woken by the write.
